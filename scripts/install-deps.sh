@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the system packages ibu's tools and tests use (Debian 12). Idempotent; needs root.
+# Each package is named for what uses it.
+set -euo pipefail
+PKGS=(
+  e2fsprogs            # mke2fs -d, e2fsck, debugfs (image build, reader oracle)
+  rsync                # layout-stable builds (--previous)
+  util-linux           # losetup, fstrim, fsfreeze, mount
+  zstd                 # CLI anchor in benchmarks
+  xdelta3              # delta benchmark anchor
+  casync               # chunking benchmark anchor
+  debootstrap          # Debian roots for benchmarks and e2e images
+  busybox-static       # initramfs and test images
+  cpio                 # initramfs archives
+  qemu-system-x86      # e2e boots under TCG
+  ovmf                 # UEFI firmware for e2e
+  grub-efi-amd64-bin   # GRUB EFI modules for e2e disks
+  grub-pc-bin          # GRUB BIOS modules
+  grub-common          # grub-editenv
+  mtools dosfstools    # ESP without mounting
+  fdisk                # sfdisk for GPT layouts
+  python3              # node-gyp for native addons
+  make g++             # node-gyp
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all system packages present"
+fi

@@ -1,0 +1,4 @@
+import type { Command } from 'commander';
+
+// `ibu image build` (owned by the image-build work).
+export function registerImageBuild(_image: Command): void {}

@@ -1,0 +1,100 @@
+/**
+ * One error type for the whole library. Every error carries a stable `code` that callers
+ * branch on; only the CLI maps codes to exit statuses and only the server maps them to HTTP.
+ */
+export const ERROR_CODES = [
+  // usage and environment
+  'USAGE',
+  'CONFIG_INVALID',
+  'ROOT_REQUIRED',
+  'TOOL_MISSING',
+  'TOOL_FAILED',
+  'NOT_FOUND',
+  'IO_ERROR',
+  'NO_SPACE',
+  'INTERNAL',
+  // images
+  'IMAGE_INVALID',
+  'IMAGE_NOT_EXT4',
+  'IMAGE_TOO_SMALL',
+  'IMAGE_NO_KERNEL',
+  'IMAGE_SOURCE_MISSING',
+  'IMAGE_PATH_NOT_FOUND',
+  'IMAGE_FSCK_FAILED',
+  // chunks and stores
+  'CHUNK_MISSING',
+  'CHUNK_INVALID',
+  'CHUNK_TRUNCATED',
+  'STORE_UNAVAILABLE',
+  // releases and signatures
+  'MANIFEST_INVALID',
+  'SIGNATURE_INVALID',
+  'KEY_UNKNOWN',
+  'KEY_REVOKED',
+  'KEY_INVALID',
+  'VERSION_DOWNGRADE',
+  'VERSION_INVALID',
+  'RELEASE_NOT_FOUND',
+  'IMAGE_HASH_MISMATCH',
+  // deltas
+  'DELTA_INVALID',
+  'DELTA_TRUNCATED',
+  'DELTA_WRONG_SOURCE',
+  'DELTA_WRONG_PAIR',
+  'DELTA_SOURCE_MODIFIED',
+  'DELTA_NOT_READY',
+  // server and network
+  'HTTP_ERROR',
+  'UNAUTHORIZED',
+  'BAD_REQUEST',
+  'CONFLICT',
+  // agent and boot
+  'JOURNAL_INVALID',
+  'BOOTENV_INVALID',
+  'BOOTENV_UNWRITABLE',
+  'NOT_IN_WINDOW',
+  'INHIBITED',
+  'HEALTH_CHECK_FAILED',
+  'MIGRATION_FAILED',
+  'IMAGE_IN_USE',
+  'NOTHING_TO_DO',
+  // fleet
+  'DEVICE_UNKNOWN',
+  'ROLLOUT_INVALID',
+  // zfs
+  'ZFS_FAILED',
+  'ZFS_BASE_MISSING',
+  'ZFS_STREAM_INVALID',
+  'ZFS_POOL_FULL',
+  'ZFS_POOL_CORRUPT',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export class IbuError extends Error {
+  override name = 'IbuError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: ErrorOptions & { details?: Record<string, unknown> },
+  ) {
+    super(message, options);
+    this.details = options?.details;
+  }
+  readonly details: Record<string, unknown> | undefined;
+}
+
+export function isIbuError(err: unknown, code?: ErrorCode): err is IbuError {
+  return err instanceof IbuError && (code === undefined || err.code === code);
+}
+
+/** Wraps any thrown value in an IbuError with context, keeping an existing code. */
+export function withContext(err: unknown, context: string, fallback: ErrorCode = 'INTERNAL'): IbuError {
+  if (err instanceof IbuError) {
+    return new IbuError(err.code, `${context}: ${err.message}`, { cause: err, details: err.details });
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e && e.code === 'ENOSPC') return new IbuError('NO_SPACE', `${context}: no space left on device`, { cause: err });
+  if (e && e.code === 'ENOENT') return new IbuError('NOT_FOUND', `${context}: ${e.message}`, { cause: err });
+  return new IbuError(fallback, `${context}: ${e?.message ?? String(err)}`, { cause: err });
+}

@@ -1,0 +1,43 @@
+import type { ChunkId } from '../store/store.js';
+
+/**
+ * A release manifest (`releases/<version>/manifest.json` in a store). The signed payload is the
+ * canonical JSON of everything but `signatures` (see src/release/manifest.ts).
+ */
+export interface ChunkRef {
+  id: ChunkId; // hash of the uncompressed bytes
+  offset: number; // byte offset in the image
+  size: number; // uncompressed bytes
+  zero?: true; // an all-zero run: not stored, nothing to fetch
+}
+
+export interface FileMapEntry {
+  path: string;
+  type: 'file' | 'symlink' | 'dir' | 'other';
+  size: number;
+  hash?: string; // sha256 hex of the content (regular files)
+  target?: string; // symlink target
+  extents?: Array<[logical: number, physical: number, length: number]>; // in image blocks
+}
+
+export interface Signature {
+  keyId: string; // sha256 of the raw public key, hex, first 16 chars
+  sig: string; // base64 ed25519 signature of the canonical payload
+}
+
+export interface Manifest {
+  format: 1;
+  product?: string;
+  version: string;
+  channel: string;
+  createdAt: string; // ISO time
+  image: { size: number; sha256: string; blockSize: number };
+  chunking: { algorithm: 'fastcdc'; min: number; avg: number; max: number; hash: string; compression: 'zstd' };
+  chunks: ChunkRef[];
+  files: FileMapEntry[];
+  kernel: string; // path inside the image, e.g. /vmlinuz
+  initrd: string;
+  /** Extra signed artifacts (e.g. zfs streams) by name → sha256. */
+  artifacts?: Record<string, { sha256: string; size: number }>;
+  signatures: Signature[];
+}

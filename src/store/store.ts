@@ -1,0 +1,20 @@
+/** Chunk ids are lowercase hex of a cryptographic hash (see src/chunk/). */
+export type ChunkId = string;
+
+/** A read-only source of chunks and release files (local dir, HTTP, verifying/caching wrappers). */
+export interface Store {
+  /** The stored (compressed) chunk bytes; throws IbuError CHUNK_MISSING when absent. */
+  getChunk(id: ChunkId, signal?: AbortSignal): Promise<Uint8Array>;
+  hasChunk(id: ChunkId, signal?: AbortSignal): Promise<boolean>;
+  /** A release file relative to the store root (e.g. `releases/<v>/manifest.json`); throws NOT_FOUND. */
+  getFile(relPath: string, signal?: AbortSignal): Promise<Uint8Array>;
+  /** Human-readable location for messages. */
+  readonly location: string;
+}
+
+export interface WriteStore extends Store {
+  /** Stores chunk bytes atomically at their content address; a no-op when present. */
+  putChunk(id: ChunkId, data: Uint8Array): Promise<void>;
+  /** Writes a release file atomically (temp, fsync, rename). */
+  putFile(relPath: string, data: Uint8Array): Promise<void>;
+}
