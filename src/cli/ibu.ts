@@ -1,12 +1,24 @@
 import { Command } from 'commander';
 import { runProgram } from './run.js';
 import { registerImageCommands } from './commands/image.js';
+import { registerKeysCommands } from './commands/keys.js';
+import { registerReleaseCommands } from './commands/release.js';
+import { registerDeltaCommands } from './commands/delta.js';
+import { registerServeCommands } from './commands/serve.js';
+import { registerFleetCommands } from './commands/fleet.js';
+import { registerRolloutCommands } from './commands/rollout.js';
 
 export function buildProgram(): Command {
   const program = new Command('ibu')
     .description('ibu: image-based upgrades for fleets of Linux appliances')
     .version('0.1.0');
   registerImageCommands(program);
+  registerKeysCommands(program);
+  registerReleaseCommands(program);
+  registerDeltaCommands(program);
+  registerServeCommands(program);
+  registerFleetCommands(program);
+  registerRolloutCommands(program);
   return program;
 }
 

@@ -1,0 +1,58 @@
+/**
+ * The wire protocol between a device agent (upgradectl) and the fleet server (`ibu serve`).
+ * Shared by src/agent (client), src/server/fleet (server) and the fleet simulator.
+ *
+ *   POST /v1/devices/enroll             EnrollRequest -> EnrollResponse
+ *   POST /v1/devices/:id/checkin        CheckinRequest -> CheckinResponse   (Authorization: Bearer <token>)
+ *   POST /v1/devices/:id/events         DeviceEvent -> { ok: true }          (Authorization: Bearer <token>)
+ *   POST /v1/devices/:id/lease/release  {} -> { ok: true }                   (returns a reboot lease early)
+ */
+export interface EnrollRequest {
+  deviceId: string;
+  /** A fleet-wide enrollment secret; not needed for pre-authorized ids. */
+  enrollmentSecret?: string;
+  group?: string;
+  channel?: string;
+}
+export interface EnrollResponse {
+  deviceId: string;
+  token: string; // shown once; the server stores only a hash
+}
+
+export type DeviceState = 'idle' | 'preparing' | 'prepared' | 'applying' | 'trial' | 'committed' | 'rolled-back' | 'failed';
+
+export interface CheckinRequest {
+  version: string; // running image version
+  state: DeviceState;
+  trial: boolean; // running a not yet committed image
+  committedVersion?: string;
+  preparedVersion?: string;
+  freeBytes?: number;
+  lastError?: { code: string; message: string } | null;
+  /** The agent wants to reboot into a prepared image and asks for a lease. */
+  wantRebootLease?: boolean;
+}
+
+export interface MaintenanceWindow {
+  timeZone: string; // IANA, e.g. Europe/Berlin
+  /** Each rule: weekdays (0 = Sunday) and a local time range; end may wrap past midnight. */
+  rules: Array<{ days: number[]; start: string; end: string }>;
+}
+
+export interface CheckinResponse {
+  target: { version: string; mandatory: boolean; manifestUrl: string } | null;
+  deltaReady: boolean;
+  window: MaintenanceWindow | null; // null = any time
+  rebootLease: { granted: boolean; expiresAt?: string };
+  nextCheckinSeconds: number;
+}
+
+export type DeviceEventType = 'prepare-failed' | 'apply-started' | 'upgrade-succeeded' | 'upgrade-failed' | 'rolled-back';
+
+export interface DeviceEvent {
+  type: DeviceEventType;
+  fromVersion: string;
+  toVersion: string;
+  at?: string;
+  error?: { code: string; message: string };
+}
