@@ -11,7 +11,9 @@ import { registerRolloutCommands } from './commands/rollout.js';
 export function buildProgram(): Command {
   const program = new Command('ibu')
     .description('ibu: image-based upgrades for fleets of Linux appliances')
-    .version('0.1.0');
+    .version('0.1.0')
+    // `--version` after a subcommand is that command's option (image build, release publish).
+    .enablePositionalOptions();
   registerImageCommands(program);
   registerKeysCommands(program);
   registerReleaseCommands(program);
