@@ -6,21 +6,25 @@ PKGS=(
   e2fsprogs            # mke2fs -d, e2fsck, debugfs (image build, reader oracle)
   rsync                # layout-stable builds (--previous)
   util-linux           # losetup, fstrim, fsfreeze, mount
-  zstd                 # CLI anchor in benchmarks
+  zstd                 # ibu delta make (zstd --patch-from); CLI anchor in benchmarks
   xdelta3              # delta benchmark anchor
   casync               # chunking benchmark anchor
   debootstrap          # Debian roots for benchmarks and e2e images
   busybox-static       # initramfs and test images
   cpio                 # initramfs archives
+  initramfs-tools-core # mkinitramfs: e2e proof of assets/initramfs-tools (hook + boot=ibu)
   qemu-system-x86      # e2e boots under TCG
   ovmf                 # UEFI firmware for e2e
   grub-efi-amd64-bin   # GRUB EFI modules for e2e disks
   grub-pc-bin          # GRUB BIOS modules
   grub-common          # grub-editenv
+  systemd              # systemd-analyze verify of assets/systemd units (agent tests)
   mtools dosfstools    # ESP without mounting
   fdisk                # sfdisk for GPT layouts
   python3              # node-gyp for native addons
   make g++             # node-gyp
+  postgresql           # fleet repository tests against a real PostgreSQL (scripts/postgres.sh)
+  chromium             # fleet dashboard e2e test (headless, driven by playwright-core)
 )
 missing=()
 for p in "${PKGS[@]}"; do

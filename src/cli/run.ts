@@ -7,13 +7,19 @@ import { EXIT, exitCodeFor } from './exit-codes.js';
  * `error[CODE]: message` on stderr (or a JSON object with --json), then the mapped status.
  */
 export async function runProgram(program: Command, argv: string[]): Promise<void> {
-  program.exitOverride();
+  overrideExits(program);
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
     process.exitCode = reportError(err, argv.includes('--json'));
   }
+}
+
+/** Commander copies exitOverride only into subcommands created after it; set it on every level. */
+function overrideExits(cmd: Command): void {
+  cmd.exitOverride();
+  for (const c of cmd.commands) overrideExits(c);
 }
 
 export function reportError(err: unknown, json: boolean): number {

@@ -1,0 +1,46 @@
+import type { HealthCheck } from './config.js';
+import { runWithTimeout } from './inhibitors.js';
+
+export interface HealthResult {
+  name: string;
+  ok: boolean;
+  detail: string;
+  attempts: number;
+}
+
+async function once(c: HealthCheck): Promise<{ ok: boolean; detail: string }> {
+  const ms = c.timeoutSeconds * 1000;
+  if (c.command) {
+    const r = await runWithTimeout(c.command, ms);
+    return r === 0 ? { ok: true, detail: 'exit 0' } : { ok: false, detail: typeof r === 'number' ? `exit ${r}` : r };
+  }
+  try {
+    const res = await fetch(c.url!, { signal: AbortSignal.timeout(ms), redirect: 'manual' });
+    await res.arrayBuffer().catch(() => undefined);
+    const want = c.expectStatus ?? 200;
+    return res.status === want ? { ok: true, detail: `HTTP ${res.status}` } : { ok: false, detail: `HTTP ${res.status}, expected ${want}` };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  }
+}
+
+/**
+ * Runs every check until it passes or the overall deadline passes: services may still be starting
+ * right after boot, so a failing check is retried every `pollSeconds`. All checks must pass.
+ */
+export async function runHealthChecks(checks: HealthCheck[], deadlineSeconds: number, pollSeconds: number, log: (s: string) => void = () => {}): Promise<HealthResult[]> {
+  const deadline = Date.now() + deadlineSeconds * 1000;
+  return Promise.all(
+    checks.map(async (c): Promise<HealthResult> => {
+      let attempts = 0;
+      for (;;) {
+        attempts++;
+        const r = await once(c);
+        if (r.ok) return { name: c.name, ok: true, detail: r.detail, attempts };
+        if (Date.now() + pollSeconds * 1000 >= deadline) return { name: c.name, ok: false, detail: r.detail, attempts };
+        log(`health check ${c.name}: ${r.detail}; retrying`);
+        await new Promise((res) => setTimeout(res, pollSeconds * 1000));
+      }
+    }),
+  );
+}

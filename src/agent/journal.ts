@@ -1,0 +1,113 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../util/atomic.js';
+import type { DeviceEvent, DeviceState } from '../fleet/protocol.js';
+
+/**
+ * The agent's journal, `<imagesDir>/.ibu/state.json`. It records intent and progress only; the
+ * truth about what can boot is always re-read from the disk (images present, grubenv), so a
+ * journal that is behind (a crash between an effect and its record) is harmless: every step
+ * checks the facts before acting.
+ */
+export type StepName =
+  // prepare
+  | 'resolve-target'
+  | 'reserve-space'
+  | 'download'
+  | 'verify'
+  | 'fsck'
+  | 'install'
+  // apply
+  | 'migrate'
+  | 'checkpoint'
+  | 'set-try'
+  | 'reboot'
+  // confirm / rollback
+  | 'health'
+  | 'commit'
+  | 'revert';
+
+export interface Journal {
+  format: 1;
+  state: DeviceState;
+  /** The last step completed in the current state. */
+  step: StepName | null;
+  /** The upgrade in progress (or last finished). */
+  target: { version: string; fromVersion: string | null; method?: 'delta' | 'chunks' | 'local' } | null;
+  /** The committed version before the upgrade: where a rollback goes. */
+  previous: string | null;
+  migration?: MigrationSummary;
+  lastError: { code: string; message: string; at: string; step?: string } | null;
+  /** Versions whose trial failed here: not prepared again unless asked for by --version. */
+  failedVersions?: string[];
+  /** Events not yet delivered to the server; sent on every run. */
+  pendingEvents: DeviceEvent[];
+  updatedAt: string;
+}
+
+export interface MigrationSummary {
+  changed: Array<{ path: string; strategy: string; action: string; detail?: string }>;
+}
+
+export function emptyJournal(): Journal {
+  return { format: 1, state: 'idle', step: null, target: null, previous: null, lastError: null, pendingEvents: [], updatedAt: new Date(0).toISOString() };
+}
+
+export function journalPath(imagesDir: string): string {
+  return path.join(imagesDir, '.ibu', 'state.json');
+}
+
+const STATES: readonly DeviceState[] = ['idle', 'preparing', 'prepared', 'applying', 'trial', 'committed', 'rolled-back', 'failed'];
+
+export interface JournalRead {
+  journal: Journal;
+  /** Set when the file was unreadable and moved aside (the agent then starts from the facts). */
+  recovered?: string;
+}
+
+/**
+ * Reads the journal. A missing file is a fresh device. A damaged one (it cannot be torn by our
+ * writes, but disks do fail) is moved aside and the agent starts from the facts on disk, because
+ * an unattended device must not stop upgrading over a bookkeeping file.
+ */
+export async function readJournal(imagesDir: string): Promise<JournalRead> {
+  const file = journalPath(imagesDir);
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { journal: emptyJournal() };
+    throw err;
+  }
+  const problem = checkJournal(text);
+  if (problem === null) return { journal: JSON.parse(text) as Journal };
+  const aside = `${file}.damaged-${Date.now()}`;
+  await fsp.rename(file, aside).catch(() => {});
+  const j = emptyJournal();
+  j.lastError = { code: 'JOURNAL_INVALID', message: `The journal ${file} was unreadable (${problem}); it was moved to ${aside} and the agent restarted from the state on disk.`, at: new Date().toISOString() };
+  return { journal: j, recovered: aside };
+}
+
+function checkJournal(text: string): string | null {
+  let j: unknown;
+  try {
+    j = JSON.parse(text);
+  } catch (err) {
+    return `not JSON: ${(err as Error).message}`;
+  }
+  const o = j as Partial<Journal>;
+  if (!o || typeof o !== 'object') return 'not an object';
+  if (o.format !== 1) return `unknown format ${String(o.format)}`;
+  if (!STATES.includes(o.state as DeviceState)) return `unknown state ${String(o.state)}`;
+  if (!Array.isArray(o.pendingEvents)) return 'pendingEvents is not a list';
+  if (o.target !== null && (typeof o.target !== 'object' || typeof o.target?.version !== 'string')) return 'target is malformed';
+  return null;
+}
+
+/** Every state change: temp file, fsync, rename, fsync dir. */
+export async function writeJournal(imagesDir: string, j: Journal): Promise<void> {
+  const file = journalPath(imagesDir);
+  await fsp.mkdir(path.dirname(file), { recursive: true });
+  j.updatedAt = new Date().toISOString();
+  await writeFileAtomic(file, JSON.stringify(j, null, 2) + '\n');
+}

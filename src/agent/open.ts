@@ -1,0 +1,38 @@
+import { GrubBootloader } from '../boot/grub-bootloader.js';
+import { resolveEnvLocation } from '../boot/env-location.js';
+import { LocalStore } from '../store/local-store.js';
+import type { Store } from '../store/store.js';
+import { Agent, type DeltaApplier } from './agent.js';
+import { deviceToken, type AgentConfig } from './config.js';
+import { crashPoint } from './crash-point.js';
+import { ServerClient } from './server-client.js';
+
+export interface OpenOptions {
+  json?: boolean;
+  log?: (line: string) => void;
+  applyDelta?: DeltaApplier;
+}
+
+/** Wires the real parts from a resolved config: bootloader (location detected), server, store. */
+export async function openAgent(cfg: AgentConfig, o: OpenOptions = {}): Promise<Agent> {
+  const loc = await resolveEnvLocation({
+    hostMount: cfg.hostMount,
+    envDir: cfg.boot.envDir ?? undefined,
+    espEnvDir: cfg.boot.espEnvDir ?? undefined,
+    tryClearedBy: cfg.boot.tryClearedBy ?? undefined,
+  });
+  const bootloader = new GrubBootloader({ dir: loc.dir, tryClearedBy: loc.tryClearedBy, reason: loc.reason, afterCopyWritten: (i) => crashPoint(`bootenv-copy-${i}`) });
+  const token = await deviceToken(cfg);
+  const server = cfg.server ? new ServerClient(cfg.server.url, cfg.server.deviceId, token) : null;
+  let store: Store | null = null;
+  const http = async (url: string, layout?: 'api'): Promise<Store> => {
+    // Loaded on demand: undici costs a noticeable part of the start-up of every command.
+    const { HttpStore } = await import('../store/http-store.js');
+    return new HttpStore(url, { layout, headers: token ? { authorization: `Bearer ${token}` } : {} });
+  };
+  if (cfg.download.store) store = /^https?:\/\//i.test(cfg.download.store) ? await http(cfg.download.store) : new LocalStore(cfg.download.store);
+  else if (cfg.server) store = await http(`${cfg.server.url}/v1`, 'api');
+  // src/delta is loaded only when a delta is really applied (start-up cost of every command).
+  const applyDelta: DeltaApplier = o.applyDelta ?? (async (a) => (await import('../delta/index.js')).applyDelta(a));
+  return new Agent({ cfg, bootloader, server, store, applyDelta, log: o.log, progress: !o.json && Boolean(process.stderr.isTTY) });
+}
