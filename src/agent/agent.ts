@@ -390,7 +390,7 @@ export class Agent {
     const staged = await fsp.readdir(this.stagingDir).catch(() => [] as string[]);
     const byVersion = new Map<string, number>();
     for (const n of staged) {
-      const v = /^(.+?)\.img(\.partial(\.journal)?)?$/.exec(n)?.[1] ?? /^.+_(.+)\.ibudelta$/.exec(n)?.[1];
+      const v = /^(.+?)\.img(\.partial(\.journal)?)?$/.exec(n)?.[1] ?? /^.+_(.+)\.ibudelta(\.etag)?$/.exec(n)?.[1];
       if (v && v !== target) byVersion.set(v, (byVersion.get(v) ?? 0) + (await allocated(path.join(this.stagingDir, n))));
     }
     for (const [v, bytes] of byVersion) files.push({ version: v, kind: 'partial', allocated: bytes });
@@ -413,7 +413,7 @@ export class Agent {
         await fsp.rm(this.manifestCache(r.version), { force: true });
         removed.push(`${r.version}.img`);
       } else {
-        for (const n of staged) if (n.startsWith(`${r.version}.img`) || n.endsWith(`_${r.version}.ibudelta`)) await fsp.rm(path.join(this.stagingDir, n), { force: true });
+        for (const n of staged) if (n.startsWith(`${r.version}.img`) || n.endsWith(`_${r.version}.ibudelta`) || n.endsWith(`_${r.version}.ibudelta.etag`)) await fsp.rm(path.join(this.stagingDir, n), { force: true });
         removed.push(`${r.version} (partial download)`);
       }
     }

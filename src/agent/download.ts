@@ -96,12 +96,14 @@ async function tryDelta(r: DownloadRequest, d: DownloadDeps, from: { version: st
     await d.applyDelta!({ sourceImage: from.image, delta: r.deltaFile, out: r.out, manifest: r.manifest, fallbackStore: d.store ?? undefined, expectFromVersion: from.version, expectToVersion: to });
     const size = (await fsp.stat(r.deltaFile)).size;
     await fsp.rm(r.deltaFile, { force: true });
+    await fsp.rm(`${r.deltaFile}.etag`, { force: true });
     return { method: 'delta', downloadedBytes: size };
   } catch (err) {
     bar.end();
     if (isIbuError(err) && (err.code.startsWith('DELTA_') || err.code === 'IMAGE_HASH_MISMATCH' || err.code === 'HTTP_ERROR')) {
       d.log(`the delta route failed (${err.message}); fetching chunks instead`);
       await fsp.rm(r.deltaFile, { force: true });
+      await fsp.rm(`${r.deltaFile}.etag`, { force: true });
       await fsp.rm(r.out, { force: true });
       return null;
     }

@@ -1,5 +1,6 @@
 import { promises as fsp, constants as fsc } from 'node:fs';
 import { IbuError } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic.js';
 import type { CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse } from '../fleet/protocol.js';
 
 /** The agent's side of the wire protocol in src/fleet/protocol.ts, plus the delta route. */
@@ -62,9 +63,16 @@ export class ServerClient {
   ): Promise<boolean> {
     const url = `${this.baseUrl}/v1/deltas/${encodeURIComponent(from)}/${encodeURIComponent(to)}`;
     for (;;) {
-      const have = await fsp.stat(out).then((s) => s.size, () => 0);
+      // Resume only against the same delta: If-Range with the ETag saved beside the partial, so a
+      // delta evicted and rebuilt in between comes back whole (200) instead of being spliced.
+      const etagFile = `${out}.etag`;
+      const etag = await fsp.readFile(etagFile, 'utf8').catch(() => '');
+      const have = etag ? await fsp.stat(out).then((s) => s.size, () => 0) : 0;
       const headers = this.headers(false);
-      if (have > 0) headers.range = `bytes=${have}-`;
+      if (have > 0) {
+        headers.range = `bytes=${have}-`;
+        headers['if-range'] = etag;
+      }
       let res: Response;
       try {
         res = await fetch(url, { headers, signal: AbortSignal.timeout(this.timeoutMs * 10) });
@@ -91,6 +99,11 @@ export class ServerClient {
         await fsp.rm(out, { force: true });
         continue;
       }
+      if (res.status >= 500) {
+        // The server could not build this delta (failed for good, or overloaded): chunks remain.
+        await res.body?.cancel();
+        return false;
+      }
       if (res.status !== 200 && res.status !== 206) {
         const t = await res.text().catch(() => '');
         throw new IbuError('HTTP_ERROR', `${url} answered HTTP ${res.status}: ${t.slice(0, 300)}`);
@@ -102,6 +115,7 @@ export class ServerClient {
         await res.body?.cancel();
         return false;
       }
+      if (!resumed) await writeFileAtomic(etagFile, res.headers.get('etag') ?? '');
       const fh = await fsp.open(out, resumed ? fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT : fsc.O_WRONLY | fsc.O_TRUNC | fsc.O_CREAT, 0o644);
       let done = resumed ? have : 0;
       try {

@@ -9,6 +9,7 @@ export interface ChunkRef {
   offset: number; // byte offset in the image
   size: number; // uncompressed bytes
   zero?: true; // an all-zero run: not stored, nothing to fetch
+  csize?: number; // stored (zstd) bytes, when the publisher knew them: exact download sizes, truncation checks
 }
 
 export interface FileMapEntry {
@@ -32,7 +33,18 @@ export interface Manifest {
   channel: string;
   createdAt: string; // ISO time
   image: { size: number; sha256: string; blockSize: number };
-  chunking: { algorithm: 'fastcdc'; min: number; avg: number; max: number; hash: string; compression: 'zstd' };
+  chunking: {
+    algorithm: 'fastcdc';
+    min: number;
+    avg: number;
+    max: number;
+    hash: string;
+    compression: 'zstd';
+    gear?: string; // gear table name (src/chunk/fastcdc.ts), 'ibu1'
+    normalization?: number; // FastCDC normalization level
+    zeroRunMin?: number; // zero runs of at least this many bytes (4 KiB aligned) are `zero` entries
+    level?: number; // zstd level used when publishing
+  };
   chunks: ChunkRef[];
   files: FileMapEntry[];
   kernel: string; // path inside the image, e.g. /vmlinuz

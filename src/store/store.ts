@@ -18,3 +18,14 @@ export interface WriteStore extends Store {
   /** Writes a release file atomically (temp, fsync, rename). */
   putFile(relPath: string, data: Uint8Array): Promise<void>;
 }
+
+/** Optional capabilities some stores have (checked with `in`). */
+export interface FlushableStore {
+  /** Makes every chunk and file written so far durable (called before a manifest points at them). */
+  flush(): Promise<void>;
+}
+
+/** Stores that know a stored chunk's size without reading it (used to fill `csize` in manifests). */
+export interface SizedStore {
+  chunkSize(id: ChunkId, signal?: AbortSignal): Promise<number | undefined>;
+}

@@ -48,7 +48,7 @@ test('apply checkpoints the host fs: the raw device (what GRUB reads) shows the 
     const dev = await makeDevice({ running: '1.0', releases: [{ version: '1.0' }, { version: '2.0' }], hostMount: mnt });
     try {
       await dev.writeConfig({ checkpoint: 'fsfreeze' });
-      assert.equal((await cli(dev, ['init', '--default', '1.0'])).code, 0);
+      { const r0 = await cli(dev, ['init', '--default', '1.0']); assert.equal(r0.code, 0, r0.stderr); }
       assert.equal((await cli(dev, ['prepare', '--version', '2.0'])).code, 0);
       const r = await cli(dev, ['apply', '--now', '--json']);
       assert.equal(r.code, 0, r.stderr);
@@ -85,7 +85,7 @@ test('nearly full host: the oldest unprotected image goes, or NO_SPACE and nothi
     const dev = await makeDevice({ running: '1.0', releases: [{ version: '0.9' }, { version: '1.0' }, { version: '2.0', payloadBytes: 3 * 1024 * 1024 }], installed: ['0.9', '1.0'], hostMount: mnt });
     try {
       await dev.writeConfig({ space: { reserveBytes: 0, keepImages: 2 } });
-      assert.equal((await cli(dev, ['init', '--default', '1.0'])).code, 0);
+      { const r0 = await cli(dev, ['init', '--default', '1.0']); assert.equal(r0.code, 0, r0.stderr); }
       const old = (await fsp.stat(path.join(dev.images, '0.9.img'))).blocks * 512;
       const need = await neededFor(dev, '2.0');
       // Not enough even after deleting 0.9: refused, nothing deleted.

@@ -1,4 +1,114 @@
 import type { Command } from 'commander';
+import { IbuError } from '../../errors.js';
+import { FleetAdminClient } from '../../server/fleet/admin-client.js';
+import { simulate } from '../../server/fleet/simulator.js';
+import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
 
-// `ibu fleet ...` commands; filled in by the work that owns src/cli/commands/fleet.ts.
-export function registerFleetCommands(_program: Command): void {}
+interface Common {
+  server?: string;
+  token?: string;
+  json?: boolean;
+}
+
+function common(cmd: Command): Command {
+  return cmd.option('--server <url>', 'the ibu server (default: IBU_SERVER)').option('--token <token>', 'admin token (default: IBU_ADMIN_TOKEN)').option('--json', 'print JSON');
+}
+
+function int(name: string, min: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new IbuError('USAGE', `${name} must be an integer >= ${min}, not '${v}'.`);
+    return n;
+  };
+}
+
+/** `ibu fleet ...`: fleet status, releases, groups (admin API) and the fleet simulator. */
+export function registerFleetCommands(program: Command): void {
+  const fleet = program.command('fleet').description('the fleet: status, releases on the upgrade path, groups, simulator');
+
+  common(fleet.command('status').description('devices by version, rollouts, problem devices')).action(async (o: Common) => {
+    const s = await FleetAdminClient.fromOptions(o).call<{
+      enrolled: number; versions: Array<{ version: string; devices: number }>; rollouts: Array<{ id: number; version: string; state: string; wave: number; reason: string | null }>;
+      problems: Array<{ id: string; version: string | null; participation?: { status: string; errorCode: string | null; errorMessage: string | null } | null; flags: string[] }>;
+    }>('GET', '/v1/admin/fleet/summary');
+    if (o.json) return void process.stdout.write(JSON.stringify(s) + '\n');
+    const out = [`${s.enrolled} devices enrolled`, 'versions:'];
+    for (const v of s.versions) out.push(`  ${v.version.padEnd(20)} ${v.devices}`);
+    out.push('rollouts:');
+    for (const r of s.rollouts) out.push(`  ${r.id} ${r.version} ${r.state} wave ${r.wave}${r.reason ? ` (${r.reason})` : ''}`);
+    out.push(`problem devices: ${s.problems.length}`);
+    for (const p of s.problems.slice(0, 20)) out.push(`  ${p.id} ${p.version ?? '-'} ${p.participation?.status ?? ''} ${p.flags.join(',')} ${p.participation?.errorCode ?? ''} ${p.participation?.errorMessage ?? ''}`);
+    process.stdout.write(out.join('\n') + '\n');
+  });
+
+  common(
+    fleet
+      .command('release')
+      .description('put a release on a channel\'s upgrade path (or change it), e.g. mark it a mandatory stepping stone')
+      .requiredOption('--version <v>', 'release version')
+      .option('--channel <name>', 'channel (default stable)')
+      .option('--mandatory', 'every device must pass through this release')
+      .option('--not-mandatory', 'clear the mandatory mark')
+      .option('--manifest-url <url>', 'where devices fetch the manifest (default /v1/releases/<v>/manifest)'),
+  ).action(async (o: Common & { version: string; channel?: string; mandatory?: boolean; notMandatory?: boolean; manifestUrl?: string }) => {
+    const mandatory = o.mandatory ? true : o.notMandatory ? false : undefined;
+    const r = await FleetAdminClient.fromOptions(o).call<ReleaseRecord>('POST', '/v1/admin/fleet/releases', { version: o.version, channel: o.channel, mandatory, manifestUrl: o.manifestUrl });
+    process.stdout.write((o.json ? JSON.stringify(r) : `${r.channel} ${r.version}${r.mandatory ? ' (mandatory)' : ''}`) + '\n');
+  });
+
+  common(
+    fleet
+      .command('group')
+      .argument('<name>', 'group name')
+      .description('set a group\'s maintenance window and reboot concurrency')
+      .option('--window <json>', 'e.g. \'{"timeZone":"Europe/Berlin","rules":[{"days":[1,2,3,4,5],"start":"01:00","end":"04:00"}]}\' or "none"')
+      .option('--max-reboots <n>', 'concurrent reboot leases in the group (0 = unlimited)', int('--max-reboots', 0))
+      .option('--lease-ttl <seconds>', 'a reboot lease expires after this long', int('--lease-ttl', 1)),
+  ).action(async (name: string, o: Common & { window?: string; maxReboots?: number; leaseTtl?: number }) => {
+    let window: unknown;
+    if (o.window !== undefined) {
+      try {
+        window = o.window === 'none' ? null : JSON.parse(o.window);
+      } catch {
+        throw new IbuError('USAGE', '--window must be JSON like {"timeZone":"Europe/Berlin","rules":[{"days":[6],"start":"22:00","end":"04:00"}]} or "none".');
+      }
+    }
+    const g = await FleetAdminClient.fromOptions(o).call<GroupRecord>('PUT', `/v1/admin/fleet/groups/${encodeURIComponent(name)}`, {
+      ...(window !== undefined ? { window } : {}), ...(o.maxReboots !== undefined ? { maxConcurrentReboots: o.maxReboots } : {}), ...(o.leaseTtl !== undefined ? { leaseTtlSeconds: o.leaseTtl } : {}),
+    });
+    process.stdout.write((o.json ? JSON.stringify(g) : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) + '\n');
+  });
+
+  fleet
+    .command('simulate')
+    .description('run N simulated devices against a real server on loopback through a staged rollout with failures and a restart')
+    .option('--devices <n>', 'simulated devices', int('--devices', 10), 80_000)
+    .option('--rate <n>', 'target idle check-ins per second (sets the compressed check-in interval)', int('--rate', 1), 1000)
+    .option('--concurrency <n>', 'requests in flight at once', int('--concurrency', 1), 128)
+    .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
+    .option('--no-restart', 'do not restart the server midway')
+    .option('--keep', 'keep the temporary data directory')
+    .option('--json', 'print the result as one JSON object')
+    .action(async (o: { devices: number; rate: number; concurrency: number; databaseUrl?: string; restart: boolean; keep?: boolean; json?: boolean }) => {
+      const result = await simulate({
+        devices: o.devices, rate: o.rate, concurrency: o.concurrency, databaseUrl: o.databaseUrl, restart: o.restart, keep: o.keep,
+        log: o.json ? undefined : (m) => process.stderr.write(`fleet simulate: ${m}\n`),
+      });
+      if (o.json) {
+        process.stdout.write(JSON.stringify(result) + '\n');
+        return;
+      }
+      const ok = (b: boolean) => (b ? 'yes' : 'NO');
+      process.stdout.write([
+        `devices            ${result.devices}`,
+        `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
+        `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
+        `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,
+        `bad release paused ${ok(result.rolloutPausedCorrectly)}${result.pauseReason ? ` (${result.pauseReason})` : ''}`,
+        `lost updates       ${result.lostUpdates}`,
+        `injected           ${JSON.stringify(result.injected)}`,
+        `cpu                server ${result.cpu.serverSeconds} s, simulator ${result.cpu.clientSeconds} s, wall ${result.cpu.wallSeconds} s`,
+      ].join('\n') + '\n');
+      if (!result.rolloutCompleted || !result.rolloutPausedCorrectly || result.lostUpdates > 0) process.exitCode = 1;
+    });
+}

@@ -1,4 +1,199 @@
 import type { Command } from 'commander';
+import { DEFAULT_CHUNK_PARAMS } from '../../chunk/index.js';
+import { CHUNK_HASHES, type ChunkHashName } from '../../chunk/hash.js';
+import { IbuError } from '../../errors.js';
+import { fetchRelease, type FetchProgress } from '../../release/fetch.js';
+import { Keyring } from '../../release/keyring.js';
+import { loadSigningKey } from '../../release/keys.js';
+import { parseAndVerifyManifest, parseManifestUnverified, readManifestBytes, signManifest, writeManifest } from '../../release/manifest.js';
+import { publishRelease } from '../../release/publish.js';
+import { readChannel } from '../../release/channel.js';
+import { manifestPath } from '../../store/layout.js';
+import { LocalStore } from '../../store/local-store.js';
+import { HttpStore, type HttpLayout } from '../../store/http-store.js';
+import type { Store } from '../../store/store.js';
+import { parseSize } from '../run.js';
 
-// `ibu release ...` commands; filled in by the work that owns src/cli/commands/release.ts.
-export function registerReleaseCommands(_program: Command): void {}
+const collect = (v: string, acc: string[]) => [...acc, v];
+
+/** `ibu release publish|fetch|sign|verify|list` (docs/releases.md). */
+export function registerReleaseCommands(program: Command): void {
+  const release = program.command('release').description('publish, sign and fetch releases (chunk store + signed manifest)');
+
+  release
+    .command('publish')
+    .description('chunk, compress and store an image, and write its signed manifest')
+    .requiredOption('--image <img>', 'the ext4 image to publish')
+    .requiredOption('--version <v>', 'release version (must be newer than the channel\'s latest)')
+    .requiredOption('--store <dir>', 'store directory (created if missing)')
+    .option('--key <file>', 'signing key (signing.key); repeat to sign with several keys', collect, [])
+    .option('--channel <name>', 'channel', 'stable')
+    .option('--product <name>', 'product name recorded in the manifest')
+    .option('--chunk-size <min:avg:max>', `FastCDC sizes (default ${DEFAULT_CHUNK_PARAMS.min / 1024}K:${DEFAULT_CHUNK_PARAMS.avg / 1024}K:${DEFAULT_CHUNK_PARAMS.max / 1024}K)`)
+    .option('--hash <name>', `chunk id hash (${CHUNK_HASHES.join(', ')})`, 'blake3')
+    .option('--level <n>', 'zstd level', '3')
+    .option('--no-kernel', 'allow an image without /vmlinuz and /initrd.img')
+    .option('--threads <n>', 'zstd worker threads (default: cores - 1; 0 = compress in the main thread)')
+    .option('--durability <mode>', "'batch' (default: one filesystem sync before the manifest, crash repair by marker) or 'fsync' (each chunk)", 'batch')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { image: string; version: string; store: string; key: string[]; channel: string; product?: string; chunkSize?: string; hash: string; level: string; kernel: boolean; threads?: string; durability: string; json?: boolean }) => {
+      if (!(CHUNK_HASHES as readonly string[]).includes(opts.hash)) throw new IbuError('USAGE', `--hash must be one of ${CHUNK_HASHES.join(', ')}`);
+      if (!/^\d{1,2}$/.test(opts.level) || +opts.level < 1 || +opts.level > 19) throw new IbuError('USAGE', '--level must be a zstd level from 1 to 19');
+      if (opts.threads !== undefined && !/^\d{1,2}$/.test(opts.threads)) throw new IbuError('USAGE', '--threads must be a number from 0 to 99');
+      if (opts.durability !== 'fsync' && opts.durability !== 'batch') throw new IbuError('USAGE', "--durability must be 'fsync' or 'batch'");
+      const tty = !opts.json && process.stderr.isTTY;
+      const r = await publishRelease({
+        image: opts.image,
+        version: opts.version,
+        store: new LocalStore(opts.store, { durability: opts.durability }),
+        keyFiles: opts.key,
+        channel: opts.channel,
+        product: opts.product,
+        params: opts.chunkSize ? parseChunkSizes(opts.chunkSize) : undefined,
+        hash: opts.hash as ChunkHashName,
+        level: parseInt(opts.level, 10),
+        requireKernel: opts.kernel,
+        threads: opts.threads !== undefined ? parseInt(opts.threads, 10) : undefined,
+        onProgress: tty ? (p) => process.stderr.write(`\rpublishing ${pct(p.bytesDone, p.bytesTotal)}`) : undefined,
+      });
+      if (tty) process.stderr.write('\n');
+      if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
+      else {
+        process.stdout.write(`published ${r.version} on '${r.channel}': ${fmt(r.imageSize)} image, ${r.chunks} chunks (${r.zeroChunks} zero runs, ${fmt(r.zeroBytes)}), ` +
+          `${r.newChunks} new chunks stored (${fmt(r.newStoredBytes)}) in ${r.seconds.toFixed(1)} s (${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)\n`);
+      }
+    });
+
+  release
+    .command('fetch')
+    .description('download a release, reusing chunks from seed images; verifies everything; resumable')
+    .requiredOption('--from <dirOrUrl>', 'store directory or base URL (http(s)://host/path, or .../v1 for `ibu serve`)')
+    .requiredOption('--version <v>', 'release version')
+    .requiredOption('--keyring <dir>', 'keyring directory (trusted *.pub + revoked list)')
+    .requiredOption('--out <img>', 'output image (written via OUT.partial, then renamed)')
+    .option('--seed <img>', 'an image whose chunks can be reused (repeatable)', collect, [])
+    .option('--channel <name>', 'refuse a release from another channel')
+    .option('--concurrency <n>', 'parallel chunk downloads', '8')
+    .option('--layout <layout>', "HTTP store layout: 'static' (files) or 'api' (ibu serve /v1 routes)")
+    .option('--seed-scan <mode>', "'full' (same-offset pass, then content-defined scan) or 'offset'", 'full')
+    .option('--json', 'print a final JSON object')
+    .action(async (opts: { from: string; version: string; keyring: string; out: string; seed: string[]; channel?: string; concurrency: string; layout?: string; seedScan: string; json?: boolean }) => {
+      if (opts.layout !== undefined && opts.layout !== 'static' && opts.layout !== 'api') throw new IbuError('USAGE', "--layout must be 'static' or 'api'");
+      if (opts.seedScan !== 'full' && opts.seedScan !== 'offset') throw new IbuError('USAGE', "--seed-scan must be 'full' or 'offset'");
+      const concurrency = parseInt(opts.concurrency, 10);
+      if (!(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
+      const store = openStoreArg(opts.from, concurrency, opts.layout as HttpLayout | undefined);
+      const keyring = await Keyring.load(opts.keyring);
+      const bar = !opts.json && process.stderr.isTTY ? progressBar() : undefined;
+      try {
+        const r = await fetchRelease({ store, version: opts.version, keyring, out: opts.out, seeds: opts.seed, channel: opts.channel, concurrency, seedScan: opts.seedScan as 'full' | 'offset', onProgress: bar?.update });
+        bar?.end();
+        if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
+        else {
+          process.stdout.write(`fetched ${r.version} → ${r.out}: ${fmt(r.totalBytes)} image, reused ${fmt(r.reusedBytes)}, downloaded ${fmt(r.downloadedBytes)}, ` +
+            `zero ${fmt(r.zeroBytes)}, in ${r.seconds.toFixed(1)} s; signed by ${r.signedBy}, sha256 ${r.imageSha256}\n`);
+        }
+      } finally {
+        bar?.end();
+        if (store instanceof HttpStore) await store.close();
+      }
+    });
+
+  release
+    .command('sign')
+    .description('add a signature to a published manifest (key rotation: sign with the new key, then revoke the old)')
+    .requiredOption('--store <dir>', 'store directory')
+    .requiredOption('--version <v>', 'release version')
+    .option('--key <file>', 'signing key; repeatable', collect, [])
+    .option('--drop <keyId>', 'remove the signature of this key id; repeatable', collect, [])
+    .action(async (opts: { store: string; version: string; key: string[]; drop: string[] }) => {
+      if (opts.key.length === 0 && opts.drop.length === 0) throw new IbuError('USAGE', 'give --key to add a signature or --drop to remove one');
+      const store = new LocalStore(opts.store);
+      const rel = manifestPath(opts.version);
+      const m = parseManifestUnverified(await store.getFile(rel), rel);
+      const keys = await Promise.all(opts.key.map(loadSigningKey));
+      const signed = signManifest({ ...m, signatures: m.signatures.filter((s) => !opts.drop.includes(s.keyId)) }, keys);
+      if (signed.signatures.length === 0) throw new IbuError('USAGE', 'refusing to leave the manifest without any signature');
+      await writeManifest(store, signed);
+      process.stdout.write(`${rel}: signed by ${signed.signatures.map((s) => s.keyId).join(', ')}\n`);
+    });
+
+  release
+    .command('verify')
+    .description("check a release manifest's signatures against a keyring")
+    .requiredOption('--from <dirOrUrl>', 'store directory or URL')
+    .requiredOption('--version <v>', 'release version')
+    .requiredOption('--keyring <dir>', 'keyring directory')
+    .option('--json', 'print JSON')
+    .action(async (opts: { from: string; version: string; keyring: string; json?: boolean }) => {
+      const store = openStoreArg(opts.from, 2);
+      try {
+        const { manifest, keyId } = parseAndVerifyManifest((await readManifestBytes(store, opts.version)).bytes, await Keyring.load(opts.keyring), `release ${opts.version}`);
+        const r = { version: manifest.version, channel: manifest.channel, signedBy: keyId, imageSha256: manifest.image.sha256, imageSize: manifest.image.size };
+        process.stdout.write(opts.json ? JSON.stringify(r) + '\n' : `release ${r.version} (${r.channel}) is signed by trusted key ${keyId}\n`);
+      } finally {
+        if (store instanceof HttpStore) await store.close();
+      }
+    });
+
+  release
+    .command('list')
+    .description('list the versions on a channel')
+    .requiredOption('--from <dirOrUrl>', 'store directory or URL')
+    .option('--channel <name>', 'channel', 'stable')
+    .option('--json', 'print JSON')
+    .action(async (opts: { from: string; channel: string; json?: boolean }) => {
+      const store = openStoreArg(opts.from, 2);
+      try {
+        const ch = await readChannel(store, opts.channel);
+        process.stdout.write(opts.json ? JSON.stringify(ch) + '\n' : ch.versions.map((v) => `${v}\n`).join(''));
+      } finally {
+        if (store instanceof HttpStore) await store.close();
+      }
+    });
+}
+
+function openStoreArg(from: string, connections: number, layout?: HttpLayout): Store {
+  if (/^https?:\/\//i.test(from)) return new HttpStore(from, { connections, layout });
+  return new LocalStore(from);
+}
+
+export function parseChunkSizes(s: string): { min: number; avg: number; max: number } {
+  const parts = s.split(':');
+  if (parts.length !== 3) throw new IbuError('USAGE', `--chunk-size wants MIN:AVG:MAX such as 16K:64K:256K (got '${s}')`);
+  const [min, avg, max] = parts.map(parseSize) as [number, number, number];
+  return { min, avg, max };
+}
+
+function fmt(n: number): string {
+  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+function pct(a: number, b: number): string {
+  return b > 0 ? `${((100 * a) / b).toFixed(0)}%` : '';
+}
+
+/** One self-rewriting stderr line: phase, bytes reused vs downloaded, rate and ETA. */
+function progressBar(): { update: (p: FetchProgress) => void; end: () => void } {
+  const t0 = performance.now();
+  let shown = false;
+  let ended = false;
+  return {
+    update(p) {
+      if (ended) return;
+      const secs = (performance.now() - t0) / 1000;
+      const rate = secs > 0 ? p.downloadedBytes / secs : 0;
+      const left = p.neededDownloadBytes !== undefined ? Math.max(0, p.neededDownloadBytes - p.downloadedBytes) : undefined;
+      const eta = left !== undefined && rate > 0 ? `ETA ${Math.ceil(left / rate)} s` : '';
+      process.stderr.write(`\r\x1b[K${p.phase} ${pct(p.writtenBytes, p.totalBytes)}  reused ${fmt(p.reusedBytes)}  downloaded ${fmt(p.downloadedBytes)}  ${fmt(rate)}/s  ${eta}`);
+      shown = true;
+    },
+    end() {
+      if (shown && !ended) process.stderr.write('\n');
+      ended = true;
+    },
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * Fleet benchmark: the release day of a whole fleet on this machine.
+ *   npm run bench:fleet                      (80,000 devices, 3 runs)
+ *   FLEET_DEVICES=20000 FLEET_RUNS=1 npm run bench:fleet
+ * Each run is `ibu fleet simulate` (src/server/fleet/simulator.ts): the real server in a child
+ * process on SQLite, devices over loopback HTTP. The anchor, measured in the same run: a bare
+ * Fastify route that answers {} to the same client (undici, same concurrency): the HTTP floor
+ * a check-in cannot go below here.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { Agent, request } from 'undici';
+import { simulate, type SimulateResult } from '../src/server/fleet/simulator.js';
+
+const devices = Number(process.env.FLEET_DEVICES ?? 80_000);
+const runs = Number(process.env.FLEET_RUNS ?? 3); // 0: only the capacity and anchor measurements
+const rate = Number(process.env.FLEET_RATE ?? 1000);
+const concurrency = Number(process.env.FLEET_CONCURRENCY ?? 128);
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+/** The anchor: a Fastify route that does nothing, in a child process, hit by the same client. */
+async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number }> {
+  const code = `
+    const Fastify = (await import('fastify')).default;
+    const app = Fastify();
+    app.post('/noop', async () => ({ target: null, deltaReady: false, window: null, rebootLease: { granted: false }, nextCheckinSeconds: 60 }));
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    console.log(JSON.stringify({ port: app.server.address().port }));
+    process.on('SIGTERM', () => app.close().then(() => process.exit(0)));`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() });
+  const port = await new Promise<number>((resolve) => createInterface({ input: child.stdout! }).once('line', (l) => resolve(JSON.parse(l).port)));
+  const agent = new Agent({ connections: concurrency, pipelining: 1 });
+  const lat: number[] = [];
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next++ < requests) {
+      const s = performance.now();
+      const res = await request(`http://127.0.0.1:${port}/noop`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: '{"version":"1.0.0","state":"idle","trial":false}' });
+      await res.body.text();
+      lat.push(performance.now() - s);
+    }
+  }));
+  const secs = (performance.now() - t0) / 1000;
+  child.kill('SIGTERM');
+  await agent.close();
+  lat.sort((a, b) => a - b);
+  return { perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10 };
+}
+
+/**
+ * Check-in capacity: the real server (sim-server.ts: createServer + fleet plugin, SQLite) with
+ * 5,000 enrolled devices, hammered by the same client loop as the anchor: saturation throughput
+ * and latency of real check-ins (read device, decide, group-commit, answer).
+ */
+async function checkinCapacity(requests: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number; serverCpuMsPerCheckin: number }> {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-bench-'));
+  const entry = fileURLToPath(new URL('../src/server/fleet/sim-server.ts', import.meta.url));
+  const child = spawn(process.execPath, [...process.execArgv, entry, '--data', dataDir, '--port', '0', '--admin-token', 'bench'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let cpu = 0;
+  const port = await new Promise<number>((resolve) => createInterface({ input: child.stdout! }).on('line', (l) => {
+    const m = JSON.parse(l);
+    if (m.port) resolve(m.port);
+    if (m.cpu) cpu = (m.cpu.user + m.cpu.system) / 1000;
+  }));
+  const agent = new Agent({ connections: concurrency, pipelining: 1 });
+  const call = async (method: 'POST' | 'PUT', p: string, body: unknown, token?: string) => {
+    const res = await request(`http://127.0.0.1:${port}${p}`, { method, dispatcher: agent, headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify(body) });
+    return res.body.json() as Promise<{ token?: string }>;
+  };
+  await call('PUT', '/v1/admin/fleet/settings', { enrollmentSecret: 'bench' }, 'bench');
+  for (const v of ['1.0.0', '2.0.0']) await call('POST', '/v1/admin/fleet/releases', { version: v }, 'bench');
+  await call('POST', '/v1/admin/fleet/rollouts', { version: '2.0.0', spec: { waves: [10, 100] } }, 'bench');
+  const tokens: string[] = [];
+  for (let i = 0; i < 5000; i++) tokens.push((await call('POST', '/v1/devices/enroll', { deviceId: `cap-${i}`, enrollmentSecret: 'bench' })).token!);
+  const lat: number[] = [];
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < requests) {
+      const i = next++ % 5000;
+      const s = performance.now();
+      await call('POST', `/v1/devices/cap-${i}/checkin`, { version: '1.0.0', state: 'idle', trial: false, freeBytes: 1e9, lastError: null }, tokens[i]);
+      lat.push(performance.now() - s);
+    }
+  }));
+  const secs = (performance.now() - t0) / 1000;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+  await agent.close();
+  rmSync(dataDir, { recursive: true, force: true });
+  lat.sort((a, b) => a - b);
+  return {
+    perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
+    serverCpuMsPerCheckin: Math.round((cpu / (requests + 5000)) * 1000) / 1000,
+  };
+}
+
+const results: SimulateResult[] = [];
+console.log(`fleet bench: ${devices} devices, ${runs} run(s), target idle rate ${rate}/s, concurrency ${concurrency}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+for (let i = 0; i < runs; i++) {
+  const r = await simulate({ devices, rate, concurrency, log: (m) => console.error(`  [run ${i + 1}] ${m}`) });
+  results.push(r);
+  console.log(JSON.stringify({ run: i + 1, checkinsPerSec: r.checkinsPerSec, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p99MsAll: r.p99MsAll, maxMs: r.maxMs, checkins: r.checkins, events: r.events, durationSeconds: r.durationSeconds, rolloutCompleted: r.rolloutCompleted, rolloutPausedCorrectly: r.rolloutPausedCorrectly, lostUpdates: r.lostUpdates, retries: r.retries, cpu: r.cpu, realServer: r.realServer }));
+}
+const capacity = await checkinCapacity(50_000);
+const floor = await httpFloor(50_000);
+const summary = {
+  devices,
+  runs,
+  checkinsPerSec: median(results.map((r) => r.checkinsPerSec)),
+  p50Ms: median(results.map((r) => r.p50Ms)),
+  p99Ms: median(results.map((r) => r.p99Ms)),
+  p99MsAll: median(results.map((r) => r.p99MsAll)),
+  serverCpuPerCheckinMs: median(results.map((r) => (r.cpu.serverSeconds * 1000) / (r.checkins + r.events))),
+  serverCpuShare: median(results.map((r) => r.cpu.serverSeconds / r.cpu.wallSeconds)),
+  allCompleted: results.every((r) => r.rolloutCompleted),
+  allPausedCorrectly: results.every((r) => r.rolloutPausedCorrectly),
+  lostUpdates: results.reduce((n, r) => n + r.lostUpdates, 0),
+  checkinCapacity: capacity,
+  anchorHttpFloor: floor,
+  load: os.loadavg(),
+};
+console.log(JSON.stringify(summary));

@@ -1,0 +1,235 @@
+import type { PhysicalExtent } from '../image/ext4/types.js';
+import { DICT_PREFIX, opStart } from './format.js';
+import type { Match, MatchFile, MatchKind } from './file-match.js';
+import { BLOCK, type ImageScan } from './image-scan.js';
+import type { CopyOp, DeltaOp, PatchOp, Range, ReplaceOp, ZeroOp } from './types.js';
+
+/**
+ * The pure half of `makeDelta`: from the block classification of both images and the file
+ * maps, decide the ops and group PATCH/REPLACE ops into segments. No I/O; hashes are filled
+ * in by the encoder while it reads the bytes.
+ */
+export interface PlanLimits {
+  /** Most target bytes one segment decodes to (apply holds them in memory). */
+  maxSegmentOutput: number;
+  /** Most source bytes one segment's dictionary holds (apply holds them in memory too). */
+  maxSegmentDict: number;
+  /** COPY ops are cut at this many bytes, so a modified source block costs a small fallback. */
+  maxCopy: number;
+  /** Runs of unchanged blocks inside a changed file shorter than this many blocks travel inside its PATCH. */
+  absorbBlocks: number;
+  /** Changed metadata blocks this close together share one op. */
+  metadataGapBlocks: number;
+}
+
+export const DEFAULT_LIMITS: PlanLimits = {
+  maxSegmentOutput: 32 << 20,
+  maxSegmentDict: 48 << 20,
+  maxCopy: 1 << 20,
+  absorbBlocks: 16,
+  metadataGapBlocks: 8,
+};
+
+export interface PlanFile extends MatchFile {
+  extents: PhysicalExtent[];
+}
+
+export interface PlanInput {
+  scan: Pick<ImageScan, 'blockSize' | 'sourceSize' | 'targetSize' | 'kind' | 'from' | 'sourceZero'>;
+  /** Regular files and directories of the target, with their extents. */
+  targetFiles: PlanFile[];
+  match: (t: MatchFile) => Match | undefined;
+  sourceExtents: (f: MatchFile) => PhysicalExtent[];
+  limits?: Partial<PlanLimits>;
+}
+
+export interface PlannedSegment {
+  ops: number[]; // indices into Plan.ops, increasing
+  outputLength: number;
+  dictLength: number;
+}
+
+export interface Plan {
+  ops: DeltaOp[];
+  segments: PlannedSegment[];
+  files: { patched: number; replaced: number; byPath: number; byRename: number; byBasename: number };
+}
+
+const NO_HASH = Buffer.alloc(0);
+
+/** Coalesces a list of blocks (in the order given) into byte ranges, merging physically adjacent blocks. */
+export function blocksToRanges(blocks: ArrayLike<number>, bs: number, imageSize: number): Range[] {
+  const out: Range[] = [];
+  for (let i = 0; i < blocks.length; i++) {
+    const b = blocks[i]!;
+    const offset = b * bs;
+    const length = Math.min(bs, imageSize - offset);
+    if (length <= 0) continue;
+    const last = out[out.length - 1];
+    if (last && last.offset + last.length === offset) last.length += length;
+    else out.push({ offset, length });
+  }
+  return out;
+}
+
+function rangesBytes(rs: Range[]): number {
+  let n = 0;
+  for (const r of rs) n += r.length;
+  return n;
+}
+
+/** Physical blocks of a file in logical order (holes skipped), clipped to the image. */
+function fileBlocks(extents: PhysicalExtent[], imageBlocks: number): number[] {
+  const sorted = [...extents].sort((a, b) => a.logical - b.logical);
+  const out: number[] = [];
+  for (const e of sorted) {
+    for (let i = 0; i < e.length; i++) {
+      const p = e.physical + i;
+      if (p >= 0 && p < imageBlocks) out.push(p);
+    }
+  }
+  return out;
+}
+
+export function plan(input: PlanInput): Plan {
+  const lim: PlanLimits = { ...DEFAULT_LIMITS, ...input.limits };
+  const { blockSize: bs, sourceSize, targetSize, kind, from, sourceZero } = input.scan;
+  const tBlocks = kind.length;
+  const sBlocks = sourceZero.length;
+  const claimed = new Uint8Array(tBlocks);
+  const ops: DeltaOp[] = [];
+  const files = { patched: 0, replaced: 0, byPath: 0, byRename: 0, byBasename: 0 };
+  const byKind: Record<MatchKind, 'byPath' | 'byRename' | 'byBasename'> = { path: 'byPath', rename: 'byRename', basename: 'byBasename' };
+  const seenIno = new Set<number>();
+  const maxOutBlocks = Math.max(1, Math.floor(lim.maxSegmentOutput / bs));
+  const maxDictBlocks = Math.max(1, Math.floor(lim.maxSegmentDict / bs));
+
+  // 1. Changed files: their literal blocks (and short unchanged runs between them) become one
+  //    PATCH against the matched source file, or a REPLACE when nothing matches.
+  for (const f of input.targetFiles) {
+    if (seenIno.has(f.ino)) continue; // hard links share blocks
+    seenIno.add(f.ino);
+    const blocks = fileBlocks(f.extents, tBlocks).filter((b) => claimed[b] === 0);
+    if (!blocks.some((b) => kind[b] === BLOCK.literal)) continue;
+    const include: number[] = [];
+    const logical: number[] = []; // index in the file's block list, to place source windows
+    for (let i = 0; i < blocks.length; ) {
+      const lit = kind[blocks[i]!] === BLOCK.literal;
+      let j = i;
+      while (j < blocks.length && (kind[blocks[j]!] === BLOCK.literal) === lit) j++;
+      if (lit || j - i < lim.absorbBlocks) {
+        for (let k = i; k < j; k++) {
+          include.push(blocks[k]!);
+          logical.push(k);
+        }
+      }
+      i = j;
+    }
+    for (const b of include) claimed[b] = 1;
+    const m = input.match(f);
+    const srcBlocks = m ? fileBlocks(input.sourceExtents(m.file), sBlocks) : [];
+    if (m && srcBlocks.length > 0) {
+      files.patched++;
+      files[byKind[m.kind]]++;
+    } else {
+      files.replaced++;
+    }
+    for (let p = 0; p < include.length; p += maxOutBlocks) {
+      const part = include.slice(p, p + maxOutBlocks);
+      const dst = blocksToRanges(part, bs, targetSize);
+      if (srcBlocks.length === 0 || !m) {
+        ops.push({ type: 'replace', segment: -1, dst, dstHash: NO_HASH, path: f.path } satisfies ReplaceOp);
+        continue;
+      }
+      // A source window around the same place in the old file when the old file is too big
+      // to be the dictionary whole.
+      let window = srcBlocks;
+      if (srcBlocks.length > maxDictBlocks) {
+        const a = logical[p]!;
+        const b = logical[Math.min(p + maxOutBlocks, include.length) - 1]! + 1;
+        const mid = Math.floor((a + b) / 2);
+        const start = Math.max(0, Math.min(srcBlocks.length - maxDictBlocks, mid - Math.floor(maxDictBlocks / 2)));
+        window = srcBlocks.slice(start, start + maxDictBlocks);
+      }
+      const src = blocksToRanges(window, bs, sourceSize);
+      ops.push({ type: 'patch', segment: -1, dst, src, srcHash: NO_HASH, dstHash: NO_HASH, path: f.path, srcPath: m.file.path } satisfies PatchOp);
+    }
+  }
+
+  // 2. Changed blocks outside files (inode tables, bitmaps, extent tree blocks, the journal):
+  //    diffed against the same offsets of the source, where the same structures live.
+  for (let b = 0; b < tBlocks; ) {
+    if (kind[b] !== BLOCK.literal || claimed[b] === 1) {
+      b++;
+      continue;
+    }
+    const run: number[] = [];
+    let e = b;
+    while (e < tBlocks && run.length < maxOutBlocks) {
+      if (claimed[e] === 1) break;
+      if (kind[e] === BLOCK.literal) {
+        run.push(e++);
+        continue;
+      }
+      // Absorb a short unchanged gap when another changed block follows it.
+      let g = e;
+      while (g < tBlocks && g - e <= lim.metadataGapBlocks && claimed[g] === 0 && kind[g] !== BLOCK.literal) g++;
+      if (g < tBlocks && g - e <= lim.metadataGapBlocks && claimed[g] === 0 && kind[g] === BLOCK.literal && run.length + (g - e) < maxOutBlocks) {
+        for (; e < g; e++) run.push(e);
+      } else {
+        break;
+      }
+    }
+    for (const x of run) claimed[x] = 1;
+    const dst = blocksToRanges(run, bs, targetSize);
+    const srcRun = run.filter((x) => x < sBlocks);
+    const useful = srcRun.some((x) => sourceZero[x] === 0);
+    if (useful) {
+      const src = blocksToRanges(srcRun, bs, sourceSize);
+      ops.push({ type: 'patch', segment: -1, dst, src, srcHash: NO_HASH, dstHash: NO_HASH, path: '', srcPath: '' } satisfies PatchOp);
+    } else {
+      ops.push({ type: 'replace', segment: -1, dst, dstHash: NO_HASH, path: '' } satisfies ReplaceOp);
+    }
+    b = e;
+  }
+
+  // 3. Everything else is a ZERO run or a COPY run (contiguous in both images).
+  const maxCopyBlocks = Math.max(1, Math.floor(lim.maxCopy / bs));
+  for (let b = 0; b < tBlocks; ) {
+    if (claimed[b] === 1) {
+      b++;
+      continue;
+    }
+    let e = b + 1;
+    if (kind[b] === BLOCK.zero) {
+      while (e < tBlocks && claimed[e] === 0 && kind[e] === BLOCK.zero) e++;
+      const dst = b * bs;
+      ops.push({ type: 'zero', dst, length: Math.min(e * bs, targetSize) - dst } satisfies ZeroOp);
+    } else {
+      while (e < tBlocks && e - b < maxCopyBlocks && claimed[e] === 0 && kind[e] === BLOCK.copy && from[e] === from[e - 1]! + 1) e++;
+      const dst = b * bs;
+      const length = Math.min(e * bs, targetSize) - dst;
+      ops.push({ type: 'copy', dst, length, src: from[b]! * bs, hash: NO_HASH } satisfies CopyOp);
+    }
+    b = e;
+  }
+
+  // 4. Target order, then segments over the PATCH/REPLACE ops in that order.
+  ops.sort((x, y) => opStart(x) - opStart(y));
+  const segments: PlannedSegment[] = [];
+  let cur: PlannedSegment | undefined;
+  ops.forEach((op, i) => {
+    if (op.type !== 'patch' && op.type !== 'replace') return;
+    const out = rangesBytes(op.dst);
+    const dict = op.type === 'patch' ? rangesBytes(op.src) : 0;
+    if (!cur || cur.outputLength + out > lim.maxSegmentOutput || cur.dictLength + dict > lim.maxSegmentDict + DICT_PREFIX.length) {
+      cur = { ops: [], outputLength: 0, dictLength: DICT_PREFIX.length };
+      segments.push(cur);
+    }
+    cur.ops.push(i);
+    cur.outputLength += out;
+    cur.dictLength += dict;
+    op.segment = segments.length - 1;
+  });
+  return { ops, segments, files };
+}

@@ -1,0 +1,131 @@
+import type { DeviceState, MaintenanceWindow } from './protocol.js';
+
+/**
+ * The fleet's records, shared by the pure logic (this folder) and the repositories that store
+ * them (src/server/fleet/*-repository.ts). Times are epoch milliseconds.
+ */
+export interface DeviceRecord {
+  id: string;
+  tokenHash: string; // sha256 hex of the device token; the token itself is never stored
+  group: string;
+  channel: string;
+  bucket: number; // 0..9999, stable hash of the id: decides the rollout wave
+  version: string | null; // running version (null until the first check-in)
+  state: DeviceState | null;
+  trial: boolean;
+  committedVersion: string | null;
+  maxCommitted: string | null; // highest committed version ever reported (anti-downgrade)
+  preparedVersion: string | null;
+  freeBytes: number | null;
+  lastErrorCode: string | null;
+  lastErrorMessage: string | null;
+  lastCheckin: number | null;
+  checkins: number;
+  flags: string[]; // e.g. 'downgraded'
+  enrolledAt: number;
+  /** The rollout this device currently takes part in, if any (its status is in RolloutDevice). */
+  rolloutId: number | null;
+}
+
+/** Participation of one device in one rollout. */
+export type ParticipationStatus = 'targeted' | 'applying' | 'trial' | 'succeeded' | 'failed' | 'rolled-back' | 'silent';
+export const BAD_STATUSES: readonly ParticipationStatus[] = ['failed', 'rolled-back', 'silent'];
+
+export interface RolloutDevice {
+  rolloutId: number;
+  deviceId: string;
+  wave: number;
+  status: ParticipationStatus;
+  fromVersion: string;
+  updatedAt: number;
+  deadline: number | null; // when 'applying', the device must check in again before this
+  errorCode: string | null;
+  errorMessage: string | null;
+}
+
+/** A device joined with its current participation (what a check-in reads in one query). */
+export interface DeviceView extends DeviceRecord {
+  participation: RolloutDevice | null;
+}
+
+export interface ReleaseRecord {
+  channel: string;
+  version: string;
+  mandatory: boolean; // a stepping stone every device must pass through
+  manifestUrl: string;
+  createdAt: number;
+  source: 'store' | 'api';
+}
+
+export type RolloutState = 'running' | 'paused' | 'completed' | 'aborted';
+
+export interface RolloutSpec {
+  /** Cumulative percentages of the channel's devices, e.g. [1, 10, 50, 100]. */
+  waves: number[];
+  /** Groups that form a wave before the first percentage (canaries); they stay in every later wave. */
+  canaryGroups: string[];
+  /** A wave is done when this share of its devices runs the release (or newer). */
+  successRatio: number;
+  /** Pause when (failed + rolled back + silent) / started exceeds this... */
+  maxFailureRatio: number;
+  /** ...once at least this many devices have started (small samples are noisy)... */
+  minSample: number;
+  /** ...or at once when this many devices went bad (0 = no absolute limit). */
+  maxFailures: number;
+  /** A device that started applying and has not checked in after this long counts as silent. */
+  silentAfterSeconds: number;
+  /** A wave stays open at least this long before the next opens. */
+  minWaveSeconds: number;
+}
+
+export interface RolloutRecord {
+  id: number;
+  channel: string;
+  version: string;
+  spec: RolloutSpec;
+  state: RolloutState;
+  wave: number; // index into effectiveWaves(spec)
+  waveStartedAt: number;
+  createdAt: number;
+  updatedAt: number;
+  reason: string | null; // why it paused / was aborted / completed
+  /** Bad and started counts acknowledged by the last resume; thresholds apply beyond them. */
+  baselineBad: number;
+  baselineStarted: number;
+}
+
+export interface GroupRecord {
+  name: string;
+  window: MaintenanceWindow | null;
+  maxConcurrentReboots: number; // 0 = unlimited
+  leaseTtlSeconds: number;
+}
+
+export interface LeaseRecord {
+  deviceId: string;
+  group: string;
+  expiresAt: number;
+}
+
+export interface FleetEvent {
+  deviceId: string;
+  type: string;
+  fromVersion: string | null;
+  toVersion: string | null;
+  at: number;
+  errorCode: string | null;
+  errorMessage: string | null;
+}
+
+/** Everything a check-in or event changes, written together in one batched transaction. */
+export type WriteOp =
+  | { kind: 'device'; device: DeviceRecord }
+  | { kind: 'participation'; row: RolloutDevice }
+  | { kind: 'event'; event: FleetEvent }
+  | { kind: 'lease'; lease: LeaseRecord }
+  | { kind: 'lease-delete'; deviceId: string };
+
+export interface RolloutCounts {
+  /** Participation rows by status (all waves). */
+  byStatus: Record<ParticipationStatus, number>;
+}

@@ -1,0 +1,154 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { lockDataDir } from './data-lock.js';
+import { openDb, type Db } from './db.js';
+import type { DeltaBuilder } from './delta-builder.js';
+import { DeltaCache } from './delta-cache.js';
+import { DEFAULT_RETRY, DeltaJobs, type RetryPolicy } from './delta-jobs.js';
+import { DeltaWorkerPool } from './delta-pool.js';
+import { DeltaServiceImpl } from './delta-service.js';
+import { fleetPlugin } from './fleet/plugin.js';
+import { installErrorHandlers } from './http-errors.js';
+import { Precomputer } from './precompute.js';
+import { ReleaseCatalog } from './release-catalog.js';
+import { adminRoutes } from './routes/admin.js';
+import { chunkRoutes } from './routes/chunks.js';
+import { deltaRoutes } from './routes/deltas.js';
+import { releaseRoutes } from './routes/releases.js';
+import { AJV_FORMATS } from './schemas.js';
+import { StoreLayout } from './store-layout.js';
+import { storeDeltaBuilder } from './store-delta-builder.js';
+import type { ServerContext } from './context.js';
+import './contracts.js';
+
+export interface ServeOptions {
+  dataDir: string;
+  adminToken?: string;
+  /** Concurrent delta builds (each a child process). Default 1; 0 queues requests but builds nothing. */
+  workers?: number;
+  /** Bytes of built deltas kept on disk. Default 20 GiB. */
+  deltaQuotaBytes?: number;
+  /** Bytes of reconstructed release images kept for building deltas. Default 8 GiB. */
+  imageCacheBytes?: number;
+  /** Deltas precomputed per new release (K). Default 3; 0 turns precompute off. */
+  precompute?: number;
+  /** Periodic rescan of channels/*.json besides the directory watch. Default 30 s; 0 = off. */
+  rescanIntervalMs?: number;
+  /** Base Retry-After for 202 answers. Default 5 s. */
+  retryAfterSeconds?: number;
+  retry?: Partial<RetryPolicy>;
+  /** Replaces the default builder (tests). */
+  builder?: DeltaBuilder;
+  /** Fastify logger option: true/false, pino options, or a pino instance. */
+  logger?: FastifyServerOptions['logger'] | FastifyBaseLogger;
+  https?: { key: Buffer; cert: Buffer };
+  /** Registers the fleet plugin (default true); `databaseUrl` selects PostgreSQL for it. */
+  fleet?: boolean;
+  databaseUrl?: string;
+}
+
+export interface IbuServer {
+  app: FastifyInstance;
+  ctx: ServerContext;
+  /** Every route registered, with its schema (the test checks that each has one). */
+  routes: Array<{ method: string | string[]; url: string; schema: Record<string, unknown> | undefined }>;
+  /** Rows moved from 'building' back to 'queued' and temp files removed at start. */
+  startup: { recoveredJobs: number; partialsRemoved: number };
+}
+
+export const DEFAULTS = {
+  workers: 1,
+  deltaQuotaBytes: 20 * 1024 ** 3,
+  imageCacheBytes: 8 * 1024 ** 3,
+  precompute: 3,
+  rescanIntervalMs: 30_000,
+  retryAfterSeconds: 5,
+} as const;
+
+/**
+ * Builds the `ibu serve` application on a data directory: routes, the delta queue and its worker
+ * pool, cache housekeeping and precompute. Call `app.listen()` to serve and `app.close()` to stop
+ * (it stops accepting, lets requests in flight finish, puts running builds back in the queue).
+ */
+export async function createServer(o: ServeOptions): Promise<IbuServer> {
+  const root = path.resolve(o.dataDir);
+  const layout = new StoreLayout(root);
+  await fsp.mkdir(layout.deltasDir, { recursive: true });
+  await fsp.mkdir(layout.imagesDir, { recursive: true });
+  const unlock = await lockDataDir(layout.lock);
+  try {
+    return await createServer0(o, root, layout, unlock);
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
+}
+
+async function createServer0(o: ServeOptions, root: string, layout: StoreLayout, unlock: () => Promise<void>): Promise<IbuServer> {
+  const logOpt = o.logger ?? false;
+  const isInstance = typeof logOpt === 'object' && logOpt !== null && typeof (logOpt as FastifyBaseLogger).child === 'function';
+  const app = Fastify({
+    ...(isInstance ? { loggerInstance: logOpt as FastifyBaseLogger } : { logger: logOpt as FastifyServerOptions['logger'] }),
+    ...(o.https ? { https: o.https } : {}),
+    ajv: { customOptions: { formats: AJV_FORMATS } },
+    // Chunk and delta downloads can be long; only idle connections get closed on shutdown.
+    requestTimeout: 0,
+    keepAliveTimeout: 65_000,
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance;
+
+  const db = openDb(layout.database);
+  try {
+    return await assemble(app, db, o, root, layout, unlock);
+  } catch (err) {
+    await app.close().catch(() => undefined);
+    if (db.open) db.close();
+    throw err;
+  }
+}
+
+async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: string, layout: StoreLayout, unlock: () => Promise<void>): Promise<IbuServer> {
+  const jobs = new DeltaJobs(db, { ...DEFAULT_RETRY, ...o.retry });
+  const recoveredJobs = jobs.recoverInterrupted();
+  const cache = new DeltaCache(layout, jobs, o.deltaQuotaBytes ?? DEFAULTS.deltaQuotaBytes, app.log);
+  const rec = await cache.reconcile();
+  if (recoveredJobs > 0 || rec.partialsRemoved > 0 || rec.rowsDropped > 0 || rec.filesRemoved > 0) {
+    app.log.info({ recoveredJobs, ...rec }, 'recovered state left by the previous run');
+  }
+  const catalog = new ReleaseCatalog(layout);
+  if ((await catalog.channels()).length === 0) {
+    app.log.warn({ dataDir: root }, 'no channels in the data directory yet: publish with ibu release publish --store DIR (is --data the right directory?)');
+  }
+  const builder =
+    o.builder ?? storeDeltaBuilder({ layout, imageCacheBytes: o.imageCacheBytes ?? DEFAULTS.imageCacheBytes });
+  const pool = new DeltaWorkerPool(jobs, cache, layout, builder, Math.max(0, o.workers ?? DEFAULTS.workers), app.log);
+  const deltas = new DeltaServiceImpl(jobs, cache, pool, layout, o.retryAfterSeconds ?? DEFAULTS.retryAfterSeconds, (v) => catalog.hasRelease(v));
+  const precompute = new Precomputer(db, catalog, deltas, () => app.fleet, o.precompute ?? DEFAULTS.precompute, app.log);
+  const ctx: ServerContext = { layout, catalog, deltas, precompute, adminToken: o.adminToken };
+
+  const routes: IbuServer['routes'] = [];
+  app.addHook('onRoute', (r) => void routes.push({ method: r.method, url: r.url, schema: r.schema as Record<string, unknown> | undefined }));
+  app.decorate('deltas', deltas);
+  installErrorHandlers(app);
+  releaseRoutes(app, ctx);
+  chunkRoutes(app, ctx);
+  deltaRoutes(app, ctx);
+  await app.register(async (scope) => adminRoutes(scope, ctx));
+  if (o.fleet !== false) await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
+
+  app.addHook('onReady', async () => {
+    pool.kick();
+    precompute.start(layout.channelsDir, o.rescanIntervalMs ?? DEFAULTS.rescanIntervalMs);
+    void precompute.scan().catch((err) => app.log.error({ err }, 'initial release scan failed'));
+  });
+  // Runs after the HTTP server has closed and requests in flight have finished.
+  app.addHook('onClose', async () => {
+    await precompute.stop();
+    await pool.stop();
+    cache.closed = true;
+    db.close();
+    await unlock();
+  });
+  return { app, ctx, routes, startup: { recoveredJobs, partialsRemoved: rec.partialsRemoved } };
+}

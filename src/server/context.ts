@@ -1,0 +1,13 @@
+import type { DeltaServiceImpl } from './delta-service.js';
+import type { Precomputer } from './precompute.js';
+import type { ReleaseCatalog } from './release-catalog.js';
+import type { StoreLayout } from './store-layout.js';
+
+/** What the route modules share; built once in app.ts. */
+export interface ServerContext {
+  layout: StoreLayout;
+  catalog: ReleaseCatalog;
+  deltas: DeltaServiceImpl;
+  precompute: Precomputer;
+  adminToken: string | undefined;
+}

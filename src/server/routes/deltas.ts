@@ -1,0 +1,89 @@
+import type { FastifyInstance } from 'fastify';
+import { IbuError } from '../../errors.js';
+import type { ServerContext } from '../context.js';
+import type { DeltaLookup } from '../delta-service.js';
+import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
+import { sendFile } from '../send-file.js';
+
+export const pairParams = {
+  type: 'object',
+  properties: { from: versionSchema, to: versionSchema },
+  required: ['from', 'to'],
+} as const;
+
+/** The JSON describing a delta that is not served as a file. */
+export function stateBody(from: string, to: string, l: DeltaLookup): Record<string, unknown> {
+  switch (l.state) {
+    case 'queued':
+    case 'building':
+      return { state: l.state, from, to, position: l.position, retryAfter: l.retryAfter, attempts: l.job.attempts };
+    case 'failed':
+      return { state: 'failed', from, to, attempts: l.job.attempts, error: l.job.lastError ?? 'unknown error' };
+    case 'ready':
+      return { state: 'ready', from, to, size: l.job.size ?? 0, sha256: l.job.sha256 ?? '' };
+    default:
+      return { state: 'none', from, to };
+  }
+}
+
+/** Rejects a pair that cannot have a delta: same version twice, or a version not published. */
+export async function checkPair(ctx: ServerContext, from: string, to: string): Promise<void> {
+  if (from === to) throw new IbuError('BAD_REQUEST', `A delta needs two different versions; both are ${from}.`);
+  for (const v of [from, to]) {
+    if (!(await ctx.catalog.hasRelease(v))) throw new IbuError('RELEASE_NOT_FOUND', `Release ${v} is not published on this server.`);
+  }
+}
+
+export function deltaRoutes(app: FastifyInstance, ctx: ServerContext): void {
+  app.route<{ Params: { from: string; to: string } }>({
+    method: ['GET', 'HEAD'],
+    url: '/v1/deltas/:from/:to',
+    schema: {
+      params: pairParams,
+      response: {
+        200: { type: 'string', format: 'binary' },
+        206: { type: 'string', format: 'binary' },
+        202: deltaStateSchema,
+        304: { type: 'null' },
+        400: errorSchema,
+        404: errorSchema,
+        416: errorSchema,
+        500: deltaStateSchema,
+      },
+    },
+    handler: async (req, reply) => {
+      const { from, to } = req.params;
+      await checkPair(ctx, from, to);
+      const l = await ctx.deltas.lookup(from, to, { create: true });
+      if (l.state === 'ready') {
+        const unpin = ctx.deltas.cache.pin(from, to);
+        if (req.method === 'GET') ctx.deltas.jobs.touch(from, to);
+        const ok = await sendFile(req, reply, {
+          file: l.file,
+          etag: `"${l.job.sha256}"`,
+          cacheControl: 'public, max-age=86400',
+          contentType: 'application/vnd.ibu.delta',
+          onDone: unpin,
+          knownSize: l.job.size ?? undefined,
+        });
+        if (ok) return reply;
+        // Evicted between lookup and open: report it as queued again.
+        const again = await ctx.deltas.lookup(from, to, { create: true });
+        if (again.state === 'ready') throw new IbuError('INTERNAL', `Delta ${from} -> ${to} vanished while being served; retry.`);
+        return sendState(again);
+      }
+      return sendState(l);
+
+      function sendState(s: DeltaLookup): unknown {
+        reply.header('cache-control', 'no-store');
+        if (s.state === 'queued' || s.state === 'building') {
+          reply.code(202).header('retry-after', String(s.retryAfter));
+        } else {
+          // Failed after every retry: the device should fetch chunks instead (docs/server.md).
+          reply.code(500);
+        }
+        return stateBody(from, to, s);
+      }
+    },
+  });
+}

@@ -1,0 +1,115 @@
+/**
+ * Fast checks of the boot shell pieces without QEMU (the boots themselves are in
+ * boot-chain.test.ts): the grub.cfg generator (assets/grub/10_ibu) against GRUB's own parser
+ * (grub-script-check), and the initramfs' env writer (assets/initramfs/ibu-boot.sh, run by
+ * busybox sh as in the initramfs) against the agent's reader (src/boot/grub-bootloader.ts).
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fsp, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { run } from '../../src/util/exec.js';
+import { GrubBootloader } from '../../src/boot/grub-bootloader.js';
+import { repoRoot, HOST_UUID } from './harness.js';
+
+const GEN = path.join(repoRoot(), 'assets/grub/10_ibu');
+const LIB = path.join(repoRoot(), 'assets/initramfs/ibu-boot.sh');
+
+describe('assets/grub/10_ibu', () => {
+  let dir = '';
+  before(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-grubcfg-'));
+    await fsp.mkdir(path.join(dir, 'images'));
+    for (const f of ['1.9.img', '1.10.img', '2026.1.2-rc1.img', '3.img.partial', 'bad name.img', 'notes.txt']) {
+      await fsp.writeFile(path.join(dir, 'images', f), '');
+    }
+  });
+  after(async () => {
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  const gen = (env: Record<string, string>) =>
+    run('sh', [GEN], { env: { PATH: process.env.PATH, IBU_HOST: dir, IBU_HOST_UUID: HOST_UUID, ...env }, allowFailure: true });
+
+  test('lists installed images newest first, skips downloads and odd names, and GRUB parses it', { skip: !existsSync('/usr/bin/grub-script-check') && 'grub-script-check missing (grub-common)' }, async () => {
+    const res = await gen({ IBU_CMDLINE: 'console=ttyS0,115200' });
+    assert.equal(res.code, 0, res.stderr);
+    assert.match(res.stdout, /^set ibu_installed="2026\.1\.2-rc1 1\.10 1\.9 "$/m);
+    assert.doesNotMatch(res.stdout, /3\.img\.partial|bad name|notes/);
+    assert.match(res.stdout, /^set default=0$/m);
+    assert.match(res.stdout, /^set fallback=1$/m);
+    assert.match(res.stdout, /loop=\/images\/\$1\.img boot=ibu ro panic=5 .* console=ttyS0,115200; then/);
+    const cfg = path.join(dir, 'grub.cfg');
+    await fsp.writeFile(cfg, res.stdout);
+    const check = await run('grub-script-check', [cfg], { allowFailure: true });
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+  });
+
+  test('bad settings are refused with a message naming the setting', async () => {
+    for (const [env, re] of [
+      [{ IBU_HOST_UUID: 'not a uuid' }, /IBU_HOST_UUID/],
+      [{ IBU_ROOT_MODE: 'rx' }, /IBU_ROOT_MODE must be ro or rw/],
+      [{ IBU_PANIC: 'soon' }, /IBU_PANIC/],
+      [{ IBU_CMDLINE: 'a"b' }, /IBU_CMDLINE must not contain/],
+      [{ IBU_ENV_FILES: '/boot/grub/grub;env' }, /IBU_ENV_FILES/],
+    ] as const) {
+      const res = await gen(env);
+      assert.notEqual(res.code, 0, JSON.stringify(env));
+      assert.match(res.stderr, re);
+    }
+  });
+});
+
+describe('assets/initramfs/ibu-boot.sh env writer (busybox sh) and the agent reader agree', { skip: !existsSync('/bin/busybox') && 'busybox missing' }, () => {
+  let dir = '';
+  before(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-envsh-'));
+  });
+  after(async () => {
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+  const sh = (script: string) => run('/bin/busybox', ['sh', '-c', `. ${LIB}; ${script}`], { allowFailure: true });
+
+  test('clearing try_image bumps the sequence, rewrites both copies in place, keeps other variables', async () => {
+    const bl = new GrubBootloader({ dir });
+    await bl.init('1.0');
+    await bl.setTry('2.0');
+    const before = await bl.read();
+    assert.equal(before.tryImage, '2.0');
+    const ino = (await fsp.stat(path.join(dir, 'grubenv'))).ino;
+    const res = await sh(`ibu_env_update ${dir} try_image=`);
+    assert.equal(res.code, 0, res.stderr);
+    const after = await bl.read();
+    assert.deepEqual([after.defaultImage, after.tryImage, after.warnings], ['1.0', null, []]);
+    const [a, b] = await Promise.all(['grubenv', 'grubenv.bak'].map((f) => fsp.readFile(path.join(dir, f))));
+    assert.equal(a.length, 1024);
+    assert.ok(a.equals(b), 'both copies alike');
+    assert.match(a.toString('latin1'), /^# GRUB Environment Block\nibu_seq=3\ndefault_image=1\.0\nibu_check=3\n#+$/);
+    assert.equal((await fsp.stat(path.join(dir, 'grubenv'))).ino, ino, 'same inode: rewritten in place');
+    // grub-editenv (GRUB's own format code) reads it too
+    const list = await run('grub-editenv', [path.join(dir, 'grubenv'), 'list']);
+    assert.equal(list.stdout, 'ibu_seq=3\ndefault_image=1.0\nibu_check=3\n');
+  });
+
+  test('a torn primary is ignored: the update starts from the backup and rewrites it whole', async () => {
+    const bl = new GrubBootloader({ dir });
+    await bl.init('1.0');
+    const primary = path.join(dir, 'grubenv');
+    // ibu_check=99 also makes the copy one byte too long: the writer must replace it whole
+    const torn = (await fsp.readFile(primary, 'latin1')).replace(/ibu_check=\d+/, 'ibu_check=99');
+    await fsp.writeFile(primary, torn, 'latin1');
+    const res = await sh(`ibu_env_update ${dir} default_image=2.0`);
+    assert.equal(res.code, 0, res.stderr);
+    const st = await bl.read();
+    assert.deepEqual([st.defaultImage, st.warnings], ['2.0', []]);
+    assert.equal((await fsp.stat(primary)).size, 1024);
+  });
+
+  test('no valid copy: the writer refuses (status 1) and writes nothing', async () => {
+    for (const f of ['grubenv', 'grubenv.bak']) await fsp.writeFile(path.join(dir, f), 'garbage');
+    const res = await sh(`ibu_env_update ${dir} try_image=`);
+    assert.equal(res.code, 1);
+    assert.equal(await fsp.readFile(path.join(dir, 'grubenv'), 'utf8'), 'garbage');
+  });
+});

@@ -1,0 +1,40 @@
+#!/bin/sh
+# /sbin/init of the busybox test images (test/e2e). Prints markers the tests look for in the
+# serial log, then powers off. /etc/ibu-e2e/variant selects the behaviour:
+#   good     run, print facts, power off
+#   commit   like good; on a trial boot (ibu.trial=1) commit itself: rewrite both copies of the
+#            host's grubenv IN PLACE (same inodes and blocks), the way the agent does
+#   panic    crash the kernel (sysrq-c): a bad update that never reaches userspace health checks
+export PATH=/bin:/sbin
+grep -q ' /proc ' /proc/mounts 2>/dev/null || mount -t proc proc /proc
+grep -q ' /sys ' /proc/mounts || mount -t sysfs sysfs /sys
+version=$(cat /etc/ibu-e2e/version)
+variant=$(cat /etc/ibu-e2e/variant)
+cmd=" $(cat /proc/cmdline) "
+case "$cmd" in *" ibu.trial=1 "*) trial=1 ;; *) trial=0 ;; esac
+
+if [ "$variant" = panic ]; then
+  echo "IBU-E2E BROKEN version=$version: kernel panic via sysrq (simulated bad update)"
+  echo c > /proc/sysrq-trigger
+  sleep 30
+fi
+
+echo "IBU-E2E RUNNING version=$version trial=$trial"
+echo "IBU-E2E root: $(grep ' / ' /proc/mounts | tail -n 1)"
+echo "IBU-E2E host: $(grep ' /host ' /proc/mounts)"
+echo "IBU-E2E cmdline:$cmd"
+
+if [ "$variant" = commit ] && [ $trial = 1 ]; then
+  # the same writer the initramfs uses: both env copies, seq+1, in place (docs/agent.md format)
+  . /lib/ibu/ibu-boot.sh
+  if ibu_env_update /host/boot/grub default_image="$version" try_image=; then
+    echo "IBU-E2E COMMITTED default_image=$version"
+  else
+    echo "IBU-E2E COMMIT-FAILED: no valid grubenv in /host/boot/grub"
+  fi
+fi
+echo "IBU-E2E POWEROFF version=$version"
+sync
+# a clean host journal for the next e2fsck and for GRUB, which does not replay it
+mount -o remount,ro /host 2>/dev/null
+poweroff -f

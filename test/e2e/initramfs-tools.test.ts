@@ -1,0 +1,95 @@
+/**
+ * The initramfs-tools flavour (Debian/Ubuntu devices): an initramfs made by Debian's own
+ * mkinitramfs with assets/initramfs-tools/hooks/ibu and scripts/ibu boots the image file through
+ * boot=ibu loop=..., and its fatal path (a truncated trial image: e2fsck rc 4 -> initramfs-tools'
+ * panic -> reboot -f after panic=5) brings the committed image back in the same QEMU run.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fsp, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { run } from '../../src/util/exec.js';
+import {
+  e2eUnavailable, kernelKit, buildEfi, stageBusyboxRoot, buildImage, writeGrubCfg, createGrubenv, makeDisk,
+  HostFs, boot, missingInOrder, countLines, truncateAfterKernel, repoRoot,
+} from './harness.js';
+
+const unavailable = e2eUnavailable() ?? (existsSync('/usr/sbin/mkinitramfs') ? null : 'mkinitramfs is missing: install initramfs-tools-core');
+
+describe('initramfs-tools hook and boot=ibu script', { skip: unavailable ?? false }, () => {
+  let work = '';
+  let disk = '';
+  let host: HostFs;
+  let image2Bad = '';
+
+  before(async () => {
+    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-itools-'));
+    const kit = await kernelKit();
+    const initrd = path.join(work, 'initrd.img');
+    await run('bash', [path.join(repoRoot(), 'test/e2e/mkinitramfs-tools.sh'), kit.kernelDir, kit.kver, initrd]);
+    const efi = path.join(work, 'BOOTX64.EFI');
+    await buildEfi(efi);
+    const stage = path.join(work, 'stage');
+    const hostTree = path.join(work, 'host-tree');
+    await fsp.mkdir(path.join(hostTree, 'images'), { recursive: true });
+    await stageBusyboxRoot(stage, { version: '1', variant: 'good', kit, initrd });
+    await buildImage(stage, path.join(hostTree, 'images/1.img'), '1', 48);
+    await stageBusyboxRoot(stage, { version: '2', variant: 'good', kit, initrd });
+    image2Bad = path.join(work, '2-truncated.img');
+    await buildImage(stage, image2Bad, '2', 48);
+    await truncateAfterKernel(image2Bad);
+    await fsp.rm(stage, { recursive: true, force: true });
+    await writeGrubCfg(hostTree);
+    await createGrubenv(hostTree, '1');
+    disk = path.join(work, 'disk.img');
+    const offset = await makeDisk({ efi, hostTree, hostMiB: 128, out: disk });
+    await fsp.rm(hostTree, { recursive: true, force: true });
+    host = new HostFs(disk, offset, work);
+  });
+
+  after(async () => {
+    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
+    else if (work) console.log(`e2e work dir kept: ${work}`);
+  });
+
+  test('mkinitramfs output boots /images/1.img with boot=ibu, host at /host', async () => {
+    const res = await boot({ disk, logFile: path.join(work, 'itools-1.log') });
+    const tail = res.log.split('\n').slice(-60).join('\n');
+    assert.equal(res.timedOut || res.stuck !== null, false, `the guest did not power off\n${tail}`);
+    const miss = missingInOrder(res.log, [
+      /ibu: booting image 1 \(trial=0\)/,
+      /ibu-initramfs .* starting \(initramfs-tools\): root=UUID=1e0f4b8a-3c2d-4e5f-8a9b-0c1d2e3f4a5b loop=\/images\/1\.img \(ro\)/,
+      /ibu-initramfs .* fsck host: e2fsck -p/,
+      /ibu-initramfs .* mounted \/images\/1\.img on \/root via \/dev\/loop\d+/,
+      /IBU-E2E RUNNING version=1 trial=0/,
+      /IBU-E2E root: \/dev\/loop\d+ \/ ext4 ro/,
+      /IBU-E2E host: \/dev\/vda2 \/host ext4 rw/,
+      /IBU-E2E POWEROFF version=1/,
+    ]);
+    assert.equal(miss, null, `${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
+    // read-only loop device: nothing holds the host open for writing, the ro remount checkpoints it
+    assert.equal(await host.needsRecovery(), false, 'host fs left with needs_recovery');
+  });
+
+  test('a truncated trial image fails fsck in initramfs-tools, reboots, and image 1 boots', async () => {
+    await host.putFile('/images/2.img', image2Bad);
+    await host.editEnv((bl) => bl.setTry('2'));
+    const res = await boot({ disk, logFile: path.join(work, 'itools-2.log') });
+    const tail = res.log.split('\n').slice(-60).join('\n');
+    assert.equal(res.timedOut || res.stuck !== null, false, `the guest did not power off\n${tail}`);
+    const miss = missingInOrder(res.log, [
+      /ibu: booting image 2 \(trial=1\)/,
+      /ibu-initramfs .* FATAL: fsck image \/images\/2\.img .*rc=4/,
+      /Rebooting automatically due to panic= boot argument/,
+      /ibu: default_image=1 try= boot=1 trial=0/,
+      /IBU-E2E RUNNING version=1 trial=0/,
+    ]);
+    assert.equal(miss, null, `${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
+    assert.equal(countLines(res.log, /IBU-E2E RUNNING version=2/), 0);
+    const st = await host.bootState();
+    assert.equal(st.defaultImage, '1');
+    assert.equal(st.tryImage, null);
+    assert.equal((await host.fsck()).code, 0, 'host fs clean after the reboot');
+  });
+});
