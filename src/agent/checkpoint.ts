@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
 import { run } from '../util/exec.js';
+import { IbuError } from '../errors.js';
 import { mountFor, parseMountInfo } from '../boot/env-location.js';
 
 /**
@@ -32,7 +33,8 @@ export async function checkpointFilesystem(dir: string, mode: 'fsfreeze' | 'sync
   await run('sync', ['-f', dir]);
   if (mode === 'sync') return `synced ${mp} (no fsfreeze: checkpoint=sync)`;
   const marker = path.join(await markerDir(), `frozen-${markerFor(mp)}`);
-  await fsp.writeFile(marker, mp);
+  // The marker names our pid, so another agent run only thaws it once we are gone.
+  await fsp.writeFile(marker, `${mp}\n${process.pid}\n`);
   try {
     await run('fsfreeze', ['--freeze', mp]);
   } catch (err) {
@@ -40,11 +42,25 @@ export async function checkpointFilesystem(dir: string, mode: 'fsfreeze' | 'sync
     throw err;
   }
   try {
-    await run('fsfreeze', ['--unfreeze', mp]);
+    const r = await run('fsfreeze', ['--unfreeze', mp], { allowFailure: true });
+    // "Invalid argument" means it is no longer frozen (someone thawed it): the checkpoint,
+    // which the freeze itself performed, still happened.
+    if (r.code !== 0 && !/Invalid argument/i.test(r.stderr)) {
+      throw new IbuError('TOOL_FAILED', `fsfreeze --unfreeze ${mp} failed: ${r.stderr.trim()}`);
+    }
   } finally {
     await fsp.rm(marker, { force: true }).catch(() => {});
   }
   return `checkpointed ${mp} (fsfreeze)`;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Thaws filesystems a killed agent left frozen (markers written before each freeze). */
@@ -54,7 +70,8 @@ export async function thawLeftovers(): Promise<string[]> {
   for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
     if (!name.startsWith('frozen-')) continue;
     const file = path.join(dir, name);
-    const mp = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
+    const [mp, pid] = (await fsp.readFile(file, 'utf8').catch(() => '')).split('\n');
+    if (pid && Number(pid) !== process.pid && isAlive(Number(pid))) continue; // still checkpointing
     if (mp) {
       const r = await run('fsfreeze', ['--unfreeze', mp], { allowFailure: true });
       if (r.code === 0) thawed.push(mp);

@@ -311,7 +311,11 @@ export interface BootResult {
  * suppressed, so a failed trial, the reset and the fallback boot happen within one run.
  * Each serial line is stamped with seconds since QEMU started (for reading, never asserted on).
  */
-export async function boot(opts: { disk: string; logFile: string; timeoutMs?: number; memMiB?: number; extra?: string[]; stuckOn?: RegExp[] }): Promise<BootResult> {
+export async function boot(opts: {
+  disk: string; logFile: string; timeoutMs?: number; memMiB?: number; extra?: string[]; stuckOn?: RegExp[];
+  /** Called with each serial line (ANSI-stripped, unstamped) as it arrives, e.g. for the demo's live narration. */
+  onLine?: (line: string) => void;
+}): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
   let stuck: string | null = null;
@@ -342,6 +346,7 @@ export async function boot(opts: { disk: string; logFile: string; timeoutMs?: nu
     const t = ((Date.now() - t0) / 1000).toFixed(3).padStart(8);
     for (const l of lines) {
       out.write(`[${t}] ${l}\n`);
+      opts.onLine?.(l);
       if (!stuck && stuckOn.some((re) => re.test(l))) {
         stuck = l;
         child.kill('SIGKILL');
