@@ -89,9 +89,17 @@ describe('delta bad input', () => {
   it('rejects the wrong source image (DELTA_WRONG_SOURCE)', async () => {
     await expectCode('DELTA_WRONG_SOURCE', { sourceImage: C }, 'another version');
     await expectCode('DELTA_WRONG_SOURCE', { sourceImage: B, delta: AB }, 'the target as source');
-    // Same version string, other content: caught by the sampled source hashes.
+    // Same version string, another build (other content and file set, so its metadata differs
+    // too): caught by the sampled source hashes. A source that differs in only a few sampled
+    // ranges counts as modified instead (DELTA_SOURCE_MODIFIED, test/delta/modified-source).
     const imposter = p('imposter.img');
-    writeTree(p('ti'), { 'etc/ibu/image.json': imageJson('1.0'), 'usr/bin/app': binaryish(9, 400_000), 'usr/share/a': binaryish(10, 90_000) });
+    writeTree(p('ti'), {
+      'etc/ibu/image.json': imageJson('1.0'),
+      'usr/bin/app': binaryish(9, 400_000),
+      'usr/share/a': binaryish(10, 90_000),
+      'usr/share/z': binaryish(11, 300_000),
+      'var/lib/x/y': binaryish(12, 50_000),
+    });
     await makeImage(p('ti'), imposter, { size: '16M' });
     await expectCode('DELTA_WRONG_SOURCE', { sourceImage: imposter }, 'same version, other bytes');
     const small = p('small.img');
