@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import { run } from '../util/exec.js';
 import { IbuError } from '../errors.js';
 import { mountFor, parseMountInfo } from '../boot/env-location.js';
+import { processAlive as isAlive } from '../util/process.js';
 
 /**
  * GRUB reads the host filesystem without replaying its ext4 journal, so a renamed image file or
@@ -52,15 +53,6 @@ export async function checkpointFilesystem(dir: string, mode: 'fsfreeze' | 'sync
     await fsp.rm(marker, { force: true }).catch(() => {});
   }
   return `checkpointed ${mp} (fsfreeze)`;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Thaws filesystems a killed agent left frozen (markers written before each freeze). */

@@ -4,6 +4,7 @@ import { IbuError, isIbuError, withContext } from '../errors.js';
 import { channelPath } from '../store/layout.js';
 import type { Store, WriteStore } from '../store/store.js';
 import { compareVersions } from './version.js';
+import { processAlive as alive } from '../util/process.js';
 
 /** `channels/<channel>.json`: the versions published on a channel, ascending. */
 export interface ChannelFile {
@@ -68,11 +69,3 @@ export async function lockChannel(storeRoot: string, channel: string): Promise<(
   throw new IbuError('CONFLICT', `could not lock channel '${channel}' (${file}); remove the lock file if no publish is running`);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

@@ -1,14 +1,6 @@
 import { promises as fsp, constants as fsc } from 'node:fs';
 import { IbuError } from '../errors.js';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { processAlive as alive } from '../util/process.js';
 
 /**
  * One `ibu serve` per data directory: start-up removes temp files in cache/, which would break

@@ -7,6 +7,7 @@ import { chunkDecompressor } from '../chunk/compress.js';
 import { chunkHasher } from '../chunk/hash.js';
 import { assertRelPath, chunkPath } from './layout.js';
 import type { ChunkId, FlushableStore, SizedStore, WriteStore } from './store.js';
+import { processAlive } from '../util/process.js';
 
 export interface LocalStoreOptions {
   /**
@@ -195,11 +196,3 @@ export class LocalStore implements WriteStore, FlushableStore, SizedStore {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
