@@ -18,6 +18,7 @@ import { publishRelease } from '../../src/release/publish.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import type { CheckinResponse, DeviceEvent } from '../../src/fleet/protocol.js';
 import { parseEnvBlock } from '../../src/boot/grubenv.js';
+import { seededBytes } from '../helpers/ext4-images.js';
 
 export const ROOT_CMDLINE = 'console=ttyS0 panic=10';
 
@@ -35,19 +36,7 @@ export const BASE_PASSWD = 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/
 export const BASE_GROUP = 'root:x:0:\ndaemon:x:1:\nadm:x:4:\n';
 export const BASE_SHADOW = 'root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n';
 
-function seeded(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
+const seeded = seededBytes;
 
 export async function buildImage(dir: string, spec: ImageSpec): Promise<string> {
   const tree = path.join(dir, `tree-${spec.version}`);

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { run } from '../../src/util/exec.js';
+import { xorshiftStream } from '../helpers/ext4-images.js';
 
 /** Fixtures for the delta tests: real ext4 images made by mke2fs -d from generated trees. */
 
@@ -11,21 +12,7 @@ export function tempDir(prefix = 'ibu-delta-test-'): { dir: string; cleanup: () 
 }
 
 /** Deterministic pseudo-random bytes (xorshift32), so fixtures look like binaries but repeat across runs. */
-export function prng(seed: number): (n: number) => Buffer {
-  let x = seed >>> 0 || 1;
-  return (n) => {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i++) {
-      x ^= x << 13;
-      x >>>= 0;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      x >>>= 0;
-      b[i] = x & 0xff;
-    }
-    return b;
-  };
-}
+export const prng = xorshiftStream;
 
 /** A "binary" that compresses a little: random words from a small vocabulary mixed with noise. */
 export function binaryish(seed: number, n: number): Buffer {

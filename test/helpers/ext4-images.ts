@@ -85,19 +85,26 @@ export function writePatternFile(file: string, size: number, seed = 1): void {
   }
 }
 
+/** A deterministic pseudo-random byte stream (xorshift32): each call continues the sequence. */
+export function xorshiftStream(seed: number): (n: number) => Buffer {
+  let x = seed >>> 0 || 1;
+  return (n) => {
+    const b = Buffer.allocUnsafe(n);
+    for (let i = 0; i < n; i++) {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      b[i] = x & 0xff;
+    }
+    return b;
+  };
+}
+
 /** Deterministic pseudo-random bytes (xorshift32). */
 export function seededBytes(n: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
+  return xorshiftStream(seed)(n);
 }
 
 export interface MkfsOptions {
