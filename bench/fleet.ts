@@ -3,9 +3,12 @@
  *   npm run bench:fleet                      (80,000 devices, 3 runs)
  *   FLEET_DEVICES=20000 FLEET_RUNS=1 npm run bench:fleet
  * Each run is `ibu fleet simulate` (src/server/fleet/simulator.ts): the real server in a child
- * process on SQLite, devices over loopback HTTP. The anchor, measured in the same run: a bare
- * Fastify route that answers {} to the same client (undici, same concurrency): the HTTP floor
- * a check-in cannot go below here.
+ * process on SQLite, devices over loopback HTTP, open-loop (latency from the time a request was
+ * due). The anchor, measured right after each run: a bare Fastify route in a child process that
+ * answers a check-in-shaped object, hit by the same client open-loop at the rate the run
+ * sustained, latency measured the same way: the HTTP floor at that rate and that moment's load.
+ * At the end, saturation (closed-loop, as fast as the client can send) of the real check-in
+ * route and of the bare route. The load average is printed before and after every run.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -26,8 +29,9 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** The anchor: a Fastify route that does nothing, in a child process, hit by the same client. */
-async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number }> {
+const load = () => os.loadavg().map((l) => Math.round(l * 100) / 100);
+
+async function bareServer(): Promise<{ port: number; stop: () => void }> {
   const code = `
     const Fastify = (await import('fastify')).default;
     const app = Fastify();
@@ -37,6 +41,40 @@ async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: num
     process.on('SIGTERM', () => app.close().then(() => process.exit(0)));`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() });
   const port = await new Promise<number>((resolve) => createInterface({ input: child.stdout! }).once('line', (l) => resolve(JSON.parse(l).port)));
+  return { port, stop: () => child.kill('SIGTERM') };
+}
+
+/**
+ * The anchor at the run's rate: requests sent on a fixed schedule (Poisson arrivals at `perSec`)
+ * whatever the answers do, each timed from when it was due, like the simulator's check-ins.
+ */
+async function openLoopFloor(perSec: number, seconds: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number; requests: number }> {
+  const { port, stop } = await bareServer();
+  const agent = new Agent({ connections: concurrency, pipelining: 1 });
+  const lat: number[] = [];
+  const inflight: Array<Promise<void>> = [];
+  const t0 = performance.now();
+  let due = t0;
+  const end = t0 + seconds * 1000;
+  while (due < end) {
+    due += -Math.log(1 - Math.random()) * (1000 / perSec);
+    const wait = due - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    const at = due;
+    inflight.push(request(`http://127.0.0.1:${port}/noop`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: '{"version":"1.0.0","state":"idle","trial":false}' })
+      .then((res) => res.body.text()).then(() => void lat.push(performance.now() - at)));
+  }
+  await Promise.all(inflight);
+  const secs = (performance.now() - t0) / 1000;
+  stop();
+  await agent.close();
+  lat.sort((a, b) => a - b);
+  return { perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10, requests: lat.length };
+}
+
+/** Saturation of a Fastify route that does nothing, in a child process, hit by the same client. */
+async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number }> {
+  const { port, stop } = await bareServer();
   const agent = new Agent({ connections: concurrency, pipelining: 1 });
   const lat: number[] = [];
   let next = 0;
@@ -50,7 +88,7 @@ async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: num
     }
   }));
   const secs = (performance.now() - t0) / 1000;
-  child.kill('SIGTERM');
+  stop();
   await agent.close();
   lat.sort((a, b) => a - b);
   return { perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10 };
@@ -106,11 +144,22 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
 }
 
 const results: SimulateResult[] = [];
-console.log(`fleet bench: ${devices} devices, ${runs} run(s), target idle rate ${rate}/s, concurrency ${concurrency}; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+const anchors: Array<Awaited<ReturnType<typeof openLoopFloor>>> = [];
+console.log(`fleet bench: ${devices} devices, ${runs} run(s), target idle rate ${rate}/s, ${concurrency} connections; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), nice ${os.getPriority()}, load ${load().join(' ')}`);
 for (let i = 0; i < runs; i++) {
-  const r = await simulate({ devices, rate, concurrency, log: (m) => console.error(`  [run ${i + 1}] ${m}`) });
+  const loadBefore = load();
+  const started = new Date().toISOString();
+  const r = await simulate({ devices, rate, concurrency, log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`) });
+  const loadAfter = load();
+  const anchor = await openLoopFloor(r.checkinsPerSec || rate, 20);
   results.push(r);
-  console.log(JSON.stringify({ run: i + 1, checkinsPerSec: r.checkinsPerSec, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p99MsAll: r.p99MsAll, maxMs: r.maxMs, checkins: r.checkins, events: r.events, durationSeconds: r.durationSeconds, rolloutCompleted: r.rolloutCompleted, rolloutPausedCorrectly: r.rolloutPausedCorrectly, lostUpdates: r.lostUpdates, retries: r.retries, cpu: r.cpu, realServer: r.realServer }));
+  anchors.push(anchor);
+  console.log(JSON.stringify({
+    run: i + 1, started, loadBefore, loadAfter, checkinsPerSec: r.checkinsPerSec, windows: r.windows, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p99MsAll: r.p99MsAll, maxMs: r.maxMs,
+    clientLagP99Ms: r.clientLagP99Ms, serverLag: r.serverLag, checkins: r.checkins, events: r.events, durationSeconds: r.durationSeconds,
+    rolloutCompleted: r.rolloutCompleted, rolloutPausedCorrectly: r.rolloutPausedCorrectly, pauseReason: r.pauseReason, lostUpdates: r.lostUpdates,
+    retries: r.retries, injected: r.injected, cpu: r.cpu, realServer: r.realServer, config: r.config, anchorOpenLoop: anchor,
+  }));
 }
 const capacity = await checkinCapacity(50_000);
 const floor = await httpFloor(50_000);
@@ -121,6 +170,9 @@ const summary = {
   p50Ms: median(results.map((r) => r.p50Ms)),
   p99Ms: median(results.map((r) => r.p99Ms)),
   p99MsAll: median(results.map((r) => r.p99MsAll)),
+  minWindowPerSec: median(results.map((r) => r.windows.minPerSec)),
+  wallSeconds: median(results.map((r) => r.cpu.wallSeconds)),
+  anchorOpenLoop: { perSec: median(anchors.map((a) => a.perSec)), p50Ms: median(anchors.map((a) => a.p50Ms)), p99Ms: median(anchors.map((a) => a.p99Ms)) },
   serverCpuPerCheckinMs: median(results.map((r) => (r.cpu.serverSeconds * 1000) / (r.checkins + r.events))),
   serverCpuShare: median(results.map((r) => r.cpu.serverSeconds / r.cpu.wallSeconds)),
   allCompleted: results.every((r) => r.rolloutCompleted),
@@ -128,6 +180,6 @@ const summary = {
   lostUpdates: results.reduce((n, r) => n + r.lostUpdates, 0),
   checkinCapacity: capacity,
   anchorHttpFloor: floor,
-  load: os.loadavg(),
+  load: load(),
 };
 console.log(JSON.stringify(summary));

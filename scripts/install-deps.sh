@@ -25,6 +25,8 @@ PKGS=(
   make g++             # node-gyp
   postgresql           # fleet repository tests against a real PostgreSQL (scripts/postgres.sh)
   chromium             # fleet dashboard e2e test (headless, driven by playwright-core)
+  dkms kmod            # ZFS tests: build zfs-dkms for the guest kernel (scripts/zfs-setup.sh; nothing installed into the host kernel)
+  gcc-12 libc6-dev dpkg-dev perl file lsb-release libelf1  # ZFS tests: what dkms needs to build against Debian's unpacked kernel headers
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -67,6 +67,8 @@ export const ERROR_CODES = [
   'ZFS_STREAM_INVALID',
   'ZFS_POOL_FULL',
   'ZFS_POOL_CORRUPT',
+  'ZFS_WRONG_BASE',
+  'ZFS_STREAM_TRUNCATED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -441,6 +441,7 @@ export class Agent {
           seeds: def ? [this.imagePath(def)] : [],
           deltaFile: this.deltaPath(running ?? 'none', target),
           imageBytes: bytesToAllocate(m.chunks, 4096),
+          protect: [f.running, f.boot.defaultImage, f.boot.tryImage].filter((x): x is string => !!x),
         },
         { cfg: this.cfg, server: this.d.server, store: this.d.store, keyring: () => this.getKeyring(), applyDelta: this.d.applyDelta, log: this.log, progress: this.d.progress },
       );

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { IbuError } from '../errors.js';
 import type { MaintenanceWindow } from '../fleet/protocol.js';
 import { isValidVersion } from '../release/version.js';
+import { parseTransport, type Transport, type ZfsAgentConfig } from './zfs-config.js';
 
 /** Default location of the device config. */
 export const DEFAULT_CONFIG_PATH = '/etc/ibu/agent.json';
@@ -58,6 +59,9 @@ export interface AgentConfig {
   inhibitors: Inhibitor[];
   inhibitorWaitSeconds: number;
   pollSeconds: number;
+  /** 'ibu' (deltas, chunks) or 'zfs' (zfs send streams into `zfs.dataset`; docs/zfs.md). */
+  transport: Transport;
+  zfs: ZfsAgentConfig | null;
 }
 
 type Json = Record<string, unknown>;
@@ -89,7 +93,7 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
   const p = (msg: string): void => {
     problems.push(msg);
   };
-  const known = new Set(['server', 'channel', 'keyring', 'hostMount', 'imagesDir', 'cmdlineFile', 'runningVersion', 'systemRoot', 'boot', 'checkpoint', 'reboot', 'download', 'space', 'migration', 'health', 'window', 'inhibitors', 'inhibitorWaitSeconds', 'pollSeconds', '$schema', 'comment']);
+  const known = new Set(['server', 'channel', 'keyring', 'hostMount', 'imagesDir', 'cmdlineFile', 'runningVersion', 'systemRoot', 'boot', 'checkpoint', 'reboot', 'download', 'space', 'migration', 'health', 'window', 'inhibitors', 'inhibitorWaitSeconds', 'pollSeconds', 'transport', 'zfs', '$schema', 'comment']);
   for (const k of Object.keys(raw)) if (!known.has(k)) p(`unknown key '${k}' (a typo? known keys: ${[...known].filter((x) => !x.startsWith('$')).join(', ')})`);
 
   const str = (o: Json, k: string, where: string, def?: string): string => {
@@ -264,6 +268,8 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
       });
   }
 
+  const tr = parseTransport(raw, p);
+
   const cfg: AgentConfig = {
     configPath: file,
     server,
@@ -285,6 +291,8 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
     inhibitors,
     inhibitorWaitSeconds: num(raw, 'inhibitorWaitSeconds', '', 3600),
     pollSeconds: num(raw, 'pollSeconds', '', 10, 0.01),
+    transport: tr.transport,
+    zfs: tr.zfs,
   };
   if (problems.length > 0) {
     throw new IbuError('CONFIG_INVALID', `The agent config ${file} has ${problems.length} problem${problems.length > 1 ? 's' : ''}:\n  - ${problems.join('\n  - ')}\nFix them and run the command again.`, {

@@ -8,6 +8,7 @@ import type { AgentConfig } from './config.js';
 import { freeBytes } from './disk-policy.js';
 import { ProgressBar } from './progress.js';
 import type { ServerClient } from './server-client.js';
+import { tryZfs } from './zfs-transport.js';
 
 /** Applies a delta to produce the target image (src/delta's applyDelta, injected so it loads only when used). */
 export type DeltaApplier = (o: { sourceImage: string; delta: string; out: string; manifest: Manifest; fallbackStore?: Store; expectFromVersion: string; expectToVersion: string }) => Promise<unknown>;
@@ -24,6 +25,8 @@ export interface DownloadRequest {
   deltaFile: string;
   /** Bytes the image will allocate, to know how big a delta still fits. */
   imageBytes: number;
+  /** Versions whose snapshots the ZFS transport must keep (running, default, trial). */
+  protect?: string[];
 }
 
 export interface DownloadDeps {
@@ -37,7 +40,7 @@ export interface DownloadDeps {
 }
 
 export interface DownloadResult {
-  method: 'delta' | 'chunks';
+  method: 'delta' | 'chunks' | 'zfs';
   downloadedBytes: number;
   reusedBytes?: number;
   resumed?: boolean;
@@ -49,7 +52,13 @@ export interface DownloadResult {
  * complete image at `out` whose hash the caller checks against the signed manifest.
  */
 export async function downloadImage(r: DownloadRequest, d: DownloadDeps): Promise<DownloadResult> {
-  if (d.cfg.download.useDelta && d.server && d.applyDelta && r.from) {
+  let chunksOnly = false;
+  if (d.cfg.transport === 'zfs' && d.cfg.zfs) {
+    const got = await tryZfs(r, d);
+    if (got === 'chunks') chunksOnly = true;
+    else if (got) return got;
+  }
+  if (!chunksOnly && d.cfg.download.useDelta && d.server && d.applyDelta && r.from) {
     const got = await tryDelta(r, d, r.from);
     if (got) return got;
   }

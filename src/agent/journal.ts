@@ -33,7 +33,7 @@ export interface Journal {
   /** The last step completed in the current state. */
   step: StepName | null;
   /** The upgrade in progress (or last finished). */
-  target: { version: string; fromVersion: string | null; method?: 'delta' | 'chunks' | 'local' } | null;
+  target: { version: string; fromVersion: string | null; method?: 'delta' | 'chunks' | 'local' | 'zfs' } | null;
   /** The committed version before the upgrade: where a rollback goes. */
   previous: string | null;
   migration?: MigrationSummary;

@@ -59,9 +59,10 @@ export class ServerClient {
     from: string,
     to: string,
     out: string,
-    o: { deadline: number; maxRetryAfterSeconds: number; maxBytes?: number; onProgress?: (done: number, total: number) => void; onWait?: (s: string) => void; onBytes?: (n: number) => void },
+    o: { deadline: number; maxRetryAfterSeconds: number; maxBytes?: number; onProgress?: (done: number, total: number) => void; onWait?: (s: string) => void; onBytes?: (n: number) => void; route?: 'deltas' | 'zfs-streams' },
   ): Promise<boolean> {
-    const url = `${this.baseUrl}/v1/deltas/${encodeURIComponent(from)}/${encodeURIComponent(to)}`;
+    // The ZFS stream route (docs/zfs.md) behaves exactly like the delta route.
+    const url = `${this.baseUrl}/v1/${o.route ?? 'deltas'}/${encodeURIComponent(from)}/${encodeURIComponent(to)}`;
     for (;;) {
       // Resume only against the same delta: If-Range with the ETag saved beside the partial, so a
       // delta evicted and rebuilt in between comes back whole (200) instead of being spliced.

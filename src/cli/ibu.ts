@@ -7,6 +7,7 @@ import { registerDeltaCommands } from './commands/delta.js';
 import { registerServeCommands } from './commands/serve.js';
 import { registerFleetCommands } from './commands/fleet.js';
 import { registerRolloutCommands } from './commands/rollout.js';
+import { registerZfsCommands } from './commands/zfs.js';
 
 export function buildProgram(): Command {
   const program = new Command('ibu')
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerServeCommands(program);
   registerFleetCommands(program);
   registerRolloutCommands(program);
+  registerZfsCommands(program);
   return program;
 }
 

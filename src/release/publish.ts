@@ -38,6 +38,11 @@ export interface PublishOptions {
   threads?: number;
   onProgress?: (p: { bytesDone: number; bytesTotal: number }) => void;
   now?: () => Date;
+  /**
+   * Runs under the channel lock after the chunk pass, before signing: extra signed fields (the
+   * ZFS snapshot and stream hashes of src/zfs), given the versions already on the channel.
+   */
+  beforeSign?: (info: { version: string; channel: string; channelVersions: string[]; imageSize: number }) => Promise<Pick<Manifest, 'zfs'>>;
 }
 
 export interface PublishResult {
@@ -172,6 +177,7 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
       if (z !== undefined && z > 0) c.csize = z;
     }
 
+    const extra = o.beforeSign ? await o.beforeSign({ version, channel, channelVersions: (await readChannel(store, channel)).versions, imageSize: size }) : {};
     const manifest: Manifest = signManifest({
       format: 1,
       ...(o.product ? { product: o.product } : {}),
@@ -184,6 +190,7 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
       files: facts.files,
       kernel: facts.kernel,
       initrd: facts.initrd,
+      ...extra,
       signatures: [],
     }, keys);
     const written = await writeManifest(store, manifest);

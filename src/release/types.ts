@@ -51,5 +51,27 @@ export interface Manifest {
   initrd: string;
   /** Extra signed artifacts (e.g. zfs streams) by name → sha256. */
   artifacts?: Record<string, { sha256: string; size: number }>;
+  /** Present when the release is also kept as a ZFS zvol snapshot (src/zfs, docs/zfs.md). */
+  zfs?: ManifestZfs;
   signatures: Signature[];
+}
+
+/** One incremental `zfs send -i @from DATASET@version` stream, as published (uncompressed bytes). */
+export interface ZfsStreamRef {
+  from: string;
+  /** GUID of DATASET@from (decimal: a u64). */
+  fromGuid: string;
+  size: number;
+  sha256: string;
+}
+
+/** The ZFS side of a release: the snapshot and the hashes of the streams into it (docs/zfs.md). */
+export interface ManifestZfs {
+  /** POOL/VOLUME on the release side (the server sends from it). */
+  dataset: string;
+  /** GUID of DATASET@version (decimal). */
+  guid: string;
+  volsize: number;
+  volblocksize: number;
+  streams: ZfsStreamRef[];
 }

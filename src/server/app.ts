@@ -19,6 +19,7 @@ import { releaseRoutes } from './routes/releases.js';
 import { AJV_FORMATS } from './schemas.js';
 import { StoreLayout } from './store-layout.js';
 import { storeDeltaBuilder } from './store-delta-builder.js';
+import { precomputeZfs, zfsAwareBuilder, zfsStreamRoutes } from './zfs-streams.js';
 import type { ServerContext } from './context.js';
 import './contracts.js';
 
@@ -40,6 +41,8 @@ export interface ServeOptions {
   retry?: Partial<RetryPolicy>;
   /** Replaces the default builder (tests). */
   builder?: DeltaBuilder;
+  /** Replaces the ZFS stream builder (host tests without ZFS; src/server/zfs-streams.ts). */
+  zfsBuilder?: DeltaBuilder;
   /** Fastify logger option: true/false, pino options, or a pino instance. */
   logger?: FastifyServerOptions['logger'] | FastifyBaseLogger;
   https?: { key: Buffer; cert: Buffer };
@@ -120,12 +123,17 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   if ((await catalog.channels()).length === 0) {
     app.log.warn({ dataDir: root }, 'no channels in the data directory yet: publish with ibu release publish --store DIR (is --data the right directory?)');
   }
-  const builder =
-    o.builder ?? storeDeltaBuilder({ layout, imageCacheBytes: o.imageCacheBytes ?? DEFAULTS.imageCacheBytes });
+  const builder = zfsAwareBuilder(
+    o.builder ?? storeDeltaBuilder({ layout, imageCacheBytes: o.imageCacheBytes ?? DEFAULTS.imageCacheBytes }),
+    layout,
+    o.zfsBuilder,
+  );
   const pool = new DeltaWorkerPool(jobs, cache, layout, builder, Math.max(0, o.workers ?? DEFAULTS.workers), app.log);
   const deltas = new DeltaServiceImpl(jobs, cache, pool, layout, o.retryAfterSeconds ?? DEFAULTS.retryAfterSeconds, (v) => catalog.hasRelease(v));
   const precompute = new Precomputer(db, catalog, deltas, () => app.fleet, o.precompute ?? DEFAULTS.precompute, app.log);
   const ctx: ServerContext = { layout, catalog, deltas, precompute, adminToken: o.adminToken };
+  // ZFS streams (docs/zfs.md) are precomputed beside each ibu delta when the release signs one.
+  precompute.alsoQueue = (from, to) => precomputeZfs(ctx, from, to);
 
   const routes: IbuServer['routes'] = [];
   app.addHook('onRoute', (r) => void routes.push({ method: r.method, url: r.url, schema: r.schema as Record<string, unknown> | undefined }));
@@ -134,6 +142,7 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   releaseRoutes(app, ctx);
   chunkRoutes(app, ctx);
   deltaRoutes(app, ctx);
+  zfsStreamRoutes(app, ctx);
   await app.register(async (scope) => adminRoutes(scope, ctx));
   if (o.fleet !== false) await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
 

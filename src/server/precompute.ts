@@ -27,6 +27,8 @@ export class Precomputer {
   private scanning: Promise<PrecomputeResult> | undefined;
   private rescanWanted = false;
   private readonly q;
+  /** Queues further kinds for a pair it precomputes (ZFS streams, src/server/zfs-streams.ts). */
+  alsoQueue?: (from: string, to: string) => Promise<unknown>;
 
   constructor(
     db: Db,
@@ -123,6 +125,7 @@ export class Precomputer {
       if (!(await this.catalog.hasRelease(from))) continue;
       await this.deltas.lookup(from, to, { create: true, priority: PRIORITY.precompute });
       queued.push({ from, to });
+      await this.alsoQueue?.(from, to).catch((err: unknown) => this.log.warn({ err, from, to }, 'precompute of another delta kind failed'));
     }
     return queued;
   }

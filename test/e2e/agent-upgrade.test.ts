@@ -12,149 +12,43 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp, existsSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import Database from 'better-sqlite3';
-import { run } from '../../src/util/exec.js';
 import {
-  e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageNodeRoot, buildImage, writeGrubCfg, createGrubenv,
-  makeDisk, HostFs, boot, missingInOrder, guestNetArgs, repoRoot, timeline,
+  e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, buildFleetReleases, FleetServer, makeFleetDevice,
+  type FleetBuild, type HostFs,
 } from './harness.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
-const ADMIN = 'e2e-admin-token';
-const SECRET = 'e2e-enrollment-secret';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-    s.on('error', reject);
-  });
-}
-
-function ibu(...args: string[]) {
-  return run(process.execPath, [path.join(repoRoot(), 'bin/ibu'), ...args]);
-}
 
 describe('agent on a QEMU device: upgrade through a delta, try-once, health check, commit or fall back', { skip: unavailable ?? false }, () => {
   let work = '';
-  let server: ChildProcess | null = null;
-  let serverLog = '';
-  let base = '';
-  let port = 0;
-  let store = '';
-  let keys = '';
-  let efi = '';
-  let img1 = '';
-
-  async function api(method: string, route: string, body?: unknown, token?: string): Promise<{ status: number; json: unknown }> {
-    const res = await fetch(`${base}${route}`, {
-      method,
-      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const text = await res.text();
-    let json: unknown = text;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      /* not JSON */
-    }
-    return { status: res.status, json };
-  }
+  let b: FleetBuild;
+  let server: FleetServer;
 
   before(async () => {
     work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-agent-'));
-    const kit = await kernelKit();
-    const initrd = path.join(work, 'initrd.img');
-    await buildInitramfs(kit, initrd);
-    efi = path.join(work, 'BOOTX64.EFI');
-    await buildEfi(efi);
-
-    // releases 1.0 and 2.0: same userland, 2.0 differs in its version file and one new file
-    const stage = path.join(work, 'stage');
-    img1 = path.join(work, '1.0.img');
-    const img2 = path.join(work, '2.0.img');
-    await stageNodeRoot(stage, { version: '1.0', kit, initrd });
-    await buildImage(stage, img1, '1.0', 256);
-    await fsp.writeFile(path.join(stage, 'etc/ibu-e2e/version'), '2.0\n');
-    await fsp.writeFile(path.join(stage, 'etc/ibu-e2e/release-notes'), 'release 2.0: a new file\n');
-    await ibu('image', 'build', '--root', stage, '--version', '2.0', '--size', '256M', '--previous', img1, '--out', img2);
-    await fsp.rm(stage, { recursive: true, force: true });
-
-    keys = path.join(work, 'keys');
-    await ibu('keys', 'generate', '--out', keys);
-    store = path.join(work, 'store');
-    await ibu('release', 'publish', '--image', img1, '--version', '1.0', '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
-    await ibu('release', 'publish', '--image', img2, '--version', '2.0', '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
-
-    port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    serverLog = path.join(work, 'server.log');
-    const logFd = await fsp.open(serverLog, 'w');
-    server = spawn(process.execPath, [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', store, '--listen', `127.0.0.1:${port}`, '--admin-token', ADMIN, '--precompute', '0'], {
-      env: { ...process.env, IBU_ENROLLMENT_SECRET: SECRET },
-      stdio: ['ignore', logFd.fd, logFd.fd],
-    });
-    await logFd.close();
-    for (let i = 0; ; i++) {
-      const ok = await fetch(`${base}/v1/channels/stable/releases`).then((r) => r.ok, () => false);
-      if (ok) break;
-      if (i > 150 || server.exitCode !== null) throw new Error('ibu serve did not come up:\n' + (await fsp.readFile(serverLog, 'utf8')).slice(-2000));
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    b = await buildFleetReleases(work);
+    server = await new FleetServer(b.store, path.join(work, 'server.log')).start();
   });
 
   after(async () => {
-    if (server && server.exitCode === null) {
-      server.kill('SIGTERM');
-      await new Promise((r) => server!.once('close', r));
-    }
+    await server?.stop();
     if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
     else if (work) console.log(`e2e work dir kept: ${work}`);
   });
 
   /**
-   * A device with 1.0 installed and committed, enrolled as `device`; `runSh` is the script its
+   * A device with 1.0 installed and committed, enrolled as `name`; `runSh` is the script its
    * init runs on every boot (test/e2e/node-init.sh), with $C = upgradectl and its config.
    */
-  async function device(name: string, runSh: string, health: unknown[]): Promise<{ disk: string; host: HostFs }> {
-    const enrolled = await api('POST', '/v1/devices/enroll', { deviceId: name, enrollmentSecret: SECRET });
-    assert.equal(enrolled.status, 200, `enroll: ${JSON.stringify(enrolled.json)}`);
-    const token = (enrolled.json as { token: string }).token;
-    const hostTree = path.join(work, `host-${name}`);
-    await fsp.mkdir(path.join(hostTree, 'images'), { recursive: true });
-    await fsp.copyFile(img1, path.join(hostTree, 'images/1.0.img'));
-    await fsp.mkdir(path.join(hostTree, 'ibu-e2e/keyring'), { recursive: true });
-    await fsp.copyFile(path.join(keys, 'signing.pub'), path.join(hostTree, 'ibu-e2e/keyring/signing.pub'));
-    await fsp.writeFile(path.join(hostTree, 'ibu-e2e/agent.json'), JSON.stringify({
-      server: { url: 'http://10.0.2.100', deviceId: name, token },
-      channel: 'stable',
-      keyring: '/host/ibu-e2e/keyring',
-      checkpoint: 'fsfreeze',
-      reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
-      download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
-      health: { deadlineSeconds: 30, checks: health },
-      pollSeconds: 2,
-    }, null, 2));
-    await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), 'C="node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent.json"\n' + runSh);
-    await writeGrubCfg(hostTree);
-    await createGrubenv(hostTree, '1.0');
-    const disk = path.join(work, `disk-${name}.img`);
-    const offset = await makeDisk({ efi, hostTree, hostMiB: 1024, out: disk });
-    await fsp.rm(hostTree, { recursive: true, force: true });
-    return { disk, host: new HostFs(disk, offset, work) };
+  function device(name: string, runSh: string, health: unknown[]): Promise<{ disk: string; host: HostFs }> {
+    return makeFleetDevice(b, server, { name, runSh, health });
   }
 
   async function runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
-    const res = await boot({ disk, logFile: path.join(work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(port), timeoutMs: 1_500_000 });
+    const res = await boot({ disk, logFile: path.join(work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(server.port), timeoutMs: 1_500_000 });
     console.log(`${name}: ${timeline(res.log)}`);
     const tail = res.log.split('\n').slice(-80).join('\n');
     assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
@@ -163,22 +57,9 @@ describe('agent on a QEMU device: upgrade through a delta, try-once, health chec
     return res.log;
   }
 
-  async function deviceRecord(name: string) {
-    const dev = await api('GET', `/v1/admin/fleet/devices/${name}`, undefined, ADMIN);
-    assert.equal(dev.status, 200);
-    const d = dev.json as { version: string; committedVersion: string; state: string; trial: boolean; lastErrorCode: string | null };
-    return { version: d.version, committedVersion: d.committedVersion, state: d.state, trial: d.trial, lastErrorCode: d.lastErrorCode };
-  }
-
-  /** The device's events as the server stored them (the fleet's own SQLite file: the admin API lists none). */
-  function events(name: string): unknown[] {
-    const db = new Database(path.join(store, 'fleet.sqlite'), { readonly: true });
-    try {
-      return db.prepare('SELECT type, from_version AS "from", to_version AS "to" FROM events WHERE device_id = ? ORDER BY id').all(name);
-    } finally {
-      db.close();
-    }
-  }
+  const deviceRecord = (name: string) => server.deviceRecord(name);
+  /** Events without the error code column (scenarios a-c assert on type and versions). */
+  const events = (name: string) => server.events(name).map(({ type, from, to }) => ({ type, from, to }));
 
   // prepare + apply on the first boot of 1.0 only (a marker on the host fs); confirm on every
   // later boot, as upgradectl-confirm.service does; then the state for the log
@@ -217,18 +98,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
       { type: 'upgrade-succeeded', from: '1.0', to: '2.0' },
     ]);
     // the request log (pino JSON lines): the delta was requested and answered 200
-    const urls = new Map<string, string>();
-    let deltaServed = false;
-    for (const line of (await fsp.readFile(serverLog, 'utf8')).split('\n')) {
-      let e: { reqId?: string; req?: { url?: string }; res?: { statusCode?: number } };
-      try {
-        e = JSON.parse(line);
-      } catch {
-        continue;
-      }
-      if (e.reqId && e.req?.url) urls.set(e.reqId, e.req.url);
-      if (e.reqId && e.res?.statusCode === 200 && urls.get(e.reqId) === '/v1/deltas/1.0/2.0') deltaServed = true;
-    }
+    const deltaServed = (await server.statusesFor('/v1/deltas/1.0/2.0')).includes(200);
     assert.ok(deltaServed, 'the server answered GET /v1/deltas/1.0/2.0 with 200');
   });
 

@@ -4,7 +4,9 @@
  * time-stamped log. Nothing here is mocked: real kernel (Debian's linux-image .deb), real GRUB,
  * real e2fsprogs. No top-level side effects: node --test may load this file on its own.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import Database from 'better-sqlite3';
 import { promises as fsp, existsSync, createWriteStream, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -120,9 +122,11 @@ export async function stageNodeRoot(dir: string, opts: { version: string; kit: K
  * every outside route, and one guestfwd maps 10.0.2.100:80 in the guest to 127.0.0.1:port on the
  * host (a `busybox nc` per connection; the chardev form serves one connection only).
  */
-export function guestNetArgs(hostPort: number): string[] {
+export function guestNetArgs(hostPort: number, more: Record<string, number> = {}): string[] {
+  // `more`: further guest addresses (10.0.2.x) forwarded to other host ports, e.g. a second server
+  const fwd = [['10.0.2.100', hostPort] as const, ...Object.entries(more)].map(([ip, p]) => `,guestfwd=tcp:${ip}:80-cmd:busybox nc 127.0.0.1 ${p}`);
   return ['-device', 'virtio-net-pci,netdev=n0',
-    '-netdev', `user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 ${hostPort}`];
+    '-netdev', `user,id=n0,restrict=on${fwd.join('')}`];
 }
 
 /**
@@ -294,6 +298,52 @@ export class HostFs {
     const r = await run('e2fsck', ['-fn', this.spec], { allowFailure: true });
     return { code: r.code, out: r.stdout + r.stderr };
   }
+
+  /**
+   * What statfs() will report as f_bavail once the kernel mounts this fs, which is what the
+   * agent's disk policy counts: free blocks minus the root reserve minus the clusters ext4 holds
+   * back at mount (s_resv_clusters: 2 % of the blocks, at most 4096; fs/ext4/super.c).
+   */
+  async availBytes(): Promise<{ avail: number; blockSize: number }> {
+    const out = (await run('dumpe2fs', ['-h', this.spec], { allowFailure: true })).stdout;
+    const num = (re: RegExp): number => Number(re.exec(out)?.[1]);
+    const bs = num(/Block size:\s+(\d+)/);
+    const blocks = num(/Block count:\s+(\d+)/);
+    const avail = num(/Free blocks:\s+(\d+)/) - num(/Reserved block count:\s+(\d+)/) - Math.min(Math.floor(blocks / 50), 4096);
+    if (!(bs > 0) || !Number.isFinite(avail)) throw new Error('dumpe2fs printed no block counts:\n' + out);
+    return { avail: avail * bs, blockSize: bs };
+  }
+
+  /** A new file of `bytes` allocated blocks (unwritten extents, size 0): fills the disk without writing it. */
+  async fallocate(p: string, bytes: number): Promise<void> {
+    const { blockSize } = await this.availBytes();
+    const empty = path.join(this.scratch, `empty-${process.pid}`);
+    await fsp.writeFile(empty, '');
+    try {
+      await this.debugfs(`write ${empty} ${p}`, true);
+    } finally {
+      await fsp.rm(empty, { force: true });
+    }
+    const blocks = Math.ceil(bytes / blockSize);
+    if (blocks > 0) await this.debugfs(`fallocate ${p} 0 ${blocks - 1}`, true);
+    const fsck = await this.fsck();
+    if (fsck.code !== 0) throw new Error('host fs inconsistent after fallocate:\n' + fsck.out);
+  }
+
+  /**
+   * A copy of the host fs with its journal replayed (e2fsck -fy on the copy), for reading what
+   * the guest had made durable when the power was cut; the disk itself stays as the cut left it
+   * (the next boot's kernel replays it, GRUB reads it as is).
+   */
+  async recoveredCopy(): Promise<HostFs> {
+    // the partition alone: e2fsck cannot re-open "file?offset=N" after replaying a journal
+    const copy = path.join(this.scratch, `recovered-${path.basename(this.disk)}`);
+    await run('dd', [`if=${this.disk}`, `of=${copy}`, 'bs=1M', `skip=${this.offset}`, 'iflag=skip_bytes', 'conv=sparse', 'status=none']);
+    const r = await run('e2fsck', ['-fy', copy], { allowFailure: true });
+    // 0: clean, 1: errors corrected (the journal replay counts); more is damage
+    if (r.code > 1) throw new Error(`e2fsck -fy on a copy of ${this.disk} exited ${r.code}:\n${r.stdout}${r.stderr}`);
+    return new HostFs(copy, 0, this.scratch);
+  }
 }
 
 const ANSI_ESCAPE = new RegExp(String.fromCharCode(27) + '\\[[0-9;?=]*[A-Za-z]', 'g');
@@ -304,6 +354,8 @@ export interface BootResult {
   timedOut: boolean;
   /** The serial line that showed the guest stuck (e.g. GRUB's interactive menu), if one did. */
   stuck: string | null;
+  /** The serial line on which the harness cut the power (opts.killOn), if it did. */
+  killedOn: string | null;
   log: string;
   logFile: string;
 }
@@ -317,10 +369,13 @@ export async function boot(opts: {
   disk: string; logFile: string; timeoutMs?: number; memMiB?: number; extra?: string[]; stuckOn?: RegExp[];
   /** Called with each serial line (ANSI-stripped, unstamped) as it arrives, e.g. for the demo's live narration. */
   onLine?: (line: string) => void;
+  /** Cut the power (SIGKILL QEMU: no guest shutdown, no flush of the guest's caches) on the first line matching this. */
+  killOn?: RegExp;
 }): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
   let stuck: string | null = null;
+  let killedOn: string | null = null;
   const vars = opts.logFile.replace(/\.log$/, '') + '.ovmf-vars.fd';
   await fsp.copyFile(OVMF_VARS, vars);
   const args = ['-machine', 'q35', '-accel', 'tcg', '-m', String(opts.memMiB ?? 512), '-smp', '1',
@@ -349,6 +404,10 @@ export async function boot(opts: {
     for (const l of lines) {
       out.write(`[${t}] ${l}\n`);
       opts.onLine?.(l);
+      if (!killedOn && !stuck && opts.killOn?.test(l)) {
+        killedOn = l;
+        child.kill('SIGKILL');
+      }
       if (!stuck && stuckOn.some((re) => re.test(l))) {
         stuck = l;
         child.kill('SIGKILL');
@@ -360,10 +419,10 @@ export async function boot(opts: {
   const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
   clearTimeout(timer);
   if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
-  out.write(`# qemu exit status ${code}, wall ${((Date.now() - t0) / 1000).toFixed(1)} s${timedOut ? ' (killed: timeout)' : ''}${stuck ? ' (killed: stuck)' : ''}\n`);
+  out.write(`# qemu exit status ${code}, wall ${((Date.now() - t0) / 1000).toFixed(1)} s${timedOut ? ' (killed: timeout)' : ''}${stuck ? ' (killed: stuck)' : ''}${killedOn ? ' (killed: power cut)' : ''}\n`);
   await new Promise<void>((resolve) => out.end(resolve));
   await fsp.rm(vars, { force: true });
-  return { code, timedOut, stuck, log: readFileSync(opts.logFile, 'latin1'), logFile: opts.logFile };
+  return { code, timedOut, stuck, killedOn, log: readFileSync(opts.logFile, 'latin1'), logFile: opts.logFile };
 }
 
 /**
@@ -414,4 +473,198 @@ export function timeline(log: string): string {
   }
   const wall = /wall ([\d.]+) s/.exec(log);
   return out.join(', ') + (wall ? ` | wall ${wall[1]} s` : '');
+}
+
+// ---- the fleet story: releases, a server, devices (test/e2e/agent-*.test.ts) -----------------
+
+export const FLEET_ADMIN = 'e2e-admin-token';
+export const FLEET_SECRET = 'e2e-enrollment-secret';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+    s.on('error', reject);
+  });
+}
+
+/** The product's CLI (bin/ibu on the built dist/). */
+export function ibu(...args: string[]) {
+  return run(process.execPath, [path.join(repoRoot(), 'bin/ibu'), ...args]);
+}
+
+export interface FleetBuild {
+  work: string;
+  efi: string;
+  /** Release images: 1.0, and 2.0 built with --previous 1.0 (same userland, a new version file and one new file). */
+  img1: string;
+  img2: string;
+  keys: string;
+  /** The store both releases were published into (channel stable). */
+  store: string;
+}
+
+/** Boot media and two releases with Node and the ibu project, published into a store under `work`. */
+export async function buildFleetReleases(work: string): Promise<FleetBuild> {
+  const kit = await kernelKit();
+  const initrd = path.join(work, 'initrd.img');
+  await buildInitramfs(kit, initrd);
+  const efi = path.join(work, 'BOOTX64.EFI');
+  await buildEfi(efi);
+  const stage = path.join(work, 'stage');
+  const img1 = path.join(work, '1.0.img');
+  const img2 = path.join(work, '2.0.img');
+  await stageNodeRoot(stage, { version: '1.0', kit, initrd });
+  await buildImage(stage, img1, '1.0', 256);
+  await fsp.writeFile(path.join(stage, 'etc/ibu-e2e/version'), '2.0\n');
+  await fsp.writeFile(path.join(stage, 'etc/ibu-e2e/release-notes'), 'release 2.0: a new file\n');
+  await ibu('image', 'build', '--root', stage, '--version', '2.0', '--size', '256M', '--previous', img1, '--out', img2);
+  await fsp.rm(stage, { recursive: true, force: true });
+  const keys = path.join(work, 'keys');
+  await ibu('keys', 'generate', '--out', keys);
+  const store = path.join(work, 'store');
+  for (const [img, v] of [[img1, '1.0'], [img2, '2.0']]) {
+    await ibu('release', 'publish', '--image', img, '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
+  }
+  return { work, efi, img1, img2, keys, store };
+}
+
+/** `ibu serve` on 127.0.0.1 (a free port) over a data dir, its pino log in `logFile`; and what the tests ask it. */
+export class FleetServer {
+  private child: ChildProcess | null = null;
+  port = 0;
+  constructor(readonly data: string, readonly logFile: string) {}
+  get base(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<this> {
+    this.port = await freePort();
+    const logFd = await fsp.open(this.logFile, 'w');
+    this.child = spawn(process.execPath, [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', this.data, '--listen', `127.0.0.1:${this.port}`, '--admin-token', FLEET_ADMIN, '--precompute', '0'], {
+      env: { ...process.env, IBU_ENROLLMENT_SECRET: FLEET_SECRET },
+      stdio: ['ignore', logFd.fd, logFd.fd],
+    });
+    await logFd.close();
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`${this.base}/v1/channels/stable/releases`).then((r) => r.ok, () => false);
+      if (ok) return this;
+      if (i > 150 || this.child.exitCode !== null) throw new Error('ibu serve did not come up:\n' + (await fsp.readFile(this.logFile, 'utf8')).slice(-2000));
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  async stop(): Promise<void> {
+    const c = this.child;
+    if (c && c.exitCode === null && c.signalCode === null) {
+      c.kill('SIGTERM');
+      await new Promise((r) => c.once('close', r));
+    }
+  }
+
+  async api(method: string, route: string, body?: unknown, token?: string): Promise<{ status: number; json: unknown }> {
+    const res = await fetch(`${this.base}${route}`, {
+      method,
+      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.text();
+    let json: unknown = text;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      /* not JSON */
+    }
+    return { status: res.status, json };
+  }
+
+  /** Enrolls a device with the shared secret; returns its token. */
+  async enroll(deviceId: string): Promise<string> {
+    const r = await this.api('POST', '/v1/devices/enroll', { deviceId, enrollmentSecret: FLEET_SECRET });
+    if (r.status !== 200) throw new Error(`enroll ${deviceId}: HTTP ${r.status} ${JSON.stringify(r.json)}`);
+    return (r.json as { token: string }).token;
+  }
+
+  /** The device as the fleet API shows it (the fields the scenarios assert on). */
+  async deviceRecord(name: string) {
+    const dev = await this.api('GET', `/v1/admin/fleet/devices/${name}`, undefined, FLEET_ADMIN);
+    if (dev.status !== 200) throw new Error(`GET device ${name}: HTTP ${dev.status}`);
+    const d = dev.json as { version: string; committedVersion: string; state: string; trial: boolean; lastErrorCode: string | null };
+    return { version: d.version, committedVersion: d.committedVersion, state: d.state, trial: d.trial, lastErrorCode: d.lastErrorCode };
+  }
+
+  /** The device's events as the server stored them (the fleet's own SQLite file: the admin API lists none). */
+  events(name: string): { type: string; from: string; to: string; errorCode: string | null }[] {
+    const db = new Database(path.join(this.data, 'fleet.sqlite'), { readonly: true });
+    try {
+      return db.prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode" FROM events WHERE device_id = ? ORDER BY id').all(name) as never;
+    } finally {
+      db.close();
+    }
+  }
+
+  /** Status codes the server answered for a URL, in order (from its pino request log). */
+  async statusesFor(url: string): Promise<number[]> {
+    const urls = new Map<string, string>();
+    const out: number[] = [];
+    for (const line of (await fsp.readFile(this.logFile, 'utf8')).split('\n')) {
+      let e: { reqId?: string; req?: { url?: string }; res?: { statusCode?: number } };
+      try {
+        e = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (e.reqId && e.req?.url) urls.set(e.reqId, e.req.url);
+      if (e.reqId && e.res?.statusCode !== undefined && urls.get(e.reqId) === url) out.push(e.res.statusCode);
+    }
+    return out;
+  }
+}
+
+export interface DeviceSpec {
+  name: string;
+  /** The scenario script the image's init runs (test/e2e/node-init.sh); $C is upgradectl with the config. */
+  runSh: string;
+  health: unknown[];
+  hostMiB?: number;
+  /** More images on the host fs besides 1.0 (version -> image file to copy). */
+  extraImages?: Record<string, string>;
+  /** Further agent configs the script may use: /host/ibu-e2e/<file> -> server base URL as the guest sees it and its token. */
+  extraConfigs?: Record<string, { url: string; token: string }>;
+}
+
+/**
+ * A device disk with 1.0 installed and committed, enrolled as `spec.name` on `server`; the agent
+ * config at /host/ibu-e2e/agent.json talks to http://10.0.2.100 (guestNetArgs).
+ */
+export async function makeFleetDevice(b: FleetBuild, server: FleetServer, spec: DeviceSpec): Promise<{ disk: string; host: HostFs }> {
+  const token = await server.enroll(spec.name);
+  const hostTree = path.join(b.work, `host-${spec.name}`);
+  await fsp.mkdir(path.join(hostTree, 'images'), { recursive: true });
+  await fsp.copyFile(b.img1, path.join(hostTree, 'images/1.0.img'));
+  for (const [v, img] of Object.entries(spec.extraImages ?? {})) await fsp.copyFile(img, path.join(hostTree, `images/${v}.img`));
+  await fsp.mkdir(path.join(hostTree, 'ibu-e2e/keyring'), { recursive: true });
+  await fsp.copyFile(path.join(b.keys, 'signing.pub'), path.join(hostTree, 'ibu-e2e/keyring/signing.pub'));
+  const config = (url: string, tok: string) => JSON.stringify({
+    server: { url, deviceId: spec.name, token: tok },
+    channel: 'stable',
+    keyring: '/host/ibu-e2e/keyring',
+    checkpoint: 'fsfreeze',
+    reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
+    download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
+    health: { deadlineSeconds: 30, checks: spec.health },
+    pollSeconds: 2,
+  }, null, 2);
+  await fsp.writeFile(path.join(hostTree, 'ibu-e2e/agent.json'), config('http://10.0.2.100', token));
+  for (const [file, c] of Object.entries(spec.extraConfigs ?? {})) await fsp.writeFile(path.join(hostTree, 'ibu-e2e', file), config(c.url, c.token));
+  await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), 'C="node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent.json"\n' + spec.runSh);
+  await writeGrubCfg(hostTree);
+  await createGrubenv(hostTree, '1.0');
+  const disk = path.join(b.work, `disk-${spec.name}.img`);
+  const offset = await makeDisk({ efi: b.efi, hostTree, hostMiB: spec.hostMiB ?? 1024, out: disk });
+  await fsp.rm(hostTree, { recursive: true, force: true });
+  return { disk, host: new HostFs(disk, offset, b.work) };
 }

@@ -12,6 +12,7 @@ test('fleet simulation: rollout completes across a restart, a bad release pauses
     log: process.env.IBU_SIM_LOG ? (m) => process.stderr.write(`simulate: ${m}\n`) : undefined,
   });
   assert.equal(r.devices, 2000);
+  assert.equal(r.config.maxConcurrentReboots, 200, 'a tenth of the fleet may reboot at once');
   assert.equal(r.serverRestarted, true);
   assert.equal(r.rolloutCompleted, true, `the first rollout completed: ${JSON.stringify(r.rollout1)}`);
   assert.equal(r.rolloutPausedCorrectly, true, `the bad release paused itself in its first wave: ${r.pauseReason}`);

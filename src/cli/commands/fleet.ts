@@ -84,7 +84,7 @@ export function registerFleetCommands(program: Command): void {
     .description('run N simulated devices against a real server on loopback through a staged rollout with failures and a restart')
     .option('--devices <n>', 'simulated devices', int('--devices', 10), 80_000)
     .option('--rate <n>', 'target idle check-ins per second (sets the compressed check-in interval)', int('--rate', 1), 1000)
-    .option('--concurrency <n>', 'requests in flight at once', int('--concurrency', 1), 128)
+    .option('--concurrency <n>', 'HTTP connections to the server (devices run open-loop; waiting for a connection counts in the latency)', int('--concurrency', 1), 128)
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
@@ -103,6 +103,8 @@ export function registerFleetCommands(program: Command): void {
         `devices            ${result.devices}`,
         `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
         `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
+        `sustained          slowest 10 s window ${result.windows.minPerSec}/s, median ${result.windows.medianPerSec}/s`,
+        `event-loop delay   p99 simulator ${result.clientLagP99Ms} ms, server ${result.serverLag.p99Ms} ms (max ${result.serverLag.maxMs} ms)`,
         `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,
         `bad release paused ${ok(result.rolloutPausedCorrectly)}${result.pauseReason ? ` (${result.pauseReason})` : ''}`,
         `lost updates       ${result.lostUpdates}`,

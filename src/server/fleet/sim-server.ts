@@ -2,10 +2,12 @@
  * A fleet server in a child process for the simulator: the real `ibu serve` application
  * (src/server/app.ts createServer) with the fleet plugin, on 127.0.0.1:<port>. Prints one JSON
  * line {"port": N} when listening; on SIGTERM closes gracefully (requests in flight finish, the
- * group commit flushes), prints {"cpu": {...}} and exits 0.
+ * group commit flushes), prints {"cpu": {...}, "lag": {...}} (CPU used, and how late its event loop
+ * ran: a stall there delays every request in flight) and exits 0.
  *   node sim-server.js --data DIR --port N --admin-token T [--database-url URL]
  */
 import Fastify, { type FastifyInstance } from 'fastify';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fleetPlugin } from './plugin.js';
 
 function arg(name: string): string | undefined {
@@ -32,6 +34,10 @@ try {
 }
 if (!app.fleet) await app.register(fleetPlugin, { dataDir, adminToken, databaseUrl, storeSyncMs: 1000 });
 await app.listen({ host: '127.0.0.1', port });
+const lag = monitorEventLoopDelay({ resolution: 10 });
+lag.enable();
+// SIGUSR2: the simulator's traffic phase begins; event-loop delay counts from here (not enrollment).
+process.on('SIGUSR2', () => lag.reset());
 const addr = app.server.address();
 process.stdout.write(JSON.stringify({ port: typeof addr === 'object' && addr ? addr.port : port, realServer: real }) + '\n');
 
@@ -40,6 +46,8 @@ process.on('SIGTERM', () => {
   if (closing) return;
   closing = true;
   void app.close().then(() => {
-    process.stdout.write(JSON.stringify({ cpu: process.cpuUsage() }) + '\n', () => process.exit(0));
+    lag.disable();
+    const ms = (ns: number) => Math.round(ns / 1e4) / 100;
+    process.stdout.write(JSON.stringify({ cpu: process.cpuUsage(), lag: { p99Ms: ms(lag.percentile(99)), maxMs: ms(lag.max) } }) + '\n', () => process.exit(0));
   });
 });

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
@@ -17,14 +18,21 @@ import type { RolloutRecord } from '../../fleet/types.js';
  *
  * Time is compressed: the server is configured (PUT /v1/admin/fleet/settings) with an idle
  * check-in interval of devices / rate seconds instead of an hour, and "preparing" (a download) or
- * "rebooting" take seconds. Devices speak the real protocol over HTTP (undici, pooled Agent,
- * bounded concurrency) and retry on errors like an agent would.
+ * "rebooting" take seconds. Devices speak the real protocol over HTTP (undici, pooled Agent) and
+ * retry on errors like an agent would.
+ *
+ * The load is open-loop: every device keeps its own schedule (the nextCheckinSeconds the server
+ * gave it, or how long its download or reboot takes) whatever the other devices wait for, so
+ * the offered rate is the fleet's, not a function of how fast the server answers. Latency is
+ * measured from the time a request was due, not from when it left: a request delayed by a
+ * slow server, a full connection pool or a late client timer counts its whole delay (no
+ * coordinated omission).
  */
 export interface SimulateOptions {
   devices: number;
   /** Target idle check-ins per second (the interval becomes devices / rate). Default 1000. */
   rate?: number;
-  /** Requests in flight at once. Default 128. */
+  /** HTTP connections to the server (requests beyond them wait in the client, and that wait counts in the latency). Default 128. */
   concurrency?: number;
   databaseUrl?: string;
   /** Injected failure shares among devices upgrading to the good release. */
@@ -33,7 +41,9 @@ export interface SimulateOptions {
   silentRatio?: number;
   /** Rollback share on the bad release (must exceed the pause threshold). Default 0.3. */
   badRollbackRatio?: number;
-  /** Give up waiting for the first rollout after this many seconds. Default 40 intervals, at least 600 s. */
+  /** Share of the fleet that may hold a reboot lease at once (group `default`). Default 0.1. */
+  rebootRatio?: number;
+  /** Give up waiting for the first rollout after this many seconds. Default 25 intervals, at least 300 s. */
   timeoutSeconds?: number;
   restart?: boolean;
   keep?: boolean;
@@ -51,6 +61,12 @@ export interface SimulateResult {
   maxMs: number;
   /** p99 including check-ins begun during the restart and the 5 s after it. */
   p99MsAll: number;
+  /** Check-ins per second in 10 s windows of the traffic phase, outside the restart: the slowest, the median and the busiest window. */
+  windows: { minPerSec: number; medianPerSec: number; maxPerSec: number; count: number };
+  /** How late the simulator's own timers fired (p99, ms): the part of the latency that is the client's. */
+  clientLagP99Ms: number;
+  /** How late the server's event loop ran (the worse of its two lives around the restart): stalls there delay every request. */
+  serverLag: { p99Ms: number; maxMs: number };
   rolloutCompleted: boolean;
   /** State and reason of the first rollout at the end (diagnostics when it did not complete). */
   rollout1: { state: string; wave: number; reason: string | null };
@@ -63,7 +79,7 @@ export interface SimulateResult {
   finalVersions: Array<{ version: string; devices: number }>;
   cpu: { serverSeconds: number; clientSeconds: number; wallSeconds: number };
   realServer: boolean;
-  config: { checkinIntervalSeconds: number; activeCheckinIntervalSeconds: number; rate: number; concurrency: number };
+  config: { checkinIntervalSeconds: number; activeCheckinIntervalSeconds: number; rate: number; concurrency: number; maxConcurrentReboots: number };
 }
 
 type Mode = 'ok' | 'fail' | 'rollback' | 'silent';
@@ -89,30 +105,14 @@ const GOOD = '2.0.0';
 const BAD = '2.1.0';
 const BASE = '1.0.0';
 
-class Semaphore {
-  private waiting: Array<() => void> = [];
-  constructor(private free: number) {}
-  async take(): Promise<void> {
-    if (this.free > 0) {
-      this.free--;
-      return;
-    }
-    await new Promise<void>((r) => this.waiting.push(r));
-  }
-  give(): void {
-    const next = this.waiting.shift();
-    if (next) next();
-    else this.free++;
-  }
-}
-
-/** Latencies in 0.1 ms buckets up to 10 s: exact enough for p50/p99 at any count. */
+/** Latencies in 0.1 ms buckets up to 10 s, then 10 ms buckets up to 10 minutes: exact enough for p50/p99 at any count. */
 class LatencyHistogram {
-  private buckets = new Uint32Array(100_001);
+  private buckets = new Uint32Array(100_000 + 59_001);
   count = 0;
   max = 0;
   add(ms: number): void {
-    this.buckets[Math.min(100_000, Math.round(ms * 10))]!++;
+    const i = ms < 10_000 ? Math.round(ms * 10) : 100_000 + Math.min(59_000, Math.round((ms - 10_000) / 10));
+    this.buckets[i]!++;
     this.count++;
     if (ms > this.max) this.max = ms;
   }
@@ -121,7 +121,7 @@ class LatencyHistogram {
     let seen = 0;
     for (let i = 0; i < this.buckets.length; i++) {
       seen += this.buckets[i]!;
-      if (seen >= want && want > 0) return i / 10;
+      if (seen >= want && want > 0) return i < 100_000 ? i / 10 : 10_000 + (i - 100_000) * 10;
     }
     return 0;
   }
@@ -146,20 +146,27 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   // A reboot takes ~1-2 active intervals here; silence is declared after two idle intervals (at
   // least 30 s) so a server restart or a loaded machine is not mistaken for dead devices.
   const silentAfter = Math.max(30, interval * 2);
+  const maxReboots = Math.max(5, Math.round(n * (o.rebootRatio ?? 0.1)));
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sim-'));
   const adminToken = randomBytes(16).toString('hex');
-  const agent = new Agent({ connections: Math.max(8, Math.min(256, concurrency)), pipelining: 1, keepAliveTimeout: 30_000 });
-  const sem = new Semaphore(concurrency);
+  const agent = new Agent({ connections: Math.max(8, Math.min(1024, concurrency)), pipelining: 1, keepAliveTimeout: 30_000 });
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
   const lat = new LatencyHistogram();
   // Check-ins that began while the server restarts (and 5 s after) measure the restart, not
   // steady service: they are kept apart and reported as p99MsAll.
   const latAll = new LatencyHistogram();
   let disturbedUntil = 0;
+  let disturbedFrom = Number.POSITIVE_INFINITY;
+  // Check-ins acknowledged per 10 s window of the traffic phase.
+  const perWindow: number[] = [];
+  let trafficT0 = 0;
   let checkins = 0;
   let events = 0;
   let retries = 0;
   let stopping = false;
   let serverCpu = 0;
+  const serverLag = { p99Ms: 0, maxMs: 0 };
   // Sleeps that end at once when the simulation stops, so draining does not wait out intervals.
   const naps = new Set<() => void>();
   const nap = (ms: number) => new Promise<void>((resolve) => {
@@ -172,6 +179,12 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     const t = setTimeout(done, ms);
     naps.add(done);
   });
+  /** Sleeps ms and returns when the device meant to wake (the due time of its next request). */
+  const napUntil = async (ms: number): Promise<number> => {
+    const due = performance.now() + ms;
+    await nap(ms);
+    return due;
+  };
   const stopAll = () => {
     stopping = true;
     for (const wake of [...naps]) wake();
@@ -195,13 +208,17 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       c.once('exit', (code) => reject(new IbuError('INTERNAL', `The simulated server exited with status ${code} before listening.`)));
       lines.on('line', (line) => {
         try {
-          const msg = JSON.parse(line) as { port?: number; realServer?: boolean; cpu?: { user: number; system: number } };
+          const msg = JSON.parse(line) as { port?: number; realServer?: boolean; cpu?: { user: number; system: number }; lag?: { p99Ms: number; maxMs: number } };
           if (msg.port) {
             port = msg.port;
             realServer = Boolean(msg.realServer);
             resolve();
           }
           if (msg.cpu) serverCpu += (msg.cpu.user + msg.cpu.system) / 1e6;
+          if (msg.lag) {
+            serverLag.p99Ms = Math.max(serverLag.p99Ms, msg.lag.p99Ms);
+            serverLag.maxMs = Math.max(serverLag.maxMs, msg.lag.maxMs);
+          }
         } catch {
           // not ours
         }
@@ -243,12 +260,15 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     }
   };
 
-  /** One device request with retries (connection refused during the restart, 503 while closing). */
-  const deviceCall = async <T>(p: string, body: unknown, token: string, isCheckin: boolean): Promise<T | null> => {
+  /**
+   * One device request with retries (connection refused during the restart, 503 while closing).
+   * `due`: when the device meant to send it (performance.now() time); the latency runs from
+   * there, so a late timer, a wait for a connection and the retries all count.
+   */
+  const deviceCall = async <T>(p: string, body: unknown, token: string, isCheckin: boolean, due = performance.now()): Promise<T | null> => {
+    const t0 = Math.min(due, performance.now());
     for (let attempt = 0; ; attempt++) {
       if (stopping && attempt > 0) return null;
-      const t0 = performance.now(); // the device's view: waiting for a connection slot counts
-      await sem.take();
       let status = 0;
       let json: T | null = null;
       try {
@@ -257,14 +277,17 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
         json = r.json;
       } catch {
         status = 0;
-      } finally {
-        sem.give();
       }
       if (status === 200) {
         if (isCheckin) {
-          const ms = performance.now() - t0;
+          const t1 = performance.now();
+          const ms = t1 - t0;
           latAll.add(ms);
           if (t0 > disturbedUntil) lat.add(ms);
+          if (trafficT0 > 0) {
+            const w = Math.floor((t1 - trafficT0) / 10_000);
+            perWindow[w] = (perWindow[w] ?? 0) + 1;
+          }
         }
         return json;
       }
@@ -288,9 +311,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     await admin('POST', '/v1/admin/fleet/releases', { channel: 'stable', version: BASE });
     await admin('POST', '/v1/admin/fleet/releases', { channel: 'stable', version: GOOD });
     await admin('PUT', '/v1/admin/fleet/groups/canary', { maxConcurrentReboots: 0 });
-    // Reboot leases pace the release day as they would in a real fleet: at most 2 % of the
+    // Reboot leases pace the release day as they would in a real fleet: at most 10 % of the
     // fleet reboots at once; a device refused a lease comes back after a regular interval.
-    await admin('PUT', '/v1/admin/fleet/groups/default', { maxConcurrentReboots: Math.max(5, Math.round(n / 50)), leaseTtlSeconds: Math.max(60, interval) });
+    await admin('PUT', '/v1/admin/fleet/groups/default', { maxConcurrentReboots: maxReboots, leaseTtlSeconds: Math.max(60, interval) });
 
     // --- enrollment --------------------------------------------------------------------------
     const devices: SimDevice[] = [];
@@ -332,9 +355,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       version: d.version, state: d.state, trial: d.trial, committedVersion: d.committed, preparedVersion: d.prepared ?? undefined,
       freeBytes: 8 * 1024 ** 3, lastError: d.lastError, ...extra,
     });
-    const checkin = async (d: SimDevice, extra: Partial<CheckinRequest> = {}): Promise<CheckinResponse | null> => {
+    const checkin = async (d: SimDevice, extra: Partial<CheckinRequest> = {}, due?: number): Promise<CheckinResponse | null> => {
       const body = report(d, extra);
-      const res = await deviceCall<CheckinResponse>(`/v1/devices/${d.id}/checkin`, body, d.token, true);
+      const res = await deviceCall<CheckinResponse>(`/v1/devices/${d.id}/checkin`, body, d.token, true, due);
       if (res) {
         checkins++;
         d.acked = { version: body.version, state: body.state, trial: body.trial };
@@ -350,7 +373,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     const upgrade = async (d: SimDevice, target: string): Promise<number> => {
       const mode = modeFor(d, target);
       d.state = 'preparing';
-      await nap(interval * 1000 * (0.1 + 0.9 * Math.random())); // the download
+      // The download: 5-30 % of an idle interval (minutes against an hour in a real fleet).
+      const downloaded = await napUntil(interval * 1000 * (0.05 + 0.25 * Math.random()));
       if (stopping) return interval;
       if (mode === 'fail') {
         injected.failed++;
@@ -361,11 +385,11 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       }
       d.state = 'prepared';
       d.prepared = target;
-      let res = await checkin(d, { wantRebootLease: true });
+      let res = await checkin(d, { wantRebootLease: true }, downloaded);
       while (res && !res.rebootLease.granted && !stopping) {
-        await nap(res.nextCheckinSeconds * 1000);
+        const due = await napUntil(res.nextCheckinSeconds * 1000);
         if (stopping) return interval;
-        res = await checkin(d, { wantRebootLease: true });
+        res = await checkin(d, { wantRebootLease: true }, due);
       }
       if (!res || stopping) return interval;
       if (res.target?.version !== target) {
@@ -380,7 +404,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
         d.dead = true; // rebooted and never came back
         return 0;
       }
-      await nap(1000 * (0.5 + Math.random()) * active); // the reboot
+      const rebooted = await napUntil(1000 * (0.5 + Math.random()) * active); // the reboot
       const from = d.version;
       if (mode === 'rollback') {
         if (target === BAD) injected.badRolledBack++;
@@ -389,14 +413,14 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
         d.prepared = null;
         d.lastError = { code: 'HEALTH_CHECK_FAILED', message: `simulated: health check failed on ${target}` };
         await event(d, { type: 'rolled-back', fromVersion: from, toVersion: target, error: d.lastError });
-        const r = await checkin(d);
+        const r = await checkin(d, {}, rebooted);
         return r ? r.nextCheckinSeconds : interval;
       }
       d.version = target;
       d.trial = true;
       d.state = 'trial';
       d.prepared = null;
-      await checkin(d);
+      await checkin(d, {}, rebooted);
       await event(d, { type: 'upgrade-succeeded', fromVersion: from, toVersion: target });
       d.trial = false;
       d.committed = target;
@@ -408,24 +432,28 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
 
     const loops: Array<Promise<void>> = [];
     const trafficStart = Date.now();
+    trafficT0 = performance.now();
+    // Event-loop delay of both processes counts from here: enrollment is a flood on purpose.
+    lag.reset();
+    (child as ChildProcess | null)?.kill('SIGUSR2');
     const checkins0 = checkins;
     for (const d of devices) {
       loops.push((async () => {
-        await nap(Math.random() * interval * 1000);
+        let due = await napUntil(Math.random() * interval * 1000);
         while (!stopping && !d.dead) {
-          const res = await checkin(d);
+          const res = await checkin(d, {}, due);
           if (!res) break;
           let wait = res.nextCheckinSeconds;
           if (res.target && d.state !== 'preparing') wait = await upgrade(d, res.target.version);
           else if (d.state === 'rolled-back' || d.state === 'failed') d.state = 'idle';
           if (d.dead) break;
-          await nap(wait * 1000);
+          due = await napUntil(wait * 1000);
         }
       })().catch((err) => log(`device ${d.id} stopped: ${(err as Error).message}`)));
     }
 
     // --- the operator: restart midway, then a bad release -----------------------------------
-    const timeoutMs = (o.timeoutSeconds ?? Math.max(600, interval * 40)) * 1000;
+    const timeoutMs = (o.timeoutSeconds ?? Math.max(300, interval * 25)) * 1000;
     let serverRestarted = false;
     let r1: RolloutRecord = rollout1;
     const deadline = Date.now() + timeoutMs;
@@ -435,6 +463,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       if (!serverRestarted && (o.restart ?? true) && r1.wave >= 3) {
         log(`rollout ${r1.id} at wave ${r1.wave}: restarting the server`);
         disturbedUntil = Number.POSITIVE_INFINITY;
+        disturbedFrom = performance.now();
         await stopServer();
         await startServer();
         disturbedUntil = performance.now() + 5000;
@@ -471,6 +500,16 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     // --- stop, drain, compare what devices were told with what the server has ----------------
     const trafficSeconds = (Date.now() - trafficStart) / 1000;
     const trafficCheckins = checkins - checkins0;
+    // Whole 10 s windows of the traffic phase, leaving out those the restart touched.
+    const full = Math.floor((performance.now() - trafficT0) / 10_000);
+    const rates: number[] = [];
+    for (let w = 0; w < full; w++) {
+      const a = trafficT0 + w * 10_000;
+      if (a + 10_000 > disturbedFrom && a < disturbedUntil) continue;
+      rates.push((perWindow[w] ?? 0) / 10);
+    }
+    rates.sort((x, y) => x - y);
+    const clientLagP99Ms = Math.round(lag.percentile(99) / 1e4) / 100;
     stopAll();
     await Promise.race([Promise.all(loops), unrefSleep(60_000)]);
     let lostUpdates = 0;
@@ -504,6 +543,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       p99Ms: lat.quantile(0.99),
       maxMs: Math.round(lat.max * 10) / 10,
       p99MsAll: latAll.quantile(0.99),
+      windows: { minPerSec: rates[0] ?? 0, medianPerSec: rates[Math.floor(rates.length / 2)] ?? 0, maxPerSec: rates[rates.length - 1] ?? 0, count: rates.length },
+      clientLagP99Ms,
+      serverLag,
       rolloutCompleted,
       rollout1: { state: r1.state, wave: r1.wave, reason: r1.reason },
       rolloutPausedCorrectly,
@@ -515,10 +557,11 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       finalVersions,
       cpu: { serverSeconds: Math.round(serverCpu * 10) / 10, clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10, wallSeconds: Math.round((Date.now() - wall0) / 100) / 10 },
       realServer,
-      config: { checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency },
+      config: { checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency, maxConcurrentReboots: maxReboots },
     };
   } finally {
     stopping = true;
+    lag.disable();
     await stopServer().catch(() => {});
     await agent.close().catch(() => {});
     if (!o.keep) rmSync(dataDir, { recursive: true, force: true });

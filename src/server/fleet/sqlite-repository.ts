@@ -10,6 +10,7 @@ import {
   rowToParticipation, rowToRelease, rowToRollout, schemaSql, type Row,
 } from './rows.js';
 
+const CHECKPOINT_MS = 500;
 const PARTICIPATION_COUNTS = 'SELECT status, count(*) AS n FROM rollout_devices WHERE rollout_id = ? GROUP BY status';
 const VERSION_COUNTS_ALL = 'SELECT version, count(*) AS n FROM devices WHERE version IS NOT NULL GROUP BY version ORDER BY n DESC';
 const VERSION_COUNTS_CHANNEL = 'SELECT version, count(*) AS n FROM devices WHERE channel = ? AND version IS NOT NULL GROUP BY version ORDER BY n DESC';
@@ -51,10 +52,12 @@ export class SqliteFleetRepository implements FleetRepository {
     // Same extension as this module: .js when built, .ts under tsx (workers inherit execArgv).
     const self = fileURLToPath(import.meta.url);
     const entry = path.join(path.dirname(self), `sqlite-reader${path.extname(self)}`);
+    // The worker checkpoints the WAL off the main thread (see sqlite-reader.ts).
+    const workerData = { file: this.file, checkpointMs: CHECKPOINT_MS };
     // Under tsx (tests, `npm run bench:fleet`) the worker must register tsx itself to load a .ts file.
     const w = entry.endsWith('.ts')
-      ? new Worker(`import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(pathToFileURL(entry).href)}); });`, { eval: true, workerData: { file: this.file } })
-      : new Worker(entry, { workerData: { file: this.file } });
+      ? new Worker(`import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(pathToFileURL(entry).href)}); });`, { eval: true, workerData })
+      : new Worker(entry, { workerData });
     w.unref();
     w.on('message', (m: { id: number; rows?: Row[]; error?: string }) => {
       const p = this.pending.get(m.id);
@@ -66,9 +69,11 @@ export class SqliteFleetRepository implements FleetRepository {
     w.on('error', (err) => {
       for (const p of this.pending.values()) p.reject(err);
       this.pending.clear();
-      this.reader = null; // fall back to reading on the main thread
+      this.reader = null; // fall back to reading and checkpointing on the main thread
+      if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000');
     });
     this.reader = w;
+    this.db.pragma('wal_autocheckpoint = 0');
   }
 
   /** Runs a read-only aggregate off the main thread when the reader is up. */
@@ -142,10 +147,13 @@ export class SqliteFleetRepository implements FleetRepository {
       }
     }
   };
-  private batchTx = (ops: readonly WriteOp[]) => this.db.transaction(this.batch)(ops);
+  /** Built once: better-sqlite3's transaction() wrapper is not free to create per batch. */
+  private batchTx: ((ops: readonly WriteOp[]) => void) | null = null;
 
   async writeBatch(ops: readonly WriteOp[]): Promise<void> {
-    if (ops.length) this.batchTx(ops);
+    if (!ops.length) return;
+    this.batchTx ??= this.db.transaction(this.batch);
+    this.batchTx(ops);
   }
 
   async listDevices(after: string, limit: number): Promise<DeviceRecord[]> {

@@ -7,6 +7,7 @@ import { PRIORITY } from '../delta-jobs.js';
 import { removeRelease } from '../release-removal.js';
 import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
 import { checkPair, pairParams, stateBody } from './deltas.js';
+import { zfsJobFrom } from '../zfs-streams.js';
 
 const pairList = { type: 'array', items: { type: 'object', properties: { from: { type: 'string' }, to: { type: 'string' } }, required: ['from', 'to'] } } as const;
 const authErrors = { 401: errorSchema, 403: errorSchema, 400: errorSchema } as const;
@@ -149,7 +150,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       ctx.precompute.forget(version);
       ctx.catalog.forget(version);
       let deltasRemoved = 0;
-      for (const j of ctx.deltas.jobs.involving(version)) {
+      // ZFS streams (src/server/zfs-streams.ts) are jobs keyed `zfs+<from>`: those from this version too.
+      for (const j of [...ctx.deltas.jobs.involving(version), ...ctx.deltas.jobs.involving(zfsJobFrom(version))]) {
         ctx.deltas.pool.cancel(j.from, j.to);
         // An open stream keeps its inode on Linux; the release is gone, so the file goes now.
         ctx.deltas.jobs.delete(j.from, j.to);
