@@ -13,14 +13,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { run } from '../src/util/exec.js';
 import {
   e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageNodeRoot, writeGrubCfg, createGrubenv,
-  makeDisk, HostFs, boot, missingInOrder, guestNetArgs, repoRoot, timeline,
+  makeDisk, HostFs, boot, missingInOrder, guestNetArgs, repoRoot, timeline, ibu, freePort,
 } from '../test/e2e/harness.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
@@ -40,21 +38,6 @@ function mib(n: number): string {
 }
 
 class DemoError extends Error {}
-
-function ibu(...args: string[]) {
-  return run(process.execPath, [path.join(repoRoot(), 'bin/ibu'), ...args]);
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-    s.on('error', reject);
-  });
-}
 
 async function imageSizes(img: string): Promise<string> {
   const st = await fsp.stat(img);

@@ -8,11 +8,8 @@ import { buildCompressedStream } from '../zfs/stream.js';
 import { zfsGet } from '../zfs/tools.js';
 import type { ServerContext } from './context.js';
 import type { DeltaBuilder, DeltaBuildRequest } from './delta-builder.js';
-import type { DeltaLookup } from './delta-service.js';
 import { PRIORITY } from './delta-jobs.js';
-import { checkPair, pairParams, stateBody } from './routes/deltas.js';
-import { deltaStateSchema, errorSchema } from './schemas.js';
-import { sendFile } from './send-file.js';
+import { checkPair, pairRouteSchema, serveBuilt } from './routes/deltas.js';
 import type { StoreLayout } from './store-layout.js';
 
 /**
@@ -73,50 +70,13 @@ export function zfsStreamRoutes(app: FastifyInstance, ctx: ServerContext): void 
   app.route<{ Params: { from: string; to: string } }>({
     method: ['GET', 'HEAD'],
     url: '/v1/zfs-streams/:from/:to',
-    schema: {
-      params: pairParams,
-      response: {
-        200: { type: 'string', format: 'binary' },
-        206: { type: 'string', format: 'binary' },
-        202: deltaStateSchema,
-        304: { type: 'null' },
-        400: errorSchema,
-        404: errorSchema,
-        416: errorSchema,
-        500: deltaStateSchema,
-      },
-    },
+    schema: pairRouteSchema,
     handler: async (req, reply) => {
       const { from, to } = req.params;
       await checkPair(ctx, from, to);
       const m = await readManifest(ctx.layout, to);
       if (!streamRef(m, from)) throw new IbuError('NOT_FOUND', `Release ${to} has no signed ZFS stream from ${from}; fetch an ibu delta or chunks instead.`);
-      const key = zfsJobFrom(from);
-      const l = await ctx.deltas.lookup(key, to, { create: true });
-      if (l.state === 'ready') {
-        const unpin = ctx.deltas.cache.pin(key, to);
-        if (req.method === 'GET') ctx.deltas.jobs.touch(key, to);
-        const ok = await sendFile(req, reply, {
-          file: l.file,
-          etag: `"${l.job.sha256}"`,
-          cacheControl: 'public, max-age=86400',
-          contentType: 'application/zstd',
-          onDone: unpin,
-          knownSize: l.job.size ?? undefined,
-        });
-        if (ok) return reply;
-        const again = await ctx.deltas.lookup(key, to, { create: true });
-        if (again.state === 'ready') throw new IbuError('INTERNAL', `ZFS stream ${from} -> ${to} vanished while being served; retry.`);
-        return sendState(again);
-      }
-      return sendState(l);
-
-      function sendState(s: DeltaLookup): unknown {
-        reply.header('cache-control', 'no-store');
-        if (s.state === 'queued' || s.state === 'building') reply.code(202).header('retry-after', String(s.retryAfter));
-        else reply.code(500);
-        return stateBody(from, to, s);
-      }
+      return serveBuilt(ctx, req, reply, { key: zfsJobFrom(from), from, to, contentType: 'application/zstd', what: 'ZFS stream' });
     },
   });
 }

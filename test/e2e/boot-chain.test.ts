@@ -13,8 +13,8 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import {
-  e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageBusyboxRoot, buildImage, writeGrubCfg,
-  createGrubenv, makeDisk, truncateAfterKernel, HostFs, boot, missingInOrder, countLines, timeline, type BootResult, type KernelKit,
+  e2eUnavailable, bootMedia, stageBusyboxRoot, buildImage, writeGrubCfg,
+  createGrubenv, makeDisk, truncateAfterKernel, HostFs, boot, missingInOrder, countLines, timeline, type BootResult,
 } from './harness.js';
 
 const unavailable = e2eUnavailable();
@@ -30,11 +30,7 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
 
   before(async () => {
     work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-boot-'));
-    const kit: KernelKit = await kernelKit();
-    const initrd = path.join(work, 'initrd.img');
-    await buildInitramfs(kit, initrd);
-    const efi = path.join(work, 'BOOTX64.EFI');
-    await buildEfi(efi);
+    const { kit, initrd, efi } = await bootMedia(work);
     const stage = path.join(work, 'stage');
     const imgDir = path.join(work, 'variants');
     await fsp.mkdir(imgDir);

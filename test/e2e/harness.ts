@@ -75,6 +75,16 @@ export async function kernelKit(): Promise<KernelKit> {
   };
 }
 
+/** What every e2e boot needs, built under `work`: the kernel kit, the busybox initramfs, GRUB EFI. */
+export async function bootMedia(work: string): Promise<{ kit: KernelKit; initrd: string; efi: string }> {
+  const kit = await kernelKit();
+  const initrd = path.join(work, 'initrd.img');
+  await buildInitramfs(kit, initrd);
+  const efi = path.join(work, 'BOOTX64.EFI');
+  await buildEfi(efi);
+  return { kit, initrd, efi };
+}
+
 export async function buildInitramfs(kit: KernelKit, out: string, extraModules: string[] = []): Promise<void> {
   const args = [path.join(repoRoot(), 'assets/initramfs/build-initramfs.sh'), '--modules-dir', kit.modulesDir, '--e2fsck', kit.e2fsckStatic, '--out', out];
   if (extraModules.length) args.push('--extra-modules', extraModules.join(' '));
@@ -509,11 +519,7 @@ export interface FleetBuild {
 
 /** Boot media and two releases with Node and the ibu project, published into a store under `work`. */
 export async function buildFleetReleases(work: string): Promise<FleetBuild> {
-  const kit = await kernelKit();
-  const initrd = path.join(work, 'initrd.img');
-  await buildInitramfs(kit, initrd);
-  const efi = path.join(work, 'BOOTX64.EFI');
-  await buildEfi(efi);
+  const { kit, initrd, efi } = await bootMedia(work);
   const stage = path.join(work, 'stage');
   const img1 = path.join(work, '1.0.img');
   const img2 = path.join(work, '2.0.img');

@@ -13,7 +13,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageNodeRoot, buildImage, writeGrubCfg, createGrubenv,
+  e2eUnavailable, bootMedia, stageNodeRoot, buildImage, writeGrubCfg, createGrubenv,
   makeDisk, boot, missingInOrder, guestNetArgs, repoRoot,
 } from './harness.js';
 import { existsSync } from 'node:fs';
@@ -42,11 +42,7 @@ describe('guest userland: node and upgradectl inside a booted image, host reache
   });
 
   test('upgradectl --help runs in the guest; node fetches from the host through the guestfwd only', async () => {
-    const kit = await kernelKit();
-    const initrd = path.join(work, 'initrd.img');
-    await buildInitramfs(kit, initrd);
-    const efi = path.join(work, 'BOOTX64.EFI');
-    await buildEfi(efi);
+    const { kit, initrd, efi } = await bootMedia(work);
     const stage = path.join(work, 'stage');
     await stageNodeRoot(stage, { version: '1', kit, initrd });
     const hostTree = path.join(work, 'host-tree');

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { IbuError } from '../../errors.js';
 import type { ServerContext } from '../context.js';
 import type { DeltaLookup } from '../delta-service.js';
@@ -34,56 +34,69 @@ export async function checkPair(ctx: ServerContext, from: string, to: string): P
   }
 }
 
+/** The responses of a route serving built pair artifacts (ibu deltas, ZFS streams). */
+export const pairRouteSchema = {
+  params: pairParams,
+  response: {
+    200: { type: 'string', format: 'binary' },
+    206: { type: 'string', format: 'binary' },
+    202: deltaStateSchema,
+    304: { type: 'null' },
+    400: errorSchema,
+    404: errorSchema,
+    416: errorSchema,
+    500: deltaStateSchema,
+  },
+} as const;
+
+/**
+ * Serves the artifact the delta service builds under job key (`key`, `to`): the file when ready
+ * (Range/If-Range, ETag, pinned against eviction while streaming), else 202 + Retry-After while
+ * queued or building, 500 once failed after every retry (the device then fetches chunks).
+ */
+export async function serveBuilt(
+  ctx: ServerContext,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  o: { key: string; from: string; to: string; contentType: string; what: string },
+): Promise<unknown> {
+  const l = await ctx.deltas.lookup(o.key, o.to, { create: true });
+  if (l.state === 'ready') {
+    const unpin = ctx.deltas.cache.pin(o.key, o.to);
+    if (req.method === 'GET') ctx.deltas.jobs.touch(o.key, o.to);
+    const ok = await sendFile(req, reply, {
+      file: l.file,
+      etag: `"${l.job.sha256}"`,
+      cacheControl: 'public, max-age=86400',
+      contentType: o.contentType,
+      onDone: unpin,
+      knownSize: l.job.size ?? undefined,
+    });
+    if (ok) return reply;
+    // Evicted between lookup and open: report it as queued again.
+    const again = await ctx.deltas.lookup(o.key, o.to, { create: true });
+    if (again.state === 'ready') throw new IbuError('INTERNAL', `${o.what} ${o.from} -> ${o.to} vanished while being served; retry.`);
+    return sendState(again);
+  }
+  return sendState(l);
+
+  function sendState(s: DeltaLookup): unknown {
+    reply.header('cache-control', 'no-store');
+    if (s.state === 'queued' || s.state === 'building') reply.code(202).header('retry-after', String(s.retryAfter));
+    else reply.code(500); // failed after every retry: the device should fetch chunks instead (docs/server.md)
+    return stateBody(o.from, o.to, s);
+  }
+}
+
 export function deltaRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.route<{ Params: { from: string; to: string } }>({
     method: ['GET', 'HEAD'],
     url: '/v1/deltas/:from/:to',
-    schema: {
-      params: pairParams,
-      response: {
-        200: { type: 'string', format: 'binary' },
-        206: { type: 'string', format: 'binary' },
-        202: deltaStateSchema,
-        304: { type: 'null' },
-        400: errorSchema,
-        404: errorSchema,
-        416: errorSchema,
-        500: deltaStateSchema,
-      },
-    },
+    schema: pairRouteSchema,
     handler: async (req, reply) => {
       const { from, to } = req.params;
       await checkPair(ctx, from, to);
-      const l = await ctx.deltas.lookup(from, to, { create: true });
-      if (l.state === 'ready') {
-        const unpin = ctx.deltas.cache.pin(from, to);
-        if (req.method === 'GET') ctx.deltas.jobs.touch(from, to);
-        const ok = await sendFile(req, reply, {
-          file: l.file,
-          etag: `"${l.job.sha256}"`,
-          cacheControl: 'public, max-age=86400',
-          contentType: 'application/vnd.ibu.delta',
-          onDone: unpin,
-          knownSize: l.job.size ?? undefined,
-        });
-        if (ok) return reply;
-        // Evicted between lookup and open: report it as queued again.
-        const again = await ctx.deltas.lookup(from, to, { create: true });
-        if (again.state === 'ready') throw new IbuError('INTERNAL', `Delta ${from} -> ${to} vanished while being served; retry.`);
-        return sendState(again);
-      }
-      return sendState(l);
-
-      function sendState(s: DeltaLookup): unknown {
-        reply.header('cache-control', 'no-store');
-        if (s.state === 'queued' || s.state === 'building') {
-          reply.code(202).header('retry-after', String(s.retryAfter));
-        } else {
-          // Failed after every retry: the device should fetch chunks instead (docs/server.md).
-          reply.code(500);
-        }
-        return stateBody(from, to, s);
-      }
+      return serveBuilt(ctx, req, reply, { key: from, from, to, contentType: 'application/vnd.ibu.delta', what: 'Delta' });
     },
   });
 }
