@@ -104,6 +104,10 @@ export class FleetService {
   private rollouts = new Map<number, RolloutRecord>();
   private groups = new Map<string, GroupRecord>();
   private leases = new Map<string, LeaseRecord>();
+  /** Leases in the map per group, expired ones included until dropped: an upper bound of the active ones. */
+  private leaseCount = new Map<string, number>();
+  /** Per group: known full until this time (the earliest expiry), unless a lease leaves it first. */
+  private fullUntil = new Map<string, number>();
   private committer: GroupCommitter;
   private evaluating: Promise<void> | null = null;
   /** Counters for /metrics. */
@@ -186,6 +190,9 @@ export class FleetService {
     this.rollouts = new Map((await this.repo.listRollouts()).map((r) => [r.id, r]));
     this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
     this.leases = new Map((await this.repo.listLeases()).map((l) => [l.deviceId, l]));
+    this.leaseCount.clear();
+    this.fullUntil.clear();
+    for (const l of this.leases.values()) this.leaseCount.set(l.group, (this.leaseCount.get(l.group) ?? 0) + 1);
   }
 
   async close(): Promise<void> {
@@ -406,14 +413,32 @@ export class FleetService {
     if (held && held.expiresAt > now) return { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
     if (!inWindow(group?.window ?? null, new Date(now))) return { granted: false };
     const max = group ? group.maxConcurrentReboots : this.config.defaultMaxConcurrentReboots;
-    if (max > 0) {
+    if (max > 0 && (this.leaseCount.get(d.group) ?? 0) >= max) {
+      // Counting is O(leases), so it runs only when the group may be full, and then at most once
+      // per expiry or release: when a wave opens, tens of thousands of devices ask while 8,000
+      // leases are out, and a scan per check-in stalled the event loop (docs/fleet.md).
+      if (now < (this.fullUntil.get(d.group) ?? 0)) return { granted: false };
       let active = 0;
-      for (const l of this.leases.values()) if (l.group === d.group && l.expiresAt > now) active++;
-      if (active >= max) return { granted: false };
+      let earliest = Number.POSITIVE_INFINITY;
+      for (const l of [...this.leases.values()]) {
+        if (l.group !== d.group) continue;
+        if (l.expiresAt <= now) this.dropLease(l.deviceId, ops);
+        else {
+          active++;
+          earliest = Math.min(earliest, l.expiresAt);
+        }
+      }
+      if (active >= max) {
+        this.fullUntil.set(d.group, earliest);
+        return { granted: false };
+      }
     }
     const ttl = (group?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds) * 1000;
     const lease: LeaseRecord = { deviceId: d.id, group: d.group, expiresAt: now + ttl };
+    const prev = this.leases.get(d.id);
+    if (prev) this.forgetLease(prev);
     this.leases.set(d.id, lease);
+    this.leaseCount.set(d.group, (this.leaseCount.get(d.group) ?? 0) + 1);
     ops.push({ kind: 'lease', lease });
     return { granted: true, expiresAt: new Date(lease.expiresAt).toISOString() };
   }
@@ -426,7 +451,17 @@ export class FleetService {
   }
 
   private dropLease(id: string, ops: WriteOp[]): void {
-    if (this.leases.delete(id)) ops.push({ kind: 'lease-delete', deviceId: id });
+    const l = this.leases.get(id);
+    if (!l) return;
+    this.leases.delete(id);
+    this.forgetLease(l);
+    ops.push({ kind: 'lease-delete', deviceId: id });
+  }
+
+  /** Bookkeeping for a lease leaving the map (or being replaced): its group has room again. */
+  private forgetLease(l: LeaseRecord): void {
+    this.leaseCount.set(l.group, Math.max(0, (this.leaseCount.get(l.group) ?? 0) - 1));
+    this.fullUntil.delete(l.group);
   }
 
   async event(id: string, token: string | undefined, ev: DeviceEvent): Promise<void> {
@@ -660,6 +695,7 @@ export class FleetService {
     const g: GroupRecord = { name: input.name, window: input.window === undefined ? prev?.window ?? null : input.window ? validateWindow(input.window) : null, maxConcurrentReboots: max, leaseTtlSeconds: ttl };
     await this.repo.upsertGroup(g);
     this.groups.set(g.name, g);
+    this.fullUntil.delete(g.name); // a new maxConcurrentReboots may make room
     return g;
   }
 

@@ -206,6 +206,15 @@ for (const backend of BACKENDS) {
       now += 301_000;
       await svc.evaluate();
       assert.equal(svc.activeLeases('racks').length, 0, 'leases expire after their TTL');
+      // A full group is remembered until its first lease expires; expiry frees a slot without an evaluation.
+      assert.equal((await want('r1')).rebootLease.granted, true);
+      assert.equal((await want('r2')).rebootLease.granted, true);
+      assert.equal((await want('r3')).rebootLease.granted, false, 'full again');
+      assert.equal((await want('r3')).rebootLease.granted, false, 'still full (answered from the remembered expiry)');
+      now += 301_000;
+      assert.equal((await want('r3')).rebootLease.granted, true, 'the expired leases made room before any evaluation');
+      assert.deepEqual(svc.activeLeases('racks').map((l) => l.deviceId), ['r3']);
+      await svc.releaseLease('r3', tokens.get('r3'));
       // Window: Wednesdays 02:00-04:00 in Tokyo. It is 12:00 UTC = 21:00 in Tokyo.
       const win = { timeZone: 'Asia/Tokyo', rules: [{ days: [3], start: '02:00', end: '04:00' }] };
       await svc.setGroup({ name: 'racks', maxConcurrentReboots: 2, leaseTtlSeconds: 300, window: win });
