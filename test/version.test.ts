@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compareVersions, isValidVersion } from '../src/release/version.js';
+import { compareVersions, isValidVersion } from '../src/version.js';
 import { isIbuError } from '../src/errors.js';
 
 test('versions compare numerically, suffix sorts first', () => {

@@ -9,7 +9,7 @@ import type { CheckinResponse, DeviceEvent, DeviceEventType, MaintenanceWindow }
 import { Keyring } from '../release/keyring.js';
 import { parseAndVerifyManifest } from '../release/manifest.js';
 import type { Manifest } from '../release/types.js';
-import { assertVersion, compareVersions, isValidVersion } from '../release/version.js';
+import { assertVersion, compareVersions, isValidVersion } from '../version.js';
 import { manifestPath } from '../store/layout.js';
 import type { Store } from '../store/store.js';
 import type { AgentConfig } from './config.js';

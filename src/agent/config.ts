@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { IbuError } from '../errors.js';
 import type { MaintenanceWindow } from '../fleet/protocol.js';
-import { isValidVersion } from '../release/version.js';
+import { isValidVersion } from '../version.js';
 import { parseTransport, type Transport, type ZfsAgentConfig } from './zfs-config.js';
 
 /** Default location of the device config. */

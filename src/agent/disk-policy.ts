@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { IbuError } from '../errors.js';
-import { compareVersions } from '../release/version.js';
+import { compareVersions } from '../version.js';
 
 /** An image file on the host partition; `allocated` is what deleting it frees (st_blocks × 512). */
 export interface ImageFile {

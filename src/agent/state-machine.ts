@@ -1,4 +1,4 @@
-import { compareVersions } from '../release/version.js';
+import { compareVersions } from '../version.js';
 import type { Journal, StepName } from './journal.js';
 
 /**

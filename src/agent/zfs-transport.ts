@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { isIbuError } from '../errors.js';
-import { isValidVersion } from '../release/version.js';
+import { isValidVersion } from '../version.js';
 import { checkBase, receiveRelease, streamRef } from '../zfs/receive.js';
 import { checkPoolHealthy, listSnapshots, poolOf, zfs, zfsGet } from '../zfs/tools.js';
 import { planCleanup } from './disk-policy.js';

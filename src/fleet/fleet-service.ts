@@ -1,6 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { IbuError } from '../errors.js';
-import { compareVersions, isValidVersion } from '../release/version.js';
+import { compareVersions, isValidVersion } from '../version.js';
 import { GroupCommitter } from './group-commit.js';
 import type {
   CheckinRequest, CheckinResponse, DeviceEvent, DeviceState, EnrollRequest, EnrollResponse, MaintenanceWindow,

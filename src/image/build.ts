@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IbuError, withContext } from '../errors.js';
-import { assertVersion } from '../release/version.js';
+import { assertVersion } from '../version.js';
 import { commitFile } from '../util/atomic.js';
 import { isRoot, run } from '../util/exec.js';
 import { Ext4Reader } from './ext4/index.js';

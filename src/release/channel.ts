@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { IbuError, isIbuError, withContext } from '../errors.js';
 import { channelPath } from '../store/layout.js';
 import type { Store, WriteStore } from '../store/store.js';
-import { compareVersions } from './version.js';
+import { compareVersions } from '../version.js';
 import { processAlive as alive } from '../util/process.js';
 
 /** `channels/<channel>.json`: the versions published on a channel, ascending. */

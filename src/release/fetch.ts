@@ -13,7 +13,7 @@ import type { Keyring } from './keyring.js';
 import { parseAndVerifyManifest, readManifestBytes } from './manifest.js';
 import { scanSeed } from './seed.js';
 import type { Manifest } from './types.js';
-import { assertVersion } from './version.js';
+import { assertVersion } from '../version.js';
 
 export interface FetchProgress {
   phase: 'manifest' | 'seed' | 'download' | 'verify' | 'done';

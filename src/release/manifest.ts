@@ -7,7 +7,7 @@ import { canonicalJson } from './canonical-json.js';
 import type { Keyring } from './keyring.js';
 import { signBytes, type SigningKey } from './keys.js';
 import type { Manifest } from './types.js';
-import { isValidVersion } from './version.js';
+import { isValidVersion } from '../version.js';
 
 /** The id written for all-zero runs (they are not stored, so they need no real hash). */
 export const ZERO_CHUNK_ID = '0'.repeat(64);

@@ -16,7 +16,7 @@ import { runSideJob } from './side-job.js';
 import { loadSigningKey } from './keys.js';
 import { signManifest, writeManifest, ZERO_CHUNK_ID } from './manifest.js';
 import type { ChunkRef, Manifest } from './types.js';
-import { assertVersion } from './version.js';
+import { assertVersion } from '../version.js';
 
 export interface PublishOptions {
   image: string;

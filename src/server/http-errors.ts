@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { IbuError, type ErrorCode } from '../errors.js';
+import { errorBody } from '../http-error-body.js';
 
 /** The one place error codes become HTTP statuses (DESIGN.md: only the server maps them). */
 const STATUS: Partial<Record<ErrorCode, number>> = {
@@ -21,9 +22,7 @@ export function httpStatusFor(code: ErrorCode): number {
   return STATUS[code] ?? 500;
 }
 
-export function errorBody(code: string, message: string): { error: { code: string; message: string } } {
-  return { error: { code, message } };
-}
+export { errorBody } from '../http-error-body.js';
 
 /** JSON errors everywhere: `{ error: { code, message } }`, schema failures as BAD_REQUEST 400. */
 export function installErrorHandlers(app: FastifyInstance): void {

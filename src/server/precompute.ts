@@ -1,7 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { mkdirSync } from 'node:fs';
 import type { FastifyBaseLogger } from 'fastify';
-import { compareVersions } from '../release/version.js';
+import { compareVersions } from '../version.js';
 import type { FleetService } from './contracts.js';
 import type { Db } from './db.js';
 import { PRIORITY } from './delta-jobs.js';

@@ -1,5 +1,5 @@
 import { promises as fsp } from 'node:fs';
-import { compareVersions, isValidVersion } from '../release/version.js';
+import { compareVersions, isValidVersion } from '../version.js';
 import { StoreLayout } from './store-layout.js';
 
 export interface ChannelRelease {

@@ -1,10 +1,10 @@
-import { isValidVersion } from '../release/version.js';
+import { isValidVersion } from '../version.js';
 
 /** Lowercase hex of a 256-bit hash (BLAKE3 or SHA-256): the chunk ids the release side writes. */
 export const CHUNK_ID_PATTERN = '^[0-9a-f]{64}$';
 export const CHANNEL_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
 
-/** Ajv formats used by the route schemas; `ibu-version` is src/release/version.ts's rule. */
+/** Ajv formats used by the route schemas; `ibu-version` is src/version.ts's rule. */
 export const AJV_FORMATS = {
   'ibu-version': { type: 'string' as const, validate: (s: string) => isValidVersion(s) },
 };

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { IbuError } from '../errors.js';
 import type { Manifest, ManifestZfs, ZfsStreamRef } from '../release/types.js';
-import { isValidVersion } from '../release/version.js';
+import { isValidVersion } from '../version.js';
 import { checkPoolHealthy, poolOf, spawnTool, zfs, zfsBin, zfsGet, zvolDevice } from './tools.js';
 import { decompressFile, pump, verifyStreamFile } from './stream.js';
 import { exportZvol } from './zvol.js';

@@ -7,7 +7,7 @@ import { FleetService, type FleetConfig, hashToken } from '../../fleet/fleet-ser
 import type { CheckinRequest, DeviceEvent, EnrollRequest } from '../../fleet/protocol.js';
 import type { FleetRepository } from '../../fleet/repository.js';
 import type { DeviceRecord, RolloutDevice } from '../../fleet/types.js';
-import { isValidVersion } from '../../release/version.js';
+import { isValidVersion } from '../../version.js';
 import type { FleetPluginOptions } from '../contracts.js';
 import { DASHBOARD_HTML, DASHBOARD_JS } from './dashboard.js';
 import { FleetMetrics } from './metrics.js';

@@ -1,4 +1,4 @@
-import { IbuError } from '../errors.js';
+import { IbuError } from './errors.js';
 
 /**
  * Release versions: dot-separated numeric parts with an optional `-suffix` (e.g. `2026.11.2`,
