@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The compiled test files of one suite, one per line, for `node --test` (see package.json and
+# test/README.md). Run after tsc; lists only what dist/ holds, so clean dist/ first.
+#   all       everything (npm test, CI): needs root, QEMU, PostgreSQL (IBU_TEST_PG), Chromium
+#   unit      no root, no QEMU: the library against real tools and loopback HTTP (npm run test:unit)
+#   e2e       the QEMU boots of test/e2e (npm run test:e2e)
+#   e2e-full  long QEMU scenarios that do not fit CI; today the same files as e2e (npm run test:e2e:full)
+#   zfs       the ZFS guest tests (npm run test:zfs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Test files that boot a QEMU guest outside test/e2e (test/zfs/zfs-units.test.ts does not).
+QEMU_ZFS=(dist/test/zfs/guest.test.js dist/test/zfs/zfs-transport.test.js)
+all() { find dist/test -name '*.test.js' | sort; }
+case "${1:-all}" in
+  all) all ;;
+  unit) all | grep -v '^dist/test/e2e/' | grep -vxF -f <(printf '%s\n' "${QEMU_ZFS[@]}") ;;
+  e2e | e2e-full) find dist/test/e2e -name '*.test.js' | sort ;;
+  zfs) find dist/test/zfs -name '*.test.js' | sort ;;
+  *) echo "usage: $0 all|unit|e2e|e2e-full|zfs" >&2; exit 2 ;;
+esac
