@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages ibu's tools and tests use (Debian 12). Idempotent; needs root.
-# Each package is named for what uses it.
+# Installs the system packages ibu's tools and tests use (Debian 12), and Node.js 20 when the
+# machine has none or an older one. Idempotent; needs root. Each package is named for what uses it.
 set -euo pipefail
 PKGS=(
   e2fsprogs            # mke2fs -d, e2fsck, debugfs (image build, reader oracle)
@@ -39,4 +39,34 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "install-deps: all system packages present"
+fi
+
+# Node.js 20: Debian 12 ships 18, Debian 13 (trixie) ships 20. When node is missing or older, add
+# trixie at a low pin priority (nothing else is taken from it on its own) and install nodejs and
+# npm from there. Trixie's libnode needs trixie's libc6, so this also upgrades libc6, libstdc++6,
+# openssl and a few other base libraries to trixie's versions (nodejs alone: about 50 packages;
+# with Debian's npm, which is split into many node-* packages: about 400; apt-get -s on Debian 12).
+# A machine that must stay pure bookworm installs Node 20 some other way first.
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ "$(node_major)" -ge 20 ]; then
+  echo "install-deps: node $(node --version) present"
+else
+  echo "install-deps: node $(node --version 2>/dev/null || echo missing) is older than 20: installing nodejs and npm from Debian 13 (trixie)"
+  cat >/etc/apt/sources.list.d/ibu-trixie-nodejs.sources <<SOURCES
+Types: deb
+URIs: ${IBU_TRIXIE_MIRROR:-http://deb.debian.org/debian}
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  cat >/etc/apt/preferences.d/ibu-trixie-nodejs <<PREFS
+# added by ibu scripts/install-deps.sh: trixie only for what nodejs 20 needs
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+PREFS
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -t trixie nodejs npm
+  [ "$(node_major)" -ge 20 ] || { echo "install-deps: node is still $(node --version 2>/dev/null || echo missing) after the install" >&2; exit 1; }
 fi
