@@ -20,6 +20,7 @@ import {
   e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageNodeRoot, writeGrubCfg, createGrubenv,
   makeDisk, HostFs, boot, missingInOrder, guestNetArgs, repoRoot, timeline, ibu, freePort,
 } from '../test/e2e/harness.js';
+import { formatBytes } from '../src/util/bytes.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
 const t0 = Date.now();
@@ -33,15 +34,12 @@ function step(title: string): void {
   process.stdout.write('\n');
   say(`==> ${title}`);
 }
-function mib(n: number): string {
-  return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
-}
 
 class DemoError extends Error {}
 
 async function imageSizes(img: string): Promise<string> {
   const st = await fsp.stat(img);
-  return `${mib(st.size)} file, ${mib(st.blocks * 512)} allocated (sparse)`;
+  return `${formatBytes(st.size)} file, ${formatBytes(st.blocks * 512)} allocated (sparse)`;
 }
 
 /**
@@ -138,7 +136,7 @@ function followServerLog(file: string, base: string): { stop: () => Promise<void
         if (e.res.statusCode === 202) note = ' (delta being built; device waits)';
         if (e.res.statusCode === 200) {
           const len = await fetch(base + r.url, { method: 'HEAD' }).then((h) => h.headers.get('content-length'), () => null);
-          note = ` (delta served${len ? `: ${mib(Number(len))}` : ''})`;
+          note = ` (delta served${len ? `: ${formatBytes(Number(len))}` : ''})`;
         }
       }
       say(`[server] ${r.method} ${r.url} -> ${e.res.statusCode}${note}`);
@@ -186,7 +184,7 @@ async function main(): Promise<void> {
     await buildInitramfs(kit, initrd);
     const efi = path.join(work, 'BOOTX64.EFI');
     await buildEfi(efi);
-    say(`kernel ${kit.kver}; initramfs ${mib((await fsp.stat(initrd)).size)}; GRUB EFI ${mib((await fsp.stat(efi)).size)}`);
+    say(`kernel ${kit.kver}; initramfs ${formatBytes((await fsp.stat(initrd)).size)}; GRUB EFI ${formatBytes((await fsp.stat(efi)).size)}`);
 
     step('building image 1.0 (ibu image build: Node + the ibu project + kernel, ext4, deterministic)');
     const stage = path.join(work, 'stage');
@@ -213,7 +211,7 @@ async function main(): Promise<void> {
     for (const [v, img] of [['1.0', img1], ['2.0', img2]]) {
       const r = JSON.parse((await ibu('release', 'publish', '--image', img, '--version', v, '--store', store,
         '--key', path.join(keys, 'signing.key'), '--channel', 'stable', '--json')).stdout) as { chunks: number; newChunks: number; newStoredBytes: number };
-      say(`published ${v} on 'stable': ${r.chunks} chunks, ${r.newChunks} new (${mib(r.newStoredBytes)} stored, zstd)`);
+      say(`published ${v} on 'stable': ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newStoredBytes)} stored, zstd)`);
     }
 
     step('starting the server (ibu serve: releases, chunks, deltas on demand, fleet on SQLite)');
@@ -298,7 +296,7 @@ async function main(): Promise<void> {
     step('result');
     const delta = await fetch(`${base}/v1/deltas/1.0/2.0`);
     const deltaBytes = delta.ok ? (await delta.arrayBuffer()).byteLength : 0;
-    if (deltaBytes) say(`delta 1.0 -> 2.0 the device downloaded: ${mib(deltaBytes)} (vs. a 256 MiB image)`);
+    if (deltaBytes) say(`delta 1.0 -> 2.0 the device downloaded: ${formatBytes(deltaBytes)} (vs. a 256 MiB image)`);
     const dev = await fetch(`${base}/v1/admin/fleet/devices/${DEVICE}`, { headers: { authorization: `Bearer ${admin}` } });
     if (dev.status !== 200) throw new DemoError(`the server has no record of ${DEVICE} (HTTP ${dev.status}).`);
     const d = (await dev.json()) as { version: string; committedVersion: string; state: string; trial: boolean; lastErrorCode: string | null };

@@ -1,13 +1,14 @@
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { IbuError, withContext } from '../errors.js';
 import { assertVersion } from '../version.js';
 import { commitFile } from '../util/atomic.js';
 import { isRoot, run } from '../util/exec.js';
+import { mib } from '../util/bytes.js';
+import { IBU_VERSION } from '../util/package-version.js';
+import { sha256File } from '../util/sha256-file.js';
 import { Ext4Reader } from './ext4/index.js';
 import { IMAGE_INFO_PATH, imageInfoJson, parseImageInfo, type ImageInfo } from './image-info.js';
 import { fsckCheck, fsckFix, imageUuid, updateFromPrevious, type LayoutStableStats } from './layout-stable.js';
@@ -149,7 +150,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
       sourceDateEpoch: epoch,
       treeDigest: scan.digest,
       kernel,
-      builder: { name: 'ibu', version: builderVersion() },
+      builder: { name: 'ibu', version: IBU_VERSION },
     };
     const infoJson = imageInfoJson(info);
 
@@ -178,7 +179,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     // its content allows, and the same for every build path.
     await run('fallocate', ['--dig-holes', partial]);
     timer('dig holes');
-    const sha256 = hashFile(partial);
+    const sha256 = await sha256File(partial);
     timer('sha256');
     const allocatedBytes = (await fsp.stat(partial)).blocks * 512;
     await commitFile(partial, out);
@@ -269,42 +270,4 @@ async function writeInfoWithDebugfs(file: string, tree: string, json: string, wo
   if (errors.length > 0) {
     throw new IbuError('TOOL_FAILED', `debugfs could not write ${IMAGE_INFO_PATH} into the image: ${errors.slice(0, 5).join('; ')}`);
   }
-}
-
-/** sha256 of the whole image, holes included (they read as zeros), with a plain pread loop. */
-function hashFile(file: string): string {
-  const h = createHash('sha256');
-  const buf = Buffer.allocUnsafe(4 << 20);
-  const fd = fs.openSync(file, 'r');
-  try {
-    for (let off = 0; ; ) {
-      const n = fs.readSync(fd, buf, 0, buf.length, off);
-      if (n <= 0) break;
-      h.update(buf.subarray(0, n));
-      off += n;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
-let cachedVersion: string | undefined;
-/** ibu's own version from its package.json (found upward from this module, src or dist). */
-export function builderVersion(): string {
-  if (cachedVersion) return cachedVersion;
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const p = path.join(dir, 'package.json');
-    if (fs.existsSync(p)) {
-      const pkg = JSON.parse(fs.readFileSync(p, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'ibu' && pkg.version) return (cachedVersion = pkg.version);
-    }
-    dir = path.dirname(dir);
-  }
-  return (cachedVersion = '0.0.0');
-}
-
-function mib(bytes: number): string {
-  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
 }

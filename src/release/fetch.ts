@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { chunkHasher } from '../chunk/hash.js';
 import { IbuError, withContext } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
+import { mib } from '../util/bytes.js';
 import type { ChunkId, Store } from '../store/store.js';
 import { manifestPath } from '../store/layout.js';
 import { VerifyingStore } from '../store/verifying-store.js';
@@ -283,8 +284,4 @@ async function checkSpace(partial: string, m: Manifest, wanted: Map<ChunkId, num
   if (need > avail) {
     throw new IbuError('NO_SPACE', `fetching needs ${mib(need)} more on ${path.dirname(partial)} but only ${mib(avail)} is free; free some space (old images) and retry`, { details: { need, avail } });
   }
-}
-
-function mib(n: number): string {
-  return `${(n / 1048576).toFixed(1)} MiB`;
 }

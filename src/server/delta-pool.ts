@@ -1,8 +1,9 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import type { FastifyBaseLogger } from 'fastify';
 import { commitFile } from '../util/atomic.js';
+import { sha256File } from '../util/sha256-file.js';
 import type { DeltaBuilder } from './delta-builder.js';
 import type { DeltaCache } from './delta-cache.js';
 import type { DeltaJob, DeltaJobs } from './delta-jobs.js';
@@ -12,12 +13,6 @@ export interface PoolEvents {
   ready: [job: { from: string; to: string; size: number }];
   failed: [job: DeltaJob, err: unknown];
   started: [job: DeltaJob];
-}
-
-async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
 }
 
 /**

@@ -11,6 +11,9 @@ import { LocalStore } from '../../src/store/local-store.js';
 import { run } from '../../src/util/exec.js';
 import { createServer, type IbuServer, type ServeOptions } from '../../src/server/app.js';
 
+// The tests compare files by their sha256 with the same function the server uses.
+export { sha256File } from '../../src/util/sha256-file.js';
+
 export function tmpDir(tag: string): string {
   return mkdtempSync(path.join(os.tmpdir(), `ibu-server-${tag}-`));
 }
@@ -125,8 +128,4 @@ export function cliCommand(): string[] {
   const self = import.meta.url;
   const entry = fileURLToPath(new URL(`./serve-entry.${self.endsWith('.ts') ? 'ts' : 'js'}`, self));
   return [...childExecArgv(), entry];
-}
-
-export async function sha256File(file: string): Promise<string> {
-  return createHash('sha256').update(await fsp.readFile(file)).digest('hex');
 }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { buildImage } from '../../image/build.js';
+import { mib } from '../../util/bytes.js';
 import { parseSize } from '../run.js';
 
 interface BuildFlags {
@@ -57,7 +58,6 @@ export function registerImageBuild(image: Command): void {
         );
         return;
       }
-      const mib = (n: number): string => `${(n / (1024 * 1024)).toFixed(1)} MiB`;
       const lines = [
         `built ${res.path}`,
         `  version ${res.version} (product ${res.product})`,

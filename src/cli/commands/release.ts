@@ -12,6 +12,7 @@ import { manifestPath } from '../../store/layout.js';
 import { LocalStore } from '../../store/local-store.js';
 import { HttpStore, type HttpLayout } from '../../store/http-store.js';
 import type { Store } from '../../store/store.js';
+import { formatBytes } from '../../util/bytes.js';
 import { parseSize } from '../run.js';
 
 const collect = (v: string, acc: string[]) => [...acc, v];
@@ -59,8 +60,8 @@ export function registerReleaseCommands(program: Command): void {
       if (tty) process.stderr.write('\n');
       if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
       else {
-        process.stdout.write(`published ${r.version} on '${r.channel}': ${fmt(r.imageSize)} image, ${r.chunks} chunks (${r.zeroChunks} zero runs, ${fmt(r.zeroBytes)}), ` +
-          `${r.newChunks} new chunks stored (${fmt(r.newStoredBytes)}) in ${r.seconds.toFixed(1)} s (${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)\n`);
+        process.stdout.write(`published ${r.version} on '${r.channel}': ${formatBytes(r.imageSize)} image, ${r.chunks} chunks (${r.zeroChunks} zero runs, ${formatBytes(r.zeroBytes)}), ` +
+          `${r.newChunks} new chunks stored (${formatBytes(r.newStoredBytes)}) in ${r.seconds.toFixed(1)} s (${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)\n`);
       }
     });
 
@@ -90,8 +91,8 @@ export function registerReleaseCommands(program: Command): void {
         bar?.end();
         if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
         else {
-          process.stdout.write(`fetched ${r.version} → ${r.out}: ${fmt(r.totalBytes)} image, reused ${fmt(r.reusedBytes)}, downloaded ${fmt(r.downloadedBytes)}, ` +
-            `zero ${fmt(r.zeroBytes)}, in ${r.seconds.toFixed(1)} s; signed by ${r.signedBy}, sha256 ${r.imageSha256}\n`);
+          process.stdout.write(`fetched ${r.version} → ${r.out}: ${formatBytes(r.totalBytes)} image, reused ${formatBytes(r.reusedBytes)}, downloaded ${formatBytes(r.downloadedBytes)}, ` +
+            `zero ${formatBytes(r.zeroBytes)}, in ${r.seconds.toFixed(1)} s; signed by ${r.signedBy}, sha256 ${r.imageSha256}\n`);
         }
       } finally {
         bar?.end();
@@ -165,13 +166,6 @@ export function parseChunkSizes(s: string): { min: number; avg: number; max: num
   return { min, avg, max };
 }
 
-function fmt(n: number): string {
-  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GiB`;
-  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${n} B`;
-}
-
 function pct(a: number, b: number): string {
   return b > 0 ? `${((100 * a) / b).toFixed(0)}%` : '';
 }
@@ -188,7 +182,7 @@ function progressBar(): { update: (p: FetchProgress) => void; end: () => void } 
       const rate = secs > 0 ? p.downloadedBytes / secs : 0;
       const left = p.neededDownloadBytes !== undefined ? Math.max(0, p.neededDownloadBytes - p.downloadedBytes) : undefined;
       const eta = left !== undefined && rate > 0 ? `ETA ${Math.ceil(left / rate)} s` : '';
-      process.stderr.write(`\r\x1b[K${p.phase} ${pct(p.writtenBytes, p.totalBytes)}  reused ${fmt(p.reusedBytes)}  downloaded ${fmt(p.downloadedBytes)}  ${fmt(rate)}/s  ${eta}`);
+      process.stderr.write(`\r\x1b[K${p.phase} ${pct(p.writtenBytes, p.totalBytes)}  reused ${formatBytes(p.reusedBytes)}  downloaded ${formatBytes(p.downloadedBytes)}  ${formatBytes(rate)}/s  ${eta}`);
       shown = true;
     },
     end() {
