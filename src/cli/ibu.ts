@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { IBU_VERSION } from '../util/package-version.js';
 import { runProgram } from './run.js';
 import { registerImageCommands } from './commands/image.js';
 import { registerKeysCommands } from './commands/keys.js';
@@ -12,7 +13,7 @@ import { registerZfsCommands } from './commands/zfs.js';
 export function buildProgram(): Command {
   const program = new Command('ibu')
     .description('ibu: image-based upgrades for fleets of Linux appliances')
-    .version('0.1.0')
+    .version(IBU_VERSION)
     // `--version` after a subcommand is that command's option (image build, release publish).
     .enablePositionalOptions();
   registerImageCommands(program);

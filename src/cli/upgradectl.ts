@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { IBU_VERSION } from '../util/package-version.js';
 import { runProgram } from './run.js';
 import { registerStatusCommand } from './commands/upgradectl-status.js';
 import { registerUpgradeCommands } from './commands/upgradectl-upgrade.js';
@@ -8,7 +9,7 @@ import { registerEnrollCommand } from './commands/upgradectl-enroll.js';
 export function buildProgram(): Command {
   const program = new Command('upgradectl')
     .description('upgradectl: the ibu device agent (prepare, apply, confirm, rollback)')
-    .version('0.1.0')
+    .version(IBU_VERSION)
     .enablePositionalOptions()
     // Set before the subcommands exist: commander copies it into each, so a bad option exits 2 (USAGE), not 1.
     .exitOverride()
