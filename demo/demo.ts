@@ -15,11 +15,13 @@ import { promises as fsp, existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import Database from 'better-sqlite3';
 import {
   e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageNodeRoot, writeGrubCfg, createGrubenv,
   makeDisk, HostFs, boot, missingInOrder, guestNetArgs, repoRoot, timeline, ibu, freePort,
 } from '../test/e2e/harness.js';
+import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from '../test/e2e/upgrade-story.js';
 import { formatBytes } from '../src/util/bytes.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
@@ -249,7 +251,7 @@ async function main(): Promise<void> {
       checkpoint: 'fsfreeze',
       reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
       download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
-      health: { deadlineSeconds: 30, checks: [{ name: 'userland', command: ['test', '-f', '/etc/ibu-e2e/version'], timeoutSeconds: 10 }] },
+      health: { deadlineSeconds: 30, checks: HEALTHY_CHECKS },
       pollSeconds: 2,
     }, null, 2));
     await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), RUN_SH);
@@ -280,17 +282,7 @@ async function main(): Promise<void> {
     say(`boot timeline: ${timeline(res.log)}`);
     const tail = res.log.split('\n').slice(-40).join('\n');
     if (res.timedOut || res.stuck !== null) throw new DemoError(`the device did not finish (${res.timedOut ? 'timeout' : `stuck at: ${res.stuck}`}); serial log tail:\n${tail}`);
-    const miss = missingInOrder(res.log, [
-      /ibu: default_image=1\.0 try= boot=1\.0 trial=0/,
-      /IBU-E2E RUNNING version=1\.0 trial=0/,
-      /IBU-E2E prepare exit 0/,
-      /upgradectl: rebooting/,
-      /ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/,
-      /IBU-E2E RUNNING version=2\.0 trial=1/,
-      /IBU-E2E confirm exit 0/,
-      /IBU-E2E status .*"running":"2\.0","committed":"2\.0"/,
-      /IBU-E2E POWEROFF version=2\.0/,
-    ]);
+    const miss = missingInOrder(res.log, [...UPGRADE_STORY]);
     if (miss) throw new DemoError(`the upgrade story did not complete: ${miss}; serial log tail:\n${tail}`);
 
     step('result');
@@ -314,8 +306,8 @@ async function main(): Promise<void> {
     const st = await host.bootState();
     const installed = (await host.debugfs('ls -l /images')).split('\n').map((l) => /(\S+\.img)\s*$/.exec(l)?.[1]).filter(Boolean);
     say(`installed images: ${installed.join(', ')}`);
-    const ok = d.version === '2.0' && d.committedVersion === '2.0' && !d.trial && st.defaultImage === '2.0' && !st.tryImage &&
-      events.some((e) => e.type === 'upgrade-succeeded' && e.to === '2.0');
+    const record = { version: d.version, committedVersion: d.committedVersion, state: d.state, trial: d.trial, lastErrorCode: d.lastErrorCode };
+    const ok = isDeepStrictEqual(record, COMMITTED_RECORD) && isDeepStrictEqual(events, UPGRADE_EVENTS) && st.defaultImage === '2.0' && !st.tryImage;
     if (!ok) throw new DemoError(`the final state is not "committed on 2.0": server ${JSON.stringify(d)}, grubenv default=${st.defaultImage} try=${st.tryImage}.`);
     process.stdout.write('\n');
     say(`SUCCESS: ${DEVICE} upgraded 1.0 -> 2.0 through a delta, trial-booted, health-checked and committed (${((Date.now() - t0) / 1000).toFixed(0)} s in all)`);

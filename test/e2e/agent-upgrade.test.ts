@@ -19,6 +19,7 @@ import {
   e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, buildFleetReleases, FleetServer, makeFleetDevice,
   type FleetBuild, type HostFs,
 } from './harness.js';
+import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from './upgrade-story.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
 
@@ -74,29 +75,16 @@ PANIC_HOOK
 $C confirm; echo "IBU-E2E confirm exit $?"
 $C status --json | sed 's/^/IBU-E2E status /'
 `;
-  const HEALTHY = [{ name: 'userland', command: ['test', '-f', '/etc/ibu-e2e/version'], timeoutSeconds: 10 }];
+  const HEALTHY = HEALTHY_CHECKS;
 
   test('(a) 1.0 -> 2.0 through a delta: trial boot, health check, commit; the server records success', async () => {
     const { disk, host } = await device('vm-a', STANDARD_RUN.replace('PANIC_HOOK', ''), HEALTHY);
-    await runDevice('vm-a', disk, [
-      /ibu: default_image=1\.0 try= boot=1\.0 trial=0/,
-      /IBU-E2E RUNNING version=1\.0 trial=0/,
-      /IBU-E2E prepare exit 0/,
-      /upgradectl: rebooting/,
-      /ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/,
-      /IBU-E2E RUNNING version=2\.0 trial=1/,
-      /IBU-E2E confirm exit 0/,
-      /IBU-E2E status .*"running":"2\.0","committed":"2\.0"/,
-      /IBU-E2E POWEROFF version=2\.0/,
-    ]);
+    await runDevice('vm-a', disk, [...UPGRADE_STORY]);
     const st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.tryImage], ['2.0', null], 'committed on the disk');
     assert.ok(await host.readFile('/images/2.0.img'), '2.0 installed');
-    assert.deepEqual(await deviceRecord('vm-a'), { version: '2.0', committedVersion: '2.0', state: 'committed', trial: false, lastErrorCode: null });
-    assert.deepEqual(events('vm-a'), [
-      { type: 'apply-started', from: '1.0', to: '2.0' },
-      { type: 'upgrade-succeeded', from: '1.0', to: '2.0' },
-    ]);
+    assert.deepEqual(await deviceRecord('vm-a'), COMMITTED_RECORD);
+    assert.deepEqual(events('vm-a'), UPGRADE_EVENTS);
     // the request log (pino JSON lines): the delta was requested and answered 200
     const deltaServed = (await server.statusesFor('/v1/deltas/1.0/2.0')).includes(200);
     assert.ok(deltaServed, 'the server answered GET /v1/deltas/1.0/2.0 with 200');
