@@ -15,7 +15,6 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -106,15 +105,13 @@ async function guest(): Promise<void> {
 }
 
 async function host(): Promise<void> {
-  const { zfsUnavailable, runZfsGuest } = await import('../test/zfs/harness.js');
+  const { zfsUnavailable, runZfsGuest, repoRoot, scenarioDisks, signingKeyring } = await import('../test/zfs/harness.js');
   const why = zfsUnavailable();
   if (why) throw new Error(`the ZFS guest is not available: ${why}`);
-  let repo = path.dirname(fileURLToPath(import.meta.url));
-  while (!fs.existsSync(path.join(repo, 'package.json'))) repo = path.dirname(repo);
+  const repo = repoRoot();
   for (const n of ['base', 'security']) {
     if (!fs.existsSync(path.join(IMAGES, `${n}.img`))) execFileSync('bash', [path.join(repo, 'bench', 'lib', 'debian-images.sh'), n], { stdio: 'inherit' });
   }
-  const { generateKeys } = await import('../src/release/keys.js');
   const { publishRelease } = await import('../src/release/publish.js');
   const { fetchRelease } = await import('../src/release/fetch.js');
   const { Keyring } = await import('../src/release/keyring.js');
@@ -132,9 +129,7 @@ async function host(): Promise<void> {
       ({ f, d } = JSON.parse(fs.readFileSync(hostJson, 'utf8')) as { f: { downloadedBytes: number }; d: { bytes: number } });
     } else {
       fs.mkdirSync(share, { recursive: true });
-      await generateKeys(path.join(work, 'keys'));
-      fs.mkdirSync(path.join(work, 'keyring'));
-      fs.copyFileSync(path.join(work, 'keys', 'signing.pub'), path.join(work, 'keyring', 'k.pub'));
+      await signingKeyring(path.join(work, 'keys'), path.join(work, 'keyring'));
       const store = new LocalStore(path.join(work, 'store'));
       const key = [path.join(work, 'keys', 'signing.key')];
       console.error('publishing base and security (chunks) ...');
@@ -148,17 +143,12 @@ async function host(): Promise<void> {
       fs.copyFileSync(path.join(work, 'store', 'releases', TO, 'manifest.json'), path.join(share, 'security.manifest.json'));
       fs.writeFileSync(hostJson, JSON.stringify({ f: { downloadedBytes: f.downloadedBytes }, d: { bytes: d.bytes } }));
     }
-    for (const disk of ['rel.disk', 'dev.disk', 'work.disk']) fs.rmSync(path.join(work, disk), { force: true });
     const script = `set -e\ncd '${repo}'\nnode dist/bench/zfs.js --guest --runs ${RUNS} --images '${IMAGES}' --share /share\n`;
     console.error('booting the ZFS guest (TCG) ...');
     const t0 = Date.now();
     const r = await runZfsGuest({
       script,
-      disks: [
-        { file: path.join(work, 'rel.disk'), sizeMiB: 4096 },
-        { file: path.join(work, 'dev.disk'), sizeMiB: 4096 },
-        { file: path.join(work, 'work.disk'), sizeMiB: 8192 },
-      ],
+      disks: await scenarioDisks(work, { releaseMiB: 4096, deviceMiB: 4096, workMiB: 8192 }),
       share,
       logFile: path.join(work, 'guest.log'),
       timeoutMs: 120 * 60_000,

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { generateKeys } from '../../src/release/keys.js';
 import { run } from '../../src/util/exec.js';
 import { repoRoot } from '../e2e/harness.js';
 
@@ -254,4 +255,33 @@ export async function runZfsGuest(opts: ZfsGuestOptions): Promise<ZfsGuestResult
 /** One line for test logs: what the guest runs. */
 export function describeKit(kit: ZfsKit): string {
   return `kernel ${kit.kernelPkg} ${kit.kernelVersion}, zfs ${kit.zfsVersion} (modules ${kit.buildSeconds ? `built in ${kit.buildSeconds} s` : 'cached'}), udev ${kit.udevVersion}`;
+}
+
+/** Sizes of the three data disks a release-to-device scenario boots with. */
+export interface ScenarioDiskSizes {
+  releaseMiB: number;
+  deviceMiB: number;
+  workMiB: number;
+}
+
+/**
+ * The data disks of a release-to-device scenario, in `work`: /dev/vdb holds the release pool,
+ * /dev/vdc the device's pool, /dev/vdd an ext4 work disk. Files left by an earlier run are
+ * removed first: runZfsGuest keeps disk files that exist, and a scenario starts from empty disks.
+ */
+export async function scenarioDisks(work: string, sizes: ScenarioDiskSizes): Promise<ZfsGuestOptions['disks']> {
+  const disks = [
+    { file: path.join(work, 'rel.disk'), sizeMiB: sizes.releaseMiB },
+    { file: path.join(work, 'dev.disk'), sizeMiB: sizes.deviceMiB },
+    { file: path.join(work, 'work.disk'), sizeMiB: sizes.workMiB },
+  ];
+  for (const d of disks) await fsp.rm(d.file, { force: true });
+  return disks;
+}
+
+/** A signing key pair in `keys` (signing.key, signing.pub) and a `keyring` dir that trusts it. */
+export async function signingKeyring(keys: string, keyring: string): Promise<void> {
+  await generateKeys(keys);
+  await fsp.mkdir(keyring, { recursive: true });
+  await fsp.copyFile(path.join(keys, 'signing.pub'), path.join(keyring, 'release.pub'));
 }

@@ -10,20 +10,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { promises as fsp, existsSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { generateKeys } from '../../src/release/keys.js';
 import { seededBytes } from '../helpers/ext4-images.js';
 import { buildImage } from '../agent/fixture.js';
-import { runZfsGuest, zfsUnavailable } from './harness.js';
-
-function repoRoot(): string {
-  let d = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(d, 'package.json'))) d = path.dirname(d);
-  return d;
-}
+import { repoRoot, runZfsGuest, scenarioDisks, signingKeyring, zfsUnavailable } from './harness.js';
 
 /** Every check the guest script prints; each must PASS. */
 const CHECKS = [
@@ -63,19 +55,13 @@ test('zfs transport in a QEMU guest: publish, serve on demand, upgrade 1 -> 2, f
       if (b.subarray(o, o + 8192).every((x) => x === 0)) zeroed++;
     }
     await fsp.writeFile(path.join(share, 'expected-diff'), `${differing} ${zeroed}\n`);
-    await generateKeys(path.join(share, 'keys'));
-    await fsp.mkdir(path.join(share, 'keyring'));
-    await fsp.copyFile(path.join(share, 'keys', 'signing.pub'), path.join(share, 'keyring', 'release.pub'));
+    await signingKeyring(path.join(share, 'keys'), path.join(share, 'keyring'));
 
     const script = await fsp.readFile(path.join(repo, 'test', 'zfs', 'zfs-transport-guest.sh'), 'utf8');
     const t0 = Date.now();
     const r = await runZfsGuest({
       script,
-      disks: [
-        { file: path.join(work, 'rel.disk'), sizeMiB: 512 },
-        { file: path.join(work, 'dev.disk'), sizeMiB: 512 },
-        { file: path.join(work, 'work.disk'), sizeMiB: 2048 },
-      ],
+      disks: await scenarioDisks(work, { releaseMiB: 512, deviceMiB: 512, workMiB: 2048 }),
       share,
       logFile: path.join(work, 'guest.log'),
       timeoutMs: 25 * 60_000,

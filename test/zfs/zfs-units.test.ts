@@ -225,6 +225,23 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
     m2 = parseAndVerifyManifest(bytes, await Keyring.load(keyring)).manifest;
   });
 
+  /** `ibu serve` on the store, building streams on demand (one attempt each), on a loopback port. */
+  async function serveStore() {
+    const { app, ctx } = await createServer({ dataDir: store, fleet: false, precompute: 0, retryAfterSeconds: 1, retry: { maxAttempts: 1 } });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    return { app, ctx, base: `http://127.0.0.1:${(app.server.address() as import('node:net').AddressInfo).port}` };
+  }
+
+  /** GET the 1 -> 2 stream until the server stops answering 202 (queued or building). */
+  async function streamOnceBuilt(base: string): Promise<Response> {
+    for (;;) {
+      const res = await fetch(`${base}/v1/zfs-streams/1/2`);
+      if (res.status !== 202) return res;
+      await res.body?.cancel();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   test('the zfs field is signed: changing a stream hash breaks the signature; malformed fields are refused', async () => {
     assert.equal(m2.zfs?.streams[0]?.sha256, sha(stream));
     assert.equal(manifestZfs(m2)?.guid, '222');
@@ -237,21 +254,13 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
   });
 
   test('ibu serve builds the stream on demand (202 + Retry-After, then 200, Range), checks it against the manifest, and precomputes it', async () => {
-    const { app, ctx } = await createServer({ dataDir: store, fleet: false, precompute: 0, retryAfterSeconds: 1, retry: { maxAttempts: 1 } });
-    await app.listen({ host: '127.0.0.1', port: 0 });
-    const base = `http://127.0.0.1:${(app.server.address() as import('node:net').AddressInfo).port}`;
+    const { app, ctx, base } = await serveStore();
     try {
       const first = await fetch(`${base}/v1/zfs-streams/1/2`);
       assert.equal(first.status, 202);
       assert.ok(Number(first.headers.get('retry-after')) >= 1);
       assert.match(String(((await first.json()) as { state: string }).state), /queued|building/);
-      let res: Response;
-      for (;;) {
-        res = await fetch(`${base}/v1/zfs-streams/1/2`);
-        if (res.status !== 202) break;
-        await res.body?.cancel();
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      const res = await streamOnceBuilt(base);
       assert.equal(res.status, 200);
       assert.equal(res.headers.get('content-type'), 'application/zstd');
       const body = Buffer.from(await res.arrayBuffer());
@@ -280,17 +289,9 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
     await fsp.writeFile(path.join(fz, 'send.1.2'), tampered);
     await fsp.rm(path.join(store, 'server.sqlite'), { force: true });
     await fsp.rm(path.join(store, 'cache'), { recursive: true, force: true });
-    const { app } = await createServer({ dataDir: store, fleet: false, precompute: 0, retryAfterSeconds: 1, retry: { maxAttempts: 1 } });
-    await app.listen({ host: '127.0.0.1', port: 0 });
-    const base = `http://127.0.0.1:${(app.server.address() as import('node:net').AddressInfo).port}`;
+    const { app, base } = await serveStore();
     try {
-      let res: Response;
-      for (;;) {
-        res = await fetch(`${base}/v1/zfs-streams/1/2`);
-        if (res.status !== 202) break;
-        await res.body?.cancel();
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      const res = await streamOnceBuilt(base);
       assert.equal(res.status, 500);
       const b = (await res.json()) as { state: string; error: string };
       assert.equal(b.state, 'failed');
