@@ -105,7 +105,7 @@ async function guest(): Promise<void> {
 }
 
 async function host(): Promise<void> {
-  const { zfsUnavailable, runZfsGuest, repoRoot, scenarioDisks, signingKeyring } = await import('../test/zfs/harness.js');
+  const { zfsUnavailable, repoRoot, runScenarioGuest, signingKeyring } = await import('../test/zfs/harness.js');
   const why = zfsUnavailable();
   if (why) throw new Error(`the ZFS guest is not available: ${why}`);
   const repo = repoRoot();
@@ -146,14 +146,7 @@ async function host(): Promise<void> {
     const script = `set -e\ncd '${repo}'\nnode dist/bench/zfs.js --guest --runs ${RUNS} --images '${IMAGES}' --share /share\n`;
     console.error('booting the ZFS guest (TCG) ...');
     const t0 = Date.now();
-    const r = await runZfsGuest({
-      script,
-      disks: await scenarioDisks(work, { releaseMiB: 4096, deviceMiB: 4096, workMiB: 8192 }),
-      share,
-      logFile: path.join(work, 'guest.log'),
-      timeoutMs: 120 * 60_000,
-      memMiB: 3072,
-    });
+    const r = await runScenarioGuest(work, { releaseMiB: 4096, deviceMiB: 4096, workMiB: 8192 }, { script, share, timeoutMs: 120 * 60_000, memMiB: 3072 });
     const line = r.log.split('\n').find((l) => l.startsWith('IBU-ZFS-BENCH '));
     if (!line) throw new Error(`the guest printed no result (exit ${String(r.exitCode)}${r.timedOut ? ', timed out' : ''}); log: ${r.logFile}\n${r.log.split('\n').slice(-40).join('\n')}`);
     const g = JSON.parse(line.slice('IBU-ZFS-BENCH '.length)) as GuestResult;

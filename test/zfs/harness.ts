@@ -265,18 +265,23 @@ export interface ScenarioDiskSizes {
 }
 
 /**
- * The data disks of a release-to-device scenario, in `work`: /dev/vdb holds the release pool,
- * /dev/vdc the device's pool, /dev/vdd an ext4 work disk. Files left by an earlier run are
- * removed first: runZfsGuest keeps disk files that exist, and a scenario starts from empty disks.
+ * Runs a release-to-device scenario in the guest, its files in `work`: /dev/vdb holds the release
+ * pool, /dev/vdc the device's pool, /dev/vdd an ext4 work disk, the serial log is work/guest.log.
+ * Disk files left by an earlier run are removed first: runZfsGuest keeps disk files that exist,
+ * and a scenario starts from empty disks.
  */
-export async function scenarioDisks(work: string, sizes: ScenarioDiskSizes): Promise<ZfsGuestOptions['disks']> {
+export async function runScenarioGuest(
+  work: string,
+  sizes: ScenarioDiskSizes,
+  opts: Omit<ZfsGuestOptions, 'disks' | 'logFile'>,
+): Promise<ZfsGuestResult> {
   const disks = [
     { file: path.join(work, 'rel.disk'), sizeMiB: sizes.releaseMiB },
     { file: path.join(work, 'dev.disk'), sizeMiB: sizes.deviceMiB },
     { file: path.join(work, 'work.disk'), sizeMiB: sizes.workMiB },
   ];
   for (const d of disks) await fsp.rm(d.file, { force: true });
-  return disks;
+  return runZfsGuest({ ...opts, disks, logFile: path.join(work, 'guest.log') });
 }
 
 /** A signing key pair in `keys` (signing.key, signing.pub) and a `keyring` dir that trusts it. */

@@ -15,7 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { seededBytes } from '../helpers/ext4-images.js';
 import { buildImage } from '../agent/fixture.js';
-import { repoRoot, runZfsGuest, scenarioDisks, signingKeyring, zfsUnavailable } from './harness.js';
+import { repoRoot, runScenarioGuest, signingKeyring, zfsUnavailable } from './harness.js';
 
 /** Every check the guest script prints; each must PASS. */
 const CHECKS = [
@@ -59,14 +59,7 @@ test('zfs transport in a QEMU guest: publish, serve on demand, upgrade 1 -> 2, f
 
     const script = await fsp.readFile(path.join(repo, 'test', 'zfs', 'zfs-transport-guest.sh'), 'utf8');
     const t0 = Date.now();
-    const r = await runZfsGuest({
-      script,
-      disks: await scenarioDisks(work, { releaseMiB: 512, deviceMiB: 512, workMiB: 2048 }),
-      share,
-      logFile: path.join(work, 'guest.log'),
-      timeoutMs: 25 * 60_000,
-      env: { REPO: repo },
-    });
+    const r = await runScenarioGuest(work, { releaseMiB: 512, deviceMiB: 512, workMiB: 2048 }, { script, share, timeoutMs: 25 * 60_000, env: { REPO: repo } });
     t.diagnostic(`guest run ${((Date.now() - t0) / 1000).toFixed(0)} s, exit ${String(r.exitCode)}${r.timedOut ? ' (timed out)' : ''}; log ${r.logFile}`);
     const lines = r.log.split('\n').filter((l) => l.startsWith('IBU-ZFS-T '));
     for (const l of lines) t.diagnostic(l);
