@@ -2,7 +2,8 @@
 # The compiled test files of one suite, one per line, for `node --test` (see package.json and
 # test/README.md). Run after tsc; lists only what dist/ holds, so clean dist/ first.
 #   all       everything (npm test, CI): needs root, QEMU, PostgreSQL (IBU_TEST_PG), Chromium
-#   unit      no root, no QEMU: the library against real tools and loopback HTTP (npm run test:unit)
+#   unit      no QEMU: the library against real tools and loopback HTTP (npm run test:unit); run as
+#             a user, it leaves out the files that start with a `// test-needs: root (why)` line
 #   e2e       the QEMU boots of test/e2e (npm run test:e2e)
 #   e2e-full  long QEMU scenarios that do not fit CI; today the same files as e2e (npm run test:e2e:full)
 #   zfs       the ZFS guest tests (npm run test:zfs)
@@ -13,7 +14,10 @@ QEMU_ZFS=(dist/test/zfs/guest.test.js dist/test/zfs/zfs-transport.test.js)
 all() { find dist/test -name '*.test.js' | sort; }
 case "${1:-all}" in
   all) all ;;
-  unit) all | grep -v '^dist/test/e2e/' | grep -vxF -f <(printf '%s\n' "${QEMU_ZFS[@]}") ;;
+  unit)
+    files=$(all | grep -v '^dist/test/e2e/' | grep -vxF -f <(printf '%s\n' "${QEMU_ZFS[@]}"))
+    if [ "$(id -u)" = 0 ]; then echo "$files"; else echo "$files" | grep -vxF -f <(grep -l '^// test-needs: root' $files || true); fi
+    ;;
   e2e | e2e-full) find dist/test/e2e -name '*.test.js' | sort ;;
   zfs) find dist/test/zfs -name '*.test.js' | sort ;;
   *) echo "usage: $0 all|unit|e2e|e2e-full|zfs" >&2; exit 2 ;;

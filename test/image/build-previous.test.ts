@@ -1,4 +1,4 @@
-// --previous needs root (loop mount); CI runs as root.
+// test-needs: root (--previous loop-mounts the image; CI runs as root). scripts/test-files.sh reads this line.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';

@@ -1,3 +1,4 @@
+// test-needs: root (files owned by another user). scripts/test-files.sh reads this line.
 /**
  * Image diff on two real mke2fs images that differ in every way an upgrade can: added,
  * removed, content (same size and different size, also past the first 1 MiB), mode, owner,
