@@ -48,10 +48,10 @@ fi
 # with Debian's npm, which is split into many node-* packages: about 400; apt-get -s on Debian 12).
 # A machine that must stay pure bookworm installs Node 20 some other way first.
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
-if [ "$(node_major)" -ge 20 ]; then
-  echo "install-deps: node $(node --version) present"
+if [ "$(node_major)" -ge 20 ] && command -v npm >/dev/null; then
+  echo "install-deps: node $(node --version) and npm $(npm --version) present"
 else
-  echo "install-deps: node $(node --version 2>/dev/null || echo missing) is older than 20: installing nodejs and npm from Debian 13 (trixie)"
+  echo "install-deps: node $(node --version 2>/dev/null || echo missing) (20 needed) or npm missing: installing nodejs and npm from Debian 13 (trixie)"
   cat >/etc/apt/sources.list.d/ibu-trixie-nodejs.sources <<SOURCES
 Types: deb
 URIs: ${IBU_TRIXIE_MIRROR:-http://deb.debian.org/debian}
