@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages ibu's tools and tests use (Debian 12), and Node.js 20 when the
 # machine has none or an older one. Idempotent; needs root. Each package is named for what uses it.
+# Environment: IBU_TRIXIE_MIRROR (where Node 20 comes from; default http://deb.debian.org/debian).
 set -euo pipefail
 PKGS=(
   e2fsprogs            # mke2fs -d, e2fsck, debugfs (image build, reader oracle)
