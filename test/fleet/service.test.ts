@@ -245,10 +245,10 @@ for (const backend of BACKENDS) {
     // Reopens a repository on the same database (a server restart).
     async function reopen(name: string, old: FleetRepository): Promise<{ repo: FleetRepository }> {
       if (name === 'sqlite') {
-        const { SqliteFleetRepository } = await import('../../src/server/fleet/sqlite-repository.js');
+        const { SqliteFleetRepository } = await import('../../src/fleet/sql/sqlite-repository.js');
         return { repo: new SqliteFleetRepository((old as unknown as { db: { name: string } }).db.name) };
       }
-      const { PostgresFleetRepository } = await import('../../src/server/fleet/postgres-repository.js');
+      const { PostgresFleetRepository } = await import('../../src/fleet/sql/postgres-repository.js');
       return { repo: new PostgresFleetRepository((old as unknown as { pool: { options: { connectionString: string } } }).pool.options.connectionString) };
     }
   });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { simulate } from '../../src/server/fleet/simulator.js';
+import { simulate } from '../../src/fleet/simulator/simulate.js';
 
 // A small release day: 2,000 simulated devices speak the real protocol over loopback to the real
 // server in a child process, through a staged rollout with injected failures, rollbacks and

@@ -11,8 +11,8 @@ import { isValidVersion } from '../../version.js';
 import type { FleetPluginOptions } from '../contracts.js';
 import { DASHBOARD_HTML, DASHBOARD_JS } from './dashboard.js';
 import { FleetMetrics } from './metrics.js';
-import { PostgresFleetRepository } from './postgres-repository.js';
-import { SqliteFleetRepository } from './sqlite-repository.js';
+import { PostgresFleetRepository } from '../../fleet/sql/postgres-repository.js';
+import { SqliteFleetRepository } from '../../fleet/sql/sqlite-repository.js';
 
 /** Options beyond the shared contract; all optional, so `ibu serve` can pass just the contract. */
 export interface FleetPluginOptionsExt extends FleetPluginOptions {

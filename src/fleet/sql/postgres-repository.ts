@@ -1,7 +1,7 @@
 import pg from 'pg';
-import type { FleetRepository } from '../../fleet/repository.js';
-import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../../fleet/types.js';
-import { emptyStatusCounts } from '../../fleet/rollout-policy.js';
+import type { FleetRepository } from '../repository.js';
+import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../types.js';
+import { emptyStatusCounts } from '../rollout-policy.js';
 import { IbuError } from '../../errors.js';
 import {
   DEVICE_COLUMNS, DEVICE_VIEW_SELECT, PARTICIPATION_COLUMNS, deviceToRow, participationToRow, rowToDevice, rowToDeviceView, rowToGroup,

@@ -1,5 +1,5 @@
 import { request } from 'undici';
-import { ERROR_CODES, IbuError, type ErrorCode } from '../../errors.js';
+import { ERROR_CODES, IbuError, type ErrorCode } from '../errors.js';
 
 /**
  * A small client for the fleet admin API (/v1/admin/fleet), used by `ibu rollout` and

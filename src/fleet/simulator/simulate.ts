@@ -8,8 +8,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { IbuError } from '../../errors.js';
-import type { CheckinRequest, CheckinResponse, DeviceEvent, DeviceState } from '../../fleet/protocol.js';
-import type { RolloutRecord } from '../../fleet/types.js';
+import type { CheckinRequest, CheckinResponse, DeviceEvent, DeviceState } from '../protocol.js';
+import type { RolloutRecord } from '../types.js';
 
 /**
  * `ibu fleet simulate`: N simulated devices against a real server (a child process running the
@@ -194,7 +194,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
 
   // --- the server as a child process -------------------------------------------------------
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const entry = path.join(here, `sim-server${path.extname(fileURLToPath(import.meta.url))}`);
+  // The server entry lives with the server (src/fleet never imports it): spawned by path, not imported.
+  const entry = path.join(here, '..', '..', 'server', 'fleet', `sim-server${path.extname(fileURLToPath(import.meta.url))}`);
   let child: ChildProcess | null = null;
   let port = 0;
   let realServer = false;
