@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { fleetPlugin } from '../../src/server/fleet/plugin.js';
-import type { FleetService } from '../../src/fleet/fleet-service.js';
+import type { Fleet } from '../../src/fleet/fleet.js';
 import '../../src/server/contracts.js';
 
 // The dashboard end to end: a real server with a real fleet in it, driven by Debian's Chromium
@@ -42,7 +42,7 @@ after(async () => {
 });
 
 /** A small fleet: a completed rollout of 2.0, a paused one of 2.1 with rollbacks and a silent box. */
-async function populate(svc: FleetService): Promise<void> {
+async function populate(svc: Fleet): Promise<void> {
   for (const v of ['1.0', '2.0', '2.1']) await svc.registerRelease({ version: v });
   await svc.setGroup({ name: 'berlin', window: { timeZone: 'Europe/Berlin', rules: [{ days: [1, 2, 3, 4, 5], start: '01:00', end: '04:00' }] }, maxConcurrentReboots: 5 });
   const tokens = new Map<string, string>();

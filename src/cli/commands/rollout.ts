@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
-import type { RolloutView } from '../../fleet/fleet-service.js';
+import type { RolloutView } from '../../fleet/fleet.js';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
 
 interface Common {

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { IbuError, type ErrorCode } from '../../errors.js';
-import { FleetService, type FleetConfig, hashToken } from '../../fleet/fleet-service.js';
+import { Fleet, type FleetConfig, hashToken } from '../../fleet/fleet.js';
 import type { CheckinRequest, DeviceEvent, EnrollRequest } from '../../fleet/protocol.js';
 import type { FleetRepository } from '../../fleet/repository.js';
 import type { DeviceRecord, RolloutDevice } from '../../fleet/types.js';
@@ -46,10 +46,12 @@ export function openFleetRepository(o: FleetPluginOptions): FleetRepository {
 async function fleetPluginImpl(app: FastifyInstance, o: FleetPluginOptionsExt): Promise<void> {
   const repo = o.repository ?? openFleetRepository(o);
   const secret = o.enrollmentSecret ?? process.env.IBU_ENROLLMENT_SECRET;
-  const service = new FleetService(
+  const service = new Fleet(
     repo,
     { ...o.config, ...(secret ? { enrollmentSecretHash: hashToken(secret) } : {}) },
     (from, to) => (app.deltas ? app.deltas.status(from, to) : Promise.resolve('none')),
+    Date.now,
+    (err, what) => app.log.error({ err }, `fleet: ${what} failed`),
   );
   await service.start();
   await syncReleasesFromStore(service, o.dataDir, app);
@@ -109,12 +111,12 @@ export const fleetPlugin = fleetPluginImpl;
 declare module 'fastify' {
   interface FastifyInstance {
     /** The full service (admin reads, tests); `fleet` is the narrow contract. */
-    fleetService?: FleetService;
+    fleetService?: Fleet;
   }
 }
 
 /** Registers every version in channels/<channel>.json of the data dir (the release store). */
-export async function syncReleasesFromStore(service: FleetService, dataDir: string, app?: FastifyInstance): Promise<number> {
+export async function syncReleasesFromStore(service: Fleet, dataDir: string, app?: FastifyInstance): Promise<number> {
   let added = 0;
   let names: string[];
   try {
@@ -151,7 +153,7 @@ const idParams = { type: 'object', properties: { id: { type: 'string', minLength
 const versionProp = { type: 'string', minLength: 1, maxLength: 64 } as const;
 const errorProp = { type: ['object', 'null'], properties: { code: { type: 'string' }, message: { type: 'string' } } } as const;
 
-function deviceRoutes(app: FastifyInstance, service: FleetService, metrics: FleetMetrics): void {
+function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: FleetMetrics): void {
   app.post<{ Body: EnrollRequest }>('/v1/devices/enroll', {
     schema: {
       body: {
@@ -225,7 +227,7 @@ function deviceRoutes(app: FastifyInstance, service: FleetService, metrics: Flee
 
 const COOKIE = 'ibu_admin';
 
-function adminRoutes(app: FastifyInstance, service: FleetService, adminToken: string | undefined): void {
+function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: string | undefined): void {
   const want = adminToken ? createHash('sha256').update(adminToken).digest() : undefined;
   const ok = (token: string | undefined) => Boolean(want && token && timingSafeEqual(createHash('sha256').update(token).digest(), want));
   const cookieToken = (req: FastifyRequest) => {

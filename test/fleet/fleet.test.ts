@@ -1,6 +1,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { FleetService, hashToken } from '../../src/fleet/fleet-service.js';
+import { Fleet, hashToken } from '../../src/fleet/fleet.js';
 import type { CheckinRequest, CheckinResponse } from '../../src/fleet/protocol.js';
 import type { FleetRepository } from '../../src/fleet/repository.js';
 import { isIbuError } from '../../src/errors.js';
@@ -11,13 +11,13 @@ for (const backend of BACKENDS) {
   describe(`fleet service on ${backend.name}`, { skip: backend.skip }, () => {
     let repo: FleetRepository;
     let cleanup: () => Promise<void>;
-    let svc: FleetService;
+    let svc: Fleet;
     let now = Date.UTC(2026, 10, 25, 12, 0, 0); // a Wednesday
     const tokens = new Map<string, string>();
 
     before(async () => {
       ({ repo, cleanup } = await backend.make());
-      svc = new FleetService(repo, { enrollmentSecretHash: hashToken('s3cret'), jitter: 0.1 }, undefined, () => now);
+      svc = new Fleet(repo, { enrollmentSecretHash: hashToken('s3cret'), jitter: 0.1 }, undefined, () => now);
       await svc.start();
     });
     after(async () => {
@@ -232,7 +232,7 @@ for (const backend of BACKENDS) {
       await svc.updateSettings({ checkinIntervalSeconds: 60, enrollmentSecret: 'other' });
       await svc.close();
       ({ repo } = await reopen(backend.name, repo));
-      svc = new FleetService(repo, {}, undefined, () => now);
+      svc = new Fleet(repo, {}, undefined, () => now);
       await svc.start();
       assert.deepEqual(await svc.versionCounts(), before);
       assert.deepEqual(svc.listRollouts().map((r) => [r.id, r.state]), rollouts);

@@ -1,0 +1,455 @@
+import { IbuError } from '../errors.js';
+import { compareVersions, isValidVersion } from '../version.js';
+import { Enrollment } from './enrollment.js';
+import { GroupCommitter } from './group-commit.js';
+import { LeaseTable } from './lease-table.js';
+import { NAME_RE } from './names.js';
+import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
+import type {
+  CheckinRequest, CheckinResponse, DeviceEvent, DeviceState, EnrollRequest, EnrollResponse, MaintenanceWindow,
+} from './protocol.js';
+import type { FleetRepository } from './repository.js';
+import { offeredBy, resolveRolloutSpec } from './rollout-policy.js';
+import { Rollouts, type RolloutView } from './rollouts.js';
+import { nextCheckinSeconds } from './schedule.js';
+import {
+  applySettings, DEFAULT_FLEET_CONFIG, loadSettings, persistSettings, settingsView, validateSettings,
+  type FleetConfig, type FleetSettings, type SettingsView,
+} from './settings.js';
+import { stripView, type DeviceRecord, type DeviceView, type GroupRecord, type LeaseRecord, type ReleaseRecord, type RolloutRecord, type RolloutSpec, type WriteOp } from './types.js';
+import { nextHop, sortReleases } from './upgrade-path.js';
+import { inWindow, validateWindow } from './window.js';
+
+export type { FleetConfig, FleetSettings } from './settings.js';
+export { DEFAULT_FLEET_CONFIG } from './settings.js';
+export type { RolloutView } from './rollouts.js';
+export { hashToken } from './enrollment.js';
+
+export type DeltaStatusFn = (from: string, to: string) => Promise<string>;
+
+const STATES: readonly DeviceState[] = ['idle', 'preparing', 'prepared', 'applying', 'trial', 'committed', 'rolled-back', 'failed'];
+const EVENT_TYPES = ['prepare-failed', 'apply-started', 'upgrade-succeeded', 'upgrade-failed', 'rolled-back'];
+
+function maxVersion(a: string | null, b: string | null): string | null {
+  if (!a) return b;
+  if (!b) return a;
+  return compareVersions(a, b) >= 0 ? a : b;
+}
+
+/**
+ * The fleet control plane, a façade over its parts: enrollment (enrollment.ts), participation
+ * transitions (participation.ts), the lease table (lease-table.ts), settings (settings.ts) and
+ * rollouts (rollouts.ts, deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a
+ * thin shell around it. Small, hot state (releases, rollouts, groups, leases) lives in memory and
+ * is written through; devices are read from the repository on every check-in and written by group
+ * commit. One server process owns a fleet database at a time (leases are counted in memory).
+ */
+export class Fleet {
+  readonly config: FleetConfig;
+  private releases = new Map<string, ReleaseRecord[]>(); // channel -> sorted
+  private readonly rollouts: Rollouts;
+  private groups = new Map<string, GroupRecord>();
+  private readonly leases = new LeaseTable();
+  private readonly enrollment: Enrollment;
+  private committer: GroupCommitter;
+  private evaluating: Promise<void> | null = null;
+  private readonly counters = { checkins: 0, events: 0, enrollments: 0, downgrades: 0 };
+
+  constructor(
+    readonly repo: FleetRepository,
+    config: Partial<FleetConfig> = {},
+    private readonly deltaStatus?: DeltaStatusFn,
+    private readonly clock: () => number = Date.now,
+    /** Where a failed background write is reported (the server passes its logger). */
+    private readonly onBackgroundError: (err: unknown, what: string) => void = () => {},
+  ) {
+    this.config = { ...DEFAULT_FLEET_CONFIG, ...config };
+    this.committer = new GroupCommitter((ops) => repo.writeBatch(ops), this.config.batchMaxOps);
+    this.enrollment = new Enrollment(repo, this.committer, this.config, clock);
+    this.rollouts = new Rollouts(repo, clock, (channel, version) => (this.releases.get(channel) ?? []).some((r) => r.version === version));
+  }
+
+  /** Counters for /metrics. */
+  get stats(): { checkins: number; events: number; enrollments: number; downgrades: number; pauses: number } {
+    return { ...this.counters, pauses: this.rollouts.pauses };
+  }
+
+  async start(): Promise<void> {
+    await this.repo.init();
+    const saved = await loadSettings(this.repo);
+    if (saved) applySettings(this.config, saved);
+    await this.reload();
+    await this.rollouts.extendDeadlines(this.clock());
+  }
+
+  /** Validates and applies run-time settings, then stores them so a restart keeps them. */
+  async updateSettings(patch: FleetSettings): Promise<SettingsView> {
+    validateSettings(patch, this.config.rolloutDefaults);
+    applySettings(this.config, await persistSettings(this.repo, patch));
+    return this.settings();
+  }
+
+  settings(): SettingsView {
+    return settingsView(this.config);
+  }
+
+  /** Re-reads the small in-memory state from the repository. */
+  async reload(): Promise<void> {
+    this.releases.clear();
+    for (const r of await this.repo.listReleases()) {
+      const list = this.releases.get(r.channel) ?? [];
+      list.push(r);
+      this.releases.set(r.channel, list);
+    }
+    for (const [ch, list] of this.releases) this.releases.set(ch, sortReleases(list));
+    await this.rollouts.load();
+    this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
+    this.leases.load(await this.repo.listLeases());
+  }
+
+  async close(): Promise<void> {
+    await this.committer.close();
+    await this.repo.close();
+  }
+
+  get commitStats(): { batches: number; ops: number } {
+    return { batches: this.committer.batches, ops: this.committer.ops };
+  }
+
+  // ---------------------------------------------------------------- devices
+
+  async enroll(req: EnrollRequest): Promise<EnrollResponse> {
+    const res = await this.enrollment.enroll(req);
+    this.counters.enrollments++;
+    return res;
+  }
+
+  /** Looks a device up and checks its token (constant time on the hashes). */
+  authenticate(id: string, token: string | undefined): Promise<DeviceView> {
+    return this.enrollment.authenticate(id, token);
+  }
+
+  preauthorize(ids: string[], group?: string, channel?: string): Promise<number> {
+    return this.enrollment.preauthorize(ids, group, channel);
+  }
+
+  async checkin(id: string, token: string | undefined, req: CheckinRequest): Promise<CheckinResponse> {
+    validateCheckin(req);
+    const view = await this.authenticate(id, token);
+    const now = this.clock();
+    const ops: WriteOp[] = [];
+    const d = stripView(view);
+
+    // Anti-downgrade: a device whose committed version went below the highest it ever
+    // committed was flashed or rolled back by hand; flag it for the operator.
+    const committed = req.committedVersion ?? (req.trial ? null : req.version);
+    if (committed && d.maxCommitted && compareVersions(committed, d.maxCommitted) < 0 && !d.flags.includes('downgraded')) {
+      d.flags = [...d.flags, 'downgraded'];
+      this.counters.downgrades++;
+      ops.push({ kind: 'event', event: { deviceId: id, type: 'downgrade-detected', fromVersion: d.maxCommitted, toVersion: committed, at: now, errorCode: 'VERSION_DOWNGRADE', errorMessage: `reported committed version ${committed} is below ${d.maxCommitted}, committed before` } });
+    }
+    d.maxCommitted = maxVersion(d.maxCommitted, committed);
+
+    // What this check-in says about the device's current rollout.
+    let part = view.participation;
+    if (part) {
+      const rollout = this.rollouts.find(part.rolloutId);
+      const next = rollout ? participationFromCheckin(part, rollout, req, now) : part;
+      if (next !== part) {
+        part = next;
+        ops.push({ kind: 'participation', row: part });
+      }
+    }
+
+    const releases = this.releases.get(d.channel) ?? [];
+    const hop = nextHop(releases, req.version, (r) => offeredBy(this.rollouts.governing(r.channel, r.version), d, part, req));
+    if (hop) {
+      const rollout = this.rollouts.governing(d.channel, hop.version);
+      if (rollout && rollout.state === 'running' && (!part || part.rolloutId !== rollout.id)) {
+        part = newParticipation(rollout, d, req.version, now);
+        d.rolloutId = rollout.id;
+        ops.push({ kind: 'participation', row: part });
+      }
+    }
+
+    const group = this.groups.get(d.group);
+    const window = group?.window ?? null;
+    let lease: CheckinResponse['rebootLease'] = { granted: false };
+    if (req.wantRebootLease) {
+      lease = this.grantLease(d, group, now, ops);
+      if (lease.granted && part && hop && this.rollouts.find(part.rolloutId)?.version === hop.version) {
+        const next = participationFromLease(part, this.silentMs(part.rolloutId), now);
+        if (next !== part) {
+          part = next;
+          ops.push({ kind: 'participation', row: part });
+        }
+      }
+    } else {
+      const held = this.leases.held(id, now);
+      if (held) lease = { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
+    }
+
+    let deltaReady = false;
+    if (hop && this.deltaStatus) {
+      try {
+        deltaReady = (await this.deltaStatus(req.version, hop.version)) === 'ready';
+      } catch {
+        deltaReady = false; // a delta side problem must not fail check-ins: chunks always work
+      }
+    }
+
+    d.version = req.version;
+    d.state = req.state;
+    d.trial = req.trial;
+    d.committedVersion = req.committedVersion ?? (req.trial ? d.committedVersion : req.version);
+    d.preparedVersion = req.preparedVersion ?? null;
+    d.freeBytes = req.freeBytes ?? d.freeBytes;
+    if (req.lastError !== undefined) {
+      d.lastErrorCode = req.lastError?.code ?? null;
+      d.lastErrorMessage = req.lastError?.message ?? null;
+    }
+    d.lastCheckin = now;
+    d.checkins += 1;
+    ops.push({ kind: 'device', device: d });
+    await this.committer.submit(ops);
+    this.counters.checkins++;
+
+    // Short interval only while the device waits for a lease or is mid-upgrade: a device with a
+    // fresh target prepares first and calls back by itself when it wants to reboot.
+    // A device refused a lease waits a regular interval (polling fast would only add load).
+    const busy = (req.state === 'prepared' && (!req.wantRebootLease || lease.granted)) || req.state === 'applying' || req.state === 'trial' || req.trial
+      || (part !== null && (part.status === 'applying' || part.status === 'trial'));
+    const base = busy ? this.config.activeCheckinIntervalSeconds : this.config.checkinIntervalSeconds;
+    return {
+      target: hop ? { version: hop.version, mandatory: hop.mandatory, manifestUrl: hop.manifestUrl } : null,
+      deltaReady,
+      window,
+      rebootLease: lease,
+      nextCheckinSeconds: nextCheckinSeconds(base, this.config.jitter),
+    };
+  }
+
+  private silentMs(rolloutId: number): number {
+    return (this.rollouts.find(rolloutId)?.spec.silentAfterSeconds ?? this.config.rolloutDefaults.silentAfterSeconds) * 1000;
+  }
+
+  /** The rollout that governs a release: the newest one for it. */
+  rolloutFor(channel: string, version: string): RolloutRecord | undefined {
+    return this.rollouts.governing(channel, version);
+  }
+
+  private grantLease(d: DeviceRecord, group: GroupRecord | undefined, now: number, ops: WriteOp[]): CheckinResponse['rebootLease'] {
+    const held = this.leases.held(d.id, now);
+    if (held) return { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
+    if (!inWindow(group?.window ?? null, new Date(now))) return { granted: false };
+    const max = group ? group.maxConcurrentReboots : this.config.defaultMaxConcurrentReboots;
+    const ttl = (group?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds) * 1000;
+    const lease = this.leases.grant(d.id, d.group, max, ttl, now, ops);
+    return lease ? { granted: true, expiresAt: new Date(lease.expiresAt).toISOString() } : { granted: false };
+  }
+
+  async releaseLease(id: string, token: string | undefined): Promise<void> {
+    await this.authenticate(id, token);
+    const ops: WriteOp[] = [];
+    this.leases.drop(id, ops);
+    await this.committer.submit(ops);
+  }
+
+  async event(id: string, token: string | undefined, ev: DeviceEvent): Promise<void> {
+    if (!ev || !EVENT_TYPES.includes(ev.type)) throw new IbuError('BAD_REQUEST', `Event type must be one of ${EVENT_TYPES.join(', ')}.`);
+    if (!isValidVersion(String(ev.fromVersion)) || !isValidVersion(String(ev.toVersion))) throw new IbuError('BAD_REQUEST', 'fromVersion and toVersion must be valid versions such as 2026.11.2.');
+    const view = await this.authenticate(id, token);
+    const now = this.clock();
+    const d = stripView(view);
+    const ops: WriteOp[] = [];
+    ops.push({ kind: 'event', event: { deviceId: id, type: ev.type, fromVersion: ev.fromVersion, toVersion: ev.toVersion, at: now, errorCode: ev.error?.code ?? null, errorMessage: ev.error?.message ?? null } });
+
+    let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
+    if (!part) {
+      const rollout = this.rollouts.governing(d.channel, ev.toVersion);
+      if (rollout) {
+        part = (await this.repo.getParticipation(rollout.id, id)) ?? newParticipation(rollout, d, ev.fromVersion, now);
+        d.rolloutId = rollout.id;
+      }
+    }
+    if (part) ops.push({ kind: 'participation', row: participationFromEvent(part, ev, this.silentMs(part.rolloutId), now) });
+    if (ev.type !== 'apply-started') this.leases.drop(id, ops);
+    if (ev.error) {
+      d.lastErrorCode = ev.error.code;
+      d.lastErrorMessage = ev.error.message;
+    }
+    ops.push({ kind: 'device', device: d });
+    await this.committer.submit(ops);
+    this.counters.events++;
+  }
+
+  // ---------------------------------------------------------------- releases
+
+  releasesOf(channel?: string): ReleaseRecord[] {
+    if (channel !== undefined) return [...(this.releases.get(channel) ?? [])];
+    return [...this.releases.values()].flat();
+  }
+
+  async registerRelease(input: { channel?: string; version: string; mandatory?: boolean; manifestUrl?: string }, source: ReleaseRecord['source'] = 'api'): Promise<ReleaseRecord> {
+    if (!isValidVersion(String(input?.version))) throw new IbuError('VERSION_INVALID', `Invalid version '${String(input?.version)}': use dot-separated numbers with an optional -suffix, e.g. 2026.11.2.`);
+    const channel = input.channel ?? this.config.defaultChannel;
+    if (!NAME_RE.test(channel)) throw new IbuError('BAD_REQUEST', `Invalid channel name '${channel}'.`);
+    const list = this.releases.get(channel) ?? [];
+    const existing = list.find((r) => r.version === input.version);
+    const rec: ReleaseRecord = {
+      channel,
+      version: input.version,
+      mandatory: input.mandatory ?? existing?.mandatory ?? false,
+      manifestUrl: input.manifestUrl ?? existing?.manifestUrl ?? this.config.manifestUrl(input.version),
+      createdAt: existing?.createdAt ?? this.clock(),
+      source: existing?.source ?? source,
+    };
+    await this.repo.upsertRelease(rec);
+    this.releases.set(channel, sortReleases([...list.filter((r) => r.version !== rec.version), rec]));
+    if (!existing) {
+      // A channel may ask for every new release to start as a staged rollout (no window where it goes to all).
+      const policy = (await this.repo.getSetting(`channel:${channel}`)) as { rollout?: Partial<RolloutSpec> | null } | undefined;
+      if (policy?.rollout && !this.rollouts.governing(channel, rec.version)) await this.createRollout({ channel, version: rec.version, spec: policy.rollout });
+    }
+    return rec;
+  }
+
+  async setChannelPolicy(channel: string, policy: { rollout?: Partial<RolloutSpec> | null }): Promise<{ rollout: RolloutSpec | null }> {
+    if (!NAME_RE.test(channel)) throw new IbuError('BAD_REQUEST', `Invalid channel name '${channel}'.`);
+    const rollout = policy?.rollout ? resolveRolloutSpec(policy.rollout, this.config.rolloutDefaults) : null;
+    await this.repo.putSetting(`channel:${channel}`, { rollout });
+    return { rollout };
+  }
+
+  async channelPolicy(channel: string): Promise<{ rollout: RolloutSpec | null }> {
+    const p = (await this.repo.getSetting(`channel:${channel}`)) as { rollout?: RolloutSpec | null } | undefined;
+    return { rollout: p?.rollout ?? null };
+  }
+  // ---------------------------------------------------------------- rollouts
+
+  async createRollout(input: { channel?: string; version: string; spec?: Partial<RolloutSpec> }): Promise<RolloutRecord> {
+    return this.rollouts.create({ ...input, channel: input?.channel ?? this.config.defaultChannel }, this.config.rolloutDefaults);
+  }
+
+  rollout(id: number): RolloutRecord {
+    return this.rollouts.get(id);
+  }
+
+  pause(id: number, reason?: string): Promise<RolloutRecord> {
+    return this.rollouts.pause(id, reason);
+  }
+
+  resume(id: number): Promise<RolloutRecord> {
+    return this.rollouts.resume(id);
+  }
+
+  abort(id: number, reason?: string): Promise<RolloutRecord> {
+    return this.rollouts.abort(id, reason);
+  }
+
+  listRollouts(): RolloutRecord[] {
+    return this.rollouts.list();
+  }
+
+  /** A rollout with its waves' progress, fresh from the repository (dashboard, CLI). */
+  async rolloutView(id: number): Promise<RolloutView> {
+    this.rollouts.get(id);
+    await this.committer.flush();
+    return this.rollouts.view(id);
+  }
+
+  /**
+   * One evaluation round: mark silent devices, then for each running rollout pause, advance or
+   * complete (rollout-policy.ts decides), then return expired leases. The plugin runs it on a
+   * timer; tests call it directly.
+   */
+  async evaluate(): Promise<void> {
+    if (this.evaluating) return this.evaluating;
+    this.evaluating = (async () => {
+      try {
+        await this.committer.flush();
+        const now = this.clock();
+        await this.rollouts.evaluate(now);
+        this.expireLeases(now);
+      } finally {
+        this.evaluating = null;
+      }
+    })();
+    return this.evaluating;
+  }
+
+  /**
+   * Frees the leases that ran out. The table forgets them at once (their slots are free for the
+   * next check-in); the deletes are written in the background so an evaluation round does not
+   * wait on the database, and a failed write is reported, not swallowed (the rows stay until the
+   * next restart reloads and expires them again).
+   */
+  private expireLeases(now: number): void {
+    const ops: WriteOp[] = [];
+    this.leases.expire(now, ops);
+    if (ops.length === 0) return;
+    this.committer.submit(ops).catch((err: unknown) => this.onBackgroundError(err, `writing ${ops.length} expired reboot leases`));
+  }
+
+  activeLeases(group?: string): LeaseRecord[] {
+    return this.leases.active(this.clock(), group);
+  }
+
+  // ---------------------------------------------------------------- groups, admin reads
+
+  async setGroup(input: { name: string; window?: MaintenanceWindow | null; maxConcurrentReboots?: number; leaseTtlSeconds?: number }): Promise<GroupRecord> {
+    if (typeof input?.name !== 'string' || !NAME_RE.test(input.name)) throw new IbuError('BAD_REQUEST', 'A group needs a short name of letters, digits, ".", "_" or "-".');
+    // A partial update keeps what it does not name.
+    const prev = this.groups.get(input.name);
+    const max = input.maxConcurrentReboots ?? prev?.maxConcurrentReboots ?? this.config.defaultMaxConcurrentReboots;
+    const ttl = input.leaseTtlSeconds ?? prev?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds;
+    if (!Number.isInteger(max) || max < 0) throw new IbuError('BAD_REQUEST', 'maxConcurrentReboots must be an integer >= 0 (0 = unlimited).');
+    if (!Number.isFinite(ttl) || ttl <= 0) throw new IbuError('BAD_REQUEST', 'leaseTtlSeconds must be a positive number of seconds.');
+    const g: GroupRecord = { name: input.name, window: input.window === undefined ? prev?.window ?? null : input.window ? validateWindow(input.window) : null, maxConcurrentReboots: max, leaseTtlSeconds: ttl };
+    await this.repo.upsertGroup(g);
+    this.groups.set(g.name, g);
+    this.leases.groupChanged(g.name); // a new maxConcurrentReboots may make room
+    return g;
+  }
+
+  listGroups(): GroupRecord[] {
+    return [...this.groups.values()];
+  }
+
+  async versionCounts(channel?: string): Promise<Array<{ version: string; devices: number }>> {
+    await this.committer.flush();
+    return this.repo.versionCounts(channel);
+  }
+
+  async devices(after: string, limit: number): Promise<DeviceRecord[]> {
+    await this.committer.flush();
+    return this.repo.listDevices(after, Math.min(Math.max(1, limit), 10_000));
+  }
+
+  async problems(limit: number): Promise<DeviceView[]> {
+    await this.committer.flush();
+    return this.repo.problemDevices(Math.min(Math.max(1, limit), 1000));
+  }
+
+  async device(id: string): Promise<DeviceView> {
+    await this.committer.flush();
+    const d = await this.repo.getDevice(id);
+    if (!d) throw new IbuError('DEVICE_UNKNOWN', `Device ${id} is not enrolled.`);
+    return d;
+  }
+}
+
+function validateCheckin(req: CheckinRequest): void {
+  const problems: string[] = [];
+  if (!req || typeof req !== 'object') throw new IbuError('BAD_REQUEST', 'A check-in body is a JSON object (see src/fleet/protocol.ts).');
+  if (!isValidVersion(String(req.version))) problems.push(`version '${String(req.version)}' is not a valid version`);
+  if (!STATES.includes(req.state)) problems.push(`state must be one of ${STATES.join(', ')}`);
+  if (typeof req.trial !== 'boolean') problems.push('trial must be true or false');
+  for (const k of ['committedVersion', 'preparedVersion'] as const) {
+    if (req[k] !== undefined && req[k] !== null && !isValidVersion(String(req[k]))) problems.push(`${k} '${String(req[k])}' is not a valid version`);
+  }
+  if (problems.length) throw new IbuError('BAD_REQUEST', `The check-in is invalid: ${problems.join('; ')}.`, { details: { problems } });
+}
+
+export { stripView } from './types.js';
+export { emptyStatusCounts } from './rollout-policy.js';
