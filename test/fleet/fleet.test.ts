@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { Fleet, hashToken } from '../../src/fleet/fleet.js';
 import type { CheckinRequest, CheckinResponse } from '../../src/fleet/protocol.js';
 import type { FleetRepository } from '../../src/fleet/repository.js';
+import type { WriteOp } from '../../src/fleet/types.js';
 import { isIbuError } from '../../src/errors.js';
 import { BACKENDS } from './backends.js';
 
@@ -253,3 +254,38 @@ for (const backend of BACKENDS) {
     }
   });
 }
+
+// Expired leases are written in the background; a failed write must reach the log, not vanish.
+test('expired-lease writes that fail are reported', async () => {
+  const { repo, cleanup } = await BACKENDS[0]!.make();
+  let now = Date.UTC(2026, 10, 25, 12, 0, 0);
+  const reported: Array<{ err: unknown; what: string }> = [];
+  let failDeletes = false;
+  const writeBatch = (ops: readonly WriteOp[]) =>
+    failDeletes && ops.some((o) => o.kind === 'lease-delete') ? Promise.reject(new Error('disk gone')) : repo.writeBatch(ops);
+  const flaky = new Proxy(repo, {
+    get: (target, key) => {
+      if (key === 'writeBatch') return writeBatch;
+      const v = Reflect.get(target, key) as unknown;
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  const svc = new Fleet(flaky, { enrollmentSecretHash: hashToken('s') }, undefined, () => now, (err, what) => reported.push({ err, what }));
+  try {
+    await svc.start();
+    const { token } = await svc.enroll({ deviceId: 'd1', enrollmentSecret: 's' });
+    assert.equal((await svc.checkin('d1', token, { version: '1', state: 'prepared', trial: false, wantRebootLease: true })).rebootLease.granted, true);
+    now += 3600_000;
+    failDeletes = true;
+    await svc.evaluate();
+    await svc.versionCounts(); // flushes the group commit: the failed write has been reported by now
+    assert.equal(reported.length, 1);
+    assert.match(reported[0]!.what, /1 expired reboot lease/);
+    assert.equal((reported[0]!.err as Error).message, 'disk gone');
+    assert.equal(svc.activeLeases().length, 0, 'the slot is free in memory all the same');
+  } finally {
+    failDeletes = false;
+    await svc.close().catch(() => {});
+    await cleanup();
+  }
+});
