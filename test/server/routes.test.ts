@@ -20,7 +20,7 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     const pub = await publisher(store, work);
     await pub.publish('1.0.1');
     image2 = await pub.publish('1.0.2');
-    srv = await start({ dataDir: store, adminToken: 'sesame', precompute: 0 });
+    srv = await start({ dataDir: store, adminToken: 'sesame', precompute: 0, fleet: true });
     // The biggest stored chunk of 1.0.2, so ranges have room.
     const m = JSON.parse(await fsp.readFile(path.join(store, 'releases/1.0.2/manifest.json'), 'utf8')) as { chunks: Array<{ id: string; zero?: boolean }> };
     let best = 0;
@@ -168,7 +168,10 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     const none = await get(`${srv.url}/v1/admin/cache`);
     assert.equal(none.status, 401);
     assert.match(String(none.headers['www-authenticate']), /Bearer/);
-    assert.equal((await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer wrong' })).status, 403);
+    // A wrong token is 401 like a missing one (it was 403 before the admin checks became one, #13).
+    const wrong = await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer wrong' });
+    assert.equal(wrong.status, 401);
+    assert.match(String(wrong.headers['www-authenticate']), /Bearer/);
     assert.equal((await get(`${srv.url}/v1/admin/cache`, { authorization: 'Basic c2VzYW1l' })).status, 401);
     const ok = await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer sesame' });
     assert.equal(ok.status, 200);
@@ -199,9 +202,30 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     await assert.rejects(start({ dataDir: store, precompute: 0 }), { code: 'CONFLICT' });
   });
 
+  it('guards the fleet admin routes with the same check and answers with the same error map', async () => {
+    for (const auth of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic c2VzYW1l' }] as Array<Record<string, string>>) {
+      const r = await get(`${srv.url}/v1/admin/fleet/summary`, auth);
+      assert.equal(r.status, 401, JSON.stringify(auth));
+      assert.match(String(r.headers['www-authenticate']), /Bearer/);
+      assert.equal((r.json().error as { code: string }).code, 'UNAUTHORIZED');
+    }
+    const auth = { authorization: 'Bearer sesame' };
+    assert.equal((await get(`${srv.url}/v1/admin/fleet/summary`, auth)).status, 200);
+    const bad = await get(`${srv.url}/v1/admin/fleet/rollouts`, auth, 'POST', JSON.stringify({ version: '1.0.2', spec: { waves: [50, 10] } }));
+    assert.equal(bad.status, 400);
+    assert.equal((bad.json().error as { code: string }).code, 'ROLLOUT_INVALID');
+    const unknown = await get(`${srv.url}/v1/admin/fleet/devices/nobody`, auth);
+    assert.equal(unknown.status, 404);
+    assert.equal((unknown.json().error as { code: string }).code, 'DEVICE_UNKNOWN');
+  });
+
   it('has a JSON schema on every route', () => {
     const mine = srv.routes.filter((r) => r.method !== 'HEAD');
     assert.ok(mine.length >= 9, `only ${mine.length} routes`);
+    // The fleet plugin's routes are among them (the check below covers them too).
+    for (const url of ['/v1/devices/enroll', '/v1/devices/:id/checkin', '/v1/admin/fleet/summary', '/v1/admin/fleet/rollouts/:id', '/dashboard', '/metrics']) {
+      assert.ok(mine.some((r) => r.url === url), `fleet route ${url} is registered`);
+    }
     for (const r of mine) {
       assert.ok(r.schema?.response, `${String(r.method)} ${r.url} has no response schema`);
       if (r.url.includes(':')) assert.ok(r.schema?.params, `${String(r.method)} ${r.url} has no params schema`);
