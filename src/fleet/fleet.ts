@@ -1,15 +1,16 @@
 import { IbuError } from '../errors.js';
-import { compareVersions, isValidVersion } from '../version.js';
+import { deviceAfterCheckin, isBusy, validateCheckin, validateEvent } from './checkin.js';
 import { Enrollment } from './enrollment.js';
 import { GroupCommitter } from './group-commit.js';
 import { LeaseTable } from './lease-table.js';
 import { NAME_RE } from './names.js';
 import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
 import type {
-  CheckinRequest, CheckinResponse, DeviceEvent, DeviceState, EnrollRequest, EnrollResponse, MaintenanceWindow,
+  CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse, MaintenanceWindow,
 } from './protocol.js';
 import type { FleetRepository } from './repository.js';
-import { offeredBy, resolveRolloutSpec } from './rollout-policy.js';
+import { offeredBy } from './rollout-policy.js';
+import { Releases, type ChannelPolicy, type ReleaseInput } from './releases.js';
 import { Rollouts, type RolloutView } from './rollouts.js';
 import { nextCheckinSeconds } from './schedule.js';
 import {
@@ -17,7 +18,7 @@ import {
   type FleetConfig, type FleetSettings, type SettingsView,
 } from './settings.js';
 import { stripView, type DeviceRecord, type DeviceView, type GroupRecord, type LeaseRecord, type ReleaseRecord, type RolloutRecord, type RolloutSpec, type WriteOp } from './types.js';
-import { nextHop, sortReleases } from './upgrade-path.js';
+import { nextHop } from './upgrade-path.js';
 import { inWindow, validateWindow } from './window.js';
 
 export type { FleetConfig, FleetSettings } from './settings.js';
@@ -27,26 +28,17 @@ export { hashToken } from './enrollment.js';
 
 export type DeltaStatusFn = (from: string, to: string) => Promise<string>;
 
-const STATES: readonly DeviceState[] = ['idle', 'preparing', 'prepared', 'applying', 'trial', 'committed', 'rolled-back', 'failed'];
-const EVENT_TYPES = ['prepare-failed', 'apply-started', 'upgrade-succeeded', 'upgrade-failed', 'rolled-back'];
-
-function maxVersion(a: string | null, b: string | null): string | null {
-  if (!a) return b;
-  if (!b) return a;
-  return compareVersions(a, b) >= 0 ? a : b;
-}
-
 /**
- * The fleet control plane, a façade over its parts: enrollment (enrollment.ts), participation
- * transitions (participation.ts), the lease table (lease-table.ts), settings (settings.ts) and
- * rollouts (rollouts.ts, deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a
- * thin shell around it. Small, hot state (releases, rollouts, groups, leases) lives in memory and
+ * The fleet control plane, a façade over its parts: enrollment (enrollment.ts), what a check-in
+ * changes (checkin.ts), participation transitions (participation.ts), the lease table
+ * (lease-table.ts), settings (settings.ts), releases (releases.ts) and rollouts (rollouts.ts,
+ * deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a thin shell around it. Small, hot state (releases, rollouts, groups, leases) lives in memory and
  * is written through; devices are read from the repository on every check-in and written by group
  * commit. One server process owns a fleet database at a time (leases are counted in memory).
  */
 export class Fleet {
   readonly config: FleetConfig;
-  private releases = new Map<string, ReleaseRecord[]>(); // channel -> sorted
+  private readonly releases: Releases;
   private readonly rollouts: Rollouts;
   private groups = new Map<string, GroupRecord>();
   private readonly leases = new LeaseTable();
@@ -66,7 +58,8 @@ export class Fleet {
     this.config = { ...DEFAULT_FLEET_CONFIG, ...config };
     this.committer = new GroupCommitter((ops) => repo.writeBatch(ops), this.config.batchMaxOps);
     this.enrollment = new Enrollment(repo, this.committer, this.config, clock);
-    this.rollouts = new Rollouts(repo, clock, (channel, version) => (this.releases.get(channel) ?? []).some((r) => r.version === version));
+    this.releases = new Releases(repo, clock);
+    this.rollouts = new Rollouts(repo, clock, (channel, version) => this.releases.has(channel, version));
   }
 
   /** Counters for /metrics. */
@@ -95,13 +88,7 @@ export class Fleet {
 
   /** Re-reads the small in-memory state from the repository. */
   async reload(): Promise<void> {
-    this.releases.clear();
-    for (const r of await this.repo.listReleases()) {
-      const list = this.releases.get(r.channel) ?? [];
-      list.push(r);
-      this.releases.set(r.channel, list);
-    }
-    for (const [ch, list] of this.releases) this.releases.set(ch, sortReleases(list));
+    await this.releases.load();
     await this.rollouts.load();
     this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
     this.leases.load(await this.repo.listLeases());
@@ -138,17 +125,11 @@ export class Fleet {
     const view = await this.authenticate(id, token);
     const now = this.clock();
     const ops: WriteOp[] = [];
-    const d = stripView(view);
-
-    // Anti-downgrade: a device whose committed version went below the highest it ever
-    // committed was flashed or rolled back by hand; flag it for the operator.
-    const committed = req.committedVersion ?? (req.trial ? null : req.version);
-    if (committed && d.maxCommitted && compareVersions(committed, d.maxCommitted) < 0 && !d.flags.includes('downgraded')) {
-      d.flags = [...d.flags, 'downgraded'];
+    const { device: d, downgrade } = deviceAfterCheckin(stripView(view), req, now);
+    if (downgrade) {
       this.counters.downgrades++;
-      ops.push({ kind: 'event', event: { deviceId: id, type: 'downgrade-detected', fromVersion: d.maxCommitted, toVersion: committed, at: now, errorCode: 'VERSION_DOWNGRADE', errorMessage: `reported committed version ${committed} is below ${d.maxCommitted}, committed before` } });
+      ops.push({ kind: 'event', event: downgrade });
     }
-    d.maxCommitted = maxVersion(d.maxCommitted, committed);
 
     // What this check-in says about the device's current rollout.
     let part = view.participation;
@@ -161,8 +142,7 @@ export class Fleet {
       }
     }
 
-    const releases = this.releases.get(d.channel) ?? [];
-    const hop = nextHop(releases, req.version, (r) => offeredBy(this.rollouts.governing(r.channel, r.version), d, part, req));
+    const hop = nextHop(this.releases.path(d.channel), req.version, (r) => offeredBy(this.rollouts.governing(r.channel, r.version), d, part, req));
     if (hop) {
       const rollout = this.rollouts.governing(d.channel, hop.version);
       if (rollout && rollout.state === 'running' && (!part || part.rolloutId !== rollout.id)) {
@@ -198,28 +178,11 @@ export class Fleet {
       }
     }
 
-    d.version = req.version;
-    d.state = req.state;
-    d.trial = req.trial;
-    d.committedVersion = req.committedVersion ?? (req.trial ? d.committedVersion : req.version);
-    d.preparedVersion = req.preparedVersion ?? null;
-    d.freeBytes = req.freeBytes ?? d.freeBytes;
-    if (req.lastError !== undefined) {
-      d.lastErrorCode = req.lastError?.code ?? null;
-      d.lastErrorMessage = req.lastError?.message ?? null;
-    }
-    d.lastCheckin = now;
-    d.checkins += 1;
     ops.push({ kind: 'device', device: d });
     await this.committer.submit(ops);
     this.counters.checkins++;
 
-    // Short interval only while the device waits for a lease or is mid-upgrade: a device with a
-    // fresh target prepares first and calls back by itself when it wants to reboot.
-    // A device refused a lease waits a regular interval (polling fast would only add load).
-    const busy = (req.state === 'prepared' && (!req.wantRebootLease || lease.granted)) || req.state === 'applying' || req.state === 'trial' || req.trial
-      || (part !== null && (part.status === 'applying' || part.status === 'trial'));
-    const base = busy ? this.config.activeCheckinIntervalSeconds : this.config.checkinIntervalSeconds;
+    const base = isBusy(req, lease.granted, part) ? this.config.activeCheckinIntervalSeconds : this.config.checkinIntervalSeconds;
     return {
       target: hop ? { version: hop.version, mandatory: hop.mandatory, manifestUrl: hop.manifestUrl } : null,
       deltaReady,
@@ -256,8 +219,7 @@ export class Fleet {
   }
 
   async event(id: string, token: string | undefined, ev: DeviceEvent): Promise<void> {
-    if (!ev || !EVENT_TYPES.includes(ev.type)) throw new IbuError('BAD_REQUEST', `Event type must be one of ${EVENT_TYPES.join(', ')}.`);
-    if (!isValidVersion(String(ev.fromVersion)) || !isValidVersion(String(ev.toVersion))) throw new IbuError('BAD_REQUEST', 'fromVersion and toVersion must be valid versions such as 2026.11.2.');
+    validateEvent(ev);
     const view = await this.authenticate(id, token);
     const now = this.clock();
     const d = stripView(view);
@@ -286,45 +248,27 @@ export class Fleet {
   // ---------------------------------------------------------------- releases
 
   releasesOf(channel?: string): ReleaseRecord[] {
-    if (channel !== undefined) return [...(this.releases.get(channel) ?? [])];
-    return [...this.releases.values()].flat();
+    return this.releases.list(channel);
   }
 
-  async registerRelease(input: { channel?: string; version: string; mandatory?: boolean; manifestUrl?: string }, source: ReleaseRecord['source'] = 'api'): Promise<ReleaseRecord> {
-    if (!isValidVersion(String(input?.version))) throw new IbuError('VERSION_INVALID', `Invalid version '${String(input?.version)}': use dot-separated numbers with an optional -suffix, e.g. 2026.11.2.`);
-    const channel = input.channel ?? this.config.defaultChannel;
-    if (!NAME_RE.test(channel)) throw new IbuError('BAD_REQUEST', `Invalid channel name '${channel}'.`);
-    const list = this.releases.get(channel) ?? [];
-    const existing = list.find((r) => r.version === input.version);
-    const rec: ReleaseRecord = {
-      channel,
-      version: input.version,
-      mandatory: input.mandatory ?? existing?.mandatory ?? false,
-      manifestUrl: input.manifestUrl ?? existing?.manifestUrl ?? this.config.manifestUrl(input.version),
-      createdAt: existing?.createdAt ?? this.clock(),
-      source: existing?.source ?? source,
-    };
-    await this.repo.upsertRelease(rec);
-    this.releases.set(channel, sortReleases([...list.filter((r) => r.version !== rec.version), rec]));
-    if (!existing) {
+  async registerRelease(input: ReleaseInput, source: ReleaseRecord['source'] = 'api'): Promise<ReleaseRecord> {
+    const { release, added } = await this.releases.register(input, source, { channel: this.config.defaultChannel, manifestUrl: this.config.manifestUrl });
+    if (added) {
       // A channel may ask for every new release to start as a staged rollout (no window where it goes to all).
-      const policy = (await this.repo.getSetting(`channel:${channel}`)) as { rollout?: Partial<RolloutSpec> | null } | undefined;
-      if (policy?.rollout && !this.rollouts.governing(channel, rec.version)) await this.createRollout({ channel, version: rec.version, spec: policy.rollout });
+      const { rollout } = await this.releases.policy(release.channel);
+      if (rollout && !this.rollouts.governing(release.channel, release.version)) await this.createRollout({ channel: release.channel, version: release.version, spec: rollout });
     }
-    return rec;
+    return release;
   }
 
-  async setChannelPolicy(channel: string, policy: { rollout?: Partial<RolloutSpec> | null }): Promise<{ rollout: RolloutSpec | null }> {
-    if (!NAME_RE.test(channel)) throw new IbuError('BAD_REQUEST', `Invalid channel name '${channel}'.`);
-    const rollout = policy?.rollout ? resolveRolloutSpec(policy.rollout, this.config.rolloutDefaults) : null;
-    await this.repo.putSetting(`channel:${channel}`, { rollout });
-    return { rollout };
+  setChannelPolicy(channel: string, policy: { rollout?: Partial<RolloutSpec> | null }): Promise<ChannelPolicy> {
+    return this.releases.setPolicy(channel, policy, this.config.rolloutDefaults);
   }
 
-  async channelPolicy(channel: string): Promise<{ rollout: RolloutSpec | null }> {
-    const p = (await this.repo.getSetting(`channel:${channel}`)) as { rollout?: RolloutSpec | null } | undefined;
-    return { rollout: p?.rollout ?? null };
+  channelPolicy(channel: string): Promise<ChannelPolicy> {
+    return this.releases.policy(channel);
   }
+
   // ---------------------------------------------------------------- rollouts
 
   async createRollout(input: { channel?: string; version: string; spec?: Partial<RolloutSpec> }): Promise<RolloutRecord> {
@@ -437,18 +381,6 @@ export class Fleet {
     if (!d) throw new IbuError('DEVICE_UNKNOWN', `Device ${id} is not enrolled.`);
     return d;
   }
-}
-
-function validateCheckin(req: CheckinRequest): void {
-  const problems: string[] = [];
-  if (!req || typeof req !== 'object') throw new IbuError('BAD_REQUEST', 'A check-in body is a JSON object (see src/fleet/protocol.ts).');
-  if (!isValidVersion(String(req.version))) problems.push(`version '${String(req.version)}' is not a valid version`);
-  if (!STATES.includes(req.state)) problems.push(`state must be one of ${STATES.join(', ')}`);
-  if (typeof req.trial !== 'boolean') problems.push('trial must be true or false');
-  for (const k of ['committedVersion', 'preparedVersion'] as const) {
-    if (req[k] !== undefined && req[k] !== null && !isValidVersion(String(req[k]))) problems.push(`${k} '${String(req[k])}' is not a valid version`);
-  }
-  if (problems.length) throw new IbuError('BAD_REQUEST', `The check-in is invalid: ${problems.join('; ')}.`, { details: { problems } });
 }
 
 export { stripView } from './types.js';
