@@ -2,7 +2,7 @@
  * Fleet benchmark: the release day of a whole fleet on this machine.
  *   npm run bench:fleet                      (80,000 devices, 3 runs)
  *   FLEET_DEVICES=20000 FLEET_RUNS=1 npm run bench:fleet
- * Each run is `ibu fleet simulate` (src/server/fleet/simulator.ts): the real server in a child
+ * Each run is `ibu fleet simulate` (src/fleet/simulator/): the real server in a child
  * process on SQLite, devices over loopback HTTP, open-loop (latency from the time a request was
  * due). The anchor, measured right after each run: a bare Fastify route in a child process that
  * answers a check-in-shaped object, hit by the same client open-loop at the rate the run
@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Agent, request } from 'undici';
-import { simulate, type SimulateResult } from '../src/server/fleet/simulator.js';
+import { simulate, type SimulateResult } from '../src/fleet/simulator/simulate.js';
 
 const devices = Number(process.env.FLEET_DEVICES ?? 80_000);
 const runs = Number(process.env.FLEET_RUNS ?? 3); // 0: only the capacity and anchor measurements

@@ -1,6 +1,6 @@
 import { IbuError } from '../errors.js';
-import { BAD_STATUSES, type ParticipationStatus, type RolloutRecord, type RolloutSpec } from './types.js';
-import { effectiveWaves } from './waves.js';
+import { BAD_STATUSES, type ParticipationStatus, type RolloutDevice, type RolloutRecord, type RolloutSpec } from './types.js';
+import { effectiveWaves, waveOf } from './waves.js';
 
 export const DEFAULT_ROLLOUT_SPEC: RolloutSpec = {
   waves: [1, 10, 50, 100],
@@ -91,4 +91,30 @@ export function decide(r: RolloutRecord, f: RolloutFacts): RolloutDecision {
   if (!reached || f.now - r.waveStartedAt < r.spec.minWaveSeconds * 1000) return { kind: 'none' };
   if (r.wave + 1 < waves.length) return { kind: 'advance', wave: r.wave + 1 };
   return { kind: 'complete', reason: `${f.waveDone} of ${f.waveDevices} devices run ${r.version}` };
+}
+
+/**
+ * Whether a release is offered to a device now, by the rollout that governs it (undefined: the
+ * release has none and goes to everyone, see docs/fleet.md).
+ */
+export function offeredBy(
+  rollout: RolloutRecord | undefined,
+  d: { bucket: number; group: string },
+  part: RolloutDevice | null,
+  req: { trial: boolean; version: string },
+): boolean {
+  if (!rollout) return true;
+  switch (rollout.state) {
+    case 'completed':
+      return true;
+    case 'aborted':
+      return false;
+    case 'running': {
+      const w = waveOf(effectiveWaves(rollout.spec), d.bucket, d.group);
+      return w >= 0 && w <= rollout.wave;
+    }
+    case 'paused':
+      // Devices already past the point of no return finish; nobody new starts.
+      return (part?.rolloutId === rollout.id && (part.status === 'applying' || part.status === 'trial')) || (req.trial && req.version === rollout.version);
+  }
 }

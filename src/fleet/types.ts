@@ -129,3 +129,9 @@ export interface RolloutCounts {
   /** Participation rows by status (all waves). */
   byStatus: Record<ParticipationStatus, number>;
 }
+
+/** The device row of a view, with a copy of its flags (safe to change). */
+export function stripView(v: DeviceView): DeviceRecord {
+  const { participation: _p, ...d } = v;
+  return { ...d, flags: [...d.flags] };
+}

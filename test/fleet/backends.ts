@@ -3,8 +3,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pg from 'pg';
 import type { FleetRepository } from '../../src/fleet/repository.js';
-import { SqliteFleetRepository } from '../../src/server/fleet/sqlite-repository.js';
-import { PostgresFleetRepository } from '../../src/server/fleet/postgres-repository.js';
+import { SqliteFleetRepository } from '../../src/fleet/sql/sqlite-repository.js';
+import { PostgresFleetRepository } from '../../src/fleet/sql/postgres-repository.js';
 
 /**
  * The fleet's backends for the shared test suites: SQLite in a temp dir, and a real PostgreSQL

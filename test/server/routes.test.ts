@@ -7,6 +7,7 @@ import { fetchRelease } from '../../src/release/fetch.js';
 import { readChannel } from '../../src/release/channel.js';
 import { HttpStore } from '../../src/store/http-store.js';
 import { get, publisher, sha256File, start, tmpDir, type Running } from './helpers.js';
+import { BACKENDS } from '../fleet/backends.js';
 
 describe('ibu serve: releases, chunks, validation, admin', () => {
   const work = tmpDir('routes');
@@ -20,7 +21,7 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     const pub = await publisher(store, work);
     await pub.publish('1.0.1');
     image2 = await pub.publish('1.0.2');
-    srv = await start({ dataDir: store, adminToken: 'sesame', precompute: 0 });
+    srv = await start({ dataDir: store, adminToken: 'sesame', precompute: 0, fleet: true });
     // The biggest stored chunk of 1.0.2, so ranges have room.
     const m = JSON.parse(await fsp.readFile(path.join(store, 'releases/1.0.2/manifest.json'), 'utf8')) as { chunks: Array<{ id: string; zero?: boolean }> };
     let best = 0;
@@ -168,7 +169,10 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     const none = await get(`${srv.url}/v1/admin/cache`);
     assert.equal(none.status, 401);
     assert.match(String(none.headers['www-authenticate']), /Bearer/);
-    assert.equal((await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer wrong' })).status, 403);
+    // A wrong token is 401 like a missing one (it was 403 before the admin checks became one, #13).
+    const wrong = await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer wrong' });
+    assert.equal(wrong.status, 401);
+    assert.match(String(wrong.headers['www-authenticate']), /Bearer/);
     assert.equal((await get(`${srv.url}/v1/admin/cache`, { authorization: 'Basic c2VzYW1l' })).status, 401);
     const ok = await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer sesame' });
     assert.equal(ok.status, 200);
@@ -202,9 +206,61 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
   it('has a JSON schema on every route', () => {
     const mine = srv.routes.filter((r) => r.method !== 'HEAD');
     assert.ok(mine.length >= 9, `only ${mine.length} routes`);
+    // The fleet plugin's routes are among them (the check below covers them too).
+    for (const url of ['/v1/devices/enroll', '/v1/devices/:id/checkin', '/v1/admin/fleet/summary', '/v1/admin/fleet/rollouts/:id', '/dashboard', '/metrics']) {
+      assert.ok(mine.some((r) => r.url === url), `fleet route ${url} is registered`);
+    }
     for (const r of mine) {
       assert.ok(r.schema?.response, `${String(r.method)} ${r.url} has no response schema`);
       if (r.url.includes(':')) assert.ok(r.schema?.params, `${String(r.method)} ${r.url} has no params schema`);
     }
   });
 });
+
+// The fleet routes on each fleet backend: the same admin check, the same error map, a schema on every route.
+for (const backend of BACKENDS) {
+  describe(`ibu serve with the fleet on ${backend.name}: one admin check, one error map`, { skip: backend.skip }, () => {
+    const work = tmpDir('routes-fleet');
+    let srv: Running;
+    let cleanup: (() => Promise<void>) | undefined;
+
+    before(async () => {
+      const made = await backend.make();
+      cleanup = made.cleanup;
+      if (made.url) await made.repo.close();
+      srv = await start({ dataDir: work, adminToken: 'sesame', precompute: 0, fleet: true, databaseUrl: made.url });
+    });
+    after(async () => {
+      await srv?.close();
+      await cleanup?.();
+      await fsp.rm(work, { recursive: true, force: true });
+    });
+
+    it('guards the fleet admin routes with the same check and answers with the same error map', async () => {
+      await get(`${srv.url}/v1/admin/fleet/releases`, { authorization: 'Bearer sesame' }, 'POST', JSON.stringify({ version: '1.0.2' }));
+      for (const auth of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic c2VzYW1l' }] as Array<Record<string, string>>) {
+        const r = await get(`${srv.url}/v1/admin/fleet/summary`, auth);
+        assert.equal(r.status, 401, JSON.stringify(auth));
+        assert.match(String(r.headers['www-authenticate']), /Bearer/);
+        assert.equal((r.json().error as { code: string }).code, 'UNAUTHORIZED');
+      }
+      const auth = { authorization: 'Bearer sesame' };
+      assert.equal((await get(`${srv.url}/v1/admin/fleet/summary`, auth)).status, 200);
+      const bad = await get(`${srv.url}/v1/admin/fleet/rollouts`, auth, 'POST', JSON.stringify({ version: '1.0.2', spec: { waves: [50, 10] } }));
+      assert.equal(bad.status, 400);
+      assert.equal((bad.json().error as { code: string }).code, 'ROLLOUT_INVALID');
+      const unknown = await get(`${srv.url}/v1/admin/fleet/devices/nobody`, auth);
+      assert.equal(unknown.status, 404);
+      assert.equal((unknown.json().error as { code: string }).code, 'DEVICE_UNKNOWN');
+    });
+
+    it('has a response schema on every fleet route', () => {
+      const fleet = srv.routes.filter((r) => r.method !== 'HEAD' && /^\/(v1\/devices|v1\/admin\/fleet|dashboard|metrics)/.test(r.url));
+      assert.ok(fleet.length >= 20, `only ${fleet.length} fleet routes`);
+      for (const r of fleet) {
+        assert.ok(r.schema?.response, `${String(r.method)} ${r.url} has no response schema`);
+        if (r.url.includes(':')) assert.ok(r.schema?.params, `${String(r.method)} ${r.url} has no params schema`);
+      }
+    });
+  });
+}

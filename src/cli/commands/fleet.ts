@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
-import { FleetAdminClient } from '../../server/fleet/admin-client.js';
-import { simulate } from '../../server/fleet/simulator.js';
+import { FleetAdminClient } from '../../fleet/admin-client.js';
+import { simulate } from '../../fleet/simulator/simulate.js';
 import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
 
 interface Common {

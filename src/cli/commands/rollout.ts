@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
-import type { RolloutView } from '../../fleet/fleet-service.js';
-import { FleetAdminClient } from '../../server/fleet/admin-client.js';
+import type { RolloutView } from '../../fleet/fleet.js';
+import { FleetAdminClient } from '../../fleet/admin-client.js';
 
 interface Common {
   server?: string;

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { FleetService } from '../../fleet/fleet-service.js';
+import type { Fleet } from '../../fleet/fleet.js';
 
 /**
  * Prometheus metrics for /metrics (prom-client). Own registry per server so several servers in
@@ -11,7 +11,7 @@ export class FleetMetrics {
   private latency: Histogram;
   private events: Counter<'type'>;
 
-  constructor(service: FleetService) {
+  constructor(service: Fleet) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'ibu_' });
     this.checkins = new Counter({ name: 'ibu_fleet_checkins_total', help: 'Device check-ins by result (ok or the error code).', labelNames: ['result'], registers });

@@ -1,5 +1,6 @@
 import { request } from 'undici';
-import { ERROR_CODES, IbuError, type ErrorCode } from '../../errors.js';
+import { IbuError } from '../errors.js';
+import { errorFromResponse } from '../http-error-body.js';
 
 /**
  * A small client for the fleet admin API (/v1/admin/fleet), used by `ibu rollout` and
@@ -33,21 +34,14 @@ export class FleetAdminClient {
       throw new IbuError('HTTP_ERROR', `Cannot reach ${this.server}: ${(err as Error).message}. Is \`ibu serve\` running there?`, { cause: err });
     }
     const text = await res.body.text();
-    let json: unknown;
+    if (res.statusCode >= 400) {
+      const hint = res.statusCode === 401 || res.statusCode === 403 ? 'Check --token (or IBU_ADMIN_TOKEN): it is the token `ibu serve` was started with.' : '';
+      throw errorFromResponse(res.statusCode, text, `${method} ${path}`, hint);
+    }
     try {
-      json = text ? JSON.parse(text) : null;
+      return (text ? JSON.parse(text) : null) as T;
     } catch {
       throw new IbuError('HTTP_ERROR', `${method} ${path} answered ${res.statusCode} with something that is not JSON; is ${this.server} an ibu server?`);
     }
-    if (res.statusCode >= 400) {
-      const e = (json as { error?: { code?: string; message?: string } })?.error;
-      const code = e?.code && isKnown(e.code) ? e.code : res.statusCode === 401 || res.statusCode === 403 ? 'UNAUTHORIZED' : 'HTTP_ERROR';
-      throw new IbuError(code, e?.message ?? `${method} ${path} answered ${res.statusCode}.`);
-    }
-    return json as T;
   }
-}
-
-function isKnown(code: string): code is ErrorCode {
-  return (ERROR_CODES as readonly string[]).includes(code);
 }

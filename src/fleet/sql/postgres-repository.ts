@@ -1,7 +1,7 @@
 import pg from 'pg';
-import type { FleetRepository } from '../../fleet/repository.js';
-import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../../fleet/types.js';
-import { emptyStatusCounts } from '../../fleet/rollout-policy.js';
+import type { FleetRepository } from '../repository.js';
+import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../types.js';
+import { emptyStatusCounts } from '../rollout-policy.js';
 import { IbuError } from '../../errors.js';
 import {
   DEVICE_COLUMNS, DEVICE_VIEW_SELECT, PARTICIPATION_COLUMNS, deviceToRow, participationToRow, rowToDevice, rowToDeviceView, rowToGroup,
@@ -46,6 +46,22 @@ export class PostgresFleetRepository implements FleetRepository {
     await this.pool.end();
   }
 
+  /** Runs fn in one transaction on one pooled connection: COMMIT when it returns, ROLLBACK when it throws. */
+  private async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN');
+      const out = await fn(c);
+      await c.query('COMMIT');
+      return out;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+  }
+
   private async q(sql: string, params: unknown[] = []): Promise<Row[]> {
     return (await this.pool.query(sql, params)).rows as Row[];
   }
@@ -70,9 +86,7 @@ export class PostgresFleetRepository implements FleetRepository {
         events.push([e.deviceId, e.type, e.fromVersion, e.toVersion, e.at, e.errorCode, e.errorMessage]);
       } else leaseOps.push(op);
     }
-    const c = await this.pool.connect();
-    try {
-      await c.query('BEGIN');
+    await this.transaction(async (c) => {
       const devSet = DEVICE_COLUMNS.filter((x) => x !== 'id').map((x) => `${x} = excluded.${x}`).join(', ');
       await upsertMany(c, 'devices', DEVICE_COLUMNS, [...devices.values()].map(deviceToRow), `ON CONFLICT (id) DO UPDATE SET ${devSet}`);
       const pSet = PARTICIPATION_COLUMNS.filter((x) => x !== 'rollout_id' && x !== 'device_id').map((x) => `${x} = excluded.${x}`).join(', ');
@@ -83,13 +97,7 @@ export class PostgresFleetRepository implements FleetRepository {
           await c.query('INSERT INTO leases (device_id, grp, expires_at) VALUES ($1, $2, $3) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at', [op.lease.deviceId, op.lease.group, op.lease.expiresAt]);
         } else if (op.kind === 'lease-delete') await c.query('DELETE FROM leases WHERE device_id = $1', [op.deviceId]);
       }
-      await c.query('COMMIT');
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      c.release();
-    }
+    });
   }
 
   async listDevices(after: string, limit: number): Promise<DeviceRecord[]> {
@@ -111,18 +119,9 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string }>): Promise<void> {
-    const c = await this.pool.connect();
-    try {
-      await c.query('BEGIN');
-      const dedup = new Map(rows.map((r) => [r.id, r]));
-      await upsertMany(c, 'preauthorized', ['id', 'grp', 'channel'], [...dedup.values()].map((r) => [r.id, r.group, r.channel]), 'ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel');
-      await c.query('COMMIT');
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      c.release();
-    }
+    const dedup = new Map(rows.map((r) => [r.id, r]));
+    await this.transaction((c) =>
+      upsertMany(c, 'preauthorized', ['id', 'grp', 'channel'], [...dedup.values()].map((r) => [r.id, r.group, r.channel]), 'ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel'));
   }
 
   async listReleases(): Promise<ReleaseRecord[]> {

@@ -2,9 +2,9 @@ import Database from 'better-sqlite3';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import type { FleetRepository } from '../../fleet/repository.js';
-import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../../fleet/types.js';
-import { emptyStatusCounts } from '../../fleet/rollout-policy.js';
+import type { FleetRepository } from '../repository.js';
+import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../types.js';
+import { emptyStatusCounts } from '../rollout-policy.js';
 import {
   DEVICE_COLUMNS, DEVICE_VIEW_SELECT, PARTICIPATION_COLUMNS, deviceToRow, participationToRow, rowToDevice, rowToDeviceView, rowToGroup,
   rowToParticipation, rowToRelease, rowToRollout, schemaSql, type Row,

@@ -1,8 +1,9 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { FleetService, hashToken } from '../../src/fleet/fleet-service.js';
+import { Fleet, hashToken } from '../../src/fleet/fleet.js';
 import type { CheckinRequest, CheckinResponse } from '../../src/fleet/protocol.js';
 import type { FleetRepository } from '../../src/fleet/repository.js';
+import type { WriteOp } from '../../src/fleet/types.js';
 import { isIbuError } from '../../src/errors.js';
 import { BACKENDS } from './backends.js';
 
@@ -11,13 +12,13 @@ for (const backend of BACKENDS) {
   describe(`fleet service on ${backend.name}`, { skip: backend.skip }, () => {
     let repo: FleetRepository;
     let cleanup: () => Promise<void>;
-    let svc: FleetService;
+    let svc: Fleet;
     let now = Date.UTC(2026, 10, 25, 12, 0, 0); // a Wednesday
     const tokens = new Map<string, string>();
 
     before(async () => {
       ({ repo, cleanup } = await backend.make());
-      svc = new FleetService(repo, { enrollmentSecretHash: hashToken('s3cret'), jitter: 0.1 }, undefined, () => now);
+      svc = new Fleet(repo, { enrollmentSecretHash: hashToken('s3cret'), jitter: 0.1 }, undefined, () => now);
       await svc.start();
     });
     after(async () => {
@@ -232,7 +233,7 @@ for (const backend of BACKENDS) {
       await svc.updateSettings({ checkinIntervalSeconds: 60, enrollmentSecret: 'other' });
       await svc.close();
       ({ repo } = await reopen(backend.name, repo));
-      svc = new FleetService(repo, {}, undefined, () => now);
+      svc = new Fleet(repo, {}, undefined, () => now);
       await svc.start();
       assert.deepEqual(await svc.versionCounts(), before);
       assert.deepEqual(svc.listRollouts().map((r) => [r.id, r.state]), rollouts);
@@ -245,11 +246,46 @@ for (const backend of BACKENDS) {
     // Reopens a repository on the same database (a server restart).
     async function reopen(name: string, old: FleetRepository): Promise<{ repo: FleetRepository }> {
       if (name === 'sqlite') {
-        const { SqliteFleetRepository } = await import('../../src/server/fleet/sqlite-repository.js');
+        const { SqliteFleetRepository } = await import('../../src/fleet/sql/sqlite-repository.js');
         return { repo: new SqliteFleetRepository((old as unknown as { db: { name: string } }).db.name) };
       }
-      const { PostgresFleetRepository } = await import('../../src/server/fleet/postgres-repository.js');
+      const { PostgresFleetRepository } = await import('../../src/fleet/sql/postgres-repository.js');
       return { repo: new PostgresFleetRepository((old as unknown as { pool: { options: { connectionString: string } } }).pool.options.connectionString) };
     }
   });
 }
+
+// Expired leases are written in the background; a failed write must reach the log, not vanish.
+test('expired-lease writes that fail are reported', async () => {
+  const { repo, cleanup } = await BACKENDS[0]!.make();
+  let now = Date.UTC(2026, 10, 25, 12, 0, 0);
+  const reported: Array<{ err: unknown; what: string }> = [];
+  let failDeletes = false;
+  const writeBatch = (ops: readonly WriteOp[]) =>
+    failDeletes && ops.some((o) => o.kind === 'lease-delete') ? Promise.reject(new Error('disk gone')) : repo.writeBatch(ops);
+  const flaky = new Proxy(repo, {
+    get: (target, key) => {
+      if (key === 'writeBatch') return writeBatch;
+      const v = Reflect.get(target, key) as unknown;
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  const svc = new Fleet(flaky, { enrollmentSecretHash: hashToken('s') }, undefined, () => now, (err, what) => reported.push({ err, what }));
+  try {
+    await svc.start();
+    const { token } = await svc.enroll({ deviceId: 'd1', enrollmentSecret: 's' });
+    assert.equal((await svc.checkin('d1', token, { version: '1', state: 'prepared', trial: false, wantRebootLease: true })).rebootLease.granted, true);
+    now += 3600_000;
+    failDeletes = true;
+    await svc.evaluate();
+    await svc.versionCounts(); // flushes the group commit: the failed write has been reported by now
+    assert.equal(reported.length, 1);
+    assert.match(reported[0]!.what, /1 expired reboot lease/);
+    assert.equal((reported[0]!.err as Error).message, 'disk gone');
+    assert.equal(svc.activeLeases().length, 0, 'the slot is free in memory all the same');
+  } finally {
+    failDeletes = false;
+    await svc.close().catch(() => {});
+    await cleanup();
+  }
+});

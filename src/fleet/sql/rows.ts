@@ -1,5 +1,5 @@
-import type { DeviceRecord, DeviceView, GroupRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord } from '../../fleet/types.js';
-import type { DeviceState } from '../../fleet/protocol.js';
+import type { DeviceRecord, DeviceView, GroupRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord } from '../types.js';
+import type { DeviceState } from '../protocol.js';
 
 /**
  * Row <-> record mapping shared by the SQLite and PostgreSQL repositories: both use the same

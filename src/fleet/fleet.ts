@@ -1,0 +1,387 @@
+import { IbuError } from '../errors.js';
+import { deviceAfterCheckin, isBusy, validateCheckin, validateEvent } from './checkin.js';
+import { Enrollment } from './enrollment.js';
+import { GroupCommitter } from './group-commit.js';
+import { LeaseTable } from './lease-table.js';
+import { NAME_RE } from './names.js';
+import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
+import type {
+  CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse, MaintenanceWindow,
+} from './protocol.js';
+import type { FleetRepository } from './repository.js';
+import { offeredBy } from './rollout-policy.js';
+import { Releases, type ChannelPolicy, type ReleaseInput } from './releases.js';
+import { Rollouts, type RolloutView } from './rollouts.js';
+import { nextCheckinSeconds } from './schedule.js';
+import {
+  applySettings, DEFAULT_FLEET_CONFIG, loadSettings, persistSettings, settingsView, validateSettings,
+  type FleetConfig, type FleetSettings, type SettingsView,
+} from './settings.js';
+import { stripView, type DeviceRecord, type DeviceView, type GroupRecord, type LeaseRecord, type ReleaseRecord, type RolloutRecord, type RolloutSpec, type WriteOp } from './types.js';
+import { nextHop } from './upgrade-path.js';
+import { inWindow, validateWindow } from './window.js';
+
+export type { FleetConfig, FleetSettings } from './settings.js';
+export { DEFAULT_FLEET_CONFIG } from './settings.js';
+export type { RolloutView } from './rollouts.js';
+export { hashToken } from './enrollment.js';
+
+export type DeltaStatusFn = (from: string, to: string) => Promise<string>;
+
+/**
+ * The fleet control plane, a façade over its parts: enrollment (enrollment.ts), what a check-in
+ * changes (checkin.ts), participation transitions (participation.ts), the lease table
+ * (lease-table.ts), settings (settings.ts), releases (releases.ts) and rollouts (rollouts.ts,
+ * deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a thin shell around it. Small, hot state (releases, rollouts, groups, leases) lives in memory and
+ * is written through; devices are read from the repository on every check-in and written by group
+ * commit. One server process owns a fleet database at a time (leases are counted in memory).
+ */
+export class Fleet {
+  readonly config: FleetConfig;
+  private readonly releases: Releases;
+  private readonly rollouts: Rollouts;
+  private groups = new Map<string, GroupRecord>();
+  private readonly leases = new LeaseTable();
+  private readonly enrollment: Enrollment;
+  private committer: GroupCommitter;
+  private evaluating: Promise<void> | null = null;
+  private readonly counters = { checkins: 0, events: 0, enrollments: 0, downgrades: 0 };
+
+  constructor(
+    readonly repo: FleetRepository,
+    config: Partial<FleetConfig> = {},
+    private readonly deltaStatus?: DeltaStatusFn,
+    private readonly clock: () => number = Date.now,
+    /** Where a failed background write is reported (the server passes its logger). */
+    private readonly onBackgroundError: (err: unknown, what: string) => void = () => {},
+  ) {
+    this.config = { ...DEFAULT_FLEET_CONFIG, ...config };
+    this.committer = new GroupCommitter((ops) => repo.writeBatch(ops), this.config.batchMaxOps);
+    this.enrollment = new Enrollment(repo, this.committer, this.config, clock);
+    this.releases = new Releases(repo, clock);
+    this.rollouts = new Rollouts(repo, clock, (channel, version) => this.releases.has(channel, version));
+  }
+
+  /** Counters for /metrics. */
+  get stats(): { checkins: number; events: number; enrollments: number; downgrades: number; pauses: number } {
+    return { ...this.counters, pauses: this.rollouts.pauses };
+  }
+
+  async start(): Promise<void> {
+    await this.repo.init();
+    const saved = await loadSettings(this.repo);
+    if (saved) applySettings(this.config, saved);
+    await this.reload();
+    await this.rollouts.extendDeadlines(this.clock());
+  }
+
+  /** Validates and applies run-time settings, then stores them so a restart keeps them. */
+  async updateSettings(patch: FleetSettings): Promise<SettingsView> {
+    validateSettings(patch, this.config.rolloutDefaults);
+    applySettings(this.config, await persistSettings(this.repo, patch));
+    return this.settings();
+  }
+
+  settings(): SettingsView {
+    return settingsView(this.config);
+  }
+
+  /** Re-reads the small in-memory state from the repository. */
+  async reload(): Promise<void> {
+    await this.releases.load();
+    await this.rollouts.load();
+    this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
+    this.leases.load(await this.repo.listLeases());
+  }
+
+  async close(): Promise<void> {
+    await this.committer.close();
+    await this.repo.close();
+  }
+
+  get commitStats(): { batches: number; ops: number } {
+    return { batches: this.committer.batches, ops: this.committer.ops };
+  }
+
+  // ---------------------------------------------------------------- devices
+
+  async enroll(req: EnrollRequest): Promise<EnrollResponse> {
+    const res = await this.enrollment.enroll(req);
+    this.counters.enrollments++;
+    return res;
+  }
+
+  /** Looks a device up and checks its token (constant time on the hashes). */
+  authenticate(id: string, token: string | undefined): Promise<DeviceView> {
+    return this.enrollment.authenticate(id, token);
+  }
+
+  preauthorize(ids: string[], group?: string, channel?: string): Promise<number> {
+    return this.enrollment.preauthorize(ids, group, channel);
+  }
+
+  async checkin(id: string, token: string | undefined, req: CheckinRequest): Promise<CheckinResponse> {
+    validateCheckin(req);
+    const view = await this.authenticate(id, token);
+    const now = this.clock();
+    const ops: WriteOp[] = [];
+    const { device: d, downgrade } = deviceAfterCheckin(stripView(view), req, now);
+    if (downgrade) {
+      this.counters.downgrades++;
+      ops.push({ kind: 'event', event: downgrade });
+    }
+
+    // What this check-in says about the device's current rollout.
+    let part = view.participation;
+    if (part) {
+      const rollout = this.rollouts.find(part.rolloutId);
+      const next = rollout ? participationFromCheckin(part, rollout, req, now) : part;
+      if (next !== part) {
+        part = next;
+        ops.push({ kind: 'participation', row: part });
+      }
+    }
+
+    const hop = nextHop(this.releases.path(d.channel), req.version, (r) => offeredBy(this.rollouts.governing(r.channel, r.version), d, part, req));
+    if (hop) {
+      const rollout = this.rollouts.governing(d.channel, hop.version);
+      if (rollout && rollout.state === 'running' && (!part || part.rolloutId !== rollout.id)) {
+        part = newParticipation(rollout, d, req.version, now);
+        d.rolloutId = rollout.id;
+        ops.push({ kind: 'participation', row: part });
+      }
+    }
+
+    const group = this.groups.get(d.group);
+    const window = group?.window ?? null;
+    let lease: CheckinResponse['rebootLease'] = { granted: false };
+    if (req.wantRebootLease) {
+      lease = this.grantLease(d, group, now, ops);
+      if (lease.granted && part && hop && this.rollouts.find(part.rolloutId)?.version === hop.version) {
+        const next = participationFromLease(part, this.silentMs(part.rolloutId), now);
+        if (next !== part) {
+          part = next;
+          ops.push({ kind: 'participation', row: part });
+        }
+      }
+    } else {
+      const held = this.leases.held(id, now);
+      if (held) lease = { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
+    }
+
+    let deltaReady = false;
+    if (hop && this.deltaStatus) {
+      try {
+        deltaReady = (await this.deltaStatus(req.version, hop.version)) === 'ready';
+      } catch {
+        deltaReady = false; // a delta side problem must not fail check-ins: chunks always work
+      }
+    }
+
+    ops.push({ kind: 'device', device: d });
+    await this.committer.submit(ops);
+    this.counters.checkins++;
+
+    const base = isBusy(req, lease.granted, part) ? this.config.activeCheckinIntervalSeconds : this.config.checkinIntervalSeconds;
+    return {
+      target: hop ? { version: hop.version, mandatory: hop.mandatory, manifestUrl: hop.manifestUrl } : null,
+      deltaReady,
+      window,
+      rebootLease: lease,
+      nextCheckinSeconds: nextCheckinSeconds(base, this.config.jitter),
+    };
+  }
+
+  private silentMs(rolloutId: number): number {
+    return (this.rollouts.find(rolloutId)?.spec.silentAfterSeconds ?? this.config.rolloutDefaults.silentAfterSeconds) * 1000;
+  }
+
+  /** The rollout that governs a release: the newest one for it. */
+  rolloutFor(channel: string, version: string): RolloutRecord | undefined {
+    return this.rollouts.governing(channel, version);
+  }
+
+  private grantLease(d: DeviceRecord, group: GroupRecord | undefined, now: number, ops: WriteOp[]): CheckinResponse['rebootLease'] {
+    const held = this.leases.held(d.id, now);
+    if (held) return { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
+    if (!inWindow(group?.window ?? null, new Date(now))) return { granted: false };
+    const max = group ? group.maxConcurrentReboots : this.config.defaultMaxConcurrentReboots;
+    const ttl = (group?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds) * 1000;
+    const lease = this.leases.grant(d.id, d.group, max, ttl, now, ops);
+    return lease ? { granted: true, expiresAt: new Date(lease.expiresAt).toISOString() } : { granted: false };
+  }
+
+  async releaseLease(id: string, token: string | undefined): Promise<void> {
+    await this.authenticate(id, token);
+    const ops: WriteOp[] = [];
+    this.leases.drop(id, ops);
+    await this.committer.submit(ops);
+  }
+
+  async event(id: string, token: string | undefined, ev: DeviceEvent): Promise<void> {
+    validateEvent(ev);
+    const view = await this.authenticate(id, token);
+    const now = this.clock();
+    const d = stripView(view);
+    const ops: WriteOp[] = [];
+    ops.push({ kind: 'event', event: { deviceId: id, type: ev.type, fromVersion: ev.fromVersion, toVersion: ev.toVersion, at: now, errorCode: ev.error?.code ?? null, errorMessage: ev.error?.message ?? null } });
+
+    let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
+    if (!part) {
+      const rollout = this.rollouts.governing(d.channel, ev.toVersion);
+      if (rollout) {
+        part = (await this.repo.getParticipation(rollout.id, id)) ?? newParticipation(rollout, d, ev.fromVersion, now);
+        d.rolloutId = rollout.id;
+      }
+    }
+    if (part) ops.push({ kind: 'participation', row: participationFromEvent(part, ev, this.silentMs(part.rolloutId), now) });
+    if (ev.type !== 'apply-started') this.leases.drop(id, ops);
+    if (ev.error) {
+      d.lastErrorCode = ev.error.code;
+      d.lastErrorMessage = ev.error.message;
+    }
+    ops.push({ kind: 'device', device: d });
+    await this.committer.submit(ops);
+    this.counters.events++;
+  }
+
+  // ---------------------------------------------------------------- releases
+
+  releasesOf(channel?: string): ReleaseRecord[] {
+    return this.releases.list(channel);
+  }
+
+  async registerRelease(input: ReleaseInput, source: ReleaseRecord['source'] = 'api'): Promise<ReleaseRecord> {
+    const { release, added } = await this.releases.register(input, source, { channel: this.config.defaultChannel, manifestUrl: this.config.manifestUrl });
+    if (added) {
+      // A channel may ask for every new release to start as a staged rollout (no window where it goes to all).
+      const { rollout } = await this.releases.policy(release.channel);
+      if (rollout && !this.rollouts.governing(release.channel, release.version)) await this.createRollout({ channel: release.channel, version: release.version, spec: rollout });
+    }
+    return release;
+  }
+
+  setChannelPolicy(channel: string, policy: { rollout?: Partial<RolloutSpec> | null }): Promise<ChannelPolicy> {
+    return this.releases.setPolicy(channel, policy, this.config.rolloutDefaults);
+  }
+
+  channelPolicy(channel: string): Promise<ChannelPolicy> {
+    return this.releases.policy(channel);
+  }
+
+  // ---------------------------------------------------------------- rollouts
+
+  async createRollout(input: { channel?: string; version: string; spec?: Partial<RolloutSpec> }): Promise<RolloutRecord> {
+    return this.rollouts.create({ ...input, channel: input?.channel ?? this.config.defaultChannel }, this.config.rolloutDefaults);
+  }
+
+  rollout(id: number): RolloutRecord {
+    return this.rollouts.get(id);
+  }
+
+  pause(id: number, reason?: string): Promise<RolloutRecord> {
+    return this.rollouts.pause(id, reason);
+  }
+
+  resume(id: number): Promise<RolloutRecord> {
+    return this.rollouts.resume(id);
+  }
+
+  abort(id: number, reason?: string): Promise<RolloutRecord> {
+    return this.rollouts.abort(id, reason);
+  }
+
+  listRollouts(): RolloutRecord[] {
+    return this.rollouts.list();
+  }
+
+  /** A rollout with its waves' progress, fresh from the repository (dashboard, CLI). */
+  async rolloutView(id: number): Promise<RolloutView> {
+    this.rollouts.get(id);
+    await this.committer.flush();
+    return this.rollouts.view(id);
+  }
+
+  /**
+   * One evaluation round: mark silent devices, then for each running rollout pause, advance or
+   * complete (rollout-policy.ts decides), then return expired leases. The plugin runs it on a
+   * timer; tests call it directly.
+   */
+  async evaluate(): Promise<void> {
+    if (this.evaluating) return this.evaluating;
+    this.evaluating = (async () => {
+      try {
+        await this.committer.flush();
+        const now = this.clock();
+        await this.rollouts.evaluate(now);
+        this.expireLeases(now);
+      } finally {
+        this.evaluating = null;
+      }
+    })();
+    return this.evaluating;
+  }
+
+  /**
+   * Frees the leases that ran out. The table forgets them at once (their slots are free for the
+   * next check-in); the deletes are written in the background so an evaluation round does not
+   * wait on the database, and a failed write is reported, not swallowed (the rows stay until the
+   * next restart reloads and expires them again).
+   */
+  private expireLeases(now: number): void {
+    const ops: WriteOp[] = [];
+    this.leases.expire(now, ops);
+    if (ops.length === 0) return;
+    this.committer.submit(ops).catch((err: unknown) => this.onBackgroundError(err, `writing ${ops.length} expired reboot leases`));
+  }
+
+  activeLeases(group?: string): LeaseRecord[] {
+    return this.leases.active(this.clock(), group);
+  }
+
+  // ---------------------------------------------------------------- groups, admin reads
+
+  async setGroup(input: { name: string; window?: MaintenanceWindow | null; maxConcurrentReboots?: number; leaseTtlSeconds?: number }): Promise<GroupRecord> {
+    if (typeof input?.name !== 'string' || !NAME_RE.test(input.name)) throw new IbuError('BAD_REQUEST', 'A group needs a short name of letters, digits, ".", "_" or "-".');
+    // A partial update keeps what it does not name.
+    const prev = this.groups.get(input.name);
+    const max = input.maxConcurrentReboots ?? prev?.maxConcurrentReboots ?? this.config.defaultMaxConcurrentReboots;
+    const ttl = input.leaseTtlSeconds ?? prev?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds;
+    if (!Number.isInteger(max) || max < 0) throw new IbuError('BAD_REQUEST', 'maxConcurrentReboots must be an integer >= 0 (0 = unlimited).');
+    if (!Number.isFinite(ttl) || ttl <= 0) throw new IbuError('BAD_REQUEST', 'leaseTtlSeconds must be a positive number of seconds.');
+    const g: GroupRecord = { name: input.name, window: input.window === undefined ? prev?.window ?? null : input.window ? validateWindow(input.window) : null, maxConcurrentReboots: max, leaseTtlSeconds: ttl };
+    await this.repo.upsertGroup(g);
+    this.groups.set(g.name, g);
+    this.leases.groupChanged(g.name); // a new maxConcurrentReboots may make room
+    return g;
+  }
+
+  listGroups(): GroupRecord[] {
+    return [...this.groups.values()];
+  }
+
+  async versionCounts(channel?: string): Promise<Array<{ version: string; devices: number }>> {
+    await this.committer.flush();
+    return this.repo.versionCounts(channel);
+  }
+
+  async devices(after: string, limit: number): Promise<DeviceRecord[]> {
+    await this.committer.flush();
+    return this.repo.listDevices(after, Math.min(Math.max(1, limit), 10_000));
+  }
+
+  async problems(limit: number): Promise<DeviceView[]> {
+    await this.committer.flush();
+    return this.repo.problemDevices(Math.min(Math.max(1, limit), 1000));
+  }
+
+  async device(id: string): Promise<DeviceView> {
+    await this.committer.flush();
+    const d = await this.repo.getDevice(id);
+    if (!d) throw new IbuError('DEVICE_UNKNOWN', `Device ${id} is not enrolled.`);
+    return d;
+  }
+}
+
+export { stripView } from './types.js';
+export { emptyStatusCounts } from './rollout-policy.js';

@@ -1,0 +1,174 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { IbuError } from '../../errors.js';
+import { SimClient } from './client.js';
+import { DeviceModel, type SimDevice } from './device-model.js';
+import { Naps, unrefSleep } from './naps.js';
+import { Measurements, timings, type SimulateResult } from './report.js';
+import { countLostUpdates, rollOutBadRelease, setUpFleet, startGoodRollout, watchRollout, type ScenarioContext } from './scenario.js';
+import { ServerProcess } from './server-process.js';
+
+export type { SimulateResult } from './report.js';
+
+/**
+ * `ibu fleet simulate`: N simulated devices against a real server (a child process running the
+ * `ibu serve` application on loopback, own temp data dir) through a staged rollout with injected
+ * failures, a server restart midway, and a second rollout of a bad release that must pause itself.
+ * The parts: the server process (server-process.ts), the HTTP client (client.ts), the devices
+ * (device-model.ts), the operator's steps (scenario.ts) and what is measured (report.ts).
+ *
+ * Time is compressed: the server is configured (PUT /v1/admin/fleet/settings) with an idle
+ * check-in interval of devices / rate seconds instead of an hour, and "preparing" (a download) or
+ * "rebooting" take seconds. Devices speak the real protocol over HTTP (undici, pooled Agent) and
+ * retry on errors like an agent would.
+ *
+ * The load is open-loop: every device keeps its own schedule (the nextCheckinSeconds the server
+ * gave it, or how long its download or reboot takes) whatever the other devices wait for, so
+ * the offered rate is the fleet's, not a function of how fast the server answers. Latency is
+ * measured from the time a request was due, not from when it left: a request delayed by a
+ * slow server, a full connection pool or a late client timer counts its whole delay (no
+ * coordinated omission).
+ */
+export interface SimulateOptions {
+  devices: number;
+  /** Target idle check-ins per second (the interval becomes devices / rate). Default 1000. */
+  rate?: number;
+  /** HTTP connections to the server (requests beyond them wait in the client, and that wait counts in the latency). Default 128. */
+  concurrency?: number;
+  databaseUrl?: string;
+  /** Injected failure shares among devices upgrading to the good release. */
+  failRatio?: number;
+  rollbackRatio?: number;
+  silentRatio?: number;
+  /** Rollback share on the bad release (must exceed the pause threshold). Default 0.3. */
+  badRollbackRatio?: number;
+  /** Share of the fleet that may hold a reboot lease at once (group `default`). Default 0.1. */
+  rebootRatio?: number;
+  /** Give up waiting for the first rollout after this many seconds. Default 25 intervals, at least 300 s. */
+  timeoutSeconds?: number;
+  restart?: boolean;
+  keep?: boolean;
+  log?: (msg: string) => void;
+}
+
+export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
+  const log = o.log ?? (() => {});
+  const n = o.devices;
+  if (!Number.isInteger(n) || n < 10) throw new IbuError('USAGE', 'The simulation needs at least 10 devices (--devices N).');
+  const rate = o.rate ?? 1000;
+  const concurrency = o.concurrency ?? 128;
+  const interval = Math.max(1, n / rate);
+  const active = Math.max(0.5, Math.min(5, interval / 10));
+  // A reboot takes ~1-2 active intervals here; silence is declared after two idle intervals (at
+  // least 30 s) so a server restart or a loaded machine is not mistaken for dead devices.
+  const silentAfter = Math.max(30, interval * 2);
+  const maxReboots = Math.max(5, Math.round(n * (o.rebootRatio ?? 0.1)));
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sim-'));
+  const adminToken = randomBytes(16).toString('hex');
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
+  const m = new Measurements();
+  const naps = new Naps();
+  const server = new ServerProcess({ dataDir, adminToken, databaseUrl: o.databaseUrl });
+  const client = new SimClient(() => server.origin, adminToken, concurrency, naps, m);
+  const model = new DeviceModel(client, naps, m, {
+    interval, active, failRatio: o.failRatio ?? 0.005, rollbackRatio: o.rollbackRatio ?? 0.005, silentRatio: o.silentRatio ?? 0.003, badRollbackRatio: o.badRollbackRatio ?? 0.3,
+  });
+  const ctx: ScenarioContext = { client, dataDir, log };
+  const cpu0 = process.cpuUsage();
+  const wall0 = Date.now();
+
+  try {
+    await server.start();
+    log(`server on ${server.origin} (data ${dataDir}); ${n} devices, idle interval ${interval.toFixed(1)} s, active ${active.toFixed(1)} s`);
+    await setUpFleet(ctx, { interval, active, maxReboots });
+
+    // --- enrollment --------------------------------------------------------------------------
+    const devices: SimDevice[] = [];
+    const canaries = Math.max(3, Math.round(n * 0.002));
+    let next = 0;
+    await Promise.all(Array.from({ length: Math.min(concurrency, 64) }, async () => {
+      while (next < n) {
+        const i = next++;
+        devices[i] = await model.enroll(`sim-${String(i).padStart(6, '0')}`, i < canaries ? 'canary' : 'default');
+      }
+    }));
+    log(`enrolled ${n} devices`);
+    const rollout1 = await startGoodRollout(ctx, silentAfter);
+
+    // --- traffic: every device on its own schedule ----------------------------------------
+    const trafficStart = Date.now();
+    m.trafficT0 = performance.now();
+    // Event-loop delay of both processes counts from here: enrollment is a flood on purpose.
+    lag.reset();
+    server.markTrafficStart();
+    const checkins0 = m.checkins;
+    const loops = devices.map((d) => model.run(d).catch((err) => log(`device ${d.id} stopped: ${(err as Error).message}`)));
+
+    // --- the operator: restart midway, then a bad release -----------------------------------
+    let serverRestarted = false;
+    const r1 = await watchRollout(ctx, rollout1, Date.now() + (o.timeoutSeconds ?? Math.max(300, interval * 25)) * 1000, async (r) => {
+      if (serverRestarted || !(o.restart ?? true) || r.wave < 3) return;
+      log(`rollout ${r.id} at wave ${r.wave}: restarting the server`);
+      m.disturbedUntil = Number.POSITIVE_INFINITY;
+      m.disturbedFrom = performance.now();
+      await server.stop();
+      await server.start();
+      m.disturbedUntil = performance.now() + 5000;
+      serverRestarted = true;
+      log('server back');
+    });
+    const rolloutCompleted = r1.state === 'completed';
+    log(`rollout ${r1.id}: ${r1.state}${r1.reason ? ` (${r1.reason})` : ''}`);
+
+    let rolloutPausedCorrectly = false;
+    let pauseReason: string | null = null;
+    if (rolloutCompleted) {
+      const r2 = await rollOutBadRelease(ctx, silentAfter, Date.now() + Math.max(300, interval * 20) * 1000);
+      pauseReason = r2.reason;
+      // Correct: it paused by itself, inside its first wave, and not before devices went bad.
+      rolloutPausedCorrectly = r2.state === 'paused' && r2.wave === 0 && model.injected.badRolledBack > 0;
+    }
+
+    // --- stop, drain, compare what devices were told with what the server has ----------------
+    const trafficSeconds = (Date.now() - trafficStart) / 1000;
+    const trafficCheckins = m.checkins - checkins0;
+    const rates = m.windowRates(performance.now());
+    const clientLagP99Ms = Math.round(lag.percentile(99) / 1e4) / 100;
+    naps.stopAll();
+    await Promise.race([Promise.all(loops), unrefSleep(60_000)]);
+    const lostUpdates = await countLostUpdates(ctx, devices);
+    const finalVersions = await client.admin<Array<{ version: string; devices: number }>>('GET', '/v1/admin/fleet/versions');
+    await server.stop();
+    const cpu = process.cpuUsage(cpu0);
+    return {
+      devices: n,
+      checkins: m.checkins,
+      events: m.events,
+      ...timings(m, trafficSeconds, trafficCheckins, rates),
+      clientLagP99Ms,
+      serverLag: server.lag,
+      rolloutCompleted,
+      rollout1: { state: r1.state, wave: r1.wave, reason: r1.reason },
+      rolloutPausedCorrectly,
+      pauseReason,
+      lostUpdates,
+      serverRestarted,
+      retries: m.retries,
+      injected: model.injected,
+      finalVersions,
+      cpu: { serverSeconds: Math.round(server.cpuSeconds * 10) / 10, clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10, wallSeconds: Math.round((Date.now() - wall0) / 100) / 10 },
+      realServer: server.realServer,
+      config: { checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency, maxConcurrentReboots: maxReboots },
+    };
+  } finally {
+    naps.stopping = true;
+    lag.disable();
+    await server.stop().catch(() => {});
+    await client.close().catch(() => {});
+    if (!o.keep) rmSync(dataDir, { recursive: true, force: true });
+  }
+}
