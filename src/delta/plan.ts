@@ -1,5 +1,6 @@
 import type { PhysicalExtent } from '../image/ext4/types.js';
-import { DICT_PREFIX, opStart } from './format.js';
+import { DICT_PREFIX } from './frame-codec.js';
+import { opStart, rangesBytes } from './op-ranges.js';
 import type { Match, MatchFile, MatchKind } from './file-match.js';
 import { BLOCK, type ImageScan } from './image-scan.js';
 import type { CopyOp, DeltaOp, PatchOp, Range, ReplaceOp, ZeroOp } from './types.js';
@@ -70,12 +71,6 @@ export function blocksToRanges(blocks: ArrayLike<number>, bs: number, imageSize:
     else out.push({ offset, length });
   }
   return out;
-}
-
-function rangesBytes(rs: Range[]): number {
-  let n = 0;
-  for (const r of rs) n += r.length;
-  return n;
 }
 
 /** Physical blocks of a file in logical order (holes skipped), clipped to the image. */
