@@ -104,7 +104,7 @@ export function readDelta(path: string, onProgress?: (done: number, total: numbe
     const { ops, segments } = decodeOpTable(raw, path);
     validateCounts(header, ops, segments, path);
     validateOps(header, ops, segments, fixed.payloadLength, path);
-    return { header, ops, segments, payloadOffset: fixed.payloadOffset, payloadLength: fixed.payloadLength, totalLength: fixed.totalLength };
+    return { header, ops, segments, opTableLength: fixed.opTableLength, payloadOffset: fixed.payloadOffset, payloadLength: fixed.payloadLength, totalLength: fixed.totalLength };
   } finally {
     fs.closeSync(fd);
   }

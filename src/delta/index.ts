@@ -6,4 +6,5 @@
 export { makeDelta, DEFAULT_LEVEL, type MakeDeltaOptions } from './make.js';
 export { applyDelta, type ApplyDeltaOptions } from './apply.js';
 export { readDeltaHeader, readDelta } from './delta-file.js';
+export { describeDelta, type ByteTally, type DeltaInfo, type FileTally } from './info.js';
 export type { ApplyResult, DeltaHeader, DeltaOp, DeltaStats, FailedOp, ProgressEvent, Range, Segment } from './types.js';
