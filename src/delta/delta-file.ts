@@ -104,7 +104,8 @@ export function readDelta(path: string, onProgress?: (done: number, total: numbe
     const { ops, segments } = decodeOpTable(raw, path);
     validateCounts(header, ops, segments, path);
     validateOps(header, ops, segments, fixed.payloadLength, path);
-    return { header, ops, segments, opTableLength: fixed.opTableLength, payloadOffset: fixed.payloadOffset, payloadLength: fixed.payloadLength, totalLength: fixed.totalLength };
+    const { opTableLength, payloadOffset, payloadLength, totalLength } = fixed;
+    return { header, ops, segments, opTableLength, payloadOffset, payloadLength, totalLength };
   } finally {
     fs.closeSync(fd);
   }

@@ -272,6 +272,8 @@ export function trailer(sha256OfAllBefore: Buffer): Buffer {
 
 /** The sha256 the trailer carries, or DELTA_INVALID when the trailer is not one. */
 export function decodeTrailer(tail: Buffer, file: string): Buffer {
-  if (tail.length !== TRAILER_BYTES || !tail.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) throw deltaInvalid(file, 'the trailer is missing or damaged');
+  if (tail.length !== TRAILER_BYTES || !tail.subarray(0, TRAILER_MAGIC.length).equals(TRAILER_MAGIC)) {
+    throw deltaInvalid(file, 'the trailer is missing or damaged');
+  }
   return tail.subarray(TRAILER_MAGIC.length);
 }

@@ -12,14 +12,17 @@ import { formatBytes, mib } from '../../util/bytes.js';
 /** `ibu delta info` for a person: where the bytes go, biggest first. */
 export function renderDeltaInfo(file: string, i: DeltaInfo): string {
   const pct = (n: number, of: number): string => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : '-');
+  const cols = (name: string, ops: string, target: string, payload: string, share: string): string =>
+    `  ${name.padEnd(24)} ${ops.padStart(7)} ${target.padStart(11)} ${payload.padStart(11)} ${share.padStart(6)}\n`;
   const row = (name: string, t: ByteTally): string =>
-    `  ${name.padEnd(24)} ${String(t.ops).padStart(7)} ${formatBytes(t.targetBytes).padStart(11)} ${formatBytes(t.payloadBytes).padStart(11)} ${pct(t.payloadBytes, i.sections.payload).padStart(6)}\n`;
-  const head = `  ${''.padEnd(24)} ${'ops'.padStart(7)} ${'target'.padStart(11)} ${'payload'.padStart(11)} ${'share'.padStart(6)}\n`;
+    cols(name, String(t.ops), formatBytes(t.targetBytes), formatBytes(t.payloadBytes), pct(t.payloadBytes, i.sections.payload));
+  const head = cols('', 'ops', 'target', 'payload', 'share');
   const s = i.sections;
   let out =
     `${file}: ${i.fromVersion} → ${i.toVersion}, ${formatBytes(i.bytes)}, ${i.opCount} ops in ${i.segmentCount} segments (${i.generator})\n` +
     `  source ${i.source.size} bytes sha256 ${i.source.sha256}\n  target ${i.target.size} bytes sha256 ${i.target.sha256}\n` +
-    `sections: payload ${formatBytes(s.payload)}, op table ${formatBytes(s.opTable)}, header ${formatBytes(s.fixedHeader + s.headerJson)}, trailer ${formatBytes(s.trailer)}\n` +
+    `sections: payload ${formatBytes(s.payload)}, op table ${formatBytes(s.opTable)}, ` +
+    `header ${formatBytes(s.fixedHeader + s.headerJson)}, trailer ${formatBytes(s.trailer)}\n` +
     `by op kind:\n${head}`;
   for (const k of ['zero', 'copy', 'patch', 'replace'] as const) out += row(k.toUpperCase(), i.byKind[k]);
   out += `metadata and file data (PATCH/REPLACE only):\n${head}`;
