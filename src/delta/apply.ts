@@ -5,8 +5,11 @@ import { IbuError, withContext } from '../errors.js';
 import type { Manifest } from '../release/types.js';
 import type { Store } from '../store/store.js';
 import { commitFile } from '../util/atomic.js';
+import { preadFull, pwriteFull } from '../util/full-io.js';
 import { fillFromStore } from './fallback.js';
-import { DICT_PREFIX, opStart, readDelta } from './format.js';
+import { readDelta } from './delta-file.js';
+import { DICT_PREFIX } from './frame-codec.js';
+import { opStart } from './op-ranges.js';
 import { versionOfImage } from './image-version.js';
 import { OpHasher } from './op-hash.js';
 import type { ApplyResult, DeltaFile, DeltaOp, FailedOp, PatchOp, ProgressEvent, Range, ReplaceOp } from './types.js';
@@ -46,21 +49,13 @@ function describe(op: DeltaOp, i: number): string {
   }
 }
 
+/** The error when the source image ends before the delta's source would. */
+function sourceShort(what: string): (at: number) => IbuError {
+  return (at) => new IbuError('DELTA_WRONG_SOURCE', `${what} ended at byte ${at}; it is shorter than the delta's source image.`);
+}
+
 function dstRanges(op: DeltaOp): Range[] {
   return op.type === 'zero' || op.type === 'copy' ? [{ offset: op.dst, length: op.length }] : op.dst;
-}
-
-function preadFull(fd: number, buf: Buffer, pos: number, what: string): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = fs.readSync(fd, buf, done, buf.length - done, pos + done);
-    if (n === 0) throw new IbuError('DELTA_WRONG_SOURCE', `${what} ended at byte ${pos + done}; it is shorter than the delta's source image.`);
-    done += n;
-  }
-}
-
-function pwriteFull(fd: number, buf: Buffer, pos: number): void {
-  for (let off = 0; off < buf.length; ) off += fs.writeSync(fd, buf, off, buf.length - off, pos + off);
 }
 
 function hashRanges(fd: number, ranges: Range[], buf: Buffer, what: string): Buffer {
@@ -68,7 +63,7 @@ function hashRanges(fd: number, ranges: Range[], buf: Buffer, what: string): Buf
   for (const r of ranges) {
     for (let done = 0; done < r.length; ) {
       const piece = buf.subarray(0, Math.min(buf.length, r.length - done));
-      preadFull(fd, piece, r.offset + done, what);
+      preadFull(fd, piece, r.offset + done, sourceShort(what));
       h.update(piece);
       done += piece.length;
     }
@@ -108,7 +103,7 @@ function checkSource(d: DeltaFile, opts: ApplyDeltaOptions, sfd: number, buf: Bu
     const sha = createHash('sha256');
     for (let pos = 0; pos < size; ) {
       const piece = buf.subarray(0, Math.min(buf.length, size - pos));
-      preadFull(sfd, piece, pos, opts.sourceImage);
+      preadFull(sfd, piece, pos, sourceShort(opts.sourceImage));
       sha.update(piece);
       pos += piece.length;
       opts.onProgress?.({ phase: 'check-source', done: pos, total: size });
@@ -199,7 +194,7 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
         const hasher = new OpHasher();
         for (let off = 0; off < op.length; ) {
           const piece = buf.subarray(0, Math.min(buf.length, op.length - off));
-          preadFull(sfd, piece, op.src + off, opts.sourceImage);
+          preadFull(sfd, piece, op.src + off, sourceShort(opts.sourceImage));
           hasher.update(piece);
           pwriteFull(ofd, piece, op.dst + off);
           off += piece.length;
@@ -318,7 +313,7 @@ interface SegmentIo {
 function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo): number {
   const seg = d.segments[s]!;
   const frame = io.seg.frame.subarray(0, seg.compressedLength);
-  preadFull(io.dfd, frame, d.payloadOffset + seg.offset, 'The delta');
+  preadFull(io.dfd, frame, d.payloadOffset + seg.offset, sourceShort('The delta'));
   const srcFailed = new Set<number>();
   let dict: Buffer | undefined;
   if (seg.dictLength > DICT_PREFIX.length) {
@@ -331,7 +326,7 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
       const h = new OpHasher();
       for (const r of op.src) {
         const piece = dict.subarray(at, at + r.length);
-        preadFull(io.sfd, piece, r.offset, io.sourceImage);
+        preadFull(io.sfd, piece, r.offset, sourceShort(io.sourceImage));
         h.update(piece);
         at += r.length;
       }
@@ -407,7 +402,7 @@ class OrderedHash {
       }
       const limit = Math.min(upTo, z ? z.dst : upTo);
       const piece = this.buf.subarray(0, Math.min(this.buf.length, limit - this.pos));
-      preadFull(this.fd, piece, this.pos, 'The output');
+      preadFull(this.fd, piece, this.pos, sourceShort('The output'));
       this.sha.update(piece);
       this.pos += piece.length;
       this.onProgress?.(this.pos);

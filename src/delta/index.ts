@@ -5,5 +5,6 @@
  */
 export { makeDelta, DEFAULT_LEVEL, type MakeDeltaOptions } from './make.js';
 export { applyDelta, type ApplyDeltaOptions } from './apply.js';
-export { readDeltaHeader, readDelta } from './format.js';
+export { readDeltaHeader, readDelta } from './delta-file.js';
+export { describeDelta, type ByteTally, type DeltaInfo, type FileTally } from './info.js';
 export type { ApplyResult, DeltaHeader, DeltaOp, DeltaStats, FailedOp, ProgressEvent, Range, Segment } from './types.js';

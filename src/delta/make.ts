@@ -1,13 +1,16 @@
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { IbuError, withContext } from '../errors.js';
 import { Ext4Reader } from '../image/ext4/index.js';
 import { commitFile } from '../util/atomic.js';
+import { preadFull } from '../util/full-io.js';
+import { IBU_VERSION } from '../util/package-version.js';
 import { run } from '../util/exec.js';
 import { SourceMatcher, type MatchFile } from './file-match.js';
-import { DICT_PREFIX, encodeHead, trailer } from './format.js';
+import { writeDeltaFile } from './delta-file.js';
+import { DICT_PREFIX, encodeHead } from './frame-codec.js';
+import { opTargetBytes } from './op-ranges.js';
 import { scanImages } from './image-scan.js';
 import { versionOf } from './image-version.js';
 import { OpHasher } from './op-hash.js';
@@ -32,7 +35,7 @@ export interface MakeDeltaOptions {
  * xdelta3 -9 2.70 MB in 4 s; 13-15 are slower and larger than 12.
  */
 export const DEFAULT_LEVEL = 12;
-const GENERATOR = 'ibu 0.1.0';
+const GENERATOR = `ibu ${IBU_VERSION}`;
 const IO_BYTES = 4 << 20;
 
 function openReader(p: string, role: string): Ext4Reader {
@@ -51,13 +54,8 @@ function filesOf(reader: Ext4Reader): MatchFile[] {
   return out;
 }
 
-function preadFull(fd: number, buf: Buffer, pos: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = fs.readSync(fd, buf, done, buf.length - done, pos + done);
-    if (n === 0) throw new IbuError('IO_ERROR', `An image ended early while reading byte ${pos + done}; was it changed while the delta was built?`);
-    done += n;
-  }
+function imageShort(at: number): IbuError {
+  return new IbuError('IO_ERROR', `An image ended early while reading byte ${at}; was it changed while the delta was built?`);
 }
 
 /** Streams ranges of an image into a hash and, optionally, a file. */
@@ -66,7 +64,7 @@ function pumpRanges(fd: number, ranges: Range[], buf: Buffer, hasher: OpHasher, 
     for (let done = 0; done < r.length; ) {
       const n = Math.min(buf.length, r.length - done);
       const piece = buf.subarray(0, n);
-      preadFull(fd, piece, r.offset + done);
+      preadFull(fd, piece, r.offset + done, imageShort);
       hasher.update(piece);
       if (outFd !== undefined) fs.writeSync(outFd, piece);
       done += n;
@@ -123,7 +121,8 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
     });
     progress?.({ phase: 'plan', done: 1, total: 1 });
 
-    work = fs.mkdtempSync(path.join(path.dirname(path.resolve(opts.out)), '.ibudelta-work-'));
+    const workDir = fs.mkdtempSync(path.join(path.dirname(path.resolve(opts.out)), '.ibudelta-work-'));
+    work = workDir;
     const sfd = fs.openSync(opts.fromImage, 'r');
     const tfd = fs.openSync(opts.toImage, 'r');
     try {
@@ -135,7 +134,7 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         pumpRanges(sfd, [{ offset: op.src, length: op.length }], buf, h);
         op.hash = h.digest();
       }
-      const segments = await compressSegments(p.ops, p.segments, { sfd, tfd, work, level, jobs, buf, progress });
+      const segments = await compressSegments(p.ops, p.segments, { sfd, tfd, work: workDir, level, jobs, buf, progress });
 
       // Assemble: fixed header, JSON, op table, payload, trailer.
       const payloadLength = segments.reduce((n, s) => n + s.compressedLength, 0);
@@ -151,40 +150,14 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         generator: GENERATOR,
       };
       const layout = encodeHead(header, p.ops, segments, payloadLength);
-      const sha = createHash('sha256');
-      const ofd = fs.openSync(partial, 'w', 0o644);
-      try {
-        const write = (b: Buffer): void => {
-          sha.update(b);
-          for (let off = 0; off < b.length; ) off += fs.writeSync(ofd, b, off);
-        };
-        write(layout.head);
-        for (let i = 0; i < segments.length; i++) {
-          const segFd = fs.openSync(segFile(work, i), 'r');
-          try {
-            for (let pos = 0; ; ) {
-              const n = fs.readSync(segFd, buf, 0, buf.length, pos);
-              if (n === 0) break;
-              write(buf.subarray(0, n));
-              pos += n;
-            }
-          } finally {
-            fs.closeSync(segFd);
-          }
-        }
-        const tail = trailer(sha.digest());
-        for (let off = 0; off < tail.length; ) off += fs.writeSync(ofd, tail, off);
-        fs.fsyncSync(ofd);
-      } finally {
-        fs.closeSync(ofd);
-      }
+      writeDeltaFile(partial, layout, segments.map((_, i) => segFile(workDir, i)), buf);
       await commitFile(partial, opts.out);
 
       const opsCount: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0 };
       const targetBytes: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0 };
       for (const op of p.ops) {
         opsCount[op.type]++;
-        targetBytes[op.type] += op.type === 'zero' || op.type === 'copy' ? op.length : op.dst.reduce((n, r) => n + r.length, 0);
+        targetBytes[op.type] += opTargetBytes(op);
       }
       return {
         out: opts.out,

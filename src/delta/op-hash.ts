@@ -1,5 +1,5 @@
 import { Blake3Hasher } from '@napi-rs/blake-hash';
-import { OP_HASH_BYTES } from './format.js';
+import { OP_HASH_BYTES } from './frame-codec.js';
 
 /**
  * The per-op hash: BLAKE3 truncated to 128 bits (the first 16 bytes of its output). 128 bits

@@ -1,5 +1,6 @@
 import type { PhysicalExtent } from '../image/ext4/types.js';
-import { DICT_PREFIX, opStart } from './format.js';
+import { DICT_PREFIX } from './frame-codec.js';
+import { opStart, rangesBytes } from './op-ranges.js';
 import type { Match, MatchFile, MatchKind } from './file-match.js';
 import { BLOCK, type ImageScan } from './image-scan.js';
 import type { CopyOp, DeltaOp, PatchOp, Range, ReplaceOp, ZeroOp } from './types.js';
@@ -72,10 +73,9 @@ export function blocksToRanges(blocks: ArrayLike<number>, bs: number, imageSize:
   return out;
 }
 
-function rangesBytes(rs: Range[]): number {
-  let n = 0;
-  for (const r of rs) n += r.length;
-  return n;
+/** The path an op records: a directory's ends in '/', so `ibu delta info` counts directory blocks as metadata. */
+function opPath(f: MatchFile): string {
+  return f.type === 'dir' && !f.path.endsWith('/') ? `${f.path}/` : f.path;
 }
 
 /** Physical blocks of a file in logical order (holes skipped), clipped to the image. */
@@ -138,7 +138,7 @@ export function plan(input: PlanInput): Plan {
       const part = include.slice(p, p + maxOutBlocks);
       const dst = blocksToRanges(part, bs, targetSize);
       if (srcBlocks.length === 0 || !m) {
-        ops.push({ type: 'replace', segment: -1, dst, dstHash: NO_HASH, path: f.path } satisfies ReplaceOp);
+        ops.push({ type: 'replace', segment: -1, dst, dstHash: NO_HASH, path: opPath(f) } satisfies ReplaceOp);
         continue;
       }
       // A source window around the same place in the old file when the old file is too big
@@ -152,7 +152,7 @@ export function plan(input: PlanInput): Plan {
         window = srcBlocks.slice(start, start + maxDictBlocks);
       }
       const src = blocksToRanges(window, bs, sourceSize);
-      ops.push({ type: 'patch', segment: -1, dst, src, srcHash: NO_HASH, dstHash: NO_HASH, path: f.path, srcPath: m.file.path } satisfies PatchOp);
+      ops.push({ type: 'patch', segment: -1, dst, src, srcHash: NO_HASH, dstHash: NO_HASH, path: opPath(f), srcPath: opPath(m.file) } satisfies PatchOp);
     }
   }
 

@@ -84,6 +84,8 @@ export interface DeltaFile {
   header: DeltaHeader;
   ops: DeltaOp[];
   segments: Segment[];
+  /** Bytes of the compressed op table (it ends where the payload starts). */
+  opTableLength: number;
   /** Absolute offset of the payload section in the delta file. */
   payloadOffset: number;
   payloadLength: number;

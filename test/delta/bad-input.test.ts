@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { applyDelta, makeDelta, readDelta, readDeltaHeader } from '../../src/delta/index.js';
-import { encodeHead, trailer } from '../../src/delta/format.js';
+import { encodeHead, trailer } from '../../src/delta/frame-codec.js';
 import { isIbuError, type ErrorCode } from '../../src/errors.js';
 import type { Manifest } from '../../src/release/types.js';
 import { binaryish, imageJson, makeImage, mutate, tempDir, writeTree } from './fixture.js';

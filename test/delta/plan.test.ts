@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SourceMatcher, normaliseDigits, type MatchFile } from '../../src/delta/file-match.js';
-import { opStart, validateOps } from '../../src/delta/format.js';
+import { opStart } from '../../src/delta/op-ranges.js';
+import { validateOps } from '../../src/delta/validate.js';
 import { BLOCK } from '../../src/delta/image-scan.js';
 import { plan, type PlanFile } from '../../src/delta/plan.js';
 import type { DeltaHeader } from '../../src/delta/types.js';

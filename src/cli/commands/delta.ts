@@ -1,15 +1,42 @@
 import { promises as fsp } from 'node:fs';
 import type { Command } from 'commander';
-import { applyDelta, makeDelta, readDeltaHeader, type ProgressEvent } from '../../delta/index.js';
+import { applyDelta, describeDelta, makeDelta, readDelta, readDeltaHeader, type ByteTally, type DeltaInfo, type ProgressEvent } from '../../delta/index.js';
 import { IbuError, isIbuError } from '../../errors.js';
 import { Keyring } from '../../release/keyring.js';
 import { parseAndVerifyManifest } from '../../release/manifest.js';
 import type { Manifest } from '../../release/types.js';
 import { manifestPath } from '../../store/layout.js';
 import { openStore } from '../../store/open-store.js';
+import { formatBytes, mib } from '../../util/bytes.js';
 
-function mib(n: number): string {
-  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+/** `ibu delta info` for a person: where the bytes go, biggest first. */
+export function renderDeltaInfo(file: string, i: DeltaInfo): string {
+  const pct = (n: number, of: number): string => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : '-');
+  const cols = (name: string, ops: string, target: string, payload: string, share: string): string =>
+    `  ${name.padEnd(24)} ${ops.padStart(7)} ${target.padStart(11)} ${payload.padStart(11)} ${share.padStart(6)}\n`;
+  const row = (name: string, t: ByteTally): string =>
+    cols(name, String(t.ops), formatBytes(t.targetBytes), formatBytes(t.payloadBytes), pct(t.payloadBytes, i.sections.payload));
+  const head = cols('', 'ops', 'target', 'payload', 'share');
+  const s = i.sections;
+  let out =
+    `${file}: ${i.fromVersion} → ${i.toVersion}, ${formatBytes(i.bytes)}, ${i.opCount} ops in ${i.segmentCount} segments (${i.generator})\n` +
+    `  source ${i.source.size} bytes sha256 ${i.source.sha256}\n  target ${i.target.size} bytes sha256 ${i.target.sha256}\n` +
+    `sections: payload ${formatBytes(s.payload)}, op table ${formatBytes(s.opTable)}, ` +
+    `header ${formatBytes(s.fixedHeader + s.headerJson)}, trailer ${formatBytes(s.trailer)}\n` +
+    `by op kind:\n${head}`;
+  for (const k of ['zero', 'copy', 'patch', 'replace'] as const) out += row(k.toUpperCase(), i.byKind[k]);
+  out += `metadata and file data (PATCH/REPLACE only):\n${head}`;
+  out += row('metadata, directories', i.metadata) + row('file data', i.fileData);
+  out += `file data by top-level directory:\n${head}`;
+  for (const d of i.byDirectory) out += row(d.directory, d);
+  if (i.largestFiles.length > 0) {
+    out += `largest files by payload:\n`;
+    for (const f of i.largestFiles) {
+      const how = f.type === 'patch' ? (f.srcPath === f.path ? 'patched' : `patched against ${f.srcPath}`) : 'replaced (no source file)';
+      out += `  ${formatBytes(f.payloadBytes).padStart(11)}  ${f.path}  ${how}\n`;
+    }
+  }
+  return out;
 }
 
 /** A one-line progress display on a TTY (stderr), nothing otherwise. */
@@ -137,18 +164,11 @@ export function registerDeltaCommands(program: Command): void {
 
   delta
     .command('info')
-    .description("show a delta's header")
-    .argument('<delta>', 'delta file')
-    .option('--json', 'print JSON')
+    .description("show a delta's header and where its bytes go: by op kind, by top-level directory, metadata against file data")
+    .argument('<delta>', 'delta file (read whole and checked, like apply does)')
+    .option('--json', 'print JSON: the header fields plus the breakdown')
     .action((file: string, opts: { json?: boolean }) => {
-      const h = readDeltaHeader(file);
-      if (opts.json) {
-        process.stdout.write(JSON.stringify(h) + '\n');
-      } else {
-        process.stdout.write(
-          `${file}: ${h.fromVersion} → ${h.toVersion}, ${h.opCount} ops in ${h.segmentCount} segments\n` +
-            `  source ${h.source.size} bytes sha256 ${h.source.sha256}\n  target ${h.target.size} bytes sha256 ${h.target.sha256}\n`,
-        );
-      }
+      const info = describeDelta(readDelta(file));
+      process.stdout.write(opts.json ? JSON.stringify(info) + '\n' : renderDeltaInfo(file, info));
     });
 }
