@@ -34,7 +34,11 @@ function pickImage(): { image: string; note: string; cleanup?: () => void } {
   fs.truncateSync(image, 4 * 1024 ** 3);
   const r = spawnSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', '/usr', image], { stdio: 'inherit' });
   if (r.status !== 0) throw new Error('mke2fs -d /usr failed');
-  return { image, note: `${DEFAULT_IMAGE} is missing: fallback image of this machine's /usr (mke2fs -d)`, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return {
+    image,
+    note: `${DEFAULT_IMAGE} is missing: fallback image of this machine's /usr (mke2fs -d)`,
+    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 function readerRun(image: string): { ms: number; entries: number; files: number; extents: number } {

@@ -61,15 +61,28 @@ async function openLoopFloor(perSec: number, seconds: number): Promise<{ perSec:
     const wait = due - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
     const at = due;
-    inflight.push(request(`http://127.0.0.1:${port}/noop`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: '{"version":"1.0.0","state":"idle","trial":false}' })
-      .then((res) => res.body.text()).then(() => void lat.push(performance.now() - at)));
+    inflight.push(
+      request(`http://127.0.0.1:${port}/noop`, {
+        method: 'POST',
+        dispatcher: agent,
+        headers: { 'content-type': 'application/json' },
+        body: '{"version":"1.0.0","state":"idle","trial":false}',
+      })
+        .then((res) => res.body.text())
+        .then(() => void lat.push(performance.now() - at)),
+    );
   }
   await Promise.all(inflight);
   const secs = (performance.now() - t0) / 1000;
   stop();
   await agent.close();
   lat.sort((a, b) => a - b);
-  return { perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10, requests: lat.length };
+  return {
+    perSec: Math.round(lat.length / secs),
+    p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10,
+    p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
+    requests: lat.length,
+  };
 }
 
 /** Saturation of a Fastify route that does nothing, in a child process, hit by the same client. */
@@ -79,19 +92,30 @@ async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: num
   const lat: number[] = [];
   let next = 0;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (next++ < requests) {
-      const s = performance.now();
-      const res = await request(`http://127.0.0.1:${port}/noop`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: '{"version":"1.0.0","state":"idle","trial":false}' });
-      await res.body.text();
-      lat.push(performance.now() - s);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next++ < requests) {
+        const s = performance.now();
+        const res = await request(`http://127.0.0.1:${port}/noop`, {
+          method: 'POST',
+          dispatcher: agent,
+          headers: { 'content-type': 'application/json' },
+          body: '{"version":"1.0.0","state":"idle","trial":false}',
+        });
+        await res.body.text();
+        lat.push(performance.now() - s);
+      }
+    }),
+  );
   const secs = (performance.now() - t0) / 1000;
   stop();
   await agent.close();
   lat.sort((a, b) => a - b);
-  return { perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10 };
+  return {
+    perSec: Math.round(lat.length / secs),
+    p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10,
+    p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
+  };
 }
 
 /**
@@ -102,16 +126,25 @@ async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: num
 async function checkinCapacity(requests: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number; serverCpuMsPerCheckin: number }> {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-bench-'));
   const entry = fileURLToPath(new URL('../src/server/fleet/sim-server.ts', import.meta.url));
-  const child = spawn(process.execPath, [...process.execArgv, entry, '--data', dataDir, '--port', '0', '--admin-token', 'bench'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...process.execArgv, entry, '--data', dataDir, '--port', '0', '--admin-token', 'bench'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   let cpu = 0;
-  const port = await new Promise<number>((resolve) => createInterface({ input: child.stdout! }).on('line', (l) => {
-    const m = JSON.parse(l);
-    if (m.port) resolve(m.port);
-    if (m.cpu) cpu = (m.cpu.user + m.cpu.system) / 1000;
-  }));
+  const port = await new Promise<number>((resolve) =>
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      const m = JSON.parse(l);
+      if (m.port) resolve(m.port);
+      if (m.cpu) cpu = (m.cpu.user + m.cpu.system) / 1000;
+    }),
+  );
   const agent = new Agent({ connections: concurrency, pipelining: 1 });
   const call = async (method: 'POST' | 'PUT', p: string, body: unknown, token?: string) => {
-    const res = await request(`http://127.0.0.1:${port}${p}`, { method, dispatcher: agent, headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify(body) });
+    const res = await request(`http://127.0.0.1:${port}${p}`, {
+      method,
+      dispatcher: agent,
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: JSON.stringify(body),
+    });
     return res.body.json() as Promise<{ token?: string }>;
   };
   await call('PUT', '/v1/admin/fleet/settings', { enrollmentSecret: 'bench' }, 'bench');
@@ -122,14 +155,16 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
   const lat: number[] = [];
   let next = 0;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (next < requests) {
-      const i = next++ % 5000;
-      const s = performance.now();
-      await call('POST', `/v1/devices/cap-${i}/checkin`, { version: '1.0.0', state: 'idle', trial: false, freeBytes: 1e9, lastError: null }, tokens[i]);
-      lat.push(performance.now() - s);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < requests) {
+        const i = next++ % 5000;
+        const s = performance.now();
+        await call('POST', `/v1/devices/cap-${i}/checkin`, { version: '1.0.0', state: 'idle', trial: false, freeBytes: 1e9, lastError: null }, tokens[i]);
+        lat.push(performance.now() - s);
+      }
+    }),
+  );
   const secs = (performance.now() - t0) / 1000;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
@@ -138,14 +173,18 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
   rmSync(dataDir, { recursive: true, force: true });
   lat.sort((a, b) => a - b);
   return {
-    perSec: Math.round(lat.length / secs), p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10, p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
+    perSec: Math.round(lat.length / secs),
+    p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10,
+    p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
     serverCpuMsPerCheckin: Math.round((cpu / (requests + 5000)) * 1000) / 1000,
   };
 }
 
 const results: SimulateResult[] = [];
 const anchors: Array<Awaited<ReturnType<typeof openLoopFloor>>> = [];
-console.log(`fleet bench: ${devices} devices, ${runs} run(s), target idle rate ${rate}/s, ${concurrency} connections; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), nice ${os.getPriority()}, load ${load().join(' ')}`);
+console.log(
+  `fleet bench: ${devices} devices, ${runs} run(s), target idle rate ${rate}/s, ${concurrency} connections; ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), nice ${os.getPriority()}, load ${load().join(' ')}`,
+);
 for (let i = 0; i < runs; i++) {
   const loadBefore = load();
   const started = new Date().toISOString();
@@ -154,12 +193,35 @@ for (let i = 0; i < runs; i++) {
   const anchor = await openLoopFloor(r.checkinsPerSec || rate, 20);
   results.push(r);
   anchors.push(anchor);
-  console.log(JSON.stringify({
-    run: i + 1, started, loadBefore, loadAfter, checkinsPerSec: r.checkinsPerSec, windows: r.windows, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p99MsAll: r.p99MsAll, maxMs: r.maxMs,
-    clientLagP99Ms: r.clientLagP99Ms, serverLag: r.serverLag, checkins: r.checkins, events: r.events, durationSeconds: r.durationSeconds,
-    rolloutCompleted: r.rolloutCompleted, rolloutPausedCorrectly: r.rolloutPausedCorrectly, pauseReason: r.pauseReason, lostUpdates: r.lostUpdates,
-    retries: r.retries, injected: r.injected, cpu: r.cpu, realServer: r.realServer, config: r.config, anchorOpenLoop: anchor,
-  }));
+  console.log(
+    JSON.stringify({
+      run: i + 1,
+      started,
+      loadBefore,
+      loadAfter,
+      checkinsPerSec: r.checkinsPerSec,
+      windows: r.windows,
+      p50Ms: r.p50Ms,
+      p99Ms: r.p99Ms,
+      p99MsAll: r.p99MsAll,
+      maxMs: r.maxMs,
+      clientLagP99Ms: r.clientLagP99Ms,
+      serverLag: r.serverLag,
+      checkins: r.checkins,
+      events: r.events,
+      durationSeconds: r.durationSeconds,
+      rolloutCompleted: r.rolloutCompleted,
+      rolloutPausedCorrectly: r.rolloutPausedCorrectly,
+      pauseReason: r.pauseReason,
+      lostUpdates: r.lostUpdates,
+      retries: r.retries,
+      injected: r.injected,
+      cpu: r.cpu,
+      realServer: r.realServer,
+      config: r.config,
+      anchorOpenLoop: anchor,
+    }),
+  );
 }
 const capacity = await checkinCapacity(50_000);
 const floor = await httpFloor(50_000);

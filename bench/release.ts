@@ -61,7 +61,8 @@ function rm(p: string): void {
 }
 function sizeOfTree(dir: string): number {
   let n = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) n += statSync(path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name)).size;
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true }))
+    if (e.isFile()) n += statSync(path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name)).size;
   return n;
 }
 
@@ -87,11 +88,19 @@ async function serve(root: string): Promise<{ url: string; bytes: () => number; 
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     bytes: () => bytes,
     reset: () => (bytes = 0),
-    close: () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    close: () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }
 
-interface Row { avg: number; ours: { fetched: number; manifest: number; manifestPlain: number; chunks: number; indexChunks: number; fetchedOffsetOnly: number; seedSeconds: number }; casync: { fetched: number; index: number; chunks: number } }
+interface Row {
+  avg: number;
+  ours: { fetched: number; manifest: number; manifestPlain: number; chunks: number; indexChunks: number; fetchedOffsetOnly: number; seedSeconds: number };
+  casync: { fetched: number; index: number; chunks: number };
+}
 
 async function main(): Promise<void> {
   for (const f of [base, sec]) if (!existsSync(f)) throw new Error(`${f} is missing: build the bench images first (see docs/benchmarks.md)`);
@@ -102,7 +111,11 @@ async function main(): Promise<void> {
   copyFileSync(k.publicKeyPath, w('ring/k.pub'));
   const ring = await Keyring.load(w('ring'));
   const imgSize = statSync(sec).size;
-  const out: Record<string, unknown> = { machine: `${os.cpus().length} cores, ${os.cpus()[0]?.model}, ${os.type()} ${os.release()}, node ${process.version}`, images: { base: statSync(base).size, security: imgSize }, runs: RUNS };
+  const out: Record<string, unknown> = {
+    machine: `${os.cpus().length} cores, ${os.cpus()[0]?.model}, ${os.type()} ${os.release()}, node ${process.version}`,
+    images: { base: statSync(base).size, security: imgSize },
+    runs: RUNS,
+  };
   console.log(out);
 
   if (process.env.ONLY_PUBLISH) {
@@ -121,7 +134,11 @@ async function main(): Promise<void> {
       rm(w('cold-cas'));
       console.log('run', r, { pub: pub[r], make: make[r] });
     }
-    out.publish = { params, publish: { medianSeconds: median(pub), MBps: imgSize / MB / median(pub), runs: pub }, casyncMake: { medianSeconds: median(make), MBps: imgSize / MB / median(make), runs: make } };
+    out.publish = {
+      params,
+      publish: { medianSeconds: median(pub), MBps: imgSize / MB / median(pub), runs: pub },
+      casyncMake: { medianSeconds: median(make), MBps: imgSize / MB / median(make), runs: make },
+    };
     console.log(JSON.stringify(out, null, 1));
     writeFileSync(process.env.IBU_BENCH_OUT ?? path.join(os.tmpdir(), 'ibu-bench-release.json'), JSON.stringify(out, null, 1));
     if (!process.env.KEEP) rm(WORK);
@@ -183,7 +200,15 @@ async function main(): Promise<void> {
     rm(w('c.img'));
     const row: Row = {
       avg,
-      ours: { fetched: r.downloadedBytes, manifest: r.manifestBytes, manifestPlain: pr.manifestBytes, chunks: r.downloadedChunks, indexChunks: pr.chunks, fetchedOffsetOnly: ro.downloadedBytes, seedSeconds: r.seconds },
+      ours: {
+        fetched: r.downloadedBytes,
+        manifest: r.manifestBytes,
+        manifestPlain: pr.manifestBytes,
+        chunks: r.downloadedChunks,
+        indexChunks: pr.chunks,
+        fetchedOffsetOnly: ro.downloadedBytes,
+        seedSeconds: r.seconds,
+      },
       casync: { fetched: casBytes + statSync(w(`sec-${avg}.caibx`)).size, index: statSync(w(`sec-${avg}.caibx`)).size, chunks: -1 },
     };
     rows.push(row);
@@ -253,14 +278,25 @@ async function main(): Promise<void> {
     extractHttp.push(await shAsync('casync', ['extract', `--store=${csrv.url}/`, `--seed=${base}`, w(`sec-${CHOSEN}.caibx`), w('c.img')]));
     await csrv.close();
     rm(w('c.img'));
-    console.log('run', r, { pub: pub[r], make: make[r], fetchLocal: fetchLocal[r], extractLocal: extractLocal[r], fetchHttp: fetchHttp[r], extractHttp: extractHttp[r], fetchFull: fetchFull[r] });
+    console.log('run', r, {
+      pub: pub[r],
+      make: make[r],
+      fetchLocal: fetchLocal[r],
+      extractLocal: extractLocal[r],
+      fetchHttp: fetchHttp[r],
+      extractHttp: extractHttp[r],
+      fetchFull: fetchFull[r],
+    });
   }
   const mbps = (xs: number[]) => ({ medianSeconds: median(xs), MBps: imgSize / MB / median(xs), runs: xs });
   out.speed = {
     chosen: params,
-    publish: mbps(pub), casyncMake: mbps(make),
-    fetchLocalSeeded: mbps(fetchLocal), casyncExtractLocalSeeded: mbps(extractLocal),
-    fetchHttpSeeded: mbps(fetchHttp), casyncExtractHttpSeeded: mbps(extractHttp),
+    publish: mbps(pub),
+    casyncMake: mbps(make),
+    fetchLocalSeeded: mbps(fetchLocal),
+    casyncExtractLocalSeeded: mbps(extractLocal),
+    fetchHttpSeeded: mbps(fetchHttp),
+    casyncExtractHttpSeeded: mbps(extractHttp),
     fetchHttpNoSeed: { ...mbps(fetchFull), downloadedBytes: fullBytes },
     publishResult: pubRes,
   };

@@ -53,7 +53,9 @@ async function makeTree(dir: string, mib: number, variant: number): Promise<void
     await fsp.mkdir(sub, { recursive: true });
     // Every 10th file changes in the second release.
     const changed = variant > 1 && i % 10 === 0;
-    const seed = createHash('sha256').update(`f${i}${changed ? `v${variant}` : ''}`).digest();
+    const seed = createHash('sha256')
+      .update(`f${i}${changed ? `v${variant}` : ''}`)
+      .digest();
     const data = Buffer.alloc(1024 * 1024);
     for (let o = 0; o < data.length; o += 32) createHash('sha256').update(seed).update(String(o)).digest().copy(data, o);
     if (changed) randomBytes(16).copy(data, 0);
@@ -64,7 +66,10 @@ async function makeTree(dir: string, mib: number, variant: number): Promise<void
 async function buildStore(work: string): Promise<{ store: string; ids: string[] }> {
   const store = path.join(work, 'store');
   const keys = await generateKeys(path.join(work, 'keys'));
-  for (const [v, n] of [['1.0.0', 1], ['1.0.1', 2]] as const) {
+  for (const [v, n] of [
+    ['1.0.0', 1],
+    ['1.0.1', 2],
+  ] as const) {
     const tree = path.join(work, `tree-${n}`);
     await makeTree(tree, IMAGE_MIB, n);
     const img = path.join(work, `${v}.img`);
@@ -79,9 +84,28 @@ async function buildStore(work: string): Promise<{ store: string; ids: string[] 
 }
 
 async function startIbu(store: string, port: number, workers: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [...childExecArgv(), path.join(repo, 'bench/lib/ibu-dev.ts'), 'serve', '--data', store, '--listen', `127.0.0.1:${port}`, '--workers', String(workers), '--precompute', '0', '--log-level', 'warn', '--no-fleet'], {
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      ...childExecArgv(),
+      path.join(repo, 'bench/lib/ibu-dev.ts'),
+      'serve',
+      '--data',
+      store,
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--workers',
+      String(workers),
+      '--precompute',
+      '0',
+      '--log-level',
+      'warn',
+      '--no-fleet',
+    ],
+    {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
   await waitHttp(`http://127.0.0.1:${port}/v1/channels/stable/releases`);
   return child;
 }
@@ -200,9 +224,11 @@ async function nodeLoad(url: string, method: 'GET' | 'HEAD'): Promise<WrkResult>
     });
   const end = performance.now() + SECONDS * 1000;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: CONNS }, async () => {
-    while (performance.now() < end) await one();
-  }));
+  await Promise.all(
+    Array.from({ length: CONNS }, async () => {
+      while (performance.now() < end) await one();
+    }),
+  );
   const secs = (performance.now() - t0) / 1000;
   agent.destroy();
   lat.sort((a, b) => a - b);
@@ -211,7 +237,13 @@ async function nodeLoad(url: string, method: 'GET' | 'HEAD'): Promise<WrkResult>
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 function med(rs: WrkResult[]): WrkResult {
-  return { rps: median(rs.map((r) => r.rps)), mbps: median(rs.map((r) => r.mbps)), p50ms: median(rs.map((r) => r.p50ms)), p99ms: median(rs.map((r) => r.p99ms)), non2xx: Math.max(...rs.map((r) => r.non2xx)) };
+  return {
+    rps: median(rs.map((r) => r.rps)),
+    mbps: median(rs.map((r) => r.mbps)),
+    p50ms: median(rs.map((r) => r.p50ms)),
+    p99ms: median(rs.map((r) => r.p99ms)),
+    non2xx: Math.max(...rs.map((r) => r.non2xx)),
+  };
 }
 
 function chunkScript(ids: string[]): string {
@@ -272,17 +304,35 @@ async function main(): Promise<void> {
     const cpu = os.cpus()[0]?.model ?? 'unknown';
     const result = {
       machine: { cpus: os.cpus().length, cpu, node: process.version, kernel: os.release() },
-      inputs: { imageMiB: IMAGE_MIB, chunks: ids.length, avgChunkKiB: Number(avgKiB.toFixed(1)), seconds: SECONDS, connections: CONNS, runs: RUNS, deltaBytes, deltaBuildSeconds: buildSeconds },
+      inputs: {
+        imageMiB: IMAGE_MIB,
+        chunks: ids.length,
+        avgChunkKiB: Number(avgKiB.toFixed(1)),
+        seconds: SECONDS,
+        connections: CONNS,
+        runs: RUNS,
+        deltaBytes,
+        deltaBuildSeconds: buildSeconds,
+      },
       median: Object.fromEntries(Object.entries(rows).map(([k, v]) => [k, med(v)])),
       runs: rows,
     };
     console.log(JSON.stringify(result, null, 2));
     const m = result.median as Record<string, WrkResult>;
-    const line = (name: string, r: WrkResult, mb = true) => `| ${name} | ${r.rps.toFixed(0)} | ${mb ? r.mbps.toFixed(0) : '–'} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} |`;
-    console.log(['', '| server, path | req/s | MB/s | p50 ms | p99 ms |', '|---|---|---|---|---|',
-      line('nginx 1 worker, GET chunk', m.nginxChunks!), line('ibu serve, GET chunk', m.ibuChunks!),
-      line('ibu serve, GET delta (202 queued), wrk', m.status202!, false), line('ibu serve, GET delta (202 queued), node:http', m.status202node!, false),
-      line('ibu serve, HEAD delta (200 ready), node:http', m.head200!, false)].join('\n'));
+    const line = (name: string, r: WrkResult, mb = true) =>
+      `| ${name} | ${r.rps.toFixed(0)} | ${mb ? r.mbps.toFixed(0) : '–'} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} |`;
+    console.log(
+      [
+        '',
+        '| server, path | req/s | MB/s | p50 ms | p99 ms |',
+        '|---|---|---|---|---|',
+        line('nginx 1 worker, GET chunk', m.nginxChunks!),
+        line('ibu serve, GET chunk', m.ibuChunks!),
+        line('ibu serve, GET delta (202 queued), wrk', m.status202!, false),
+        line('ibu serve, GET delta (202 queued), node:http', m.status202node!, false),
+        line('ibu serve, HEAD delta (200 ready), node:http', m.head200!, false),
+      ].join('\n'),
+    );
     if (m.status202!.non2xx > 0 || m.ibuChunks!.non2xx > 0 || m.nginxChunks!.non2xx > 0) console.error('warning: non-2xx responses seen', m);
   } finally {
     if (!args.keep) await fsp.rm(work, { recursive: true, force: true });

@@ -34,7 +34,10 @@ const mb = (n: number): string => `${(n / 1e6).toFixed(2)} MB`;
 const sh = (cmd: string): string => execFileSync('bash', ['-c', cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
 
 interface GuestResult {
-  zvolWrite: { base: { seconds: number; written: number; blocks: number }; security: { seconds: number; written: number; zeroed: number; unchanged: number; blocks: number } };
+  zvolWrite: {
+    base: { seconds: number; written: number; blocks: number };
+    security: { seconds: number; written: number; zeroed: number; unchanged: number; blocks: number };
+  };
   stream: { raw: number; zstd3: number; zstd19: number; sha256: string; deterministic: boolean; sendSeconds: number };
   receive: Array<{ verify: number; receive: number; export: number; total: number }>;
   deltaApply: number[];
@@ -136,7 +139,13 @@ async function host(): Promise<void> {
       await publishRelease({ image: path.join(IMAGES, 'base.img'), version: FROM, store, keyFiles: key });
       await publishRelease({ image: path.join(IMAGES, 'security.img'), version: TO, store, keyFiles: key });
       console.error('fetching security seeded with base ...');
-      f = await fetchRelease({ store, version: TO, keyring: await Keyring.load(path.join(work, 'keyring')), out: path.join(work, 'fetched.img'), seeds: [path.join(IMAGES, 'base.img')] });
+      f = await fetchRelease({
+        store,
+        version: TO,
+        keyring: await Keyring.load(path.join(work, 'keyring')),
+        out: path.join(work, 'fetched.img'),
+        seeds: [path.join(IMAGES, 'base.img')],
+      });
       fs.rmSync(path.join(work, 'fetched.img'));
       console.error('making the ibu delta ...');
       d = await makeDelta({ fromImage: path.join(IMAGES, 'base.img'), toImage: path.join(IMAGES, 'security.img'), out: path.join(share, 'delta.ibudelta') });
@@ -148,7 +157,10 @@ async function host(): Promise<void> {
     const t0 = Date.now();
     const r = await runScenarioGuest(work, { releaseMiB: 4096, deviceMiB: 4096, workMiB: 8192 }, { script, share, timeoutMs: 120 * 60_000, memMiB: 3072 });
     const line = r.log.split('\n').find((l) => l.startsWith('IBU-ZFS-BENCH '));
-    if (!line) throw new Error(`the guest printed no result (exit ${String(r.exitCode)}${r.timedOut ? ', timed out' : ''}); log: ${r.logFile}\n${r.log.split('\n').slice(-40).join('\n')}`);
+    if (!line)
+      throw new Error(
+        `the guest printed no result (exit ${String(r.exitCode)}${r.timedOut ? ', timed out' : ''}); log: ${r.logFile}\n${r.log.split('\n').slice(-40).join('\n')}`,
+      );
     const g = JSON.parse(line.slice('IBU-ZFS-BENCH '.length)) as GuestResult;
     const res = {
       machine: `${os.cpus().length}-core host, ${os.cpus()[0]?.model ?? '?'}; numbers marked guest: QEMU TCG guest (no KVM), Debian 6.1 kernel, ZFS 2.1.11`,
@@ -161,8 +173,12 @@ async function host(): Promise<void> {
       deltaApply: median(g.deltaApply),
       deltaApplyRuns: g.deltaApply,
     };
-    console.log(`bytes for ${FROM} → ${TO}: zfs stream raw ${mb(res.bytes.zfsRaw)}, zstd-3 ${mb(res.bytes.zfsZstd3)}, zstd-19 ${mb(res.bytes.zfsZstd19)}; ibu delta ${mb(res.bytes.ibuDelta)}; chunks fetched ${mb(res.bytes.chunksFetched)}`);
-    console.log(`guest (TCG): verify+recv+export median ${res.receiveTotal.toFixed(1)} s (${g.receive.map((x) => x.total.toFixed(1)).join(', ')}); ibu delta apply median ${res.deltaApply.toFixed(1)} s (${g.deltaApply.map((x) => x.toFixed(1)).join(', ')})`);
+    console.log(
+      `bytes for ${FROM} → ${TO}: zfs stream raw ${mb(res.bytes.zfsRaw)}, zstd-3 ${mb(res.bytes.zfsZstd3)}, zstd-19 ${mb(res.bytes.zfsZstd19)}; ibu delta ${mb(res.bytes.ibuDelta)}; chunks fetched ${mb(res.bytes.chunksFetched)}`,
+    );
+    console.log(
+      `guest (TCG): verify+recv+export median ${res.receiveTotal.toFixed(1)} s (${g.receive.map((x) => x.total.toFixed(1)).join(', ')}); ibu delta apply median ${res.deltaApply.toFixed(1)} s (${g.deltaApply.map((x) => x.toFixed(1)).join(', ')})`,
+    );
     console.log(JSON.stringify(res, null, 2));
     if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(res, null, 2));
   } finally {

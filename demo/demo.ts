@@ -18,8 +18,22 @@ import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import Database from 'better-sqlite3';
 import {
-  e2eUnavailable, kernelKit, buildInitramfs, buildEfi, stageNodeRoot, writeGrubCfg, createGrubenv,
-  makeDisk, HostFs, boot, missingInOrder, guestNetArgs, repoRoot, timeline, ibu, freePort,
+  e2eUnavailable,
+  kernelKit,
+  buildInitramfs,
+  buildEfi,
+  stageNodeRoot,
+  writeGrubCfg,
+  createGrubenv,
+  makeDisk,
+  HostFs,
+  boot,
+  missingInOrder,
+  guestNetArgs,
+  repoRoot,
+  timeline,
+  ibu,
+  freePort,
 } from '../test/e2e/harness.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from '../test/e2e/upgrade-story.js';
 import { formatBytes } from '../src/util/bytes.js';
@@ -137,7 +151,10 @@ function followServerLog(file: string, base: string): { stop: () => Promise<void
       if (r.url.startsWith('/v1/deltas/')) {
         if (e.res.statusCode === 202) note = ' (delta being built; device waits)';
         if (e.res.statusCode === 200) {
-          const len = await fetch(base + r.url, { method: 'HEAD' }).then((h) => h.headers.get('content-length'), () => null);
+          const len = await fetch(base + r.url, { method: 'HEAD' }).then(
+            (h) => h.headers.get('content-length'),
+            () => null,
+          );
           note = ` (delta served${len ? `: ${formatBytes(Number(len))}` : ''})`;
         }
       }
@@ -203,16 +220,38 @@ async function main(): Promise<void> {
     await fsp.rm(stage, { recursive: true, force: true });
     say(`2.0.img: ${await imageSizes(img2)}`);
     const diff = JSON.parse((await ibu('image', 'diff', img1, img2, '--json')).stdout) as { added: string[]; removed: string[]; changed: string[] };
-    say(`ibu image diff: ${diff.added.length} added, ${diff.removed.length} removed, ${diff.changed.length} changed (${[...diff.added, ...diff.changed].slice(0, 4).join(', ')})`);
+    say(
+      `ibu image diff: ${diff.added.length} added, ${diff.removed.length} removed, ${diff.changed.length} changed (${[...diff.added, ...diff.changed].slice(0, 4).join(', ')})`,
+    );
 
     step('signing key + publishing both releases into a content-addressed chunk store');
     const keys = path.join(work, 'keys');
     await ibu('keys', 'generate', '--out', keys);
     say(`ed25519 key pair in ${keys}; the device trusts signing.pub`);
     const store = path.join(work, 'store');
-    for (const [v, img] of [['1.0', img1], ['2.0', img2]]) {
-      const r = JSON.parse((await ibu('release', 'publish', '--image', img, '--version', v, '--store', store,
-        '--key', path.join(keys, 'signing.key'), '--channel', 'stable', '--json')).stdout) as { chunks: number; newChunks: number; newStoredBytes: number };
+    for (const [v, img] of [
+      ['1.0', img1],
+      ['2.0', img2],
+    ]) {
+      const r = JSON.parse(
+        (
+          await ibu(
+            'release',
+            'publish',
+            '--image',
+            img,
+            '--version',
+            v,
+            '--store',
+            store,
+            '--key',
+            path.join(keys, 'signing.key'),
+            '--channel',
+            'stable',
+            '--json',
+          )
+        ).stdout,
+      ) as { chunks: number; newChunks: number; newStoredBytes: number };
       say(`published ${v} on 'stable': ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newStoredBytes)} stored, zstd)`);
     }
 
@@ -223,20 +262,34 @@ async function main(): Promise<void> {
     const secret = randomBytes(16).toString('hex');
     const serverLog = path.join(work, 'server.log');
     const logFd = await fsp.open(serverLog, 'w');
-    server = spawn(process.execPath, [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', store, '--listen', `127.0.0.1:${port}`, '--admin-token', admin, '--precompute', '0'], {
-      env: { ...process.env, IBU_ENROLLMENT_SECRET: secret },
-      stdio: ['ignore', logFd.fd, logFd.fd],
-    });
+    server = spawn(
+      process.execPath,
+      [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', store, '--listen', `127.0.0.1:${port}`, '--admin-token', admin, '--precompute', '0'],
+      {
+        env: { ...process.env, IBU_ENROLLMENT_SECRET: secret },
+        stdio: ['ignore', logFd.fd, logFd.fd],
+      },
+    );
     await logFd.close();
     for (let i = 0; ; i++) {
-      if (await fetch(`${base}/v1/channels/stable/releases`).then((r) => r.ok, () => false)) break;
+      if (
+        await fetch(`${base}/v1/channels/stable/releases`).then(
+          (r) => r.ok,
+          () => false,
+        )
+      )
+        break;
       if (i > 150 || server.exitCode !== null) throw new DemoError('ibu serve did not come up:\n' + (await fsp.readFile(serverLog, 'utf8')).slice(-2000));
       await new Promise((r) => setTimeout(r, 200));
     }
     say(`server listening on ${base} (dashboard: ${base}/dashboard); the device sees it as http://10.0.2.100`);
 
     step(`enrolling ${DEVICE} and building its disk (GPT: ESP with GRUB, host ext4 with /images/1.0.img, grubenv default_image=1.0)`);
-    const enr = await fetch(`${base}/v1/devices/enroll`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ deviceId: DEVICE, enrollmentSecret: secret }) });
+    const enr = await fetch(`${base}/v1/devices/enroll`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ deviceId: DEVICE, enrollmentSecret: secret }),
+    });
     if (enr.status !== 200) throw new DemoError(`enrollment failed with HTTP ${enr.status}: ${await enr.text()}`);
     const { token } = (await enr.json()) as { token: string };
     const hostTree = path.join(work, 'host');
@@ -244,16 +297,23 @@ async function main(): Promise<void> {
     await fsp.copyFile(img1, path.join(hostTree, 'images/1.0.img'));
     await fsp.mkdir(path.join(hostTree, 'ibu-e2e/keyring'), { recursive: true });
     await fsp.copyFile(path.join(keys, 'signing.pub'), path.join(hostTree, 'ibu-e2e/keyring/signing.pub'));
-    await fsp.writeFile(path.join(hostTree, 'ibu-e2e/agent.json'), JSON.stringify({
-      server: { url: 'http://10.0.2.100', deviceId: DEVICE, token },
-      channel: 'stable',
-      keyring: '/host/ibu-e2e/keyring',
-      checkpoint: 'fsfreeze',
-      reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
-      download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
-      health: { deadlineSeconds: 30, checks: HEALTHY_CHECKS },
-      pollSeconds: 2,
-    }, null, 2));
+    await fsp.writeFile(
+      path.join(hostTree, 'ibu-e2e/agent.json'),
+      JSON.stringify(
+        {
+          server: { url: 'http://10.0.2.100', deviceId: DEVICE, token },
+          channel: 'stable',
+          keyring: '/host/ibu-e2e/keyring',
+          checkpoint: 'fsfreeze',
+          reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
+          download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
+          health: { deadlineSeconds: 30, checks: HEALTHY_CHECKS },
+          pollSeconds: 2,
+        },
+        null,
+        2,
+      ),
+    );
     await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), RUN_SH);
     await writeGrubCfg(hostTree);
     await createGrubenv(hostTree, '1.0');
@@ -268,7 +328,11 @@ async function main(): Promise<void> {
     const follower = followServerLog(serverLog, base);
     let headline = 0;
     const res = await boot({
-      disk, logFile: path.join(work, 'device.log'), memMiB: 1024, extra: guestNetArgs(port), timeoutMs: 1_500_000,
+      disk,
+      logFile: path.join(work, 'device.log'),
+      memMiB: 1024,
+      extra: guestNetArgs(port),
+      timeoutMs: 1_500_000,
       onLine: (raw) => {
         const h = headline < HEADLINES.length && HEADLINES[headline][0].test(raw) ? HEADLINES[headline++] : null;
         if (h?.[2] === 'before') step(h[1]);
@@ -281,7 +345,8 @@ async function main(): Promise<void> {
     if (follower.chunkRequests()) say(`[server] ${follower.chunkRequests()} chunk requests served`);
     say(`boot timeline: ${timeline(res.log)}`);
     const tail = res.log.split('\n').slice(-40).join('\n');
-    if (res.timedOut || res.stuck !== null) throw new DemoError(`the device did not finish (${res.timedOut ? 'timeout' : `stuck at: ${res.stuck}`}); serial log tail:\n${tail}`);
+    if (res.timedOut || res.stuck !== null)
+      throw new DemoError(`the device did not finish (${res.timedOut ? 'timeout' : `stuck at: ${res.stuck}`}); serial log tail:\n${tail}`);
     const miss = missingInOrder(res.log, [...UPGRADE_STORY]);
     if (miss) throw new DemoError(`the upgrade story did not complete: ${miss}; serial log tail:\n${tail}`);
 
@@ -292,7 +357,9 @@ async function main(): Promise<void> {
     const dev = await fetch(`${base}/v1/admin/fleet/devices/${DEVICE}`, { headers: { authorization: `Bearer ${admin}` } });
     if (dev.status !== 200) throw new DemoError(`the server has no record of ${DEVICE} (HTTP ${dev.status}).`);
     const d = (await dev.json()) as { version: string; committedVersion: string; state: string; trial: boolean; lastErrorCode: string | null };
-    say(`server record of ${DEVICE}: version=${d.version} committed=${d.committedVersion} state=${d.state} trial=${d.trial} lastError=${d.lastErrorCode ?? 'none'}`);
+    say(
+      `server record of ${DEVICE}: version=${d.version} committed=${d.committedVersion} state=${d.state} trial=${d.trial} lastError=${d.lastErrorCode ?? 'none'}`,
+    );
     const db = new Database(path.join(store, 'fleet.sqlite'), { readonly: true });
     let events: { type: string; from: string; to: string }[];
     try {
@@ -302,15 +369,26 @@ async function main(): Promise<void> {
     }
     say(`server events: ${events.map((e) => `${e.type} ${e.from}->${e.to}`).join(', ')}`);
     const env = (await host.readFile('/boot/grub/grubenv'))?.toString('latin1') ?? '';
-    say(`final grubenv on the device disk: ${env.split('\n').filter((l) => l && !l.startsWith('#')).join(' ')}`);
+    say(
+      `final grubenv on the device disk: ${env
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'))
+        .join(' ')}`,
+    );
     const st = await host.bootState();
-    const installed = (await host.debugfs('ls -l /images')).split('\n').map((l) => /(\S+\.img)\s*$/.exec(l)?.[1]).filter(Boolean);
+    const installed = (await host.debugfs('ls -l /images'))
+      .split('\n')
+      .map((l) => /(\S+\.img)\s*$/.exec(l)?.[1])
+      .filter(Boolean);
     say(`installed images: ${installed.join(', ')}`);
     const record = { version: d.version, committedVersion: d.committedVersion, state: d.state, trial: d.trial, lastErrorCode: d.lastErrorCode };
     const ok = isDeepStrictEqual(record, COMMITTED_RECORD) && isDeepStrictEqual(events, UPGRADE_EVENTS) && st.defaultImage === '2.0' && !st.tryImage;
-    if (!ok) throw new DemoError(`the final state is not "committed on 2.0": server ${JSON.stringify(d)}, grubenv default=${st.defaultImage} try=${st.tryImage}.`);
+    if (!ok)
+      throw new DemoError(`the final state is not "committed on 2.0": server ${JSON.stringify(d)}, grubenv default=${st.defaultImage} try=${st.tryImage}.`);
     process.stdout.write('\n');
-    say(`SUCCESS: ${DEVICE} upgraded 1.0 -> 2.0 through a delta, trial-booted, health-checked and committed (${((Date.now() - t0) / 1000).toFixed(0)} s in all)`);
+    say(
+      `SUCCESS: ${DEVICE} upgraded 1.0 -> 2.0 through a delta, trial-booted, health-checked and committed (${((Date.now() - t0) / 1000).toFixed(0)} s in all)`,
+    );
   } finally {
     await cleanup();
   }

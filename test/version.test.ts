@@ -18,6 +18,9 @@ test('versions compare numerically, suffix sorts first', () => {
 test('invalid versions are refused with VERSION_INVALID', () => {
   for (const v of ['', '../1', '1..2', 'a', '1.2/3']) {
     assert.equal(isValidVersion(v), false, v);
-    assert.throws(() => compareVersions(v, '1'), (e) => isIbuError(e, 'VERSION_INVALID'));
+    assert.throws(
+      () => compareVersions(v, '1'),
+      (e) => isIbuError(e, 'VERSION_INVALID'),
+    );
   }
 });

@@ -50,7 +50,8 @@ export function* chunkFile(fd: number, fileSize: number, params: ChunkParams, bu
     while (bufStart + bufLen < needEnd) {
       const want = Math.min(cap - bufLen, fileSize - (bufStart + bufLen));
       const n = readSync(fd, buf, bufLen, want, bufStart + bufLen);
-      if (n === 0) throw new IbuError('IMAGE_INVALID', `the file ended at ${bufStart + bufLen} bytes while ${fileSize} were expected; was it changed while being read?`);
+      if (n === 0)
+        throw new IbuError('IMAGE_INVALID', `the file ended at ${bufStart + bufLen} bytes while ${fileSize} were expected; was it changed while being read?`);
       bufLen += n;
     }
   };

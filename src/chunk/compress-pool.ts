@@ -26,7 +26,11 @@ export class CompressPool {
       // execArgv: [] — the parent's flags may include `-e CODE` (e.g. `node -e`), which a worker
       // would otherwise run instead of its own file.
       const w = ts
-        ? new Worker(`import('tsx/esm/api').then((t) => { t.register(); return import(${JSON.stringify(url.href)}); });`, { eval: true, workerData: { level }, execArgv: [] })
+        ? new Worker(`import('tsx/esm/api').then((t) => { t.register(); return import(${JSON.stringify(url.href)}); });`, {
+            eval: true,
+            workerData: { level },
+            execArgv: [],
+          })
         : new Worker(url, { workerData: { level }, execArgv: [] });
       w.on('message', (m: { seq: number; data: Uint8Array }) => {
         const p = this.waiting.get(m.seq);

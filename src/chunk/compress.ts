@@ -24,7 +24,11 @@ export function chunkDecompressor(): (id: string, data: Uint8Array, expectedSize
     } catch (err) {
       const msg = (err as Error).message ?? String(err);
       const truncated = /truncat|incomplete|src size|srcSize|not enough|ended/i.test(msg) || data.length < 9;
-      throw new IbuError(truncated ? 'CHUNK_TRUNCATED' : 'CHUNK_INVALID', `chunk ${id} is ${truncated ? 'truncated' : 'corrupt'} (zstd: ${msg}); re-publish or repair the store`, { cause: err });
+      throw new IbuError(
+        truncated ? 'CHUNK_TRUNCATED' : 'CHUNK_INVALID',
+        `chunk ${id} is ${truncated ? 'truncated' : 'corrupt'} (zstd: ${msg}); re-publish or repair the store`,
+        { cause: err },
+      );
     }
     if (expectedSize !== undefined && out.length !== expectedSize) {
       const code = out.length < expectedSize ? 'CHUNK_TRUNCATED' : 'CHUNK_INVALID';

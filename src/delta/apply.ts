@@ -61,7 +61,7 @@ function dstRanges(op: DeltaOp): Range[] {
 function hashRanges(fd: number, ranges: Range[], buf: Buffer, what: string): Buffer {
   const h = new OpHasher();
   for (const r of ranges) {
-    for (let done = 0; done < r.length; ) {
+    for (let done = 0; done < r.length;) {
       const piece = buf.subarray(0, Math.min(buf.length, r.length - done));
       preadFull(fd, piece, r.offset + done, sourceShort(what));
       h.update(piece);
@@ -92,16 +92,20 @@ function checkPair(d: DeltaFile, opts: ApplyDeltaOptions): void {
 function checkSource(d: DeltaFile, opts: ApplyDeltaOptions, sfd: number, buf: Buffer): void {
   const h = d.header;
   const wrong = (why: string, details?: Record<string, unknown>): IbuError =>
-    new IbuError('DELTA_WRONG_SOURCE', `${opts.sourceImage} is not the source image of this delta (${h.fromVersion} → ${h.toVersion}): ${why}. Apply the delta to image ${h.fromVersion}, or download the full image.`, {
-      details,
-    });
+    new IbuError(
+      'DELTA_WRONG_SOURCE',
+      `${opts.sourceImage} is not the source image of this delta (${h.fromVersion} → ${h.toVersion}): ${why}. Apply the delta to image ${h.fromVersion}, or download the full image.`,
+      {
+        details,
+      },
+    );
   const size = fs.fstatSync(sfd).size;
   if (size !== h.source.size) throw wrong(`it has ${size} bytes, the delta's source has ${h.source.size}`);
   const version = versionOfImage(opts.sourceImage);
   if (version !== 'unknown' && h.fromVersion !== 'unknown' && version !== h.fromVersion) throw wrong(`it is version ${version}`, { version });
   if (opts.verifySource) {
     const sha = createHash('sha256');
-    for (let pos = 0; pos < size; ) {
+    for (let pos = 0; pos < size;) {
       const piece = buf.subarray(0, Math.min(buf.length, size - pos));
       preadFull(sfd, piece, pos, sourceShort(opts.sourceImage));
       sha.update(piece);
@@ -192,7 +196,7 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
         // Nothing to do: the output was created sparse and reads as zeros here.
       } else if (op.type === 'copy') {
         const hasher = new OpHasher();
-        for (let off = 0; off < op.length; ) {
+        for (let off = 0; off < op.length;) {
           const piece = buf.subarray(0, Math.min(buf.length, op.length - off));
           preadFull(sfd, piece, op.src + off, sourceShort(opts.sourceImage));
           hasher.update(piece);
@@ -262,7 +266,10 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
     }
     const wanted = [h.target.sha256, ...(opts.manifest ? [opts.manifest.image.sha256] : [])];
     if (wanted.some((w) => w !== sha256)) {
-      throw new IbuError('IMAGE_HASH_MISMATCH', `The image built from the delta has sha256 ${sha256}, not ${wanted.find((w) => w !== sha256)}; nothing was written to ${opts.out}. Download the full image.`);
+      throw new IbuError(
+        'IMAGE_HASH_MISMATCH',
+        `The image built from the delta has sha256 ${sha256}, not ${wanted.find((w) => w !== sha256)}; nothing was written to ${opts.out}. Download the full image.`,
+      );
     }
     fs.closeSync(ofd);
     ofd = undefined;
@@ -339,7 +346,9 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
     n = dict ? io.dctx.decompressUsingDict(out, frame, dict) : io.dctx.decompress(out, frame);
   } catch (err) {
     if (srcFailed.size === 0) {
-      throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta does not decode (zstd: ${(err as Error).message}); download or build the delta again.`, { cause: err });
+      throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta does not decode (zstd: ${(err as Error).message}); download or build the delta again.`, {
+        cause: err,
+      });
     }
     // A modified dictionary can make a frame undecodable: every op of the segment must come from elsewhere.
     for (const i of opIdx) {
@@ -348,7 +357,8 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
     }
     return 0;
   }
-  if (n !== seg.outputLength) throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta decodes to ${n} bytes instead of ${seg.outputLength}; download or build the delta again.`);
+  if (n !== seg.outputLength)
+    throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta decodes to ${n} bytes instead of ${seg.outputLength}; download or build the delta again.`);
   let at = 0;
   let written = 0;
   for (const i of opIdx) {
@@ -359,7 +369,11 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
     const ok = new OpHasher().update(bytes).digest().equals(op.dstHash);
     if (!ok) {
       // Wrong output with intact sources in the segment means the payload itself is bad.
-      if (srcFailed.size === 0) throw new IbuError('DELTA_INVALID', `Op ${i} (${op.path || 'metadata'}) decodes to bytes that do not match its hash; download or build the delta again.`);
+      if (srcFailed.size === 0)
+        throw new IbuError(
+          'DELTA_INVALID',
+          `Op ${i} (${op.path || 'metadata'}) decodes to bytes that do not match its hash; download or build the delta again.`,
+        );
       io.failed.push({ index: i, type: op.type, path: op.path, dst: op.dst, reason: srcFailed.has(i) ? 'source' : 'output' });
       continue;
     }

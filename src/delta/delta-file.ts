@@ -92,7 +92,7 @@ export function readDelta(path: string, onProgress?: (done: number, total: numbe
     const want = decodeTrailer(readUpTo(fd, TRAILER_BYTES, bodyEnd), path);
     const h = createHash('sha256');
     const buf = Buffer.alloc(Math.min(HASH_BYTES, Math.max(1, bodyEnd)));
-    for (let pos = 0; pos < bodyEnd; ) {
+    for (let pos = 0; pos < bodyEnd;) {
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, bodyEnd - pos), pos);
       if (n === 0) throw deltaTruncated(path, pos, fixed.totalLength);
       h.update(buf.subarray(0, n));
@@ -129,7 +129,7 @@ export function writeDeltaFile(path: string, layout: EncodedLayout, payloadFiles
     for (const file of payloadFiles) {
       const pfd = fs.openSync(file, 'r');
       try {
-        for (let pos = 0; ; ) {
+        for (let pos = 0; ;) {
           const n = fs.readSync(pfd, buf, 0, buf.length, pos);
           if (n === 0) break;
           write(buf.subarray(0, n));

@@ -46,7 +46,10 @@ export async function fillFromStore(fd: number, ranges: Range[], manifest: Manif
       }
     }
     if (covered < end) {
-      throw new IbuError('MANIFEST_INVALID', `The manifest of ${manifest.version} has no chunk for image bytes ${covered}..${end}; it does not describe the whole image.`);
+      throw new IbuError(
+        'MANIFEST_INVALID',
+        `The manifest of ${manifest.version} has no chunk for image bytes ${covered}..${end}; it does not describe the whole image.`,
+      );
     }
   }
   const result: FallbackResult = { chunks: 0, bytes: 0, downloadedBytes: 0 };
@@ -67,7 +70,7 @@ export async function fillFromStore(fd: number, ranges: Range[], manifest: Manif
     }
     for (const part of parts) {
       const slice = plain.subarray(part.offset - ref.offset, part.offset - ref.offset + part.length);
-      for (let off = 0; off < slice.length; ) off += fs.writeSync(fd, slice, off, slice.length - off, part.offset + off);
+      for (let off = 0; off < slice.length;) off += fs.writeSync(fd, slice, off, slice.length - off, part.offset + off);
       result.bytes += part.length;
     }
   }

@@ -76,7 +76,12 @@ class SourceIndex {
   }
   sameAs(block: number, h: Buffer): boolean {
     const o = block * 4;
-    return this.hashes[o] === h.readUInt32LE(0) && this.hashes[o + 1] === h.readUInt32LE(4) && this.hashes[o + 2] === h.readUInt32LE(8) && this.hashes[o + 3] === h.readUInt32LE(12);
+    return (
+      this.hashes[o] === h.readUInt32LE(0) &&
+      this.hashes[o + 1] === h.readUInt32LE(4) &&
+      this.hashes[o + 2] === h.readUInt32LE(8) &&
+      this.hashes[o + 3] === h.readUInt32LE(12)
+    );
   }
   find(h: Buffer): number {
     for (let s = h.readUInt32LE(0) & this.mask; ; s = (s + 1) & this.mask) {

@@ -124,4 +124,3 @@ export function describeDelta(d: DeltaFile): DeltaInfo {
     largestFiles: [...files.values()].sort(byPayload).slice(0, LARGEST),
   };
 }
-

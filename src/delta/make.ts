@@ -61,7 +61,7 @@ function imageShort(at: number): IbuError {
 /** Streams ranges of an image into a hash and, optionally, a file. */
 function pumpRanges(fd: number, ranges: Range[], buf: Buffer, hasher: OpHasher, outFd?: number): void {
   for (const r of ranges) {
-    for (let done = 0; done < r.length; ) {
+    for (let done = 0; done < r.length;) {
       const n = Math.min(buf.length, r.length - done);
       const piece = buf.subarray(0, n);
       preadFull(fd, piece, r.offset + done, imageShort);
@@ -150,7 +150,12 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         generator: GENERATOR,
       };
       const layout = encodeHead(header, p.ops, segments, payloadLength);
-      writeDeltaFile(partial, layout, segments.map((_, i) => segFile(workDir, i)), buf);
+      writeDeltaFile(
+        partial,
+        layout,
+        segments.map((_, i) => segFile(workDir, i)),
+        buf,
+      );
       await commitFile(partial, opts.out);
 
       const opsCount: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0 };

@@ -113,7 +113,7 @@ export function plan(input: PlanInput): Plan {
     if (!blocks.some((b) => kind[b] === BLOCK.literal)) continue;
     const include: number[] = [];
     const logical: number[] = []; // index in the file's block list, to place source windows
-    for (let i = 0; i < blocks.length; ) {
+    for (let i = 0; i < blocks.length;) {
       const lit = kind[blocks[i]!] === BLOCK.literal;
       let j = i;
       while (j < blocks.length && (kind[blocks[j]!] === BLOCK.literal) === lit) j++;
@@ -158,7 +158,7 @@ export function plan(input: PlanInput): Plan {
 
   // 2. Changed blocks outside files (inode tables, bitmaps, extent tree blocks, the journal):
   //    diffed against the same offsets of the source, where the same structures live.
-  for (let b = 0; b < tBlocks; ) {
+  for (let b = 0; b < tBlocks;) {
     if (kind[b] !== BLOCK.literal || claimed[b] === 1) {
       b++;
       continue;
@@ -195,7 +195,7 @@ export function plan(input: PlanInput): Plan {
 
   // 3. Everything else is a ZERO run or a COPY run (contiguous in both images).
   const maxCopyBlocks = Math.max(1, Math.floor(lim.maxCopy / bs));
-  for (let b = 0; b < tBlocks; ) {
+  for (let b = 0; b < tBlocks;) {
     if (claimed[b] === 1) {
       b++;
       continue;

@@ -7,7 +7,10 @@ import { errorFromResponse } from '../http-error-body.js';
  * `ibu fleet`. Errors from the server keep their code: `{ error: { code, message } }`.
  */
 export class FleetAdminClient {
-  constructor(readonly server: string, private readonly token: string) {}
+  constructor(
+    readonly server: string,
+    private readonly token: string,
+  ) {}
 
   static fromOptions(o: { server?: string; token?: string }): FleetAdminClient {
     const server = o.server ?? process.env.IBU_SERVER;

@@ -22,7 +22,8 @@ export function validateCheckin(req: CheckinRequest): void {
 
 export function validateEvent(ev: DeviceEvent): void {
   if (!ev || !EVENT_TYPES.includes(ev.type)) throw new IbuError('BAD_REQUEST', `Event type must be one of ${EVENT_TYPES.join(', ')}.`);
-  if (!isValidVersion(String(ev.fromVersion)) || !isValidVersion(String(ev.toVersion))) throw new IbuError('BAD_REQUEST', 'fromVersion and toVersion must be valid versions such as 2026.11.2.');
+  if (!isValidVersion(String(ev.fromVersion)) || !isValidVersion(String(ev.toVersion)))
+    throw new IbuError('BAD_REQUEST', 'fromVersion and toVersion must be valid versions such as 2026.11.2.');
 }
 
 function maxVersion(a: string | null, b: string | null): string | null {
@@ -43,7 +44,12 @@ export function deviceAfterCheckin(before: DeviceRecord, req: CheckinRequest, no
   if (committed && d.maxCommitted && compareVersions(committed, d.maxCommitted) < 0 && !d.flags.includes('downgraded')) {
     d.flags = [...d.flags, 'downgraded'];
     downgrade = {
-      deviceId: d.id, type: 'downgrade-detected', fromVersion: d.maxCommitted, toVersion: committed, at: now, errorCode: 'VERSION_DOWNGRADE',
+      deviceId: d.id,
+      type: 'downgrade-detected',
+      fromVersion: d.maxCommitted,
+      toVersion: committed,
+      at: now,
+      errorCode: 'VERSION_DOWNGRADE',
       errorMessage: `reported committed version ${committed} is below ${d.maxCommitted}, committed before`,
     };
   }
@@ -70,6 +76,11 @@ export function deviceAfterCheckin(before: DeviceRecord, req: CheckinRequest, no
  * only add load).
  */
 export function isBusy(req: CheckinRequest, leaseGranted: boolean, part: RolloutDevice | null): boolean {
-  return (req.state === 'prepared' && (!req.wantRebootLease || leaseGranted)) || req.state === 'applying' || req.state === 'trial' || req.trial
-    || (part !== null && (part.status === 'applying' || part.status === 'trial'));
+  return (
+    (req.state === 'prepared' && (!req.wantRebootLease || leaseGranted)) ||
+    req.state === 'applying' ||
+    req.state === 'trial' ||
+    req.trial ||
+    (part !== null && (part.status === 'applying' || part.status === 'trial'))
+  );
 }

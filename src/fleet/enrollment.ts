@@ -29,9 +29,25 @@ export interface EnrollmentConfig {
 /** The row of a device enrolled for the first time. */
 export function newDevice(id: string, tokenHash: string, group: string, channel: string, now: number): DeviceRecord {
   return {
-    id, tokenHash, group, channel, bucket: deviceBucket(id), version: null, state: null,
-    trial: false, committedVersion: null, maxCommitted: null, preparedVersion: null, freeBytes: null, lastErrorCode: null,
-    lastErrorMessage: null, lastCheckin: null, checkins: 0, flags: [], enrolledAt: now, rolloutId: null,
+    id,
+    tokenHash,
+    group,
+    channel,
+    bucket: deviceBucket(id),
+    version: null,
+    state: null,
+    trial: false,
+    committedVersion: null,
+    maxCommitted: null,
+    preparedVersion: null,
+    freeBytes: null,
+    lastErrorCode: null,
+    lastErrorMessage: null,
+    lastCheckin: null,
+    checkins: 0,
+    flags: [],
+    enrolledAt: now,
+    rolloutId: null,
   };
 }
 
@@ -60,12 +76,16 @@ export class Enrollment {
     } else {
       const want = this.config.enrollmentSecretHash;
       if (!want || typeof req.enrollmentSecret !== 'string' || !sameHash(hashToken(req.enrollmentSecret), want)) {
-        throw new IbuError('UNAUTHORIZED', `Device ${req.deviceId} is not pre-authorized and no valid enrollment secret was given; pre-authorize it (POST /v1/admin/devices/preauthorize) or configure the enrollment secret.`);
+        throw new IbuError(
+          'UNAUTHORIZED',
+          `Device ${req.deviceId} is not pre-authorized and no valid enrollment secret was given; pre-authorize it (POST /v1/admin/devices/preauthorize) or configure the enrollment secret.`,
+        );
       }
       group = req.group ?? this.config.defaultGroup;
       channel = req.channel ?? this.config.defaultChannel;
     }
-    if (!NAME_RE.test(group) || !NAME_RE.test(channel)) throw new IbuError('BAD_REQUEST', 'group and channel must be short names of letters, digits, ".", "_" or "-".');
+    if (!NAME_RE.test(group) || !NAME_RE.test(channel))
+      throw new IbuError('BAD_REQUEST', 'group and channel must be short names of letters, digits, ".", "_" or "-".');
     const token = randomBytes(32).toString('base64url');
     const existing = await this.repo.getDevice(req.deviceId);
     // Re-enrolling rotates the token and keeps the device's history.
@@ -87,7 +107,8 @@ export class Enrollment {
   }
 
   async preauthorize(ids: string[], group?: string, channel?: string): Promise<number> {
-    if (!Array.isArray(ids) || ids.some((i) => typeof i !== 'string' || !DEVICE_ID_RE.test(i))) throw new IbuError('BAD_REQUEST', 'ids must be a list of device ids (letters, digits, ".", "_", ":", "-").');
+    if (!Array.isArray(ids) || ids.some((i) => typeof i !== 'string' || !DEVICE_ID_RE.test(i)))
+      throw new IbuError('BAD_REQUEST', 'ids must be a list of device ids (letters, digits, ".", "_", ":", "-").');
     const g = group ?? this.config.defaultGroup;
     const c = channel ?? this.config.defaultChannel;
     if (!NAME_RE.test(g) || !NAME_RE.test(c)) throw new IbuError('BAD_REQUEST', 'group and channel must be short names.');

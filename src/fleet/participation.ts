@@ -12,8 +12,15 @@ import { effectiveWaves, waveOf } from './waves.js';
 /** The row a device gets when it first meets a rollout (targeted, in the wave of its bucket or group). */
 export function newParticipation(r: RolloutRecord, d: Pick<DeviceRecord, 'id' | 'bucket' | 'group'>, fromVersion: string, now: number): RolloutDevice {
   return {
-    rolloutId: r.id, deviceId: d.id, wave: Math.max(0, waveOf(effectiveWaves(r.spec), d.bucket, d.group)), status: 'targeted',
-    fromVersion, updatedAt: now, deadline: null, errorCode: null, errorMessage: null,
+    rolloutId: r.id,
+    deviceId: d.id,
+    wave: Math.max(0, waveOf(effectiveWaves(r.spec), d.bucket, d.group)),
+    status: 'targeted',
+    fromVersion,
+    updatedAt: now,
+    deadline: null,
+    errorCode: null,
+    errorMessage: null,
   };
 }
 
@@ -67,9 +74,23 @@ export function participationFromEvent(p: RolloutDevice, ev: DeviceEvent, silent
       return { ...p, status: 'succeeded', deadline: null, updatedAt: now, errorCode: null, errorMessage: null };
     case 'upgrade-failed':
     case 'prepare-failed':
-      return { ...p, status: 'failed', deadline: null, updatedAt: now, errorCode: errorCode ?? 'FAILED', errorMessage: errorMessage ?? `${ev.type} without details` };
+      return {
+        ...p,
+        status: 'failed',
+        deadline: null,
+        updatedAt: now,
+        errorCode: errorCode ?? 'FAILED',
+        errorMessage: errorMessage ?? `${ev.type} without details`,
+      };
     case 'rolled-back':
-      return { ...p, status: 'rolled-back', deadline: null, updatedAt: now, errorCode: errorCode ?? 'ROLLED_BACK', errorMessage: errorMessage ?? `rolled back from ${ev.toVersion}` };
+      return {
+        ...p,
+        status: 'rolled-back',
+        deadline: null,
+        updatedAt: now,
+        errorCode: errorCode ?? 'ROLLED_BACK',
+        errorMessage: errorMessage ?? `rolled back from ${ev.toVersion}`,
+      };
     default:
       return p;
   }

@@ -56,8 +56,13 @@ export class Releases {
   }
 
   /** Adds a release or updates what the input names; `added` says whether it is new on its channel. */
-  async register(input: ReleaseInput, source: ReleaseRecord['source'], defaults: { channel: string; manifestUrl: (v: string) => string }): Promise<{ release: ReleaseRecord; added: boolean }> {
-    if (!isValidVersion(String(input?.version))) throw new IbuError('VERSION_INVALID', `Invalid version '${String(input?.version)}': use dot-separated numbers with an optional -suffix, e.g. 2026.11.2.`);
+  async register(
+    input: ReleaseInput,
+    source: ReleaseRecord['source'],
+    defaults: { channel: string; manifestUrl: (v: string) => string },
+  ): Promise<{ release: ReleaseRecord; added: boolean }> {
+    if (!isValidVersion(String(input?.version)))
+      throw new IbuError('VERSION_INVALID', `Invalid version '${String(input?.version)}': use dot-separated numbers with an optional -suffix, e.g. 2026.11.2.`);
     const channel = input.channel ?? defaults.channel;
     if (!NAME_RE.test(channel)) throw new IbuError('BAD_REQUEST', `Invalid channel name '${channel}'.`);
     const list = this.byChannel.get(channel) ?? [];

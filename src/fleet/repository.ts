@@ -1,6 +1,4 @@
-import type {
-  DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp,
-} from './types.js';
+import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from './types.js';
 
 /**
  * Where the fleet lives. One interface, two implementations (SQLite embedded, PostgreSQL), one

@@ -25,7 +25,8 @@ export function resolveRolloutSpec(input: Partial<RolloutSpec> | undefined, defa
     });
     if (s.waves[s.waves.length - 1] !== 100) problems.push('the last wave must be 100 so the rollout can complete');
   }
-  if (!Array.isArray(s.canaryGroups) || s.canaryGroups.some((g) => typeof g !== 'string' || g === '')) problems.push('canaryGroups must be a list of group names');
+  if (!Array.isArray(s.canaryGroups) || s.canaryGroups.some((g) => typeof g !== 'string' || g === ''))
+    problems.push('canaryGroups must be a list of group names');
   const ratio = (name: keyof RolloutSpec) => {
     const v = s[name];
     if (typeof v !== 'number' || !(v >= 0 && v <= 1)) problems.push(`${name} must be a number between 0 and 1`);
@@ -52,11 +53,7 @@ export interface RolloutFacts {
   now: number;
 }
 
-export type RolloutDecision =
-  | { kind: 'none' }
-  | { kind: 'pause'; reason: string }
-  | { kind: 'advance'; wave: number }
-  | { kind: 'complete'; reason: string };
+export type RolloutDecision = { kind: 'none' } | { kind: 'pause'; reason: string } | { kind: 'advance'; wave: number } | { kind: 'complete'; reason: string };
 
 export function emptyStatusCounts(): Record<ParticipationStatus, number> {
   return { targeted: 0, applying: 0, trial: 0, succeeded: 0, failed: 0, 'rolled-back': 0, silent: 0 };

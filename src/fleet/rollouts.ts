@@ -63,14 +63,28 @@ export class Rollouts {
     const { channel } = input;
     if (!isValidVersion(String(input?.version))) throw new IbuError('VERSION_INVALID', `Invalid version '${String(input?.version)}'.`);
     if (!this.hasRelease(channel, input.version)) {
-      throw new IbuError('RELEASE_NOT_FOUND', `Release ${input.version} is not known on channel '${channel}'; publish it to the data directory or register it (POST /v1/admin/releases) first.`);
+      throw new IbuError(
+        'RELEASE_NOT_FOUND',
+        `Release ${input.version} is not known on channel '${channel}'; publish it to the data directory or register it (POST /v1/admin/releases) first.`,
+      );
     }
     const prev = this.governing(channel, input.version);
-    if (prev && prev.state !== 'aborted') throw new IbuError('CONFLICT', `Release ${input.version} already has rollout ${prev.id} (${prev.state}); pause, resume or abort that one.`);
+    if (prev && prev.state !== 'aborted')
+      throw new IbuError('CONFLICT', `Release ${input.version} already has rollout ${prev.id} (${prev.state}); pause, resume or abort that one.`);
     const spec = resolveRolloutSpec(input.spec, defaults);
     const now = this.clock();
     const rec: Omit<RolloutRecord, 'id'> = {
-      channel, version: input.version, spec, state: 'running', wave: 0, waveStartedAt: now, createdAt: now, updatedAt: now, reason: null, baselineBad: 0, baselineStarted: 0,
+      channel,
+      version: input.version,
+      spec,
+      state: 'running',
+      wave: 0,
+      waveStartedAt: now,
+      createdAt: now,
+      updatedAt: now,
+      reason: null,
+      baselineBad: 0,
+      baselineStarted: 0,
     };
     const id = await this.repo.insertRollout(rec);
     const full = { ...rec, id };

@@ -65,14 +65,16 @@ export function validateSettings(patch: FleetSettings, rolloutDefaults: RolloutS
   const problems: string[] = [];
   const pos = (k: keyof FleetSettings, allowZero = false) => {
     const v = patch[k];
-    if (v !== undefined && (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0))) problems.push(`${k} must be a ${allowZero ? 'non-negative' : 'positive'} number`);
+    if (v !== undefined && (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0)))
+      problems.push(`${k} must be a ${allowZero ? 'non-negative' : 'positive'} number`);
   };
   pos('checkinIntervalSeconds');
   pos('activeCheckinIntervalSeconds');
   pos('defaultLeaseTtlSeconds');
   pos('defaultMaxConcurrentReboots', true);
   pos('evaluateEveryMs');
-  if (patch.jitter !== undefined && !(typeof patch.jitter === 'number' && patch.jitter >= 0 && patch.jitter < 1)) problems.push('jitter must be a number in [0, 1)');
+  if (patch.jitter !== undefined && !(typeof patch.jitter === 'number' && patch.jitter >= 0 && patch.jitter < 1))
+    problems.push('jitter must be a number in [0, 1)');
   if (patch.enrollmentSecret !== undefined && typeof patch.enrollmentSecret !== 'string') problems.push('enrollmentSecret must be a string');
   if (problems.length) throw new IbuError('CONFIG_INVALID', `The fleet settings are invalid: ${problems.join('; ')}.`, { details: { problems } });
   if (patch.rolloutDefaults) resolveRolloutSpec(patch.rolloutDefaults, rolloutDefaults);
@@ -88,9 +90,14 @@ export function applySettings(config: FleetConfig, s: StoredSettings): void {
 
 export function settingsView(c: FleetConfig): SettingsView {
   return {
-    checkinIntervalSeconds: c.checkinIntervalSeconds, activeCheckinIntervalSeconds: c.activeCheckinIntervalSeconds, jitter: c.jitter,
-    defaultLeaseTtlSeconds: c.defaultLeaseTtlSeconds, defaultMaxConcurrentReboots: c.defaultMaxConcurrentReboots, evaluateEveryMs: c.evaluateEveryMs,
-    rolloutDefaults: c.rolloutDefaults, enrollmentSecretSet: Boolean(c.enrollmentSecretHash),
+    checkinIntervalSeconds: c.checkinIntervalSeconds,
+    activeCheckinIntervalSeconds: c.activeCheckinIntervalSeconds,
+    jitter: c.jitter,
+    defaultLeaseTtlSeconds: c.defaultLeaseTtlSeconds,
+    defaultMaxConcurrentReboots: c.defaultMaxConcurrentReboots,
+    evaluateEveryMs: c.evaluateEveryMs,
+    rolloutDefaults: c.rolloutDefaults,
+    enrollmentSecretSet: Boolean(c.enrollmentSecretHash),
   };
 }
 

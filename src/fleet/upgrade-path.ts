@@ -7,11 +7,7 @@ import type { ReleaseRecord } from './types.js';
  * device may have (`offered`) that does not skip the first mandatory release above `current`.
  * Never lower than `current` (anti-downgrade). Pure: the caller decides what is offered.
  */
-export function nextHop(
-  releases: readonly ReleaseRecord[],
-  current: string,
-  offered: (r: ReleaseRecord) => boolean,
-): ReleaseRecord | null {
+export function nextHop(releases: readonly ReleaseRecord[], current: string, offered: (r: ReleaseRecord) => boolean): ReleaseRecord | null {
   const above = releases.filter((r) => compareVersions(r.version, current) > 0).sort((a, b) => compareVersions(a.version, b.version));
   let best: ReleaseRecord | null = null;
   for (const r of above) {

@@ -8,12 +8,15 @@ const DAY_NAMES = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 export function validateWindow(w: unknown): MaintenanceWindow {
   const problems: string[] = [];
   const win = w as MaintenanceWindow;
-  if (!win || typeof win !== 'object') throw new IbuError('CONFIG_INVALID', 'A maintenance window must be an object { timeZone, rules: [{ days, start, end }] }.');
-  if (typeof win.timeZone !== 'string' || !isTimeZone(win.timeZone)) problems.push(`timeZone '${String(win.timeZone)}' is not an IANA time zone such as Europe/Berlin`);
+  if (!win || typeof win !== 'object')
+    throw new IbuError('CONFIG_INVALID', 'A maintenance window must be an object { timeZone, rules: [{ days, start, end }] }.');
+  if (typeof win.timeZone !== 'string' || !isTimeZone(win.timeZone))
+    problems.push(`timeZone '${String(win.timeZone)}' is not an IANA time zone such as Europe/Berlin`);
   if (!Array.isArray(win.rules) || win.rules.length === 0) problems.push('rules must be a non-empty array');
   else {
     win.rules.forEach((r, i) => {
-      if (!Array.isArray(r?.days) || r.days.length === 0 || r.days.some((d) => !Number.isInteger(d) || d < 0 || d > 6)) problems.push(`rules[${i}].days must list weekdays 0 (Sunday) to 6`);
+      if (!Array.isArray(r?.days) || r.days.length === 0 || r.days.some((d) => !Number.isInteger(d) || d < 0 || d > 6))
+        problems.push(`rules[${i}].days must list weekdays 0 (Sunday) to 6`);
       if (typeof r?.start !== 'string' || !TIME_RE.test(r.start)) problems.push(`rules[${i}].start must be HH:MM`);
       if (typeof r?.end !== 'string' || !TIME_RE.test(r.end)) problems.push(`rules[${i}].end must be HH:MM`);
     });

@@ -85,7 +85,10 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   };
   const asRoot = runningAsRoot();
   if (o.tar !== undefined && !asRoot) {
-    throw new IbuError('ROOT_REQUIRED', 'building from a tarball needs root: only root can extract files with their owners. Run as root, or extract the tarball yourself and pass --root.');
+    throw new IbuError(
+      'ROOT_REQUIRED',
+      'building from a tarball needs root: only root can extract files with their owners. Run as root, or extract the tarball yourself and pass --root.',
+    );
   }
 
   const timer = phaseTimer();
@@ -112,7 +115,10 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     if (o.previous !== undefined) {
       const prev = path.resolve(o.previous);
       if (!fs.existsSync(prev)) {
-        throw new IbuError('IMAGE_SOURCE_MISSING', `the previous image ${prev} does not exist: pass the image of the release before this one, or leave out --previous.`);
+        throw new IbuError(
+          'IMAGE_SOURCE_MISSING',
+          `the previous image ${prev} does not exist: pass the image of the release before this one, or leave out --previous.`,
+        );
       }
       previousVersion = readPreviousVersion(prev);
       if ((await imageUuid(prev)) !== identity.uuid) {

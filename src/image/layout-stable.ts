@@ -70,7 +70,10 @@ export async function updateFromPrevious(o: LayoutStableOptions): Promise<Layout
     const info = path.join(o.workDir, 'image.json');
     await fsp.writeFile(info, o.infoJson, { mode: 0o644 });
     await run('taskset', ['-c', pinnedCpu(), 'mkdir', '-p', '-m', '755', path.join(mnt, path.dirname(IMAGE_INFO_PATH))]);
-    await rsyncInto(['--checksum', '--inplace', '--no-whole-file', '--chown=0:0', '--chmod=F644', '-p', '-o', '-g', info, path.join(mnt, IMAGE_INFO_PATH)], o.size);
+    await rsyncInto(
+      ['--checksum', '--inplace', '--no-whole-file', '--chown=0:0', '--chmod=F644', '-p', '-o', '-g', info, path.join(mnt, IMAGE_INFO_PATH)],
+      o.size,
+    );
     // Freed blocks (deleted files, old journal content) go back to holes: zeros in the image,
     // nothing on the host disk. The loop driver turns discards into hole punches. Blocks freed
     // in a transaction not yet committed are skipped by FITRIM, hence the sync first.

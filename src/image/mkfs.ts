@@ -58,7 +58,20 @@ export async function mkfs(o: MkfsOptions): Promise<void> {
   } finally {
     await fh.close();
   }
-  const args = ['-q', '-F', '-t', 'ext4', '-T', 'ext4', '-b', String(BLOCK_SIZE), '-U', o.identity.uuid, '-E', `hash_seed=${o.identity.hashSeed},root_owner=0:0,lazy_itable_init=0`];
+  const args = [
+    '-q',
+    '-F',
+    '-t',
+    'ext4',
+    '-T',
+    'ext4',
+    '-b',
+    String(BLOCK_SIZE),
+    '-U',
+    o.identity.uuid,
+    '-E',
+    `hash_seed=${o.identity.hashSeed},root_owner=0:0,lazy_itable_init=0`,
+  ];
   if (o.tree) args.push('-d', o.tree);
   args.push(o.file, String(Math.floor(o.size / BLOCK_SIZE)));
   // LC_ALL=C: mke2fs -d reads directories with scandir+alphasort, which follows the locale.
@@ -67,7 +80,9 @@ export async function mkfs(o: MkfsOptions): Promise<void> {
   if (res.code !== 0) {
     const msg = res.stderr.trim();
     if (/Could not allocate (block|inode)|No space left|ENOSPC|Could not allocate/i.test(msg)) {
-      throw new IbuError('IMAGE_TOO_SMALL', `the tree does not fit into ${o.size} bytes (mke2fs: ${lastLine(msg)}): pass a larger --size.`, { details: { stderr: msg } });
+      throw new IbuError('IMAGE_TOO_SMALL', `the tree does not fit into ${o.size} bytes (mke2fs: ${lastLine(msg)}): pass a larger --size.`, {
+        details: { stderr: msg },
+      });
     }
     throw new IbuError('TOOL_FAILED', `mke2fs failed (exit ${res.code}): ${msg.slice(-2000)}`, { details: { stderr: msg } });
   }
@@ -92,6 +107,9 @@ export async function superblockFields(file: string): Promise<Record<string, str
 }
 
 function lastLine(s: string): string {
-  const lines = s.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = s
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines[lines.length - 1] ?? s;
 }

@@ -34,14 +34,7 @@ export async function pinInodes(file: string, epoch: number): Promise<number> {
 /** Resets the superblock's mount and write history to what a fresh mke2fs at `epoch` writes. */
 export async function pinSuperblock(file: string, epoch: number): Promise<void> {
   const t = `@${epoch}`;
-  await debugfsScript(file, [
-    `set_current_time ${t}`,
-    'ssv mtime 0',
-    'ssv mnt_count 0',
-    'ssv last_mounted ""',
-    `ssv lastcheck ${t}`,
-    'ssv kbytes_written 0',
-  ]);
+  await debugfsScript(file, [`set_current_time ${t}`, 'ssv mtime 0', 'ssv mnt_count 0', 'ssv last_mounted ""', `ssv lastcheck ${t}`, 'ssv kbytes_written 0']);
 }
 
 async function debugfsScript(file: string, lines: string[]): Promise<void> {
@@ -98,7 +91,10 @@ export async function inodeMap(file: string): Promise<InodeMap> {
     const lo = group * ipg + 1;
     const hi = (group + 1) * ipg;
     const free = new Uint8Array(ipg);
-    for (const r of m[1]!.split(',').map((s) => s.trim()).filter(Boolean)) {
+    for (const r of m[1]!
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const [a, b] = r.split('-').map(Number);
       for (let i = a!; i <= (b ?? a!); i++) free[i - lo] = 1;
     }

@@ -32,13 +32,16 @@ export async function extractTar(tarFile: string, dir: string): Promise<void> {
     throw new IbuError('IMAGE_SOURCE_MISSING', `the root tarball ${tarFile} does not exist or is not a file: pass an existing tar archive with --tar.`);
   }
   await fsp.mkdir(dir, { recursive: true });
-  await run('tar', ['--numeric-owner', '--same-owner', '-p', '--xattrs', "--xattrs-include=*", '--acls', '-xf', tarFile, '-C', dir]);
+  await run('tar', ['--numeric-owner', '--same-owner', '-p', '--xattrs', '--xattrs-include=*', '--acls', '-xf', tarFile, '-C', dir]);
 }
 
 export async function assertTreeDir(dir: string): Promise<void> {
   const st = await fsp.stat(dir).catch(() => null);
   if (!st || !st.isDirectory()) {
-    throw new IbuError('IMAGE_SOURCE_MISSING', `the root tree ${dir} does not exist or is not a directory: pass the root filesystem directory with --root (or a tarball with --tar).`);
+    throw new IbuError(
+      'IMAGE_SOURCE_MISSING',
+      `the root tree ${dir} does not exist or is not a directory: pass the root filesystem directory with --root (or a tarball with --tar).`,
+    );
   }
 }
 

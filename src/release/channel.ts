@@ -22,7 +22,9 @@ export async function readChannel(store: Store, channel: string): Promise<Channe
   } catch (err) {
     if (isIbuError(err, 'NOT_FOUND')) return { channel, versions: [] };
     if (err instanceof IbuError) throw err;
-    throw new IbuError('MANIFEST_INVALID', `${channelPath(channel)} in ${store.location} is damaged (${(err as Error).message}); restore it from a backup`, { cause: err });
+    throw new IbuError('MANIFEST_INVALID', `${channelPath(channel)} in ${store.location} is damaged (${(err as Error).message}); restore it from a backup`, {
+      cause: err,
+    });
   }
 }
 
@@ -30,7 +32,9 @@ export async function readChannel(store: Store, channel: string): Promise<Channe
 export function assertNewer(ch: ChannelFile, version: string): void {
   const latest = ch.versions.reduce<string | undefined>((a, v) => (a === undefined || compareVersions(v, a) > 0 ? v : a), undefined);
   if (latest !== undefined && compareVersions(version, latest) <= 0) {
-    throw new IbuError('VERSION_DOWNGRADE', `version ${version} is not newer than ${latest}, the latest on channel '${ch.channel}'; publish a higher version`, { details: { latest } });
+    throw new IbuError('VERSION_DOWNGRADE', `version ${version} is not newer than ${latest}, the latest on channel '${ch.channel}'; publish a higher version`, {
+      details: { latest },
+    });
   }
 }
 
@@ -68,4 +72,3 @@ export async function lockChannel(storeRoot: string, channel: string): Promise<(
   }
   throw new IbuError('CONFLICT', `could not lock channel '${channel}' (${file}); remove the lock file if no publish is running`);
 }
-

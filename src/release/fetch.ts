@@ -77,8 +77,10 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
   const { bytes: manifestBytes, transferred } = await readManifestBytes(o.store, version, o.signal);
   progress.downloadedBytes += transferred;
   const { manifest: m, keyId } = parseAndVerifyManifest(manifestBytes, o.keyring, `the manifest of release ${version} from ${o.store.location}`);
-  if (m.version !== version) throw new IbuError('MANIFEST_INVALID', `the manifest at ${manifestPath(version)} is for version ${m.version}, not ${version}; the store is inconsistent`);
-  if (o.channel !== undefined && m.channel !== o.channel) throw new IbuError('MANIFEST_INVALID', `release ${version} belongs to channel '${m.channel}', not '${o.channel}'`);
+  if (m.version !== version)
+    throw new IbuError('MANIFEST_INVALID', `the manifest at ${manifestPath(version)} is for version ${m.version}, not ${version}; the store is inconsistent`);
+  if (o.channel !== undefined && m.channel !== o.channel)
+    throw new IbuError('MANIFEST_INVALID', `release ${version} belongs to channel '${m.channel}', not '${o.channel}'`);
   progress.totalBytes = m.image.size;
 
   const out = path.resolve(o.out);
@@ -89,9 +91,16 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
 
   // A journal is only worth anything beside its partial: without it (or with a partial of the
   // wrong size) start over rather than trust claims about bytes that are not there.
-  const partialSize = await fsp.stat(partial).then((st) => st.size, () => -1);
+  const partialSize = await fsp.stat(partial).then(
+    (st) => st.size,
+    () => -1,
+  );
   if (partialSize !== m.image.size) await fsp.rm(journalPath, { force: true });
-  const { journal, done, resumed } = await FetchJournal.open(journalPath, { format: 1, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), imageSize: m.image.size });
+  const { journal, done, resumed } = await FetchJournal.open(journalPath, {
+    format: 1,
+    manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'),
+    imageSize: m.image.size,
+  });
   let fh: fsp.FileHandle | undefined;
   let keepPartial = true;
   try {
@@ -157,12 +166,19 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
     for (const seed of o.seeds ?? []) {
       if (wanted.size === 0) break;
       const before = new Map(wanted);
-      scanSeed(seed, m, wanted, hash, (id, data) => {
-        const idx = before.get(id)!;
-        writeAll(data, idx);
-        reusedChunks += idx.length;
-        progress.reusedBytes += data.length * idx.length;
-      }, o.seedScan ?? 'full');
+      scanSeed(
+        seed,
+        m,
+        wanted,
+        hash,
+        (id, data) => {
+          const idx = before.get(id)!;
+          writeAll(data, idx);
+          reusedChunks += idx.length;
+          progress.reusedBytes += data.length * idx.length;
+        },
+        o.seedScan ?? 'full',
+      );
       await commit();
       report();
     }
@@ -189,7 +205,10 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
         try {
           const got = await vstore.getChunkData(id, ref.size, abort.signal);
           if (ref.csize !== undefined && got.storedBytes !== ref.csize) {
-            throw new IbuError(got.storedBytes < ref.csize ? 'CHUNK_TRUNCATED' : 'CHUNK_INVALID', `chunk ${id} in ${o.store.location} has ${got.storedBytes} stored bytes, the manifest says ${ref.csize}; repair or re-publish the store`);
+            throw new IbuError(
+              got.storedBytes < ref.csize ? 'CHUNK_TRUNCATED' : 'CHUNK_INVALID',
+              `chunk ${id} in ${o.store.location} has ${got.storedBytes} stored bytes, the manifest says ${ref.csize}; repair or re-publish the store`,
+            );
           }
           if (failure) return;
           writeAll(got.data, idx);
@@ -223,7 +242,10 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
     const imageSha256 = sha256OfFile(fd, m.image.size);
     if (imageSha256 !== m.image.sha256) {
       keepPartial = false;
-      throw new IbuError('IMAGE_HASH_MISMATCH', `the assembled image hashes to ${imageSha256}, the manifest says ${m.image.sha256}; the partial download was discarded, run the fetch again`);
+      throw new IbuError(
+        'IMAGE_HASH_MISMATCH',
+        `the assembled image hashes to ${imageSha256}, the manifest says ${m.image.sha256}; the partial download was discarded, run the fetch again`,
+      );
     }
     await fh.close();
     fh = undefined;
@@ -282,6 +304,10 @@ async function checkSpace(partial: string, m: Manifest, wanted: Map<ChunkId, num
   const st = await fsp.statfs(path.dirname(partial));
   const avail = Number(st.bavail) * Number(st.bsize);
   if (need > avail) {
-    throw new IbuError('NO_SPACE', `fetching needs ${mib(need)} more on ${path.dirname(partial)} but only ${mib(avail)} is free; free some space (old images) and retry`, { details: { need, avail } });
+    throw new IbuError(
+      'NO_SPACE',
+      `fetching needs ${mib(need)} more on ${path.dirname(partial)} but only ${mib(avail)} is free; free some space (old images) and retry`,
+      { details: { need, avail } },
+    );
   }
 }

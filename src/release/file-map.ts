@@ -25,7 +25,10 @@ export function readImageFacts(imagePath: string, opts: { requireKernel: boolean
         const hash = createHash('sha256');
         const CH = 8 * 1024 * 1024;
         for (let off = 0; off < e.size; off += CH) hash.update(r.readRange(e.ino, off, Math.min(CH, e.size - off)));
-        const extents = r.extents(e.ino).filter((x) => !x.uninit).map((x): [number, number, number] => [x.logical, x.physical, x.length]);
+        const extents = r
+          .extents(e.ino)
+          .filter((x) => !x.uninit)
+          .map((x): [number, number, number] => [x.logical, x.physical, x.length]);
         files.push({ path: e.path, type: 'file', size: e.size, hash: hash.digest('hex'), extents });
       } else if (e.type === 'symlink') {
         files.push({ path: e.path, type: 'symlink', size: e.size, target: e.target ?? r.readlink(e.path) });
@@ -36,7 +39,10 @@ export function readImageFacts(imagePath: string, opts: { requireKernel: boolean
     const kernel = resolveInImage(r, '/vmlinuz');
     const initrd = resolveInImage(r, '/initrd.img');
     if (opts.requireKernel && (!kernel || !initrd)) {
-      throw new IbuError('IMAGE_NO_KERNEL', `${imagePath} has no ${!kernel ? '/vmlinuz' : '/initrd.img'} (a file or a link to one); build the image with a kernel, or publish with --no-kernel`);
+      throw new IbuError(
+        'IMAGE_NO_KERNEL',
+        `${imagePath} has no ${!kernel ? '/vmlinuz' : '/initrd.img'} (a file or a link to one); build the image with a kernel, or publish with --no-kernel`,
+      );
     }
     return { blockSize: r.blockSize, files, kernel: kernel ?? '', initrd: initrd ?? '' };
   } finally {
@@ -50,7 +56,8 @@ export function checkImage(imagePath: string, requireKernel: boolean): void {
   try {
     if (!requireKernel) return;
     for (const p of ['/vmlinuz', '/initrd.img']) {
-      if (!resolveInImage(r, p)) throw new IbuError('IMAGE_NO_KERNEL', `${imagePath} has no ${p} (a file or a link to one); build the image with a kernel, or publish with --no-kernel`);
+      if (!resolveInImage(r, p))
+        throw new IbuError('IMAGE_NO_KERNEL', `${imagePath} has no ${p} (a file or a link to one); build the image with a kernel, or publish with --no-kernel`);
     }
   } finally {
     r.close();

@@ -15,7 +15,10 @@ export interface JournalHeader {
 
 export class FetchJournal {
   private buffered: number[] = [];
-  private constructor(private readonly fh: fsp.FileHandle, readonly path: string) {}
+  private constructor(
+    private readonly fh: fsp.FileHandle,
+    readonly path: string,
+  ) {}
 
   /** Opens the journal; returns the chunk indexes already done, or an empty set for a fresh start. */
   static async open(file: string, header: JournalHeader): Promise<{ journal: FetchJournal; done: Set<number>; resumed: boolean }> {

@@ -40,7 +40,8 @@ export class Keyring {
       for (const line of text.split('\n')) {
         const id = line.replace(/#.*/, '').trim().toLowerCase();
         if (!id) continue;
-        if (!/^[0-9a-f]{16}$/.test(id)) throw new IbuError('CONFIG_INVALID', `${path.join(dir, REVOKED_FILE)}: '${id}' is not a key id (16 hex digits, see \`ibu keys id\`)`);
+        if (!/^[0-9a-f]{16}$/.test(id))
+          throw new IbuError('CONFIG_INVALID', `${path.join(dir, REVOKED_FILE)}: '${id}' is not a key id (16 hex digits, see \`ibu keys id\`)`);
         revoked.add(id);
       }
     }
@@ -73,11 +74,23 @@ export class Keyring {
     }
     if (signatures.length === 0) throw new IbuError('SIGNATURE_INVALID', `${what} carries no signature; sign it with \`ibu release sign\``);
     if (invalid > 0) {
-      throw new IbuError('SIGNATURE_INVALID', `${what} does not match its signature by a trusted key: it was modified after signing (or the signature was); do not use it`, { details: { revoked, unknown } });
+      throw new IbuError(
+        'SIGNATURE_INVALID',
+        `${what} does not match its signature by a trusted key: it was modified after signing (or the signature was); do not use it`,
+        { details: { revoked, unknown } },
+      );
     }
     if (revoked.length > 0) {
-      throw new IbuError('KEY_REVOKED', `${what} is signed only by revoked key(s) ${revoked.join(', ')}${unknown.length ? ` and unknown key(s) ${unknown.join(', ')}` : ''}; have it re-signed with a current key (\`ibu release sign\`)`, { details: { revoked, unknown } });
+      throw new IbuError(
+        'KEY_REVOKED',
+        `${what} is signed only by revoked key(s) ${revoked.join(', ')}${unknown.length ? ` and unknown key(s) ${unknown.join(', ')}` : ''}; have it re-signed with a current key (\`ibu release sign\`)`,
+        { details: { revoked, unknown } },
+      );
     }
-    throw new IbuError('KEY_UNKNOWN', `${what} is signed by key(s) ${unknown.join(', ')}, none of them in keyring ${this.dir}; add the right signing.pub to the keyring if you trust it`, { details: { unknown } });
+    throw new IbuError(
+      'KEY_UNKNOWN',
+      `${what} is signed by key(s) ${unknown.join(', ')}, none of them in keyring ${this.dir}; add the right signing.pub to the keyring if you trust it`,
+      { details: { unknown } },
+    );
   }
 }

@@ -55,7 +55,8 @@ export async function loadSigningKey(file: string): Promise<SigningKey> {
   } catch (err) {
     throw new IbuError('KEY_INVALID', `${file} is not a PEM private key; give the signing.key written by \`ibu keys generate\``, { cause: err });
   }
-  if (privateKey.asymmetricKeyType !== 'ed25519') throw new IbuError('KEY_INVALID', `${file} is a ${privateKey.asymmetricKeyType} key; ibu signs with ed25519 keys from \`ibu keys generate\``);
+  if (privateKey.asymmetricKeyType !== 'ed25519')
+    throw new IbuError('KEY_INVALID', `${file} is a ${privateKey.asymmetricKeyType} key; ibu signs with ed25519 keys from \`ibu keys generate\``);
   const publicKey = createPublicKey(privateKey);
   return { keyId: keyIdOf(publicKey), privateKey, publicKey };
 }

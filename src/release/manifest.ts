@@ -62,7 +62,11 @@ export async function readManifestBytes(store: Store, version: string, signal?: 
         d.setParameters({ windowLogMax: 27 });
         plain = d.decompress(z);
       } catch (err) {
-        throw new IbuError('MANIFEST_INVALID', `${manifestZstPath(version)} in ${store.location} is not a valid zstd frame (${(err as Error).message}); the store copy is damaged`, { cause: err });
+        throw new IbuError(
+          'MANIFEST_INVALID',
+          `${manifestZstPath(version)} in ${store.location} is not a valid zstd frame (${(err as Error).message}); the store copy is damaged`,
+          { cause: err },
+        );
       }
       if (plain.length > MAX_MANIFEST_BYTES) throw new IbuError('MANIFEST_INVALID', `the manifest of ${version} is larger than ${MAX_MANIFEST_BYTES} bytes`);
       return { bytes: plain, transferred: z.length };
@@ -74,7 +78,10 @@ export async function readManifestBytes(store: Store, version: string, signal?: 
     const b = Buffer.from(await store.getFile(manifestPath(version), signal));
     return { bytes: b, transferred: b.length };
   } catch (err) {
-    if (isIbuError(err, 'NOT_FOUND')) throw new IbuError('RELEASE_NOT_FOUND', `release ${version} is not in ${store.location} (no ${manifestPath(version)}); check the version and the store`, { cause: err });
+    if (isIbuError(err, 'NOT_FOUND'))
+      throw new IbuError('RELEASE_NOT_FOUND', `release ${version} is not in ${store.location} (no ${manifestPath(version)}); check the version and the store`, {
+        cause: err,
+      });
     throw err;
   }
 }
@@ -88,7 +95,10 @@ export function parseAndVerifyManifest(bytes: Uint8Array, keyring: Keyring, what
   const raw = parseJson(bytes, what);
   const sigs = (raw as { signatures?: unknown }).signatures;
   if (!Array.isArray(sigs) || !sigs.every((s) => s && typeof s === 'object' && typeof s.keyId === 'string' && typeof s.sig === 'string')) {
-    throw new IbuError('SIGNATURE_INVALID', `${what} has no valid 'signatures' list; it must be signed with \`ibu release publish --key\` or \`ibu release sign\``);
+    throw new IbuError(
+      'SIGNATURE_INVALID',
+      `${what} has no valid 'signatures' list; it must be signed with \`ibu release publish --key\` or \`ibu release sign\``,
+    );
   }
   const { keyId } = keyring.verify(manifestPayload(raw as unknown as Manifest), sigs, what);
   return { manifest: validateManifest(raw, what), keyId };
@@ -122,9 +132,11 @@ export function validateManifest(raw: Record<string, unknown>, what = 'the manif
   if (typeof m.version !== 'string' || !isValidVersion(m.version)) bad(`invalid version ${JSON.stringify(m.version)}`);
   if (typeof m.channel !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(m.channel)) bad('invalid channel');
   if (typeof m.createdAt !== 'string') bad('createdAt is missing');
-  if (!m.image || !isInt(m.image.size) || typeof m.image.sha256 !== 'string' || !HEX64.test(m.image.sha256) || !isInt(m.image.blockSize, 1)) bad('image {size, sha256, blockSize} is invalid');
+  if (!m.image || !isInt(m.image.size) || typeof m.image.sha256 !== 'string' || !HEX64.test(m.image.sha256) || !isInt(m.image.blockSize, 1))
+    bad('image {size, sha256, blockSize} is invalid');
   const c = m.chunking;
-  if (!c || c.algorithm !== 'fastcdc' || !isInt(c.min, 1) || !isInt(c.avg, 1) || !isInt(c.max, 1) || c.compression !== 'zstd') bad('chunking parameters are invalid');
+  if (!c || c.algorithm !== 'fastcdc' || !isInt(c.min, 1) || !isInt(c.avg, 1) || !isInt(c.max, 1) || c.compression !== 'zstd')
+    bad('chunking parameters are invalid');
   if (!(CHUNK_HASHES as readonly string[]).includes(c.hash)) bad(`unknown chunk hash '${String(c.hash)}'`);
   if (!Array.isArray(m.chunks)) bad('chunks is not a list');
   let off = 0;

@@ -14,7 +14,7 @@ try {
     const fd = openSync(job.image, 'r');
     try {
       const buf = Buffer.allocUnsafe(8 * 1024 * 1024);
-      for (let off = 0; ; ) {
+      for (let off = 0; ;) {
         const n = readSync(fd, buf, 0, buf.length, off);
         if (n === 0) break;
         h.update(buf.subarray(0, n));

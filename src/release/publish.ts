@@ -83,7 +83,12 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
 
   const precheck = async () => {
     assertNewer(await readChannel(store, channel), version);
-    if (await store.getFile(manifestPath(version)).then(() => true, (e) => (isIbuError(e, 'NOT_FOUND') ? false : Promise.reject(e)))) {
+    if (
+      await store.getFile(manifestPath(version)).then(
+        () => true,
+        (e) => (isIbuError(e, 'NOT_FOUND') ? false : Promise.reject(e)),
+      )
+    ) {
       throw new IbuError('VERSION_DOWNGRADE', `version ${version} is already published in ${store.location}; versions are immutable, publish a higher one`);
     }
   };
@@ -100,9 +105,10 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
     await precheck(); // again under the lock: another publisher may have won the race
     if (o.fileMap !== false) checkImage(o.image, o.requireKernel ?? true);
     // The file map and the whole-image sha256 run on their own threads beside the chunk pass.
-    const factsJob: Promise<ImageFacts> = o.fileMap === false
-      ? Promise.resolve({ blockSize: 4096, files: [], kernel: '', initrd: '' })
-      : runSideJob({ kind: 'facts', image: o.image, requireKernel: o.requireKernel ?? true });
+    const factsJob: Promise<ImageFacts> =
+      o.fileMap === false
+        ? Promise.resolve({ blockSize: 4096, files: [], kernel: '', initrd: '' })
+        : runSideJob({ kind: 'facts', image: o.image, requireKernel: o.requireKernel ?? true });
     const shaJob = runSideJob({ kind: 'sha256', image: o.image });
     // Errors are collected below; keep unhandled-rejection warnings away meanwhile.
     factsJob.catch(() => {});
@@ -148,7 +154,8 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
         known.set(id, 0);
         newChunks++;
         // The piece's bytes are copied by the pool before the next piece overwrites them.
-        const p: Promise<void> = pool.compress(piece.data)
+        const p: Promise<void> = pool
+          .compress(piece.data)
           .then(async (z) => {
             known.set(id, z.length);
             newStoredBytes += z.length;
@@ -178,21 +185,35 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
     }
 
     const extra = o.beforeSign ? await o.beforeSign({ version, channel, channelVersions: (await readChannel(store, channel)).versions, imageSize: size }) : {};
-    const manifest: Manifest = signManifest({
-      format: 1,
-      ...(o.product ? { product: o.product } : {}),
-      version,
-      channel,
-      createdAt: (o.now?.() ?? new Date()).toISOString(),
-      image: { size, sha256: imageSha256, blockSize: facts.blockSize },
-      chunking: { algorithm: 'fastcdc', min: params.min, avg: params.avg, max: params.max, hash: hashName, compression: 'zstd', gear: GEAR_NAME, normalization: NORMALIZATION, zeroRunMin: ZERO_RUN_MIN, level },
-      chunks,
-      files: facts.files,
-      kernel: facts.kernel,
-      initrd: facts.initrd,
-      ...extra,
-      signatures: [],
-    }, keys);
+    const manifest: Manifest = signManifest(
+      {
+        format: 1,
+        ...(o.product ? { product: o.product } : {}),
+        version,
+        channel,
+        createdAt: (o.now?.() ?? new Date()).toISOString(),
+        image: { size, sha256: imageSha256, blockSize: facts.blockSize },
+        chunking: {
+          algorithm: 'fastcdc',
+          min: params.min,
+          avg: params.avg,
+          max: params.max,
+          hash: hashName,
+          compression: 'zstd',
+          gear: GEAR_NAME,
+          normalization: NORMALIZATION,
+          zeroRunMin: ZERO_RUN_MIN,
+          level,
+        },
+        chunks,
+        files: facts.files,
+        kernel: facts.kernel,
+        initrd: facts.initrd,
+        ...extra,
+        signatures: [],
+      },
+      keys,
+    );
     const written = await writeManifest(store, manifest);
     await writeChannel(store, await readChannel(store, channel), version);
     o.onProgress?.({ bytesDone: size, bytesTotal: size });

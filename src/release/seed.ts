@@ -24,7 +24,14 @@ export interface SeedScanStats {
  *     almost all non-matching pieces, so few hashes are wasted).
  * Every hit is hashed before it is used, so a modified seed can never corrupt the output.
  */
-export function scanSeed(seedPath: string, m: Manifest, wanted: Map<ChunkId, number[]>, hash: ChunkHasher, onHit: SeedHit, mode: 'offset' | 'full' = 'full'): SeedScanStats {
+export function scanSeed(
+  seedPath: string,
+  m: Manifest,
+  wanted: Map<ChunkId, number[]>,
+  hash: ChunkHasher,
+  onHit: SeedHit,
+  mode: 'offset' | 'full' = 'full',
+): SeedScanStats {
   const stats: SeedScanStats = { sameOffsetHits: 0, scanHits: 0, bytesRead: 0 };
   let fd: number;
   try {
@@ -50,7 +57,8 @@ export function scanSeed(seedPath: string, m: Manifest, wanted: Map<ChunkId, num
       }
     }
     const c = m.chunking;
-    const sameCut = (c.gear ?? GEAR_NAME) === GEAR_NAME && (c.normalization ?? NORMALIZATION) === NORMALIZATION && (c.zeroRunMin ?? ZERO_RUN_MIN) === ZERO_RUN_MIN;
+    const sameCut =
+      (c.gear ?? GEAR_NAME) === GEAR_NAME && (c.normalization ?? NORMALIZATION) === NORMALIZATION && (c.zeroRunMin ?? ZERO_RUN_MIN) === ZERO_RUN_MIN;
     if (mode === 'full' && wanted.size > 0 && sameCut) {
       const sizes = new Set<number>();
       for (const idx of wanted.values()) sizes.add(m.chunks[idx[0]!]!.size);

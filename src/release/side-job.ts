@@ -13,7 +13,11 @@ export function runSideJob(job: Job): Promise<unknown> {
   // Under tsx the worker registers the TypeScript loader itself; execArgv: [] keeps a parent's
   // `-e CODE` from running in the worker.
   const w = ts
-    ? new Worker(`import('tsx/esm/api').then((t) => { t.register(); return import(${JSON.stringify(url.href)}); });`, { eval: true, workerData: job, execArgv: [] })
+    ? new Worker(`import('tsx/esm/api').then((t) => { t.register(); return import(${JSON.stringify(url.href)}); });`, {
+        eval: true,
+        workerData: job,
+        execArgv: [],
+      })
     : new Worker(url, { workerData: job, execArgv: [] });
   return new Promise((resolve, reject) => {
     let settled = false;

@@ -41,7 +41,10 @@ export function adminAuth(token: string | undefined, o: { cookie?: boolean } = {
   // Returning the reply after sending tells Fastify the request is answered (no handler runs).
   return async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
     if (!token) {
-      return reply.code(403).type('application/json').send(errorBody('UNAUTHORIZED', 'This server has no admin token configured; restart it with --admin-token or IBU_ADMIN_TOKEN to use admin routes.'));
+      return reply
+        .code(403)
+        .type('application/json')
+        .send(errorBody('UNAUTHORIZED', 'This server has no admin token configured; restart it with --admin-token or IBU_ADMIN_TOKEN to use admin routes.'));
     }
     const given = bearerToken(req) ?? (o.cookie ? cookieToken(req) : undefined);
     if (!check(given)) {
@@ -49,7 +52,12 @@ export function adminAuth(token: string | undefined, o: { cookie?: boolean } = {
         .code(401)
         .header('www-authenticate', 'Bearer realm="ibu-admin"')
         .type('application/json')
-        .send(errorBody('UNAUTHORIZED', `Admin routes need "Authorization: Bearer <token>"${o.cookie ? ' (or the dashboard cookie)' : ''} with the token given to ibu serve --admin-token (or IBU_ADMIN_TOKEN).`));
+        .send(
+          errorBody(
+            'UNAUTHORIZED',
+            `Admin routes need "Authorization: Bearer <token>"${o.cookie ? ' (or the dashboard cookie)' : ''} with the token given to ibu serve --admin-token (or IBU_ADMIN_TOKEN).`,
+          ),
+        );
     }
     return undefined;
   };

@@ -23,7 +23,10 @@ export async function lockDataDir(file: string): Promise<() => Promise<void>> {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const pid = Number((await fsp.readFile(file, 'utf8').catch(() => '')).trim());
       if (pid > 0 && alive(pid)) {
-        throw new IbuError('CONFLICT', `Another ibu serve (pid ${pid}${pid === process.pid ? ', this process' : ''}) is using this data directory (${file}); stop it first, or remove the lock file if no server is running.`);
+        throw new IbuError(
+          'CONFLICT',
+          `Another ibu serve (pid ${pid}${pid === process.pid ? ', this process' : ''}) is using this data directory (${file}); stop it first, or remove the lock file if no server is running.`,
+        );
       }
       await fsp.rm(file, { force: true });
     }

@@ -48,7 +48,10 @@ async function reconstructImage(dataDir: string, version: string, out: string): 
     }
     const got = hash.digest('hex');
     if (got !== manifest.image.sha256) {
-      throw new IbuError('IMAGE_HASH_MISMATCH', `the image of ${version} rebuilt from ${dataDir} hashes to ${got}, not ${manifest.image.sha256} as its manifest says; the store is damaged — re-publish ${version}`);
+      throw new IbuError(
+        'IMAGE_HASH_MISMATCH',
+        `the image of ${version} rebuilt from ${dataDir} hashes to ${got}, not ${manifest.image.sha256} as its manifest says; the store is damaged — re-publish ${version}`,
+      );
     }
     await fh.sync();
   } catch (err) {

@@ -82,19 +82,29 @@ export class DeltaJobs {
   ) {
     this.q = {
       get: db.prepare<[string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? AND to_version = ?'),
-      insert: db.prepare('INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at) VALUES (?, ?, \'queued\', ?, ?)'),
-      bump: db.prepare('UPDATE delta_jobs SET priority = ? WHERE from_version = ? AND to_version = ? AND state = \'queued\' AND priority > ?'),
-      revive: db.prepare('UPDATE delta_jobs SET state = \'queued\', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ? WHERE from_version = ? AND to_version = ? AND state = \'failed\''),
+      insert: db.prepare("INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at) VALUES (?, ?, 'queued', ?, ?)"),
+      bump: db.prepare("UPDATE delta_jobs SET priority = ? WHERE from_version = ? AND to_version = ? AND state = 'queued' AND priority > ?"),
+      revive: db.prepare(
+        "UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ? WHERE from_version = ? AND to_version = ? AND state = 'failed'",
+      ),
       position: db.prepare<[{ p: number; t: number; from: string; to: string }], { n: number }>(
         `SELECT COUNT(*) AS n FROM delta_jobs WHERE state = 'queued' AND (priority < @p OR (priority = @p AND (requested_at < @t
            OR (requested_at = @t AND rowid < (SELECT rowid FROM delta_jobs WHERE from_version = @from AND to_version = @to)))))`,
       ),
-      next: db.prepare<[number], Row>("SELECT * FROM delta_jobs WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY priority, requested_at, rowid LIMIT 1"),
-      claim: db.prepare("UPDATE delta_jobs SET state = 'building', attempts = attempts + 1, builds = builds + 1, started_at = ? WHERE from_version = ? AND to_version = ? AND state = 'queued'"),
-      ready: db.prepare("UPDATE delta_jobs SET state = 'ready', finished_at = ?, size = ?, sha256 = ?, last_access_at = ?, last_error = NULL WHERE from_version = ? AND to_version = ?"),
+      next: db.prepare<[number], Row>(
+        "SELECT * FROM delta_jobs WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY priority, requested_at, rowid LIMIT 1",
+      ),
+      claim: db.prepare(
+        "UPDATE delta_jobs SET state = 'building', attempts = attempts + 1, builds = builds + 1, started_at = ? WHERE from_version = ? AND to_version = ? AND state = 'queued'",
+      ),
+      ready: db.prepare(
+        "UPDATE delta_jobs SET state = 'ready', finished_at = ?, size = ?, sha256 = ?, last_access_at = ?, last_error = NULL WHERE from_version = ? AND to_version = ?",
+      ),
       retryLater: db.prepare("UPDATE delta_jobs SET state = 'queued', next_attempt_at = ?, last_error = ? WHERE from_version = ? AND to_version = ?"),
       fail: db.prepare("UPDATE delta_jobs SET state = 'failed', finished_at = ?, last_error = ? WHERE from_version = ? AND to_version = ?"),
-      requeue: db.prepare("UPDATE delta_jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL WHERE from_version = ? AND to_version = ? AND state = 'building'"),
+      requeue: db.prepare(
+        "UPDATE delta_jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL WHERE from_version = ? AND to_version = ? AND state = 'building'",
+      ),
       recover: db.prepare("UPDATE delta_jobs SET state = 'queued', started_at = NULL, next_attempt_at = 0 WHERE state = 'building'"),
       touch: db.prepare('UPDATE delta_jobs SET last_access_at = ? WHERE from_version = ? AND to_version = ?'),
       del: db.prepare('DELETE FROM delta_jobs WHERE from_version = ? AND to_version = ?'),
@@ -119,7 +129,8 @@ export class DeltaJobs {
   request(from: string, to: string, priority: number, now = Date.now()): { job: DeltaJob; created: boolean } {
     // The hot path (a device polling a known pair) is one read, no write transaction.
     const seen = this.get(from, to);
-    if (seen && (seen.state === 'building' || seen.state === 'ready' || (seen.state === 'queued' && seen.priority <= priority))) return { job: seen, created: false };
+    if (seen && (seen.state === 'building' || seen.state === 'ready' || (seen.state === 'queued' && seen.priority <= priority)))
+      return { job: seen, created: false };
     return this.db.transaction(() => {
       const ins = this.q.insert.run(from, to, priority, now);
       if (ins.changes === 0) {

@@ -105,7 +105,10 @@ export class DeltaWorkerPool extends EventEmitter<PoolEvents> {
       }
       const message = err instanceof Error ? err.message : String(err);
       const after = this.jobs.markFailed(job.from, job.to, message);
-      log.warn({ err: message, state: after.state, attempts: after.attempts }, after.state === 'failed' ? 'delta build failed for good' : 'delta build failed; will retry');
+      log.warn(
+        { err: message, state: after.state, attempts: after.attempts },
+        after.state === 'failed' ? 'delta build failed for good' : 'delta build failed; will retry',
+      );
       this.emit('failed', after, err);
     }
   }

@@ -44,16 +44,27 @@ export function httpErrorHandler(err: FastifyError | IbuError, req: FastifyReque
     return reply
       .code(400)
       .type('application/json')
-      .send(errorBody('BAD_REQUEST', `Invalid request: ${fe.message}. Versions look like 2026.11.2, chunk ids are 64 lowercase hex digits; see docs/server.md and docs/fleet.md for the API.`));
+      .send(
+        errorBody(
+          'BAD_REQUEST',
+          `Invalid request: ${fe.message}. Versions look like 2026.11.2, chunk ids are 64 lowercase hex digits; see docs/server.md and docs/fleet.md for the API.`,
+        ),
+      );
   }
   const status = fe.statusCode && fe.statusCode >= 400 ? fe.statusCode : 500;
   if (status >= 500) req.log.error({ err }, 'request failed');
-  return reply.code(status).type('application/json').send(errorBody(status >= 500 ? 'INTERNAL' : 'BAD_REQUEST', fe.message));
+  return reply
+    .code(status)
+    .type('application/json')
+    .send(errorBody(status >= 500 ? 'INTERNAL' : 'BAD_REQUEST', fe.message));
 }
 
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler(httpErrorHandler);
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).type('application/json').send(errorBody('NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}; see docs/server.md for the API.`));
+    reply
+      .code(404)
+      .type('application/json')
+      .send(errorBody('NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}; see docs/server.md for the API.`));
   });
 }

@@ -54,7 +54,10 @@ export class ReleaseCatalog {
     } catch {
       return [];
     }
-    return names.filter((n) => n.endsWith('.json') && !n.startsWith('.')).map((n) => n.slice(0, -5)).sort();
+    return names
+      .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
+      .map((n) => n.slice(0, -5))
+      .sort();
   }
 
   /** A channel's releases, oldest first; undefined when the channel does not exist. */
@@ -89,7 +92,9 @@ export class ReleaseCatalog {
  */
 export function parseChannel(text: string): ChannelRelease[] {
   const doc = JSON.parse(text) as unknown;
-  const list = Array.isArray(doc) ? doc : ((doc as { releases?: unknown[]; versions?: unknown[] }).releases ?? (doc as { versions?: unknown[] }).versions ?? []);
+  const list = Array.isArray(doc)
+    ? doc
+    : ((doc as { releases?: unknown[]; versions?: unknown[] }).releases ?? (doc as { versions?: unknown[] }).versions ?? []);
   const out: ChannelRelease[] = [];
   for (const r of list) {
     const rel = typeof r === 'string' ? { version: r } : (r as ChannelRelease);

@@ -75,7 +75,11 @@ export async function sendFile(req: FastifyRequest, reply: FastifyReply, o: Send
   if (range.kind === 'unsatisfiable') {
     await fh.close();
     finish();
-    reply.code(416).header('content-range', `bytes */${size}`).type('application/json').send({ error: { code: 'BAD_REQUEST', message: `The requested range is outside the ${size}-byte file; ask for bytes 0-${Math.max(0, size - 1)}.` } });
+    reply
+      .code(416)
+      .header('content-range', `bytes */${size}`)
+      .type('application/json')
+      .send({ error: { code: 'BAD_REQUEST', message: `The requested range is outside the ${size}-byte file; ask for bytes 0-${Math.max(0, size - 1)}.` } });
     return true;
   }
   let start = 0;

@@ -28,7 +28,12 @@ export function childExecArgv(): string[] {
     const a = argv[i]!;
     if (['--import', '--require', '-r', '--loader', '--experimental-loader'].includes(a) && i + 1 < argv.length) {
       out.push(a, argv[++i]!);
-    } else if (/^--(import|require|loader|experimental-loader)=/.test(a) || a.startsWith('--experimental') || a.startsWith('--no-warnings') || a.startsWith('--enable-source-maps')) {
+    } else if (
+      /^--(import|require|loader|experimental-loader)=/.test(a) ||
+      a.startsWith('--experimental') ||
+      a.startsWith('--no-warnings') ||
+      a.startsWith('--enable-source-maps')
+    ) {
       out.push(a);
     }
   }

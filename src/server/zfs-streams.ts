@@ -40,9 +40,16 @@ export async function buildZfsStream(layout: StoreLayout, req: Pick<DeltaBuildRe
   const m = await readManifest(layout, req.to);
   const ref = streamRef(m, from);
   if (!ref || !m.zfs) throw new IbuError('NOT_FOUND', `The manifest of ${req.to} signs no ZFS stream from ${from}.`);
-  for (const [snap, guid] of [[from, ref.fromGuid], [req.to, m.zfs.guid]] as const) {
+  for (const [snap, guid] of [
+    [from, ref.fromGuid],
+    [req.to, m.zfs.guid],
+  ] as const) {
     const got = await zfsGet(`${m.zfs.dataset}@${snap}`, 'guid');
-    if (got !== guid) throw new IbuError('ZFS_BASE_MISSING', `The release pool has ${got === null ? 'no' : `a different (GUID ${got})`} snapshot ${m.zfs.dataset}@${snap}; the signed manifest names GUID ${guid}. Restore the release pool or serve ibu deltas.`);
+    if (got !== guid)
+      throw new IbuError(
+        'ZFS_BASE_MISSING',
+        `The release pool has ${got === null ? 'no' : `a different (GUID ${got})`} snapshot ${m.zfs.dataset}@${snap}; the signed manifest names GUID ${guid}. Restore the release pool or serve ibu deltas.`,
+      );
   }
   await buildCompressedStream({ dataset: m.zfs.dataset, from, to: req.to, expect: ref, out: req.out, signal: req.signal });
 }

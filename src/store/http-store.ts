@@ -78,8 +78,11 @@ export class HttpStore implements Store, SizedStore {
   }
 
   async getChunk(id: ChunkId, signal?: AbortSignal): Promise<Uint8Array> {
-    const body = await this.get(this.chunkUrl(id), signal, () =>
-      new IbuError('CHUNK_MISSING', `chunk ${id} is missing from ${this.base} (HTTP 404); re-publish the release or check the store URL`));
+    const body = await this.get(
+      this.chunkUrl(id),
+      signal,
+      () => new IbuError('CHUNK_MISSING', `chunk ${id} is missing from ${this.base} (HTTP 404); re-publish the release or check the store URL`),
+    );
     return body;
   }
 
@@ -135,7 +138,10 @@ export class HttpStore implements Store, SizedStore {
           lastErr = new HttpStatusError(res.statusCode, retryAfter(res.headers['retry-after']));
           continue;
         }
-        throw new IbuError(res.statusCode === 401 || res.statusCode === 403 ? 'UNAUTHORIZED' : 'HTTP_ERROR', `${method} ${url} answered HTTP ${res.statusCode}; check the store URL and credentials`);
+        throw new IbuError(
+          res.statusCode === 401 || res.statusCode === 403 ? 'UNAUTHORIZED' : 'HTTP_ERROR',
+          `${method} ${url} answered HTTP ${res.statusCode}; check the store URL and credentials`,
+        );
       } catch (err) {
         if (err instanceof IbuError) throw err;
         if (signal?.aborted) throw err;
@@ -143,12 +149,19 @@ export class HttpStore implements Store, SizedStore {
       }
     }
     const why = lastErr instanceof Error ? lastErr.message : String(lastErr);
-    throw new IbuError('STORE_UNAVAILABLE', `${method} ${url} failed after ${this.attempts} attempts (${why}); check the network and retry — a fetch resumes where it stopped`, { cause: lastErr });
+    throw new IbuError(
+      'STORE_UNAVAILABLE',
+      `${method} ${url} failed after ${this.attempts} attempts (${why}); check the network and retry — a fetch resumes where it stopped`,
+      { cause: lastErr },
+    );
   }
 }
 
 class HttpStatusError extends Error {
-  constructor(readonly status: number, readonly retryAfterMs: number | undefined) {
+  constructor(
+    readonly status: number,
+    readonly retryAfterMs: number | undefined,
+  ) {
     super(`HTTP ${status}`);
   }
 }

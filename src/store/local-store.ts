@@ -29,7 +29,10 @@ export class LocalStore implements WriteStore, FlushableStore, SizedStore {
   private readonly madeDirs = new Set<string>();
   private tmpSeq = 0;
 
-  constructor(readonly root: string, opts: LocalStoreOptions = {}) {
+  constructor(
+    readonly root: string,
+    opts: LocalStoreOptions = {},
+  ) {
     this.root = path.resolve(root);
     this.location = this.root;
     this.durability = opts.durability ?? 'batch';
@@ -195,4 +198,3 @@ export class LocalStore implements WriteStore, FlushableStore, SizedStore {
     this.madeDirs.add(dir);
   }
 }
-

@@ -20,7 +20,10 @@ export class VerifyingStore implements Store {
   private readonly hash: ChunkHasher;
   private readonly decompress = chunkDecompressor();
 
-  constructor(readonly inner: Store, hashName: string) {
+  constructor(
+    readonly inner: Store,
+    hashName: string,
+  ) {
     this.location = inner.location;
     this.hash = chunkHasher(hashName);
   }
@@ -35,7 +38,10 @@ export class VerifyingStore implements Store {
     const data = this.decompress(id, stored, expectedSize);
     const got = this.hash(data);
     if (got !== id) {
-      throw new IbuError('CHUNK_INVALID', `chunk ${id} from ${this.location} does not match its id (hash ${got}); the store copy is corrupt or tampered — repair or re-publish it`);
+      throw new IbuError(
+        'CHUNK_INVALID',
+        `chunk ${id} from ${this.location} does not match its id (hash ${got}); the store copy is corrupt or tampered — repair or re-publish it`,
+      );
     }
     return data;
   }

@@ -13,5 +13,5 @@ export function preadFull(fd: number, buf: Buffer, pos: number, short: (at: numb
 }
 
 export function pwriteFull(fd: number, buf: Buffer, pos: number): void {
-  for (let off = 0; off < buf.length; ) off += fs.writeSync(fd, buf, off, buf.length - off, pos + off);
+  for (let off = 0; off < buf.length;) off += fs.writeSync(fd, buf, off, buf.length - off, pos + off);
 }

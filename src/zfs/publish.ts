@@ -39,7 +39,10 @@ export async function publishZfsRelease(o: ZfsPublishOptions): Promise<ZfsPublis
       const vbs = o.volblocksize ?? 8192;
       if (!(await exists(dataset))) {
         // Sparse (-s): a thick zvol reserves more than its size. Compression makes zero blocks holes.
-        await zfs(['create', '-p', '-s', '-V', String(roundUp(imageSize, vbs)), '-o', `volblocksize=${vbs}`, '-o', 'compression=lz4', dataset], `creating the zvol ${dataset}`);
+        await zfs(
+          ['create', '-p', '-s', '-V', String(roundUp(imageSize, vbs)), '-o', `volblocksize=${vbs}`, '-o', 'compression=lz4', dataset],
+          `creating the zvol ${dataset}`,
+        );
       }
       const volblocksize = Number(await zfsGet(dataset, 'volblocksize'));
       if ((await zfsGet(dataset, 'compression')) === 'off') await zfs(['set', 'compression=lz4', dataset], `enabling compression on ${dataset}`);

@@ -23,7 +23,18 @@ export function manifestZfs(m: Manifest): ManifestZfs | null {
   if (!Number.isSafeInteger(z.volblocksize) || z.volblocksize <= 0) bad('volblocksize');
   if (!Array.isArray(z.streams)) bad('streams');
   for (const s of z.streams) {
-    if (!s || typeof s.from !== 'string' || !isValidVersion(s.from) || typeof s.fromGuid !== 'string' || !DEC.test(s.fromGuid) || !Number.isSafeInteger(s.size) || s.size <= 0 || typeof s.sha256 !== 'string' || !HEX64.test(s.sha256)) bad(`stream ${JSON.stringify(s)}`);
+    if (
+      !s ||
+      typeof s.from !== 'string' ||
+      !isValidVersion(s.from) ||
+      typeof s.fromGuid !== 'string' ||
+      !DEC.test(s.fromGuid) ||
+      !Number.isSafeInteger(s.size) ||
+      s.size <= 0 ||
+      typeof s.sha256 !== 'string' ||
+      !HEX64.test(s.sha256)
+    )
+      bad(`stream ${JSON.stringify(s)}`);
   }
   return z;
 }
@@ -51,7 +62,8 @@ export async function checkBase(dataset: string, ref: ZfsStreamRef): Promise<Bas
  */
 async function cleanupReceive(dataset: string, to: string, baseOk: boolean, from: string): Promise<void> {
   await zfs(['receive', '-A', dataset], 'aborting a partial receive').catch(() => undefined);
-  if ((await zfsGet(`${dataset}@${to}`, 'guid').catch(() => null)) !== null) await zfs(['destroy', `${dataset}@${to}`], 'removing a bad received snapshot').catch(() => undefined);
+  if ((await zfsGet(`${dataset}@${to}`, 'guid').catch(() => null)) !== null)
+    await zfs(['destroy', `${dataset}@${to}`], 'removing a bad received snapshot').catch(() => undefined);
   if (baseOk) await zfs(['rollback', `${dataset}@${from}`], 'rolling back to the base').catch(() => undefined);
 }
 
@@ -84,7 +96,11 @@ export async function receiveRelease(o: ReceiveOptions): Promise<ReceiveResult> 
   const to = o.manifest.version;
   if (!z) throw new IbuError('ZFS_BASE_MISSING', `Release ${to} was not published with ZFS snapshots (no zfs field in its manifest).`);
   const ref = z.streams.find((s) => s.from === o.from);
-  if (!ref) throw new IbuError('ZFS_BASE_MISSING', `The manifest of ${to} signs no ZFS stream from ${o.from} (it has ${z.streams.map((s) => s.from).join(', ') || 'none'}).`);
+  if (!ref)
+    throw new IbuError(
+      'ZFS_BASE_MISSING',
+      `The manifest of ${to} signs no ZFS stream from ${o.from} (it has ${z.streams.map((s) => s.from).join(', ') || 'none'}).`,
+    );
   await checkPoolHealthy(poolOf(o.dataset));
   const base = await checkBase(o.dataset, ref);
   if (!base.ok) throw new IbuError('ZFS_BASE_MISSING', `Cannot receive ${o.from} -> ${to}: ${base.reason}.`);
@@ -109,11 +125,17 @@ export async function receiveRelease(o: ReceiveOptions): Promise<ReceiveResult> 
     if (r.code !== 0 || feedErr) {
       await cleanupReceive(o.dataset, to, true, o.from);
       if (/out of space|no space|ENOSPC/i.test(r.stderr)) {
-        throw new IbuError('ZFS_POOL_FULL', `zfs receive of ${o.from} -> ${to} into ${o.dataset} ran out of space in the pool '${poolOf(o.dataset)}' (${r.stderr.trim()}). Nothing was kept; destroy old snapshots or grow the pool.`);
+        throw new IbuError(
+          'ZFS_POOL_FULL',
+          `zfs receive of ${o.from} -> ${to} into ${o.dataset} ran out of space in the pool '${poolOf(o.dataset)}' (${r.stderr.trim()}). Nothing was kept; destroy old snapshots or grow the pool.`,
+        );
       }
       // A receive that failed on damaged pool data reports the pool, not a generic failure.
       await checkPoolHealthy(poolOf(o.dataset));
-      throw new IbuError('ZFS_FAILED', `zfs receive of ${o.from} -> ${to} into ${o.dataset} failed (exit ${r.code}): ${r.stderr.trim() || String(feedErr)}. Nothing was kept.`);
+      throw new IbuError(
+        'ZFS_FAILED',
+        `zfs receive of ${o.from} -> ${to} into ${o.dataset} failed (exit ${r.code}): ${r.stderr.trim() || String(feedErr)}. Nothing was kept.`,
+      );
     }
     const got = await zfsGet(`${o.dataset}@${to}`, 'guid');
     if (got !== z.guid) {
@@ -128,7 +150,14 @@ export async function receiveRelease(o: ReceiveOptions): Promise<ReceiveResult> 
   const ex = await exportZvol(dev, o.manifest.image.size, o.out);
   if (ex.sha256 !== o.manifest.image.sha256) {
     await fsp.rm(o.out, { force: true });
-    throw new IbuError('IMAGE_HASH_MISMATCH', `The image exported from ${o.dataset}@${to} has sha256 ${ex.sha256}, not ${o.manifest.image.sha256} as signed; it was deleted. Check the pool with 'zpool scrub'.`);
+    throw new IbuError(
+      'IMAGE_HASH_MISMATCH',
+      `The image exported from ${o.dataset}@${to} has sha256 ${ex.sha256}, not ${o.manifest.image.sha256} as signed; it was deleted. Check the pool with 'zpool scrub'.`,
+    );
   }
-  return { streamBytes: ref.size, seconds: { verify: (t1 - t0) / 1000, receive: (t2 - t1) / 1000, export: (performance.now() - t2) / 1000 }, dataBytes: ex.dataBytes };
+  return {
+    streamBytes: ref.size,
+    seconds: { verify: (t1 - t0) / 1000, receive: (t2 - t1) / 1000, export: (performance.now() - t2) / 1000 },
+    dataBytes: ex.dataBytes,
+  };
 }

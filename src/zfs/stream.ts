@@ -24,10 +24,12 @@ export interface StreamBegin {
 }
 
 export function parseBegin(buf: Buffer): StreamBegin {
-  if (buf.length < BEGIN_RECORD_BYTES) throw new IbuError('ZFS_STREAM_TRUNCATED', `The ZFS stream ends after ${buf.length} bytes, before its begin record is complete.`);
+  if (buf.length < BEGIN_RECORD_BYTES)
+    throw new IbuError('ZFS_STREAM_TRUNCATED', `The ZFS stream ends after ${buf.length} bytes, before its begin record is complete.`);
   let le = true;
   if (buf.readBigUInt64LE(8) !== DMU_BACKUP_MAGIC) {
-    if (buf.readBigUInt64BE(8) !== DMU_BACKUP_MAGIC) throw new IbuError('ZFS_STREAM_INVALID', 'This is not a ZFS send stream (no DMU backup magic in the begin record).');
+    if (buf.readBigUInt64BE(8) !== DMU_BACKUP_MAGIC)
+      throw new IbuError('ZFS_STREAM_INVALID', 'This is not a ZFS send stream (no DMU backup magic in the begin record).');
     le = false;
   }
   const u32 = (o: number): number => (le ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
@@ -86,7 +88,13 @@ async function writeAll(w: Writable, b: Buffer): Promise<void> {
  * `zfs send` of the same snapshot pair is deterministic (checked in the guest test), which is what
  * lets the publisher sign a hash that the server's later, on-demand send must reproduce.
  */
-export async function zfsSend(dataset: string, from: string, to: string, sink: ((b: Buffer) => Promise<void>) | null, signal?: AbortSignal): Promise<{ size: number; sha256: string; begin: Buffer }> {
+export async function zfsSend(
+  dataset: string,
+  from: string,
+  to: string,
+  sink: ((b: Buffer) => Promise<void>) | null,
+  signal?: AbortSignal,
+): Promise<{ size: number; sha256: string; begin: Buffer }> {
   const { child, done } = spawnTool(zfsBin(), ['send', '-i', `@${from}`, `${dataset}@${to}`], ['ignore', 'pipe', 'pipe'], signal);
   const meter = new StreamMeter();
   let sinkErr: unknown;
@@ -118,7 +126,15 @@ export async function zfsSend(dataset: string, from: string, to: string, sink: (
  * The server's on-demand build: `zfs send -i` piped through `zstd -T0` into `out`, with the raw
  * stream's sha256 and size checked against the signed manifest before anyone can be served it.
  */
-export async function buildCompressedStream(o: { dataset: string; from: string; to: string; expect: ZfsStreamRef; out: string; level?: number; signal?: AbortSignal }): Promise<{ size: number; compressedSize: number }> {
+export async function buildCompressedStream(o: {
+  dataset: string;
+  from: string;
+  to: string;
+  expect: ZfsStreamRef;
+  out: string;
+  level?: number;
+  signal?: AbortSignal;
+}): Promise<{ size: number; compressedSize: number }> {
   const fh = await fsp.open(o.out, 'w', 0o644);
   const z = spawnTool('zstd', ['-q', `-${o.level ?? 3}`, '-T0', '-c'], ['pipe', fh.fd, 'pipe'], o.signal);
   let sent;
@@ -136,7 +152,10 @@ export async function buildCompressedStream(o: { dataset: string; from: string; 
     await fh.close();
   }
   if (sent.size !== o.expect.size || sent.sha256 !== o.expect.sha256) {
-    throw new IbuError('ZFS_STREAM_INVALID', `zfs send -i @${o.from} ${o.dataset}@${o.to} produced ${sent.size} bytes with sha256 ${sent.sha256}, but the signed manifest records ${o.expect.size} bytes with sha256 ${o.expect.sha256}: the snapshots changed since publishing (or were replaced). Nothing is served; re-publish or restore the snapshots.`);
+    throw new IbuError(
+      'ZFS_STREAM_INVALID',
+      `zfs send -i @${o.from} ${o.dataset}@${o.to} produced ${sent.size} bytes with sha256 ${sent.sha256}, but the signed manifest records ${o.expect.size} bytes with sha256 ${o.expect.sha256}: the snapshots changed since publishing (or were replaced). Nothing is served; re-publish or restore the snapshots.`,
+    );
   }
   return { size: sent.size, compressedSize: (await fsp.stat(o.out)).size };
 }
@@ -161,11 +180,16 @@ export async function verifyStreamFile(file: string, ref: ZfsStreamRef, toGuid: 
     checkedHead = true;
     const b = parseBegin(meter.begin());
     if (b.fromGuid !== ref.fromGuid) {
-      throw new IbuError('ZFS_WRONG_BASE', `The ZFS stream for ${ref.from} -> ${to} is based on snapshot GUID ${b.fromGuid}, but ${ref.from} is GUID ${ref.fromGuid} in the signed manifest: it was made for another base. It was deleted; the next run downloads it again.`, {
-        details: { streamFromGuid: b.fromGuid, expectedFromGuid: ref.fromGuid },
-      });
+      throw new IbuError(
+        'ZFS_WRONG_BASE',
+        `The ZFS stream for ${ref.from} -> ${to} is based on snapshot GUID ${b.fromGuid}, but ${ref.from} is GUID ${ref.fromGuid} in the signed manifest: it was made for another base. It was deleted; the next run downloads it again.`,
+        {
+          details: { streamFromGuid: b.fromGuid, expectedFromGuid: ref.fromGuid },
+        },
+      );
     }
-    if (b.toGuid !== toGuid) throw new IbuError('ZFS_STREAM_INVALID', `The ZFS stream produces snapshot GUID ${b.toGuid}, not ${toGuid} (${to}) as the signed manifest says.`);
+    if (b.toGuid !== toGuid)
+      throw new IbuError('ZFS_STREAM_INVALID', `The ZFS stream produces snapshot GUID ${b.toGuid}, not ${toGuid} (${to}) as the signed manifest says.`);
   };
   try {
     for await (const chunk of decompressFile(file)) {
@@ -176,19 +200,29 @@ export async function verifyStreamFile(file: string, ref: ZfsStreamRef, toGuid: 
     if (err instanceof IbuError) throw err;
     // A frame cut short is a truncation; anything else the decoder rejects was altered.
     const msg = (err as Error).message;
-    if (/truncat|incomplete|unexpected end|premature/i.test(msg)) throw new IbuError('ZFS_STREAM_TRUNCATED', `The compressed ZFS stream ${file} ends early (${msg}).`, { cause: err });
-    throw new IbuError('ZFS_STREAM_INVALID', `The compressed ZFS stream ${file} cannot be decompressed (${msg}): it was damaged or tampered with.`, { cause: err });
+    if (/truncat|incomplete|unexpected end|premature/i.test(msg))
+      throw new IbuError('ZFS_STREAM_TRUNCATED', `The compressed ZFS stream ${file} ends early (${msg}).`, { cause: err });
+    throw new IbuError('ZFS_STREAM_INVALID', `The compressed ZFS stream ${file} cannot be decompressed (${msg}): it was damaged or tampered with.`, {
+      cause: err,
+    });
   }
   if (!checkedHead) {
     if (meter.size === 0) throw new IbuError('ZFS_STREAM_TRUNCATED', `The ZFS stream ${file} is empty.`);
     checkHead();
   }
-  if (meter.size < ref.size) throw new IbuError('ZFS_STREAM_TRUNCATED', `The ZFS stream ${ref.from} -> ${to} has ${meter.size} of its ${ref.size} signed bytes: it was cut short.`, { details: { size: meter.size, expected: ref.size } });
+  if (meter.size < ref.size)
+    throw new IbuError('ZFS_STREAM_TRUNCATED', `The ZFS stream ${ref.from} -> ${to} has ${meter.size} of its ${ref.size} signed bytes: it was cut short.`, {
+      details: { size: meter.size, expected: ref.size },
+    });
   const sha = meter.hash.digest('hex');
   if (meter.size !== ref.size || sha !== ref.sha256) {
-    throw new IbuError('ZFS_STREAM_INVALID', `The ZFS stream ${ref.from} -> ${to} does not match the signed manifest (sha256 ${sha}, ${meter.size} bytes; expected ${ref.sha256}, ${ref.size} bytes): it was modified. Nothing was received.`, {
-      details: { sha256: sha, size: meter.size },
-    });
+    throw new IbuError(
+      'ZFS_STREAM_INVALID',
+      `The ZFS stream ${ref.from} -> ${to} does not match the signed manifest (sha256 ${sha}, ${meter.size} bytes; expected ${ref.sha256}, ${ref.size} bytes): it was modified. Nothing was received.`,
+      {
+        details: { sha256: sha, size: meter.size },
+      },
+    );
   }
 }
 
@@ -197,4 +231,3 @@ export async function pump(src: AsyncIterable<unknown>, dst: Writable): Promise<
   for await (const c of src) await writeAll(dst, c as Buffer);
   dst.end();
 }
-

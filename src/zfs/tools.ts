@@ -50,7 +50,9 @@ export interface SnapshotInfo {
 
 /** Snapshots of one dataset, oldest first. */
 export async function listSnapshots(dataset: string): Promise<SnapshotInfo[]> {
-  const r = await run(zfsBin(), ['list', '-Hp', '-t', 'snapshot', '-o', 'name,guid,used,createtxg', '-s', 'createtxg', '-d', '1', dataset], { allowFailure: true });
+  const r = await run(zfsBin(), ['list', '-Hp', '-t', 'snapshot', '-o', 'name,guid,used,createtxg', '-s', 'createtxg', '-d', '1', dataset], {
+    allowFailure: true,
+  });
   if (r.code !== 0) {
     if (/does not exist/i.test(r.stderr)) return [];
     throw new IbuError('ZFS_FAILED', `Listing the snapshots of ${dataset} failed: ${r.stderr.trim()}`);
@@ -67,7 +69,8 @@ export async function listSnapshots(dataset: string): Promise<SnapshotInfo[]> {
 export async function zfs(args: string[], what: string): Promise<string> {
   const r = await run(zfsBin(), args, { allowFailure: true });
   if (r.code !== 0) {
-    if (/out of space|no space/i.test(r.stderr)) throw new IbuError('ZFS_POOL_FULL', `${what}: the pool is full (${r.stderr.trim()}). Free space in the pool or destroy old snapshots.`);
+    if (/out of space|no space/i.test(r.stderr))
+      throw new IbuError('ZFS_POOL_FULL', `${what}: the pool is full (${r.stderr.trim()}). Free space in the pool or destroy old snapshots.`);
     throw new IbuError('ZFS_FAILED', `${what}: zfs ${args.join(' ')} failed: ${r.stderr.trim()}`);
   }
   return r.stdout;
@@ -82,7 +85,8 @@ export async function zfs(args: string[], what: string): Promise<string> {
 export async function checkPoolHealthy(pool: string): Promise<void> {
   const x = await run(zpoolBin(), ['status', '-x', pool], { allowFailure: true });
   if (x.code !== 0) {
-    if (/no such pool/i.test(x.stderr)) throw new IbuError('ZFS_BASE_MISSING', `The ZFS pool '${pool}' does not exist; import it or fix zfs.dataset in the agent config.`);
+    if (/no such pool/i.test(x.stderr))
+      throw new IbuError('ZFS_BASE_MISSING', `The ZFS pool '${pool}' does not exist; import it or fix zfs.dataset in the agent config.`);
     throw new IbuError('ZFS_FAILED', `zpool status ${pool} failed: ${x.stderr.trim()}`);
   }
   const full = await run(zpoolBin(), ['status', '-v', pool], { allowFailure: true });
@@ -90,9 +94,13 @@ export async function checkPoolHealthy(pool: string): Promise<void> {
   const healthy = new RegExp(`pool '${pool.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' is healthy`).test(x.stdout) || /all pools are healthy/.test(x.stdout);
   if (!healthy || (errLine && !/^No known data errors/i.test(errLine))) {
     const state = /state:\s*(\S+)/.exec(full.stdout)?.[1] ?? 'unknown';
-    throw new IbuError('ZFS_POOL_CORRUPT', `The ZFS pool '${pool}' is not healthy (state ${state}; ${errLine || x.stdout.trim().split('\n')[0]}); ibu refuses to receive into or export from it. Run 'zpool status -v ${pool}', repair or restore the pool, then 'zpool clear ${pool}'.`, {
-      details: { state, errors: errLine },
-    });
+    throw new IbuError(
+      'ZFS_POOL_CORRUPT',
+      `The ZFS pool '${pool}' is not healthy (state ${state}; ${errLine || x.stdout.trim().split('\n')[0]}); ibu refuses to receive into or export from it. Run 'zpool status -v ${pool}', repair or restore the pool, then 'zpool clear ${pool}'.`,
+      {
+        details: { state, errors: errLine },
+      },
+    );
   }
 }
 
@@ -111,14 +119,20 @@ export async function zvolDevice(dataset: string, timeoutMs = 30_000): Promise<s
         await run('udevadm', ['settle', '--timeout=10'], { allowFailure: true }).catch(() => undefined);
         continue;
       }
-      if (Date.now() > until) throw new IbuError('ZFS_FAILED', `The zvol device ${dev} did not appear within ${timeoutMs / 1000} s; is udevd running (it creates /dev/zvol links)?`);
+      if (Date.now() > until)
+        throw new IbuError('ZFS_FAILED', `The zvol device ${dev} did not appear within ${timeoutMs / 1000} s; is udevd running (it creates /dev/zvol links)?`);
       await new Promise((r) => setTimeout(r, 200));
     }
   }
 }
 
 /** Spawns a tool whose stdin/stdout the caller streams; stderr is collected for the error message. */
-export function spawnTool(cmd: string, args: string[], stdio: ['pipe' | 'ignore', 'pipe' | 'ignore' | number, 'pipe'], signal?: AbortSignal): { child: ChildProcess; done: Promise<{ code: number; stderr: string }> } {
+export function spawnTool(
+  cmd: string,
+  args: string[],
+  stdio: ['pipe' | 'ignore', 'pipe' | 'ignore' | number, 'pipe'],
+  signal?: AbortSignal,
+): { child: ChildProcess; done: Promise<{ code: number; stderr: string }> } {
   const child = spawn(cmd, args, { stdio });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
@@ -128,7 +142,13 @@ export function spawnTool(cmd: string, args: string[], stdio: ['pipe' | 'ignore'
   signal?.addEventListener('abort', onAbort, { once: true });
   const done = new Promise<{ code: number; stderr: string }>((resolve, reject) => {
     child.on('error', (e: NodeJS.ErrnoException) => {
-      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', e.code === 'ENOENT' ? `${cmd} is not installed (ZFS needs zfsutils-linux; zstd the zstd package).` : `${cmd}: ${e.message}`, { cause: e }));
+      reject(
+        new IbuError(
+          e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED',
+          e.code === 'ENOENT' ? `${cmd} is not installed (ZFS needs zfsutils-linux; zstd the zstd package).` : `${cmd}: ${e.message}`,
+          { cause: e },
+        ),
+      );
     });
     child.on('close', (code, sig) => {
       signal?.removeEventListener('abort', onAbort);

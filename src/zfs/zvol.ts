@@ -68,7 +68,8 @@ export async function writeImageToZvol(image: string, device: string, volblocksi
     await dev.sync();
     return stats;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new IbuError('ZFS_POOL_FULL', `The pool holding ${device} is full while writing the image; add space or destroy old snapshots.`, { cause: err });
+    if ((err as NodeJS.ErrnoException).code === 'ENOSPC')
+      throw new IbuError('ZFS_POOL_FULL', `The pool holding ${device} is full while writing the image; add space or destroy old snapshots.`, { cause: err });
     throw err;
   } finally {
     await img.close();
@@ -115,7 +116,8 @@ export async function exportZvol(device: string, size: number, out: string): Pro
   } catch (err) {
     await dst?.close().catch(() => undefined);
     await fsp.rm(partial, { force: true });
-    if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new IbuError('NO_SPACE', `No space left for ${out} while exporting the zvol; free space on the host partition.`, { cause: err });
+    if ((err as NodeJS.ErrnoException).code === 'ENOSPC')
+      throw new IbuError('NO_SPACE', `No space left for ${out} while exporting the zvol; free space on the host partition.`, { cause: err });
     throw err;
   } finally {
     await src.close();

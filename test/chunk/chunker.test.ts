@@ -14,7 +14,11 @@ const P = { min: 2048, avg: 8192, max: 32768 };
 
 function rand(seed: string, n: number): Buffer {
   const out = Buffer.allocUnsafe(n);
-  for (let off = 0, c = 0; off < n; off += 32) createHash('sha256').update(`${seed}:${c++}`).digest().copy(out, off, 0, Math.min(32, n - off));
+  for (let off = 0, c = 0; off < n; off += 32)
+    createHash('sha256')
+      .update(`${seed}:${c++}`)
+      .digest()
+      .copy(out, off, 0, Math.min(32, n - off));
   return out;
 }
 
@@ -28,7 +32,8 @@ function chunksOf(data: Buffer, params = P, bufferSize?: number): Array<Omit<Pie
       const h = chunkHasher('sha256');
       // Hash while iterating: a piece's data is a view that the next piece overwrites.
       const out = [];
-      for (const p of chunkFile(fd, data.length, params, bufferSize)) out.push({ offset: p.offset, size: p.size, zero: p.zero, id: p.zero ? 'zero' : h(p.data) });
+      for (const p of chunkFile(fd, data.length, params, bufferSize))
+        out.push({ offset: p.offset, size: p.size, zero: p.zero, id: p.zero ? 'zero' : h(p.data) });
       return out;
     } finally {
       closeSync(fd);
@@ -41,7 +46,17 @@ function chunksOf(data: Buffer, params = P, bufferSize?: number): Array<Omit<Pie
 test('the gear table is the documented one (format stability)', () => {
   // Pinned: changing the table silently would break dedup against every published release.
   assert.equal(GEAR.length, 256);
-  assert.equal(createHash('sha256').update(Buffer.from(GEAR.buffer)).digest('hex').slice(0, 16), createHash('sha256').update(Buffer.from(new Int32Array(Array.from({ length: 256 }, (_, i) => createHash('sha256').update(`ibu-fastcdc-gear-v1:${i}`).digest().readInt32LE(0))).buffer)).digest('hex').slice(0, 16));
+  assert.equal(
+    createHash('sha256').update(Buffer.from(GEAR.buffer)).digest('hex').slice(0, 16),
+    createHash('sha256')
+      .update(
+        Buffer.from(
+          new Int32Array(Array.from({ length: 256 }, (_, i) => createHash('sha256').update(`ibu-fastcdc-gear-v1:${i}`).digest().readInt32LE(0))).buffer,
+        ),
+      )
+      .digest('hex')
+      .slice(0, 16),
+  );
 });
 
 test('chunks tile the input, respect min/max, and their mean is near avg', () => {
@@ -75,18 +90,34 @@ test('an insertion changes only the chunks around it (content-defined boundaries
 });
 
 test('zero runs of >= ZERO_RUN_MIN aligned bytes become zero pieces; short ones stay data', () => {
-  const data = Buffer.concat([rand('e', 40960), Buffer.alloc(ZERO_RUN_MIN * 3), rand('f', 4096), Buffer.alloc(ZERO_RUN_MIN - 4096), rand('g', 40960), Buffer.alloc(ZERO_RUN_MIN)]);
+  const data = Buffer.concat([
+    rand('e', 40960),
+    Buffer.alloc(ZERO_RUN_MIN * 3),
+    rand('f', 4096),
+    Buffer.alloc(ZERO_RUN_MIN - 4096),
+    rand('g', 40960),
+    Buffer.alloc(ZERO_RUN_MIN),
+  ]);
   const cs = chunksOf(data);
   const zeros = cs.filter((c) => c.zero);
-  assert.deepEqual(zeros.map((z) => [z.offset, z.size]), [
-    [40960, ZERO_RUN_MIN * 3],
-    [data.length - ZERO_RUN_MIN, ZERO_RUN_MIN],
-  ]);
-  assert.equal(cs.reduce((s, c) => s + c.size, 0), data.length);
+  assert.deepEqual(
+    zeros.map((z) => [z.offset, z.size]),
+    [
+      [40960, ZERO_RUN_MIN * 3],
+      [data.length - ZERO_RUN_MIN, ZERO_RUN_MIN],
+    ],
+  );
+  assert.equal(
+    cs.reduce((s, c) => s + c.size, 0),
+    data.length,
+  );
 });
 
 test('an all-zero file is one zero piece; an empty file has none', () => {
-  assert.deepEqual(chunksOf(Buffer.alloc(10 * 1024 * 1024)).map((c) => [c.offset, c.size, c.zero]), [[0, 10 * 1024 * 1024, true]]);
+  assert.deepEqual(
+    chunksOf(Buffer.alloc(10 * 1024 * 1024)).map((c) => [c.offset, c.size, c.zero]),
+    [[0, 10 * 1024 * 1024, true]],
+  );
   assert.deepEqual(chunksOf(Buffer.alloc(0)), []);
 });
 
@@ -99,8 +130,16 @@ test('cutPoint honours min and max directly', () => {
 });
 
 test('invalid chunk parameters are refused with USAGE', () => {
-  for (const bad of [{ min: 1, avg: 8192, max: 65536 }, { min: 4096, avg: 10000, max: 65536 }, { min: 8192, avg: 8192, max: 65536 }, { min: 1024, avg: 8192, max: 4096 }]) {
-    assert.throws(() => validateParams(bad), (e) => isIbuError(e, 'USAGE'));
+  for (const bad of [
+    { min: 1, avg: 8192, max: 65536 },
+    { min: 4096, avg: 10000, max: 65536 },
+    { min: 8192, avg: 8192, max: 65536 },
+    { min: 1024, avg: 8192, max: 4096 },
+  ]) {
+    assert.throws(
+      () => validateParams(bad),
+      (e) => isIbuError(e, 'USAGE'),
+    );
   }
 });
 
@@ -109,9 +148,18 @@ test('zstd round trip; truncated and corrupt frames get distinct codes', () => {
   const z = chunkCompressor()(data);
   const d = chunkDecompressor();
   assert.deepEqual(d('x', z, data.length), data);
-  assert.throws(() => d('x', z.subarray(0, z.length - 10), data.length), (e) => isIbuError(e, 'CHUNK_TRUNCATED'));
-  assert.throws(() => d('x', Buffer.from('definitely not zstd at all'), data.length), (e) => isIbuError(e, 'CHUNK_INVALID'));
-  assert.throws(() => d('x', z, data.length + 1), (e) => isIbuError(e, 'CHUNK_TRUNCATED'));
+  assert.throws(
+    () => d('x', z.subarray(0, z.length - 10), data.length),
+    (e) => isIbuError(e, 'CHUNK_TRUNCATED'),
+  );
+  assert.throws(
+    () => d('x', Buffer.from('definitely not zstd at all'), data.length),
+    (e) => isIbuError(e, 'CHUNK_INVALID'),
+  );
+  assert.throws(
+    () => d('x', z, data.length + 1),
+    (e) => isIbuError(e, 'CHUNK_TRUNCATED'),
+  );
 });
 
 test('blake3 and sha256 chunk ids are 64 hex digits and differ', () => {
@@ -119,5 +167,8 @@ test('blake3 and sha256 chunk ids are 64 hex digits and differ', () => {
   const s = chunkHasher('sha256')(Buffer.from('abc'));
   assert.equal(b, '6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85'); // BLAKE3 test vector for "abc"
   assert.equal(s, 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
-  assert.throws(() => chunkHasher('md5'), (e) => isIbuError(e, 'MANIFEST_INVALID'));
+  assert.throws(
+    () => chunkHasher('md5'),
+    (e) => isIbuError(e, 'MANIFEST_INVALID'),
+  );
 });

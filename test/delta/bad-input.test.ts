@@ -26,7 +26,12 @@ describe('delta bad input', () => {
   before(async () => {
     const base = binaryish(1, 400_000);
     writeTree(p('ta'), { 'etc/ibu/image.json': imageJson('1.0'), 'usr/bin/app': base, 'usr/share/a': binaryish(2, 90_000) });
-    writeTree(p('tb'), { 'etc/ibu/image.json': imageJson('1.1'), 'usr/bin/app': mutate(base, 3), 'usr/share/a': binaryish(2, 90_000), 'usr/share/b': binaryish(4, 20_000) });
+    writeTree(p('tb'), {
+      'etc/ibu/image.json': imageJson('1.1'),
+      'usr/bin/app': mutate(base, 3),
+      'usr/share/a': binaryish(2, 90_000),
+      'usr/share/b': binaryish(4, 20_000),
+    });
     writeTree(p('tc'), { 'etc/ibu/image.json': imageJson('1.2'), 'usr/bin/app': mutate(base, 5), 'usr/share/c': binaryish(6, 20_000) });
     await makeImage(p('ta'), A, { size: '16M' });
     await makeImage(p('tb'), B, { size: '16M' });
@@ -38,14 +43,11 @@ describe('delta bad input', () => {
 
   async function expectCode(code: ErrorCode, opts: Partial<Parameters<typeof applyDelta>[0]>, why: string) {
     fs.writeFileSync(OUT, OLD_OUT);
-    await assert.rejects(
-      applyDelta({ sourceImage: A, delta: AB, out: OUT, ...opts }),
-      (err: unknown) => {
-        assert.ok(isIbuError(err), `${why}: not an IbuError: ${String(err)}`);
-        assert.equal(err.code, code, `${why}: ${err.message}`);
-        return true;
-      },
-    );
+    await assert.rejects(applyDelta({ sourceImage: A, delta: AB, out: OUT, ...opts }), (err: unknown) => {
+      assert.ok(isIbuError(err), `${why}: not an IbuError: ${String(err)}`);
+      assert.equal(err.code, code, `${why}: ${err.message}`);
+      return true;
+    });
     assert.equal(fs.readFileSync(OUT, 'utf8'), OLD_OUT, `${why}: OUT was replaced`);
     assert.equal(fs.existsSync(`${OUT}.partial`), false, `${why}: a .partial was left behind`);
   }
@@ -82,7 +84,11 @@ describe('delta bad input', () => {
       const file = p(`trunc-${len}.ibudelta`);
       fs.writeFileSync(file, good.subarray(0, len));
       await expectCode('DELTA_TRUNCATED', { delta: file }, `cut at ${len} of ${good.length}`);
-      if (len >= 64 + 3) assert.throws(() => readDeltaHeader(file), (e: unknown) => isIbuError(e, 'DELTA_TRUNCATED'));
+      if (len >= 64 + 3)
+        assert.throws(
+          () => readDeltaHeader(file),
+          (e: unknown) => isIbuError(e, 'DELTA_TRUNCATED'),
+        );
     }
   });
 

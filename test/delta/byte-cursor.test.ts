@@ -59,6 +59,9 @@ describe('byte cursor', () => {
   it('refuses a u64 above 2^53', () => {
     const b = Buffer.alloc(8);
     b.writeBigUInt64LE(BigInt(Number.MAX_SAFE_INTEGER) + 1n);
-    assert.throws(() => reader(b).u64(), (e: unknown) => e instanceof Problem && e.problem === 'out-of-range');
+    assert.throws(
+      () => reader(b).u64(),
+      (e: unknown) => e instanceof Problem && e.problem === 'out-of-range',
+    );
   });
 });

@@ -46,7 +46,11 @@ describe('delta frame codec', () => {
     const f = decodeFixedHeader(bytes.subarray(0, FIXED_HEADER_BYTES), 'x', bytes.length);
     const raw = decompressOpTable(bytes.subarray(f.opTableOffset, f.opTableOffset + f.opTableLength), 'x');
     for (let len = 0; len < raw.length; len++) {
-      assert.throws(() => decodeOpTable(raw.subarray(0, len), 'x'), (e: unknown) => isIbuError(e, 'DELTA_INVALID'), `op table cut at ${len}`);
+      assert.throws(
+        () => decodeOpTable(raw.subarray(0, len), 'x'),
+        (e: unknown) => isIbuError(e, 'DELTA_INVALID'),
+        `op table cut at ${len}`,
+      );
     }
     for (let len = 0; len < FIXED_HEADER_BYTES; len++) {
       assert.throws(() => decodeFixedHeader(bytes.subarray(0, len), 'x', len), badDelta, `fixed header cut at ${len}`);

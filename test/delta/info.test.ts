@@ -24,7 +24,13 @@ describe('delta info', () => {
   });
 
   it('shares a segment between its ops by the bytes they write, adding up exactly', () => {
-    const replace = (offset: number, length: number) => ({ type: 'replace' as const, segment: 0, dst: [{ offset, length }], dstHash: Buffer.alloc(16), path: '/a' });
+    const replace = (offset: number, length: number) => ({
+      type: 'replace' as const,
+      segment: 0,
+      dst: [{ offset, length }],
+      dstHash: Buffer.alloc(16),
+      path: '/a',
+    });
     const ops = [replace(0, 1000), { type: 'zero' as const, dst: 1000, length: 10 }, replace(1010, 2000), replace(3010, 1)];
     const shares = payloadShares({ ops, segments: [{ offset: 0, compressedLength: 101, outputLength: 3001, dictLength: 4 }] });
     assert.deepEqual(shares, [34, 0, 67, 0]);
@@ -60,15 +66,18 @@ describe('delta info', () => {
       assert.equal(sum(Object.values(i.byKind)), d.payloadLength);
       assert.equal(i.metadata.payloadBytes + i.fileData.payloadBytes, d.payloadLength);
       assert.equal(sum(i.byDirectory), i.fileData.payloadBytes);
-      assert.equal(i.bytes, Object.values(i.sections).reduce((n, x) => n + x, 0));
-      assert.equal(Object.values(i.byKind).reduce((n, t) => n + t.targetBytes, 0), d.header.target.size);
+      assert.equal(
+        i.bytes,
+        Object.values(i.sections).reduce((n, x) => n + x, 0),
+      );
+      assert.equal(
+        Object.values(i.byKind).reduce((n, t) => n + t.targetBytes, 0),
+        d.header.target.size,
+      );
       assert.deepEqual(i.byDirectory.map((x) => x.directory).sort(), ['/boot', '/etc', '/opt', '/usr']);
       assert.ok(i.metadata.ops > 0, 'inode tables and bitmaps changed');
       // Directories are metadata: only regular files are listed as files.
-      assert.deepEqual(
-        i.largestFiles.map((f) => f.path).sort(),
-        ['/boot/vmlinuz', '/etc/ibu/image.json', '/opt/x/y', '/usr/bin/app', '/usr/lib/new.so'],
-      );
+      assert.deepEqual(i.largestFiles.map((f) => f.path).sort(), ['/boot/vmlinuz', '/etc/ibu/image.json', '/opt/x/y', '/usr/bin/app', '/usr/lib/new.so']);
       assert.equal(i.largestFiles.find((f) => f.path === '/usr/lib/new.so')!.type, 'replace');
       assert.equal(i.largestFiles.find((f) => f.path === '/usr/bin/app')!.srcPath, '/usr/bin/app');
     });
@@ -77,7 +86,8 @@ describe('delta info', () => {
       const text = runIbu(['delta', 'info', p('ab.ibudelta')]);
       assert.equal(text.code, 0, text.stderr);
       const out = text.stdout.toString();
-      for (const want of [/1 → 2/, /by op kind/, /^ {2}PATCH /m, /metadata, directories/, /^ {2}\/boot /m, /\/usr\/lib\/new\.so {2}replaced/]) assert.match(out, want);
+      for (const want of [/1 → 2/, /by op kind/, /^ {2}PATCH /m, /metadata, directories/, /^ {2}\/boot /m, /\/usr\/lib\/new\.so {2}replaced/])
+        assert.match(out, want);
       const json = runIbu(['delta', 'info', '--json', p('ab.ibudelta')]);
       assert.equal(json.code, 0, json.stderr);
       assert.deepEqual(JSON.parse(json.stdout.toString()), JSON.parse(JSON.stringify(describeDelta(readDelta(p('ab.ibudelta'))))));

@@ -30,7 +30,9 @@ it('applies in bounded memory', async () => {
 
   const self = fileURLToPath(import.meta.url);
   const child = path.join(path.dirname(self), `apply-child${path.extname(self)}`);
-  const { stdout } = await promisify(execFile)(process.execPath, [...process.execArgv, child, p('a.img'), p('ab.ibudelta'), p('out.img')], { maxBuffer: 1 << 20 });
+  const { stdout } = await promisify(execFile)(process.execPath, [...process.execArgv, child, p('a.img'), p('ab.ibudelta'), p('out.img')], {
+    maxBuffer: 1 << 20,
+  });
   const r = JSON.parse(stdout.trim().split('\n').pop()!) as { maxRssKiB: number; targetSize: number; bytesWritten: number };
   assert.ok(fs.readFileSync(p('out.img')).equals(fs.readFileSync(p('b.img'))));
   assert.ok(r.bytesWritten > 200 << 20, `wrote ${r.bytesWritten}`);

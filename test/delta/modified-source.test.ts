@@ -33,7 +33,12 @@ describe('delta apply on a modified source', () => {
     const app = binaryish(1, 500_000);
     const lib = binaryish(2, 300_000);
     writeTree(p('ta'), { 'etc/ibu/image.json': imageJson('1.0'), 'usr/bin/app': app, 'usr/lib/lib.so': lib, 'usr/share/data': binaryish(3, 2_000_000) });
-    writeTree(p('tb'), { 'etc/ibu/image.json': imageJson('1.1'), 'usr/bin/app': mutate(app, 4, 3), 'usr/lib/lib.so': lib, 'usr/share/data': binaryish(3, 2_000_000) });
+    writeTree(p('tb'), {
+      'etc/ibu/image.json': imageJson('1.1'),
+      'usr/bin/app': mutate(app, 4, 3),
+      'usr/lib/lib.so': lib,
+      'usr/share/data': binaryish(3, 2_000_000),
+    });
     await makeImage(p('ta'), A, { size: '16M' });
     await makeImage(p('tb'), B, { size: '16M' });
     await makeDelta({ fromImage: A, toImage: B, out: AB, jobs: 1 });
@@ -76,7 +81,10 @@ describe('delta apply on a modified source', () => {
     assert.equal(fs.existsSync(`${out}.partial`), false);
 
     const r = await applyDelta({ sourceImage: modified, delta: AB, out, manifest, fallbackStore: store });
-    assert.deepEqual(r.failedOps.map((f) => f.index).sort((x, y) => x - y), expected);
+    assert.deepEqual(
+      r.failedOps.map((f) => f.index).sort((x, y) => x - y),
+      expected,
+    );
     assert.equal(r.fallback.ops, 3);
     assert.ok(r.fallback.chunks >= 3 && r.fallback.downloadedBytes > 0);
     assert.ok(fs.readFileSync(out).equals(fs.readFileSync(B)), 'B rebuilt with chunks for the modified ranges');

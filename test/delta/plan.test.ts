@@ -63,7 +63,15 @@ describe('plan', () => {
     }
     return { blockSize: bs, sourceSize: n * bs, targetSize: n * bs, kind, from, sourceZero: new Uint8Array(n) };
   }
-  const target: PlanFile[] = [{ ...f('/usr/bin/app', 8 * bs, 5), extents: [{ logical: 0, physical: 16, length: 2, uninit: false }, { logical: 2, physical: 10, length: 6, uninit: false }] }];
+  const target: PlanFile[] = [
+    {
+      ...f('/usr/bin/app', 8 * bs, 5),
+      extents: [
+        { logical: 0, physical: 16, length: 2, uninit: false },
+        { logical: 2, physical: 10, length: 6, uninit: false },
+      ],
+    },
+  ];
   const match = (t: MatchFile) => (t.path === '/usr/bin/app' ? { file: f('/usr/bin/app', 8 * bs, 50), kind: 'path' as const } : undefined);
   const sourceExtents = () => [{ logical: 0, physical: 30, length: 8, uninit: false }];
 
@@ -73,19 +81,31 @@ describe('plan', () => {
     const segments = p.segments.map((s, i) => ({ offset: i, compressedLength: 1, outputLength: s.outputLength, dictLength: s.dictLength }));
     validateOps(header, p.ops, segments, segments.length, 'plan'); // throws on gaps, overlaps or disorder
     const starts = p.ops.map(opStart);
-    assert.deepEqual(starts, [...starts].sort((a, b) => a - b));
+    assert.deepEqual(
+      starts,
+      [...starts].sort((a, b) => a - b),
+    );
     const app = p.ops.find((o) => o.type === 'patch' && o.path === '/usr/bin/app');
     assert.ok(app && app.type === 'patch');
     // Logical order kept (16-17 then 10-17 minus nothing: block 12 is a short unchanged run, absorbed).
-    assert.deepEqual(app.dst, [{ offset: 16 * bs, length: 2 * bs }, { offset: 10 * bs, length: 6 * bs }]);
+    assert.deepEqual(app.dst, [
+      { offset: 16 * bs, length: 2 * bs },
+      { offset: 10 * bs, length: 6 * bs },
+    ]);
     assert.deepEqual(app.src, [{ offset: 30 * bs, length: 8 * bs }]);
     const meta = p.ops.find((o) => o.type === 'patch' && o.path === '');
     assert.ok(meta && meta.type === 'patch');
     assert.deepEqual(meta.dst, [{ offset: 1 * bs, length: 2 * bs }]);
     assert.deepEqual(meta.src, meta.dst, 'metadata is diffed against the same offsets');
     const copies = p.ops.filter((o) => o.type === 'copy');
-    assert.ok(copies.every((c) => c.type === 'copy' && c.length <= 16 * bs), 'COPY ops are cut at maxCopy');
-    assert.equal(copies.reduce((n, c) => n + (c.type === 'copy' ? c.length : 0), 0), 42 * bs);
+    assert.ok(
+      copies.every((c) => c.type === 'copy' && c.length <= 16 * bs),
+      'COPY ops are cut at maxCopy',
+    );
+    assert.equal(
+      copies.reduce((n, c) => n + (c.type === 'copy' ? c.length : 0), 0),
+      42 * bs,
+    );
     assert.deepEqual(p.files, { patched: 1, replaced: 0, byPath: 1, byRename: 0, byBasename: 0 });
   });
 

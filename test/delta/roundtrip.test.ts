@@ -35,7 +35,13 @@ function treeB(): Record<string, TreeEntry> {
     'usr/lib/libfoo.so.1.2.4': mutate(a['usr/lib/libfoo.so.1.2.3'] as Buffer, 8, 3),
     'usr/lib/libfoo.so.1': { symlink: 'libfoo.so.1.2.4' },
     'usr/bin/added': binaryish(9, 40_000),
-    'var/lib/data.bin': { sparse: 12 << 20, at: [[1 << 20, mutate(binaryish(4, 70_000), 10, 2)], [10 << 20, Buffer.from('tail')]] },
+    'var/lib/data.bin': {
+      sparse: 12 << 20,
+      at: [
+        [1 << 20, mutate(binaryish(4, 70_000), 10, 2)],
+        [10 << 20, Buffer.from('tail')],
+      ],
+    },
   };
   delete t['usr/bin/gone'];
   delete t['usr/lib/libfoo.so.1.2.3'];
@@ -130,7 +136,13 @@ describe('delta round trips', () => {
     const delta = path.join(tmp.dir, '1k.ibudelta');
     const out = path.join(tmp.dir, '1k.out.img');
     // Tiny segment limits force many segments and split files.
-    const stats = await makeDelta({ fromImage: a1, toImage: b1, out: delta, jobs: 2, limits: { maxSegmentOutput: 64 << 10, maxSegmentDict: 96 << 10, maxCopy: 16 << 10 } });
+    const stats = await makeDelta({
+      fromImage: a1,
+      toImage: b1,
+      out: delta,
+      jobs: 2,
+      limits: { maxSegmentOutput: 64 << 10, maxSegmentDict: 96 << 10, maxCopy: 16 << 10 },
+    });
     assert.ok(stats.segments > 5, `segments ${stats.segments}`);
     await applyDelta({ sourceImage: a1, delta, out });
     assert.ok(fs.readFileSync(out).equals(fs.readFileSync(b1)));

@@ -19,9 +19,12 @@ export interface Backend {
 }
 
 const pgEnv = process.env.IBU_TEST_PG;
-export const PG_URL = process.env.DATABASE_URL && /^postgres/.test(process.env.DATABASE_URL)
-  ? process.env.DATABASE_URL
-  : pgEnv && /^postgres/.test(pgEnv) ? pgEnv : 'postgres://postgres@127.0.0.1:55432/postgres';
+export const PG_URL =
+  process.env.DATABASE_URL && /^postgres/.test(process.env.DATABASE_URL)
+    ? process.env.DATABASE_URL
+    : pgEnv && /^postgres/.test(pgEnv)
+      ? pgEnv
+      : 'postgres://postgres@127.0.0.1:55432/postgres';
 
 export const BACKENDS: Backend[] = [
   {
@@ -30,7 +33,14 @@ export const BACKENDS: Backend[] = [
     async make() {
       const dir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sqlite-'));
       const repo = new SqliteFleetRepository(path.join(dir, 'fleet.sqlite'));
-      return { repo, dir, cleanup: async () => { await repo.close().catch(() => {}); rmSync(dir, { recursive: true, force: true }); } };
+      return {
+        repo,
+        dir,
+        cleanup: async () => {
+          await repo.close().catch(() => {});
+          rmSync(dir, { recursive: true, force: true });
+        },
+      };
     },
   },
   {

@@ -10,8 +10,16 @@ const NOW = 5000;
 const device = (over = {}) => ({ ...newDevice('d1', 'hash', 'g', 'stable', 0), ...over });
 
 test('a check-in updates the record and flags a downgrade once', () => {
-  const { device: d, downgrade } = deviceAfterCheckin(device({ maxCommitted: '2', committedVersion: '2', checkins: 4 }), { version: '3', state: 'trial', trial: true }, NOW);
-  assert.deepEqual([d.version, d.state, d.trial, d.committedVersion, d.maxCommitted, d.checkins, d.lastCheckin], ['3', 'trial', true, '2', '2', 5, NOW], 'a trial does not commit');
+  const { device: d, downgrade } = deviceAfterCheckin(
+    device({ maxCommitted: '2', committedVersion: '2', checkins: 4 }),
+    { version: '3', state: 'trial', trial: true },
+    NOW,
+  );
+  assert.deepEqual(
+    [d.version, d.state, d.trial, d.committedVersion, d.maxCommitted, d.checkins, d.lastCheckin],
+    ['3', 'trial', true, '2', '2', 5, NOW],
+    'a trial does not commit',
+  );
   assert.equal(downgrade, null);
   const down = deviceAfterCheckin(device({ maxCommitted: '3' }), { version: '2', state: 'idle', trial: false }, NOW);
   assert.deepEqual(down.device.flags, ['downgraded']);
@@ -26,7 +34,7 @@ test('a check-in updates the record and flags a downgrade once', () => {
 });
 
 test('short check-in interval only while waiting for a lease or mid-upgrade', () => {
-  const part = (status: RolloutDevice['status']) => ({ status } as RolloutDevice);
+  const part = (status: RolloutDevice['status']) => ({ status }) as RolloutDevice;
   const r = (state: CheckinRequest['state'], extra: Partial<CheckinRequest> = {}): CheckinRequest => ({ version: '1', state, trial: false, ...extra });
   const cases: Array<[string, CheckinRequest, boolean, RolloutDevice | null, boolean]> = [
     ['idle', r('idle'), false, null, false],
@@ -42,7 +50,13 @@ test('short check-in interval only while waiting for a lease or mid-upgrade', ()
 });
 
 test('reports are checked, every problem at once', () => {
-  assert.throws(() => validateCheckin({ version: 'x', state: 'dancing', trial: 'no' } as unknown as CheckinRequest), (e) => isIbuError(e, 'BAD_REQUEST') && /version.*state.*trial/s.test(e.message));
-  assert.throws(() => validateEvent({ type: 'exploded', fromVersion: '1', toVersion: '2' } as unknown as DeviceEvent), (e) => isIbuError(e, 'BAD_REQUEST'));
+  assert.throws(
+    () => validateCheckin({ version: 'x', state: 'dancing', trial: 'no' } as unknown as CheckinRequest),
+    (e) => isIbuError(e, 'BAD_REQUEST') && /version.*state.*trial/s.test(e.message),
+  );
+  assert.throws(
+    () => validateEvent({ type: 'exploded', fromVersion: '1', toVersion: '2' } as unknown as DeviceEvent),
+    (e) => isIbuError(e, 'BAD_REQUEST'),
+  );
   validateEvent({ type: 'apply-started', fromVersion: '1', toVersion: '2' });
 });

@@ -31,7 +31,11 @@ function repoRoot(): string {
 /** A small fleet: a completed rollout of 2.0, a paused one of 2.1 with rollbacks and a silent box. */
 async function populate(svc: Fleet): Promise<void> {
   for (const v of ['1.0', '2.0', '2.1']) await svc.registerRelease({ version: v });
-  await svc.setGroup({ name: 'berlin', window: { timeZone: 'Europe/Berlin', rules: [{ days: [1, 2, 3, 4, 5], start: '01:00', end: '04:00' }] }, maxConcurrentReboots: 5 });
+  await svc.setGroup({
+    name: 'berlin',
+    window: { timeZone: 'Europe/Berlin', rules: [{ days: [1, 2, 3, 4, 5], start: '01:00', end: '04:00' }] },
+    maxConcurrentReboots: 5,
+  });
   const tokens = new Map<string, string>();
   for (let i = 0; i < 240; i++) {
     const id = `box-${String(i).padStart(3, '0')}`;
@@ -49,7 +53,15 @@ async function populate(svc: Fleet): Promise<void> {
     n++;
     await svc.event(id, token, { type: 'apply-started', fromVersion: '2.0', toVersion: '2.1' });
     if (n <= 3) {
-      await svc.event(id, token, { type: 'rolled-back', fromVersion: '2.0', toVersion: '2.1', error: { code: 'HEALTH_CHECK_FAILED', message: n === 1 ? '<img src=x onerror="document.title=\'pwned\'"> postgres did not start' : 'kernel panic on boot' } });
+      await svc.event(id, token, {
+        type: 'rolled-back',
+        fromVersion: '2.0',
+        toVersion: '2.1',
+        error: {
+          code: 'HEALTH_CHECK_FAILED',
+          message: n === 1 ? '<img src=x onerror="document.title=\'pwned\'"> postgres did not start' : 'kernel panic on boot',
+        },
+      });
     } else if (n <= 12) {
       await svc.checkin(id, token, { version: '2.1', state: 'committed', trial: false });
     }
@@ -80,70 +92,90 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test('dashboard in headless Chromium: histogram, waves, problem devices, pause/resume', { skip: existsSync(CHROMIUM) || process.env.CI || process.env.IBU_TEST_PG ? false : `${CHROMIUM} is missing (apt-get install chromium)` }, async () => {
-    const profile = mkdtempSync(path.join(os.tmpdir(), 'ibu-chromium-profile-'));
-    try {
-      // A fresh profile dir (playwright passes it to Chromium as --user-data-dir).
-      browser = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-        viewport: { width: 1280, height: 1000 },
-      });
-      const page = await browser.newPage();
-      const errors: string[] = [];
-      page.on('pageerror', (e) => errors.push(e.message));
+  test(
+    'dashboard in headless Chromium: histogram, waves, problem devices, pause/resume',
+    { skip: existsSync(CHROMIUM) || process.env.CI || process.env.IBU_TEST_PG ? false : `${CHROMIUM} is missing (apt-get install chromium)` },
+    async () => {
+      const profile = mkdtempSync(path.join(os.tmpdir(), 'ibu-chromium-profile-'));
+      try {
+        // A fresh profile dir (playwright passes it to Chromium as --user-data-dir).
+        browser = await chromium.launchPersistentContext(profile, {
+          executablePath: CHROMIUM,
+          headless: true,
+          args: [
+            '--headless',
+            '--no-sandbox',
+            '--disable-gpu',
+            '--disable-quic',
+            '--no-first-run',
+            '--disable-background-networking',
+            '--disable-component-update',
+            '--disable-sync',
+          ],
+          viewport: { width: 1280, height: 1000 },
+        });
+        const page = await browser.newPage();
+        const errors: string[] = [];
+        page.on('pageerror', (e) => errors.push(e.message));
 
-      // Without the token: the API refuses and the page says how to sign in.
-      await page.goto(`${base}/dashboard`);
-      await page.waitForSelector('#status.err');
-      assert.match(await page.textContent('#status') ?? '', /not signed in/);
-      const bad = await page.goto(`${base}/dashboard?token=wrong`);
-      assert.equal(bad?.status(), 401);
+        // Without the token: the API refuses and the page says how to sign in.
+        await page.goto(`${base}/dashboard`);
+        await page.waitForSelector('#status.err');
+        assert.match((await page.textContent('#status')) ?? '', /not signed in/);
+        const bad = await page.goto(`${base}/dashboard?token=wrong`);
+        assert.equal(bad?.status(), 401);
 
-      // The token once in the URL; afterwards a cookie, and the URL is clean.
-      await page.goto(`${base}/dashboard?token=${ADMIN}`);
-      await page.waitForSelector('body[data-loaded="true"]');
-      assert.equal(new URL(page.url()).search, '');
+        // The token once in the URL; afterwards a cookie, and the URL is clean.
+        await page.goto(`${base}/dashboard?token=${ADMIN}`);
+        await page.waitForSelector('body[data-loaded="true"]');
+        assert.equal(new URL(page.url()).search, '');
 
-      const versions = await page.$$eval('#versions tbody tr', (rows) => rows.map((r) => [...r.querySelectorAll('td')].slice(0, 2).map((td) => td.textContent)));
-      assert.deepEqual(versions.find((v) => v[0] === '2.0')?.[1] !== undefined, true);
-      const total = versions.reduce((s, v) => s + Number(v[1]), 0);
-      assert.equal(total, 240);
+        const versions = await page.$$eval('#versions tbody tr', (rows) =>
+          rows.map((r) => [...r.querySelectorAll('td')].slice(0, 2).map((td) => td.textContent)),
+        );
+        assert.deepEqual(versions.find((v) => v[0] === '2.0')?.[1] !== undefined, true);
+        const total = versions.reduce((s, v) => s + Number(v[1]), 0);
+        assert.equal(total, 240);
 
-      const rollouts = await page.$$eval('.rollout', (els) => els.map((e) => ({ text: e.textContent ?? '', waves: e.querySelectorAll('table.waves tr').length - 1 })));
-      assert.equal(rollouts.length, 2);
-      assert.match(rollouts[0]!.text, /2\.1.*paused.*failure ratio/s);
-      assert.equal(rollouts[0]!.waves, 3);
-      assert.match(rollouts[1]!.text, /2\.0.*completed/s);
+        const rollouts = await page.$$eval('.rollout', (els) =>
+          els.map((e) => ({ text: e.textContent ?? '', waves: e.querySelectorAll('table.waves tr').length - 1 })),
+        );
+        assert.equal(rollouts.length, 2);
+        assert.match(rollouts[0]!.text, /2\.1.*paused.*failure ratio/s);
+        assert.equal(rollouts[0]!.waves, 3);
+        assert.match(rollouts[1]!.text, /2\.0.*completed/s);
 
-      const problems = await page.$$eval('#problems tbody tr', (rows) => rows.map((r) => r.textContent ?? ''));
-      assert.equal(problems.filter((t) => /rolled-back/.test(t)).length, 3);
-      assert.ok(problems.some((t) => t.includes('kernel panic on boot')));
-      assert.ok(problems.some((t) => t.includes('<img src=x')), 'untrusted text shown as text');
-      assert.notEqual(await page.title(), 'pwned');
-      assert.equal(await page.$$eval('#problems img', (imgs) => imgs.length), 0);
+        const problems = await page.$$eval('#problems tbody tr', (rows) => rows.map((r) => r.textContent ?? ''));
+        assert.equal(problems.filter((t) => /rolled-back/.test(t)).length, 3);
+        assert.ok(problems.some((t) => t.includes('kernel panic on boot')));
+        assert.ok(
+          problems.some((t) => t.includes('<img src=x')),
+          'untrusted text shown as text',
+        );
+        assert.notEqual(await page.title(), 'pwned');
+        assert.equal(await page.$$eval('#problems img', (imgs) => imgs.length), 0);
 
-      const shotDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-dashboard-shot-'));
-      const shot = path.join(shotDir, 'dashboard.png');
-      await page.screenshot({ path: shot, fullPage: true });
-      assert.ok(statSync(shot).size > 10_000);
-      const docs = path.join(repoRoot(), 'docs', 'img', 'dashboard.png');
-      if (process.env.IBU_DASHBOARD_DOCS === '1' || !existsSync(docs)) {
-        mkdirSync(path.dirname(docs), { recursive: true });
-        copyFileSync(shot, docs);
+        const shotDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-dashboard-shot-'));
+        const shot = path.join(shotDir, 'dashboard.png');
+        await page.screenshot({ path: shot, fullPage: true });
+        assert.ok(statSync(shot).size > 10_000);
+        const docs = path.join(repoRoot(), 'docs', 'img', 'dashboard.png');
+        if (process.env.IBU_DASHBOARD_DOCS === '1' || !existsSync(docs)) {
+          mkdirSync(path.dirname(docs), { recursive: true });
+          copyFileSync(shot, docs);
+        }
+
+        // Operator actions from the page: resume the paused rollout.
+        await page.click('.rollout[data-id="2"] button:has-text("resume")');
+        await page.waitForFunction(() => /running/.test(document.querySelector('.rollout[data-id="2"]')?.textContent ?? ''));
+        assert.equal(app.fleetService!.rollout(2).state, 'running');
+        assert.deepEqual(errors, []);
+        rmSync(shotDir, { recursive: true, force: true });
+      } finally {
+        await browser?.close().catch(() => {});
+        browser = undefined;
+        rmSync(profile, { recursive: true, force: true });
       }
-
-      // Operator actions from the page: resume the paused rollout.
-      await page.click('.rollout[data-id="2"] button:has-text("resume")');
-      await page.waitForFunction(() => /running/.test(document.querySelector('.rollout[data-id="2"]')?.textContent ?? ''));
-      assert.equal(app.fleetService!.rollout(2).state, 'running');
-      assert.deepEqual(errors, []);
-      rmSync(shotDir, { recursive: true, force: true });
-    } finally {
-      await browser?.close().catch(() => {});
-      browser = undefined;
-      rmSync(profile, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 }

@@ -93,7 +93,10 @@ for (const backend of BACKENDS) {
         await enroll(id, i < 3 ? 'canary' : 'default');
         await checkin(id, { version: '4' });
       }
-      const ro = await svc.createRollout({ version: '5', spec: { waves: [10, 50, 100], canaryGroups: ['canary'], successRatio: 0.9, maxFailureRatio: 0.1, minSample: 5, silentAfterSeconds: 600 } });
+      const ro = await svc.createRollout({
+        version: '5',
+        spec: { waves: [10, 50, 100], canaryGroups: ['canary'], successRatio: 0.9, maxFailureRatio: 0.1, minSample: 5, silentAfterSeconds: 600 },
+      });
       await assert.rejects(svc.createRollout({ version: '5' }), (e) => isIbuError(e, 'CONFLICT'));
       await assert.rejects(svc.createRollout({ version: '9' }), (e) => isIbuError(e, 'RELEASE_NOT_FOUND'));
       await assert.rejects(svc.createRollout({ version: '4', spec: { waves: [50, 10] } }), (e) => isIbuError(e, 'ROLLOUT_INVALID'));
@@ -214,7 +217,10 @@ for (const backend of BACKENDS) {
       assert.equal((await want('r3')).rebootLease.granted, false, 'still full (answered from the remembered expiry)');
       now += 301_000;
       assert.equal((await want('r3')).rebootLease.granted, true, 'the expired leases made room before any evaluation');
-      assert.deepEqual(svc.activeLeases('racks').map((l) => l.deviceId), ['r3']);
+      assert.deepEqual(
+        svc.activeLeases('racks').map((l) => l.deviceId),
+        ['r3'],
+      );
       await svc.releaseLease('r3', tokens.get('r3'));
       // Window: Wednesdays 02:00-04:00 in Tokyo. It is 12:00 UTC = 21:00 in Tokyo.
       const win = { timeZone: 'Asia/Tokyo', rules: [{ days: [3], start: '02:00', end: '04:00' }] };
@@ -224,7 +230,10 @@ for (const backend of BACKENDS) {
       assert.equal(r.rebootLease.granted, false, 'outside the window');
       now = Date.UTC(2026, 10, 24, 18, 30); // Tue 18:30 UTC = Wed 03:30 Tokyo
       assert.equal((await want('r1')).rebootLease.granted, true, 'inside the window');
-      await assert.rejects(svc.setGroup({ name: 'racks', window: { timeZone: 'Mars/Olympus', rules: [{ days: [9], start: '25:00', end: 'x' }] } }), (e) => isIbuError(e, 'CONFIG_INVALID') && /timeZone.*days.*start.*end/s.test(e.message));
+      await assert.rejects(
+        svc.setGroup({ name: 'racks', window: { timeZone: 'Mars/Olympus', rules: [{ days: [9], start: '25:00', end: 'x' }] } }),
+        (e) => isIbuError(e, 'CONFIG_INVALID') && /timeZone.*days.*start.*end/s.test(e.message),
+      );
     });
 
     test('state survives a restart of the service on the same database', async () => {
@@ -236,7 +245,10 @@ for (const backend of BACKENDS) {
       svc = new Fleet(repo, {}, undefined, () => now);
       await svc.start();
       assert.deepEqual(await svc.versionCounts(), before);
-      assert.deepEqual(svc.listRollouts().map((r) => [r.id, r.state]), rollouts);
+      assert.deepEqual(
+        svc.listRollouts().map((r) => [r.id, r.state]),
+        rollouts,
+      );
       assert.equal(svc.config.checkinIntervalSeconds, 60);
       await svc.enroll({ deviceId: 'late', enrollmentSecret: 'other' });
       await assert.rejects(svc.enroll({ deviceId: 'late2', enrollmentSecret: 's3cret' }), (e) => isIbuError(e, 'UNAUTHORIZED'));
@@ -270,7 +282,13 @@ test('expired-lease writes that fail are reported', async () => {
       return typeof v === 'function' ? v.bind(target) : v;
     },
   });
-  const svc = new Fleet(flaky, { enrollmentSecretHash: hashToken('s') }, undefined, () => now, (err, what) => reported.push({ err, what }));
+  const svc = new Fleet(
+    flaky,
+    { enrollmentSecretHash: hashToken('s') },
+    undefined,
+    () => now,
+    (err, what) => reported.push({ err, what }),
+  );
   try {
     await svc.start();
     const { token } = await svc.enroll({ deviceId: 'd1', enrollmentSecret: 's' });

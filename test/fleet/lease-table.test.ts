@@ -38,14 +38,20 @@ test('lease table: writes say what changed', () => {
   t.grant('a', 'g', 0, 50, 10, ops); // held: nothing written
   t.expire(60, ops);
   t.drop('a', ops); // already gone: nothing written
-  assert.deepEqual(ops, [{ kind: 'lease', lease: { deviceId: 'a', group: 'g', expiresAt: 50 } }, { kind: 'lease-delete', deviceId: 'a' }]);
+  assert.deepEqual(ops, [
+    { kind: 'lease', lease: { deviceId: 'a', group: 'g', expiresAt: 50 } },
+    { kind: 'lease-delete', deviceId: 'a' },
+  ]);
 });
 
 test('lease table: unlimited groups, other groups, reloading, a changed limit', () => {
   const t = new LeaseTable();
   const ops: WriteOp[] = [];
   for (let i = 0; i < 50; i++) assert.ok(t.grant(`u${i}`, 'open', 0, 10, 0, ops), 'max 0 = unlimited');
-  t.load([{ deviceId: 'x', group: 'g', expiresAt: 100 }, { deviceId: 'y', group: 'h', expiresAt: 100 }]);
+  t.load([
+    { deviceId: 'x', group: 'g', expiresAt: 100 },
+    { deviceId: 'y', group: 'h', expiresAt: 100 },
+  ]);
   assert.equal(t.active(0).length, 2, 'load replaces the table');
   assert.equal(t.held('x', 0)?.expiresAt, 100);
   assert.equal(t.grant('z', 'g', 1, 10, 0, ops), undefined, 'g is full with x');

@@ -8,14 +8,36 @@ import type { ParticipationStatus, RolloutDevice, RolloutRecord } from '../../sr
 const NOW = 1_000_000;
 const SILENT_MS = DEFAULT_ROLLOUT_SPEC.silentAfterSeconds * 1000;
 const rollout: RolloutRecord = {
-  id: 7, channel: 'stable', version: '2.0', spec: DEFAULT_ROLLOUT_SPEC, state: 'running', wave: 0, waveStartedAt: 0,
-  createdAt: 0, updatedAt: 0, reason: null, baselineBad: 0, baselineStarted: 0,
+  id: 7,
+  channel: 'stable',
+  version: '2.0',
+  spec: DEFAULT_ROLLOUT_SPEC,
+  state: 'running',
+  wave: 0,
+  waveStartedAt: 0,
+  createdAt: 0,
+  updatedAt: 0,
+  reason: null,
+  baselineBad: 0,
+  baselineStarted: 0,
 };
 const row = (status: ParticipationStatus, deadline: number | null = null): RolloutDevice => ({
-  rolloutId: 7, deviceId: 'd1', wave: 0, status, fromVersion: '1.0', updatedAt: 0, deadline, errorCode: null, errorMessage: null,
+  rolloutId: 7,
+  deviceId: 'd1',
+  wave: 0,
+  status,
+  fromVersion: '1.0',
+  updatedAt: 0,
+  deadline,
+  errorCode: null,
+  errorMessage: null,
 });
-const checkin = (version: string, state: CheckinRequest['state'], trial = false, lastError?: CheckinRequest['lastError']): CheckinRequest =>
-  ({ version, state, trial, ...(lastError !== undefined ? { lastError } : {}) });
+const checkin = (version: string, state: CheckinRequest['state'], trial = false, lastError?: CheckinRequest['lastError']): CheckinRequest => ({
+  version,
+  state,
+  trial,
+  ...(lastError !== undefined ? { lastError } : {}),
+});
 
 test('new participation: targeted, in the wave of the device, from the version it runs', () => {
   const p = newParticipation(rollout, { id: 'd1', bucket: 0, group: 'default' }, '1.0', NOW);
@@ -67,7 +89,12 @@ test('participation from a lease: a targeted device starts applying and owes a c
 });
 
 test('participation from an event: one line per event type', () => {
-  const ev = (type: DeviceEvent['type'], error?: DeviceEvent['error']): DeviceEvent => ({ type, fromVersion: '1.0', toVersion: '2.0', ...(error ? { error } : {}) });
+  const ev = (type: DeviceEvent['type'], error?: DeviceEvent['error']): DeviceEvent => ({
+    type,
+    fromVersion: '1.0',
+    toVersion: '2.0',
+    ...(error ? { error } : {}),
+  });
   // [event, expected status, deadline, error code]
   const cases: Array<[DeviceEvent, ParticipationStatus, number | null, string | null]> = [
     [ev('apply-started'), 'applying', NOW + SILENT_MS, null],

@@ -30,7 +30,10 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     writeFileSync(path.join(dir, 'channels', 'stable.json'), JSON.stringify({ channel: 'stable', versions: ['1', '2'], latest: '2' }));
     app = Fastify();
     // The delta side is another module (src/server); here a stand-in says which pairs are built.
-    app.decorate('deltas', { status: async (from: string, to: string) => (from === '1' && to === '2' ? 'ready' : 'none'), request: async () => 'queued' as const });
+    app.decorate('deltas', {
+      status: async (from: string, to: string) => (from === '1' && to === '2' ? 'ready' : 'none'),
+      request: async () => 'queued' as const,
+    });
     await app.register(fleetPlugin, { dataDir: dir, adminToken: ADMIN, enrollmentSecret: 'enroll-me', storeSyncMs: 0, repository: made.repo });
     await app.listen({ host: '127.0.0.1', port: 0 });
     const a = app.server.address();
@@ -111,7 +114,12 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.equal(r.status, 400);
     r = await call('POST', '/v1/devices/box-1/events', { type: 'exploded', fromVersion: '1', toVersion: '2' }, token);
     assert.equal(r.status, 400);
-    r = await call('POST', '/v1/devices/box-1/events', { type: 'prepare-failed', fromVersion: '1', toVersion: '2', error: { code: 'NO_SPACE', message: 'disk full' } }, token);
+    r = await call(
+      'POST',
+      '/v1/devices/box-1/events',
+      { type: 'prepare-failed', fromVersion: '1', toVersion: '2', error: { code: 'NO_SPACE', message: 'disk full' } },
+      token,
+    );
     assert.deepEqual(r.json, { ok: true });
     r = await call('POST', '/v1/devices/box-1/lease/release', {}, token);
     assert.deepEqual(r.json, { ok: true });
@@ -121,7 +129,12 @@ function suite(backend: (typeof BACKENDS)[number]): void {
   test('admin API needs the token; settings, groups, preauthorization, device listing', async () => {
     assert.equal((await call('GET', '/v1/admin/fleet/summary')).status, 401);
     assert.equal((await call('GET', '/v1/admin/fleet/summary', undefined, 'nope')).status, 401);
-    let r = await call('PUT', '/v1/admin/fleet/groups/lab', { maxConcurrentReboots: 1, window: { timeZone: 'UTC', rules: [{ days: [0, 1, 2, 3, 4, 5, 6], start: '00:00', end: '00:00' }] } }, ADMIN);
+    let r = await call(
+      'PUT',
+      '/v1/admin/fleet/groups/lab',
+      { maxConcurrentReboots: 1, window: { timeZone: 'UTC', rules: [{ days: [0, 1, 2, 3, 4, 5, 6], start: '00:00', end: '00:00' }] } },
+      ADMIN,
+    );
     assert.equal(r.status, 200, JSON.stringify(r.json));
     r = await call('PUT', '/v1/admin/fleet/groups/lab', { window: { timeZone: 'Atlantis', rules: [] } }, ADMIN);
     assert.equal(r.status, 400);
@@ -156,7 +169,10 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.equal(r.code, 0, r.out);
     const ro = JSON.parse(r.out);
     assert.equal(ro.state, 'running');
-    assert.deepEqual(ro.waves.map((w: { label: string }) => w.label), ['canary (lab)', '50%', '100%']);
+    assert.deepEqual(
+      ro.waves.map((w: { label: string }) => w.label),
+      ['canary (lab)', '50%', '100%'],
+    );
     assert.equal((await ibu('rollout', 'start', '--version', '3', ...srv)).code, EXIT.FAILURE, 'CONFLICT: one rollout per release');
     assert.equal((await ibu('rollout', 'start', '--version', '3', '--waves', '10,5', ...srv)).code, EXIT.FAILURE);
     r = await ibu('rollout', 'pause', String(ro.id), '--reason', 'night shift', ...srv, '--json');
@@ -190,5 +206,4 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.match(r.json, /ibu_fleet_rollout_state\{rollout="1",channel="stable",version="3",state="aborted"\} 1/);
     assert.match(r.json, /ibu_fleet_reboot_leases\{group="lab"\} 1/);
   });
-
 }

@@ -5,8 +5,19 @@ import type { RolloutDevice, RolloutRecord } from '../../src/fleet/types.js';
 import { isIbuError } from '../../src/errors.js';
 
 const rollout = (over: Partial<RolloutRecord> = {}): RolloutRecord => ({
-  id: 1, channel: 'stable', version: '2', spec: { ...DEFAULT_ROLLOUT_SPEC, waves: [10, 100], minSample: 10, maxFailureRatio: 0.1, successRatio: 0.9 }, state: 'running',
-  wave: 0, waveStartedAt: 0, createdAt: 0, updatedAt: 0, reason: null, baselineBad: 0, baselineStarted: 0, ...over,
+  id: 1,
+  channel: 'stable',
+  version: '2',
+  spec: { ...DEFAULT_ROLLOUT_SPEC, waves: [10, 100], minSample: 10, maxFailureRatio: 0.1, successRatio: 0.9 },
+  state: 'running',
+  wave: 0,
+  waveStartedAt: 0,
+  createdAt: 0,
+  updatedAt: 0,
+  reason: null,
+  baselineBad: 0,
+  baselineStarted: 0,
+  ...over,
 });
 
 test('rollout policy: pause on bad ratio past the sample, advance on success, complete at the end', () => {
@@ -18,19 +29,38 @@ test('rollout policy: pause on bad ratio past the sample, advance on success, co
   const d = decide(rollout(), { byStatus: c, waveDevices: 100, waveDone: 50, now: 1 });
   assert.equal(d.kind, 'pause', '2 bad of 10 > 10%');
   assert.match((d as { reason: string }).reason, /1 rolled back, 1 silent of 10 started/);
-  assert.equal(decide(rollout({ baselineBad: 2, baselineStarted: 10 }), { byStatus: c, waveDevices: 100, waveDone: 50, now: 1 }).kind, 'none', 'acknowledged by resume');
-  assert.equal(decide(rollout({ spec: { ...rollout().spec, maxFailures: 2 } }), { byStatus: { ...emptyStatusCounts(), failed: 2 }, waveDevices: 1, waveDone: 0, now: 1 }).kind, 'pause');
+  assert.equal(
+    decide(rollout({ baselineBad: 2, baselineStarted: 10 }), { byStatus: c, waveDevices: 100, waveDone: 50, now: 1 }).kind,
+    'none',
+    'acknowledged by resume',
+  );
+  assert.equal(
+    decide(rollout({ spec: { ...rollout().spec, maxFailures: 2 } }), { byStatus: { ...emptyStatusCounts(), failed: 2 }, waveDevices: 1, waveDone: 0, now: 1 })
+      .kind,
+    'pause',
+  );
   const ok = { ...emptyStatusCounts(), succeeded: 95 };
   assert.deepEqual(decide(rollout(), { byStatus: ok, waveDevices: 100, waveDone: 95, now: 1 }), { kind: 'advance', wave: 1 });
-  assert.equal(decide(rollout({ spec: { ...rollout().spec, minWaveSeconds: 60 } }), { byStatus: ok, waveDevices: 100, waveDone: 95, now: 59_000 }).kind, 'none', 'soak time');
+  assert.equal(
+    decide(rollout({ spec: { ...rollout().spec, minWaveSeconds: 60 } }), { byStatus: ok, waveDevices: 100, waveDone: 95, now: 59_000 }).kind,
+    'none',
+    'soak time',
+  );
   assert.equal(decide(rollout({ wave: 1 }), { byStatus: ok, waveDevices: 100, waveDone: 95, now: 1 }).kind, 'complete');
   assert.equal(decide(rollout({ state: 'paused' }), { byStatus: ok, waveDevices: 100, waveDone: 100, now: 1 }).kind, 'none');
 });
 
 test('rollout spec: defaults filled, every problem reported', () => {
   assert.deepEqual(resolveRolloutSpec(undefined).waves, [1, 10, 50, 100]);
-  assert.throws(() => resolveRolloutSpec({ waves: [10, 5], successRatio: 2, minSample: -1 }), (e) =>
-    isIbuError(e, 'ROLLOUT_INVALID') && /increase/.test(e.message) && /last wave must be 100/.test(e.message) && /successRatio/.test(e.message) && /minSample/.test(e.message));
+  assert.throws(
+    () => resolveRolloutSpec({ waves: [10, 5], successRatio: 2, minSample: -1 }),
+    (e) =>
+      isIbuError(e, 'ROLLOUT_INVALID') &&
+      /increase/.test(e.message) &&
+      /last wave must be 100/.test(e.message) &&
+      /successRatio/.test(e.message) &&
+      /minSample/.test(e.message),
+  );
 });
 
 test('bad and started: failed, rolled back and silent are bad; every status past targeted started', () => {
@@ -40,12 +70,22 @@ test('bad and started: failed, rolled back and silent are bad; every status past
 
 test('offered by a rollout: one line per rollout state', () => {
   const part = (status: RolloutDevice['status']): RolloutDevice => ({
-    rolloutId: 1, deviceId: 'd', wave: 0, status, fromVersion: '1', updatedAt: 0, deadline: null, errorCode: null, errorMessage: null,
+    rolloutId: 1,
+    deviceId: 'd',
+    wave: 0,
+    status,
+    fromVersion: '1',
+    updatedAt: 0,
+    deadline: null,
+    errorCode: null,
+    errorMessage: null,
   });
   const idle = { trial: false, version: '1' };
   const inFirstWave = { bucket: 0, group: 'x' };
   const inLastWave = { bucket: 9999, group: 'x' };
-  const cases: Array<[string, RolloutRecord | undefined, { bucket: number; group: string }, RolloutDevice | null, { trial: boolean; version: string }, boolean]> = [
+  const cases: Array<
+    [string, RolloutRecord | undefined, { bucket: number; group: string }, RolloutDevice | null, { trial: boolean; version: string }, boolean]
+  > = [
     ['no rollout: everyone', undefined, inLastWave, null, idle, true],
     ['completed: everyone', rollout({ state: 'completed' }), inLastWave, null, idle, true],
     ['aborted: nobody', rollout({ state: 'aborted' }), inFirstWave, null, idle, false],

@@ -7,5 +7,8 @@ test('next check-in: jitter stays within bounds', () => {
     const s = nextCheckinSeconds(3600, 0.2);
     assert.ok(s >= 2880 && s <= 4320, String(s));
   }
-  assert.equal(nextCheckinSeconds(100, 0.2, () => 0.5), 100);
+  assert.equal(
+    nextCheckinSeconds(100, 0.2, () => 0.5),
+    100,
+  );
 });

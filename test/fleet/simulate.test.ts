@@ -8,31 +8,40 @@ import { BACKENDS } from './backends.js';
 // silent devices, a server restart midway, and a bad release that must pause itself. Counts
 // only: timings depend on the machine and are measured in bench/fleet.ts instead.
 for (const backend of BACKENDS) {
-  test(`fleet simulation on ${backend.name}: rollout completes across a restart, a bad release pauses itself, nothing lost`, { timeout: 1_200_000, skip: backend.skip }, async () => {
-    // PostgreSQL: a fresh database by URL (the simulated server opens it); SQLite: in the server's data dir.
-    const made = await backend.make();
-    if (made.url) await made.repo.close();
-    try {
-      const r = await simulate({
-        databaseUrl: made.url,
-        devices: 2000, rate: 1000, concurrency: 64, failRatio: 0.005, rollbackRatio: 0.005, silentRatio: 0.005,
-        log: process.env.IBU_SIM_LOG ? (m) => process.stderr.write(`simulate: ${m}\n`) : undefined,
-      });
-      assert.equal(r.devices, 2000);
-      assert.equal(r.config.maxConcurrentReboots, 200, 'a tenth of the fleet may reboot at once');
-      assert.equal(r.serverRestarted, true);
-      assert.equal(r.rolloutCompleted, true, `the first rollout completed: ${JSON.stringify(r.rollout1)}`);
-      assert.equal(r.rolloutPausedCorrectly, true, `the bad release paused itself in its first wave: ${r.pauseReason}`);
-      assert.match(r.pauseReason ?? '', /failure ratio/);
-      assert.equal(r.lostUpdates, 0);
-      assert.ok(r.injected.failed + r.injected.rolledBack + r.injected.silent > 0, 'failures were injected');
-      assert.ok(r.injected.badRolledBack > 0);
-      const on = (v: string) => r.finalVersions.find((x) => x.version === v)?.devices ?? 0;
-      assert.ok(on('2.0.0') + on('2.1.0') >= 2000 * 0.95, `the fleet moved: ${JSON.stringify(r.finalVersions)}`);
-      assert.ok(on('2.1.0') < 2000 * 0.2, 'the bad release stayed in its first wave');
-      assert.ok(r.checkins > 2000 * 3);
-    } finally {
-      await made.cleanup();
-    }
-  });
+  test(
+    `fleet simulation on ${backend.name}: rollout completes across a restart, a bad release pauses itself, nothing lost`,
+    { timeout: 1_200_000, skip: backend.skip },
+    async () => {
+      // PostgreSQL: a fresh database by URL (the simulated server opens it); SQLite: in the server's data dir.
+      const made = await backend.make();
+      if (made.url) await made.repo.close();
+      try {
+        const r = await simulate({
+          databaseUrl: made.url,
+          devices: 2000,
+          rate: 1000,
+          concurrency: 64,
+          failRatio: 0.005,
+          rollbackRatio: 0.005,
+          silentRatio: 0.005,
+          log: process.env.IBU_SIM_LOG ? (m) => process.stderr.write(`simulate: ${m}\n`) : undefined,
+        });
+        assert.equal(r.devices, 2000);
+        assert.equal(r.config.maxConcurrentReboots, 200, 'a tenth of the fleet may reboot at once');
+        assert.equal(r.serverRestarted, true);
+        assert.equal(r.rolloutCompleted, true, `the first rollout completed: ${JSON.stringify(r.rollout1)}`);
+        assert.equal(r.rolloutPausedCorrectly, true, `the bad release paused itself in its first wave: ${r.pauseReason}`);
+        assert.match(r.pauseReason ?? '', /failure ratio/);
+        assert.equal(r.lostUpdates, 0);
+        assert.ok(r.injected.failed + r.injected.rolledBack + r.injected.silent > 0, 'failures were injected');
+        assert.ok(r.injected.badRolledBack > 0);
+        const on = (v: string) => r.finalVersions.find((x) => x.version === v)?.devices ?? 0;
+        assert.ok(on('2.0.0') + on('2.1.0') >= 2000 * 0.95, `the fleet moved: ${JSON.stringify(r.finalVersions)}`);
+        assert.ok(on('2.1.0') < 2000 * 0.2, 'the bad release stayed in its first wave');
+        assert.ok(r.checkins > 2000 * 3);
+      } finally {
+        await made.cleanup();
+      }
+    },
+  );
 }

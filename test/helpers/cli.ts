@@ -17,5 +17,12 @@ export function runIbu(args: string[], env: Record<string, string> = {}): CliRes
 
 /** argv (node first) that runs `ibu ARGS`, for use in shell pipelines. */
 export function ibuCommand(args: string[]): string[] {
-  return [process.execPath, ...process.execArgv, '--input-type=module', '-e', `import(${JSON.stringify(cli)}).then((m) => m.main(process.argv.slice(1)))`, ...args];
+  return [
+    process.execPath,
+    ...process.execArgv,
+    '--input-type=module',
+    '-e',
+    `import(${JSON.stringify(cli)}).then((m) => m.main(process.argv.slice(1)))`,
+    ...args,
+  ];
 }

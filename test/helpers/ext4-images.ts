@@ -248,7 +248,11 @@ export function parseStatBlocks(out: string): { extents: DebugfsExtent[]; treeBl
   const treeBlocks: string[] = [];
   const treeBlockNumbers: number[] = [];
   if (idx >= 0) {
-    const body = out.slice(out.indexOf('\n', idx) + 1).split('\n').filter((l) => !l.startsWith('TOTAL')).join(' ');
+    const body = out
+      .slice(out.indexOf('\n', idx) + 1)
+      .split('\n')
+      .filter((l) => !l.startsWith('TOTAL'))
+      .join(' ');
     for (const item of body.split(/,\s*/)) {
       const t = item.trim();
       if (!t) continue;

@@ -12,10 +12,14 @@ const cli = fileURLToPath(new URL('../../src/cli/ibu.js', import.meta.url));
 
 /** Runs `ibu ARGS` in a child process (with the same loader flags when run under tsx). */
 function ibu(args: string[], env: Record<string, string> = {}): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [...process.execArgv, '--input-type=module', '-e', `import(${JSON.stringify(cli)}).then((m) => m.main(process.argv.slice(1)))`, ...args], {
-    encoding: 'utf8',
-    env: { ...process.env, ...env },
-  });
+  const r = spawnSync(
+    process.execPath,
+    [...process.execArgv, '--input-type=module', '-e', `import(${JSON.stringify(cli)}).then((m) => m.main(process.argv.slice(1)))`, ...args],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, ...env },
+    },
+  );
   return { code: r.status ?? 128, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -52,7 +56,26 @@ test('ibu image build --json prints the result; errors map to codes and exit sta
   assert.equal(badVersion.code, 2);
   assert.match(badVersion.stderr, /VERSION_INVALID/);
 
-  const nonRoot = ibu(['image', 'build', '--root', tree, '--no-kernel', '--version', '3.1.6', '--size', '64M', '--product', 'cli-test', '--previous', out, '--out', path.join(work, 'p.img')], { IBU_ASSUME_NON_ROOT: '1' });
+  const nonRoot = ibu(
+    [
+      'image',
+      'build',
+      '--root',
+      tree,
+      '--no-kernel',
+      '--version',
+      '3.1.6',
+      '--size',
+      '64M',
+      '--product',
+      'cli-test',
+      '--previous',
+      out,
+      '--out',
+      path.join(work, 'p.img'),
+    ],
+    { IBU_ASSUME_NON_ROOT: '1' },
+  );
   assert.equal(nonRoot.code, 0, nonRoot.stderr);
   assert.match(nonRoot.stderr, /^warning: --previous needs root/m);
 });

@@ -114,7 +114,10 @@ export function freeRanges(img: string): Array<[number, number]> {
   const r = sh('dumpe2fs', [img]);
   const out: Array<[number, number]> = [];
   for (const m of r.stdout.matchAll(/^\s+Free blocks:\s*(.*)$/gm)) {
-    for (const part of m[1]!.split(',').map((s) => s.trim()).filter(Boolean)) {
+    for (const part of m[1]!
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const [a, b] = part.split('-').map(Number);
       out.push([a!, b ?? a!]);
     }

@@ -17,7 +17,9 @@ const changed = ['etc/hostname', 'usr/bin/tool', 'usr/share/pkg3/file-5.txt'];
 const deleted = (e: TreeEntry): boolean => e.path.startsWith('usr/share/pkg6');
 const newSpec: TreeEntry[] = [
   // etc/hostname keeps its size and gets new bytes: only a content check can see it.
-  ...oldSpec.filter((e) => !deleted(e)).map((e) => (changed.includes(e.path) ? { ...e, seed: `${e.path}:v2`, size: e.path === 'usr/bin/tool' ? 80_000 : e.size } : e)),
+  ...oldSpec
+    .filter((e) => !deleted(e))
+    .map((e) => (changed.includes(e.path) ? { ...e, seed: `${e.path}:v2`, size: e.path === 'usr/bin/tool' ? 80_000 : e.size } : e)),
   { path: 'usr/share/new', kind: 'dir' },
   ...Array.from({ length: 20 }, (_, i): TreeEntry => ({ path: `usr/share/new/n${i}.bin`, kind: 'file', size: 5000 + i * 1000 })),
 ];
@@ -25,7 +27,9 @@ const oldTree = path.join(work, 'old');
 const newTree = path.join(work, 'new');
 makeTree(oldTree, oldSpec);
 makeTree(newTree, newSpec);
-const unchangedFiles = newSpec.filter((e) => e.kind === 'file' && (e.size ?? 0) > 0 && !changed.includes(e.path) && oldSpec.some((o) => o.path === e.path)).map((e) => `/${e.path}`);
+const unchangedFiles = newSpec
+  .filter((e) => e.kind === 'file' && (e.size ?? 0) > 0 && !changed.includes(e.path) && oldSpec.some((o) => o.path === e.path))
+  .map((e) => `/${e.path}`);
 
 const prevImg = path.join(work, 'v1.img');
 const prevReady = buildImage({ root: oldTree, version: '1.0.0', size: 64 * MB, out: prevImg });
@@ -53,7 +57,10 @@ test('--previous keeps the blocks of every unchanged file and carries the change
   try {
     for (const p of changed) assert.ok(r.readFile(`/${p}`).equals(content(`${p}:v2`, newSpec.find((e) => e.path === p)!.size!)), p);
     assert.ok(r.readFile('/usr/share/new/n19.bin').equals(content('usr/share/new/n19.bin', 24_000)));
-    assert.throws(() => r.stat('/usr/share/pkg6'), (e: unknown) => isIbuError(e, 'IMAGE_PATH_NOT_FOUND'));
+    assert.throws(
+      () => r.stat('/usr/share/pkg6'),
+      (e: unknown) => isIbuError(e, 'IMAGE_PATH_NOT_FOUND'),
+    );
     assert.ok(r.stat('/lost+found').type === 'dir');
     const info = JSON.parse(r.readFile('/etc/ibu/image.json').toString('utf8'));
     assert.equal(info.version, '2.0.0');
@@ -95,7 +102,14 @@ test('without root, --previous warns and builds a fresh layout', async () => {
   process.env.IBU_ASSUME_NON_ROOT = '1';
   let res;
   try {
-    res = await buildImage({ root: newTree, version: '2.0.0', size: 64 * MB, out: path.join(work, 'v2-nonroot.img'), previous: prevImg, onWarning: (m) => warnings.push(m) });
+    res = await buildImage({
+      root: newTree,
+      version: '2.0.0',
+      size: 64 * MB,
+      out: path.join(work, 'v2-nonroot.img'),
+      previous: prevImg,
+      onWarning: (m) => warnings.push(m),
+    });
   } finally {
     delete process.env.IBU_ASSUME_NON_ROOT;
   }

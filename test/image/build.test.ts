@@ -81,11 +81,17 @@ test('the output is sparse and every free block reads as zeros', async () => {
 
 test('a tree without /vmlinuz or /initrd.img is refused unless --no-kernel', async () => {
   const t = path.join(work, 'nokernel');
-  makeTree(t, baseSpec().filter((e) => e.path !== 'initrd.img'));
+  makeTree(
+    t,
+    baseSpec().filter((e) => e.path !== 'initrd.img'),
+  );
   // A link that resolves on the host but not inside the tree does not count.
   fs.symlinkSync('/etc/os-release', path.join(t, 'initrd.img'));
   const out = path.join(work, 'nokernel.img');
-  await assert.rejects(buildImage({ root: t, version: '1', size: 64 * MB, out }), (e: unknown) => isIbuError(e, 'IMAGE_NO_KERNEL') && /initrd\.img/.test(e.message));
+  await assert.rejects(
+    buildImage({ root: t, version: '1', size: 64 * MB, out }),
+    (e: unknown) => isIbuError(e, 'IMAGE_NO_KERNEL') && /initrd\.img/.test(e.message),
+  );
   assert.ok(!fs.existsSync(out) && !fs.existsSync(`${out}.partial`));
   const res = await buildImage({ root: t, version: '1', size: 64 * MB, out, noKernel: true });
   assert.ok(fsckClean(res.path));
@@ -113,7 +119,10 @@ test('what the estimate cannot see (xattr blocks) still fails as IMAGE_TOO_SMALL
   // one xattr block per file, ~6 MB the scan does not count (Node has no xattr API; python3 is
   // in scripts/install-deps.sh).
   fs.writeFileSync(path.join(t, 'var/blob'), content('blob', 17 * MB));
-  const py = sh('python3', ['-c', `import os\nfor i in range(1500):\n  p=os.path.join(${JSON.stringify(t)},'var','x%d' % i); open(p,'w').close(); os.setxattr(p,'user.big',b'a'*3000)`]);
+  const py = sh('python3', [
+    '-c',
+    `import os\nfor i in range(1500):\n  p=os.path.join(${JSON.stringify(t)},'var','x%d' % i); open(p,'w').close(); os.setxattr(p,'user.big',b'a'*3000)`,
+  ]);
   assert.equal(py.code, 0, py.stderr);
   const out = path.join(work, 'xattr.img');
   await assert.rejects(buildImage({ root: t, version: '1', size: 32 * MB, out }), (e: unknown) => {
@@ -135,8 +144,12 @@ test('bad input gets a clear error and leaves no file behind', async () => {
   const out = path.join(work, 'bad.img');
   await assert.rejects(buildImage({ root: path.join(work, 'nope'), version: '1', size: 64 * MB, out }), (e: unknown) => isIbuError(e, 'IMAGE_SOURCE_MISSING'));
   await assert.rejects(buildImage({ root: treeA, version: 'v1..2', size: 64 * MB, out }), (e: unknown) => isIbuError(e, 'VERSION_INVALID'));
-  await assert.rejects(buildImage({ tar: path.join(work, 'nope.tar'), version: '1', size: 64 * MB, out }), (e: unknown) => isIbuError(e, 'IMAGE_SOURCE_MISSING'));
-  await assert.rejects(buildImage({ root: treeA, version: '1', size: 64 * MB, out, previous: path.join(work, 'nope.img') }), (e: unknown) => isIbuError(e, 'IMAGE_SOURCE_MISSING'));
+  await assert.rejects(buildImage({ tar: path.join(work, 'nope.tar'), version: '1', size: 64 * MB, out }), (e: unknown) =>
+    isIbuError(e, 'IMAGE_SOURCE_MISSING'),
+  );
+  await assert.rejects(buildImage({ root: treeA, version: '1', size: 64 * MB, out, previous: path.join(work, 'nope.img') }), (e: unknown) =>
+    isIbuError(e, 'IMAGE_SOURCE_MISSING'),
+  );
   // A good image already at OUT survives a failed build untouched.
   fs.writeFileSync(out, 'good image');
   await assert.rejects(buildImage({ root: treeA, version: '1', size: 1 * MB, out }), (e: unknown) => isIbuError(e, 'IMAGE_TOO_SMALL'));

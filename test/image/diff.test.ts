@@ -53,7 +53,7 @@ before(() => {
     'big2.bin': bigChanged,
     'added.txt': 'new',
     newdir: { type: 'dir', children: { f: 'f' } },
-    'hl': { type: 'hardlink', to: 'same.txt' },
+    hl: { type: 'hardlink', to: 'same.txt' },
   });
   makeTree(tb, nb);
   fs.chownSync(path.join(tb, 'owner.txt'), 1000, 1000); // tests run as root (CI is root)

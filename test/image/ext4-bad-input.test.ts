@@ -23,7 +23,7 @@ before(() => {
   makeTree(t, {
     a: { type: 'dir', children: { b: { type: 'dir', children: { 'f.txt': 'f\n' } } } },
     'file.bin': seededBytes(50_000, 3),
-    'link': { type: 'symlink', target: 'x'.repeat(100) },
+    link: { type: 'symlink', target: 'x'.repeat(100) },
   });
   good = mkfs(t, path.join(work, 'good.img'), { size: 4 * MiB, blockSize: 1024 });
   goodExt2 = mkfs(t, path.join(work, 'good2.img'), { size: 4 * MiB, blockSize: 1024, type: 'ext2' });
@@ -97,7 +97,10 @@ describe('ext4 reader on bad input', () => {
   });
 
   it('reports a missing image file as NOT_FOUND', () => {
-    assert.throws(() => Ext4Reader.open(path.join(work, 'nope.img')), (e) => isIbuError(e, 'NOT_FOUND'));
+    assert.throws(
+      () => Ext4Reader.open(path.join(work, 'nope.img')),
+      (e) => isIbuError(e, 'NOT_FOUND'),
+    );
   });
 
   it('detects a directory loop on walk', () => {
@@ -145,7 +148,8 @@ describe('ext4 reader on bad input', () => {
     ] as const) {
       const img = copy(`${name}.img`);
       // word 0: magic | entries << 16; word 1: max | depth << 16
-      const cmd = name === 'deep' ? `sif /file.bin block[1] ${value}` : name === 'count' ? `sif /file.bin block[0] 0x0010f30a` : `sif /file.bin block[0] ${value}`;
+      const cmd =
+        name === 'deep' ? `sif /file.bin block[1] ${value}` : name === 'count' ? `sif /file.bin block[0] 0x0010f30a` : `sif /file.bin block[0] ${value}`;
       debugfs(img, [cmd], true);
       const r = Ext4Reader.open(img);
       try {

@@ -30,8 +30,14 @@ describe('ibu image ls', () => {
     const r = runIbu(['image', 'ls', img, '/etc', '--json']);
     assert.equal(r.code, 0, r.stderr);
     const list = JSON.parse(r.stdout.toString());
-    assert.deepEqual(list.map((e: { path: string }) => e.path), ['/etc/hostname', '/etc/os-release', '/etc/passwd']);
-    assert.deepEqual({ ...list[2], mtime: 0, ino: 0 }, { path: '/etc/passwd', ino: 0, type: 'file', mode: 0o640, uid: 0, gid: 0, size: 11, mtime: 0, nlink: 1 });
+    assert.deepEqual(
+      list.map((e: { path: string }) => e.path),
+      ['/etc/hostname', '/etc/os-release', '/etc/passwd'],
+    );
+    assert.deepEqual(
+      { ...list[2], mtime: 0, ino: 0 },
+      { path: '/etc/passwd', ino: 0, type: 'file', mode: 0o640, uid: 0, gid: 0, size: 11, mtime: 0, nlink: 1 },
+    );
   });
 
   it('lists recursively, matching the reader walk', () => {
@@ -40,7 +46,10 @@ describe('ibu image ls', () => {
     const list = JSON.parse(r.stdout.toString()) as Array<{ path: string; type: string; target?: string }>;
     const reader = Ext4Reader.open(img);
     try {
-      assert.deepEqual(list.map((e) => e.path), [...reader.walk()].slice(1).map((e) => e.path));
+      assert.deepEqual(
+        list.map((e) => e.path),
+        [...reader.walk()].slice(1).map((e) => e.path),
+      );
     } finally {
       reader.close();
     }
@@ -81,7 +90,9 @@ describe('ibu image cat', () => {
   });
 
   it('stops quietly when the reader goes away (EPIPE)', () => {
-    const cmd = ibuCommand(['image', 'cat', img, '/usr/lib/big.so']).map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+    const cmd = ibuCommand(['image', 'cat', img, '/usr/lib/big.so'])
+      .map((a) => `'${a.replace(/'/g, `'\\''`)}'`)
+      .join(' ');
     const r = spawnSync('bash', ['-c', `${cmd} | head -c 10 > /dev/null; echo "status=\${PIPESTATUS[0]}"`], { encoding: 'utf8' });
     assert.match(r.stdout, /status=0/);
     assert.doesNotMatch(r.stderr, /EPIPE|error/);

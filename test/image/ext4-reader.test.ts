@@ -33,7 +33,15 @@ const work = tempDir('ibu-ext4-reader');
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-const typeBits: Record<string, number> = { file: 0o100000, dir: 0o040000, symlink: 0o120000, fifo: 0o010000, chardev: 0o020000, blockdev: 0o060000, socket: 0o140000 };
+const typeBits: Record<string, number> = {
+  file: 0o100000,
+  dir: 0o040000,
+  symlink: 0o120000,
+  fifo: 0o010000,
+  chardev: 0o020000,
+  blockdev: 0o060000,
+  socket: 0o140000,
+};
 
 interface Case {
   name: string;
@@ -49,11 +57,25 @@ const full: StandardTreeOptions = { fragmented: true, fifo: true, devices: root 
 // mke2fs 1.47.0 stores wrongly there (debugfs and the reader agree on the wrong result).
 const small: StandardTreeOptions = { manyFiles: 120, nestedDirs: 3, perDir: 5, sizedFiles: 40, fifo: true };
 const cases: Case[] = [
-  { name: 'ext4, 1 KiB blocks, 32-bit descriptors, 129 MiB file', tree: full, opts: { type: 'ext4', blockSize: 1024, size: 320 * MiB, features: ['^64bit'], indexDirs: true }, big: true },
+  {
+    name: 'ext4, 1 KiB blocks, 32-bit descriptors, 129 MiB file',
+    tree: full,
+    opts: { type: 'ext4', blockSize: 1024, size: 320 * MiB, features: ['^64bit'], indexDirs: true },
+    big: true,
+  },
   { name: 'ext4, 4 KiB blocks, 64bit, flex_bg', tree: full, opts: { type: 'ext4', blockSize: 4096, size: 96 * MiB, indexDirs: true } },
-  { name: 'ext2, 1 KiB blocks, block maps up to triple indirect', tree: full, opts: { type: 'ext2', blockSize: 1024, size: 96 * MiB, indexDirs: true }, triple: true },
+  {
+    name: 'ext2, 1 KiB blocks, block maps up to triple indirect',
+    tree: full,
+    opts: { type: 'ext2', blockSize: 1024, size: 96 * MiB, indexDirs: true },
+    triple: true,
+  },
   { name: 'ext3, 4 KiB blocks, block maps', tree: small, opts: { type: 'ext3', blockSize: 4096, size: 64 * MiB } },
-  { name: 'ext4, 4 KiB blocks, inline_data', tree: { ...small, sparse: false }, opts: { type: 'ext4', blockSize: 4096, size: 64 * MiB, features: ['inline_data'] } },
+  {
+    name: 'ext4, 4 KiB blocks, inline_data',
+    tree: { ...small, sparse: false },
+    opts: { type: 'ext4', blockSize: 4096, size: 64 * MiB, features: ['inline_data'] },
+  },
 ];
 
 for (const c of cases) {
@@ -99,7 +121,10 @@ for (const c of cases) {
     it('walks every entry in path order, matching the source tree', () => {
       const paths = entries.map((e) => e.path);
       assert.equal(paths[0], '/');
-      assert.deepEqual(paths, [...paths].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
+      assert.deepEqual(
+        paths,
+        [...paths].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)),
+      );
       const expected = ['/'];
       const visit = (rel: string) => {
         for (const name of fs.readdirSync(path.join(caseSrc, rel))) {
@@ -117,7 +142,10 @@ for (const c of cases) {
 
     it('lists every directory exactly as debugfs ls -p does', () => {
       const dirs = entries.filter((e) => e.type === 'dir');
-      const outs = debugfs(img, dirs.map((d) => `ls -p ${dq(d.path)}`));
+      const outs = debugfs(
+        img,
+        dirs.map((d) => `ls -p ${dq(d.path)}`),
+      );
       dirs.forEach((d, i) => {
         const theirs = parseLsP(outs[i]!).sort((a, b) => (a.name < b.name ? -1 : 1));
         const ours = r.list(d.path);
@@ -139,7 +167,10 @@ for (const c of cases) {
 
     it('gives the same physical extents, link counts and sizes as debugfs stat', () => {
       const files = entries.filter((e) => e.type === 'file' || e.type === 'dir' || (e.type === 'symlink' && e.size >= 60));
-      const outs = debugfs(img, files.map((f) => `stat <${f.ino}>`));
+      const outs = debugfs(
+        img,
+        files.map((f) => `stat <${f.ino}>`),
+      );
       let checked = 0;
       files.forEach((f, i) => {
         const st = parseStatBlocks(outs[i]!);
@@ -154,7 +185,10 @@ for (const c of cases) {
     it('reads every file with the same bytes as debugfs cat', () => {
       const files = entries.filter((e) => e.type === 'file' && e.size < 8 * MiB);
       const inline = !!c.opts.features?.includes('inline_data');
-      const theirs = debugfsCat(img, files.map((f) => f.ino));
+      const theirs = debugfsCat(
+        img,
+        files.map((f) => f.ino),
+      );
       files.forEach((f, i) => {
         const ours = r.readFile(f.path);
         assert.equal(ours.length, f.size);
@@ -172,7 +206,10 @@ for (const c of cases) {
         assert.equal(l.target, r.readlink(l.path));
         assert.equal(l.size, Buffer.byteLength(l.target!));
       }
-      const outs = debugfs(img, links.filter((l) => l.size < 60).map((l) => `stat <${l.ino}>`));
+      const outs = debugfs(
+        img,
+        links.filter((l) => l.size < 60).map((l) => `stat <${l.ino}>`),
+      );
       for (const out of outs) {
         const dest = /Fast link dest: "(.*)"/.exec(out)?.[1];
         if (dest !== undefined) assert.ok(links.some((l) => l.target === dest));
@@ -200,7 +237,15 @@ for (const c of cases) {
     it('reads ranges at any offset, clipped at the end of the file', () => {
       const file = '/sizes/s0019.bin';
       const whole = fs.readFileSync(path.join(caseSrc, file));
-      for (const [off, len] of [[0, 1], [1023, 2], [4095, 4098], [whole.length - 3, 100], [whole.length, 10], [whole.length + 5, 1], [7, 0]] as const) {
+      for (const [off, len] of [
+        [0, 1],
+        [1023, 2],
+        [4095, 4098],
+        [whole.length - 3, 100],
+        [whole.length, 10],
+        [whole.length + 5, 1],
+        [7, 0],
+      ] as const) {
         assert.ok(r.readRange(file, off, len).equals(whole.subarray(off, off + len)), `range ${off}+${len}`);
       }
     });
@@ -216,7 +261,10 @@ for (const c of cases) {
       assert.equal(r.stat('/special/private').mode, 0o700);
       assert.equal(r.stat('/special/pipe').type, 'fifo');
       if (c.tree.devices) {
-        for (const [p, type, major, minor] of [['/special/null', 'chardev', 1, 3], ['/special/nvme-part', 'blockdev', 259, 70000]] as const) {
+        for (const [p, type, major, minor] of [
+          ['/special/null', 'chardev', 1, 3],
+          ['/special/nvme-part', 'blockdev', 259, 70000],
+        ] as const) {
           const e = r.stat(p);
           assert.equal(e.type, type);
           assert.deepEqual(e.rdev, { major, minor });
@@ -224,9 +272,15 @@ for (const c of cases) {
         }
       }
       for (const bad of ['/nope', '/special/hello.txt/x', '/special/dangling']) {
-        assert.throws(() => (bad === '/special/dangling' ? r.readFile(bad) : r.stat(bad)), (e) => isIbuError(e, 'IMAGE_PATH_NOT_FOUND'));
+        assert.throws(
+          () => (bad === '/special/dangling' ? r.readFile(bad) : r.stat(bad)),
+          (e) => isIbuError(e, 'IMAGE_PATH_NOT_FOUND'),
+        );
       }
-      assert.throws(() => r.readFile('/nested'), (e) => isIbuError(e, 'USAGE'));
+      assert.throws(
+        () => r.readFile('/nested'),
+        (e) => isIbuError(e, 'USAGE'),
+      );
     });
 
     if (c.opts.indexDirs && c.opts.type !== 'ext3') {
@@ -240,7 +294,10 @@ for (const c of cases) {
 
     if (c.opts.blockSize === 1024 && c.opts.type === 'ext4') {
       it('follows deep extent trees (depth 1 for the big file, 2 for the fragmented one)', () => {
-        for (const [p, depth] of [['/big.bin', 1], ['/special/fragmented.bin', 2]] as const) {
+        for (const [p, depth] of [
+          ['/big.bin', 1],
+          ['/special/fragmented.bin', 2],
+        ] as const) {
           const out = debugfs(img, [`stat ${p}`])[0]!;
           const st = parseStatBlocks(out);
           assert.ok(st.treeBlocks.includes(`ETB${depth - 1}`), `debugfs shows no level-${depth - 1} tree block for ${p}`);
@@ -291,11 +348,17 @@ describe('unwritten (preallocated) extents', () => {
     try {
       const t = path.join(dir, 't');
       fs.mkdirSync(t);
-      makeTree(t, { 'data.bin': Buffer.alloc(8192, 0xab), 'prealloc.bin': { type: 'sparse', size: 65536, chunks: [{ offset: 0, data: Buffer.alloc(4096, 1) }] } });
+      makeTree(t, {
+        'data.bin': Buffer.alloc(8192, 0xab),
+        'prealloc.bin': { type: 'sparse', size: 65536, chunks: [{ offset: 0, data: Buffer.alloc(4096, 1) }] },
+      });
       const img = mkfs(t, path.join(dir, 'u.img'), { size: 16 * MiB, blockSize: 4096 });
       debugfs(img, ['fallocate /prealloc.bin 4 15'], true);
       const st = parseStatBlocks(debugfs(img, ['stat /prealloc.bin'])[0]!);
-      assert.ok(st.extents.some((e) => e.uninit), 'debugfs fallocate should have made an unwritten extent');
+      assert.ok(
+        st.extents.some((e) => e.uninit),
+        'debugfs fallocate should have made an unwritten extent',
+      );
       const r = Ext4Reader.open(img);
       try {
         assert.deepEqual(coalesce(r.extents('/prealloc.bin')), coalesce(st.extents));

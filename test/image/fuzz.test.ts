@@ -188,7 +188,10 @@ if (isMainThread) {
     const r = Ext4Reader.open(file);
     try {
       const bs = r.blockSize;
-      const regions: Array<[number, number]> = [[1024, 2048], [(bs === 1024 ? 2 : 1) * bs, (bs === 1024 ? 3 : 2) * bs]];
+      const regions: Array<[number, number]> = [
+        [1024, 2048],
+        [(bs === 1024 ? 2 : 1) * bs, (bs === 1024 ? 3 : 2) * bs],
+      ];
       const entries = [...r.walk()];
       const imap = debugfs(file, ['imap <2>'])[0]!;
       const at = /located at block (\d+), offset 0x([0-9a-f]+)/.exec(imap)!;

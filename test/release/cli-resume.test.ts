@@ -17,17 +17,28 @@ const t = tmpDir('cli');
 after(() => t.cleanup());
 const d = (p: string) => path.join(t.dir, p);
 
-function ibu(args: string[]): { child: ReturnType<typeof spawn>; done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> } {
-  const child = spawn(process.execPath, [
-    ...(isTs ? ['--import', 'tsx'] : []),
-    '--input-type=module', '-e', `const m = await import(${JSON.stringify('file://' + cliModule)}); await m.main(process.argv.slice(1));`,
-    ...args,
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+function ibu(args: string[]): {
+  child: ReturnType<typeof spawn>;
+  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>;
+} {
+  const child = spawn(
+    process.execPath,
+    [
+      ...(isTs ? ['--import', 'tsx'] : []),
+      '--input-type=module',
+      '-e',
+      `const m = await import(${JSON.stringify('file://' + cliModule)}); await m.main(process.argv.slice(1));`,
+      ...args,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (b: Buffer) => (stdout += b));
   child.stderr!.on('data', (b: Buffer) => (stderr += b));
-  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>((resolve) =>
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })),
+  );
   return { child, done };
 }
 
@@ -40,7 +51,21 @@ test('ibu release fetch resumes after kill -9 and downloads less the second time
   assert.equal(r.code, 0, r.stderr);
   mkdirSync(d('ring'));
   copyFileSync(d('keys/signing.pub'), d('ring/release.pub'));
-  r = await ibu(['release', 'publish', '--image', img, '--version', '1.0', '--store', d('store'), '--key', d('keys/signing.key'), '--chunk-size', '4K:16K:64K', '--json']).done;
+  r = await ibu([
+    'release',
+    'publish',
+    '--image',
+    img,
+    '--version',
+    '1.0',
+    '--store',
+    d('store'),
+    '--key',
+    d('keys/signing.key'),
+    '--chunk-size',
+    '4K:16K:64K',
+    '--json',
+  ]).done;
   assert.equal(r.code, 0, r.stderr);
   const published = JSON.parse(r.stdout) as { chunks: number; zeroChunks: number };
 
@@ -63,9 +88,16 @@ test('ibu release fetch resumes after kill -9 and downloads less the second time
     assert.ok(existsSync(`${out}.partial`));
     const firstRequests = slow.requests.filter((q) => q.includes('/chunks/')).length;
 
-    const second = await ibu(['release', 'fetch', '--from', slow.url, '--version', '1.0', '--keyring', d('ring'), '--out', out, '--concurrency', '4', '--json']).done;
+    const second = await ibu(['release', 'fetch', '--from', slow.url, '--version', '1.0', '--keyring', d('ring'), '--out', out, '--concurrency', '4', '--json'])
+      .done;
     assert.equal(second.code, 0, second.stderr);
-    const res = JSON.parse(second.stdout) as { resumed: boolean; resumedChunks: number; downloadedChunks: number; downloadedBytes: number; reusedBytes: number };
+    const res = JSON.parse(second.stdout) as {
+      resumed: boolean;
+      resumedChunks: number;
+      downloadedChunks: number;
+      downloadedBytes: number;
+      reusedBytes: number;
+    };
     assert.equal(res.resumed, true);
     assert.ok(res.resumedChunks > 10, `resumed ${res.resumedChunks} chunks`);
     const dataChunks = published.chunks - published.zeroChunks;

@@ -14,7 +14,10 @@ export function prng(seed: string, n: number): Buffer {
   const out = Buffer.allocUnsafe(n);
   let ctr = 0;
   for (let off = 0; off < n; off += 32) {
-    createHash('sha256').update(`${seed}:${ctr++}`).digest().copy(out, off, 0, Math.min(32, n - off));
+    createHash('sha256')
+      .update(`${seed}:${ctr++}`)
+      .digest()
+      .copy(out, off, 0, Math.min(32, n - off));
   }
   return out;
 }
@@ -56,7 +59,26 @@ export async function buildImage(dir: string, name: string, spec: TreeSpec, size
     symlinkSync('boot/initrd.img-6.1.0-1-amd64', path.join(root, 'initrd.img'));
   }
   const img = path.join(dir, `${name}.img`);
-  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-U', '6b1c3c1e-1111-4a4a-9c9c-000000000001', '-E', 'hash_seed=6b1c3c1e-1111-4a4a-9c9c-000000000002,root_owner=0:0', '-d', root, img, `${sizeMiB}M`], { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' } });
+  await run(
+    'mke2fs',
+    [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-b',
+      '4096',
+      '-U',
+      '6b1c3c1e-1111-4a4a-9c9c-000000000001',
+      '-E',
+      'hash_seed=6b1c3c1e-1111-4a4a-9c9c-000000000002,root_owner=0:0',
+      '-d',
+      root,
+      img,
+      `${sizeMiB}M`,
+    ],
+    { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' } },
+  );
   rmSync(root, { recursive: true, force: true });
   return img;
 }
@@ -66,7 +88,11 @@ export function releaseTrees(): { v1: TreeSpec; v2: TreeSpec } {
   const common: Record<string, Buffer> = {};
   for (let i = 0; i < 40; i++) common[`usr/lib/lib${i}.so`] = Buffer.concat([texty(`lib${i}`, 20_000 + i * 3000), prng(`bin${i}`, 30_000)]);
   const v1 = { files: { ...common, 'etc/os-release': 'VERSION=1\n', 'usr/bin/app': prng('app1', 400_000) } };
-  const v2files: Record<string, Buffer | string> = { ...common, 'etc/os-release': 'VERSION=2\n', 'usr/bin/app': Buffer.concat([prng('app1', 200_000), prng('app2-patch', 5_000), prng('app1', 400_000).subarray(205_000)]) };
+  const v2files: Record<string, Buffer | string> = {
+    ...common,
+    'etc/os-release': 'VERSION=2\n',
+    'usr/bin/app': Buffer.concat([prng('app1', 200_000), prng('app2-patch', 5_000), prng('app1', 400_000).subarray(205_000)]),
+  };
   v2files['usr/lib/lib3.so'] = prng('lib3-new', 60_000);
   v2files['usr/share/new.txt'] = texty('new', 50_000);
   return { v1, v2: { files: v2files } };

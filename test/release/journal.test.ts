@@ -22,7 +22,10 @@ test('the journal keeps committed indexes, ignores a torn last line, and restart
     appendFileSync(f, '12'); // a torn write
     j = await FetchJournal.open(f, H);
     assert.equal(j.resumed, true);
-    assert.deepEqual([...j.done].sort((a, b) => a - b), [1, 3, 7]);
+    assert.deepEqual(
+      [...j.done].sort((a, b) => a - b),
+      [1, 3, 7],
+    );
     await j.journal.close();
     j = await FetchJournal.open(f, { ...H, manifestSha256: 'b'.repeat(64) });
     assert.equal(j.resumed, false);

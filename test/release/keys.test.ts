@@ -20,7 +20,10 @@ function sampleManifest(): Manifest {
     createdAt: '2026-11-26T00:00:00.000Z',
     image: { size: 10000 + 65536, sha256: createHash('sha256').update(data).digest('hex'), blockSize: 4096 },
     chunking: { algorithm: 'fastcdc', min: 16384, avg: 65536, max: 262144, hash: 'blake3', compression: 'zstd' },
-    chunks: [{ id: 'a'.repeat(64), offset: 0, size: 10000 }, { id: '0'.repeat(64), offset: 10000, size: 65536, zero: true }],
+    chunks: [
+      { id: 'a'.repeat(64), offset: 0, size: 10000 },
+      { id: '0'.repeat(64), offset: 10000, size: 65536, zero: true },
+    ],
     files: [{ path: '/', type: 'dir', size: 4096 }],
     kernel: '/boot/vmlinuz',
     initrd: '/boot/initrd.img',
@@ -74,15 +77,27 @@ test('a manifest signed by a trusted key verifies; tampering with it or its sign
     assert.equal(parseAndVerifyManifest(bytes, ring).keyId, s.k1.keyId);
 
     const tampered = { ...signed, image: { ...signed.image, size: signed.image.size + 1 } };
-    assert.throws(() => parseAndVerifyManifest(serializeManifest(tampered), ring), (e) => isIbuError(e, 'SIGNATURE_INVALID'));
+    assert.throws(
+      () => parseAndVerifyManifest(serializeManifest(tampered), ring),
+      (e) => isIbuError(e, 'SIGNATURE_INVALID'),
+    );
 
     const sig = Buffer.from(signed.signatures[0]!.sig, 'base64');
     sig[10]! ^= 1;
     const badSig = { ...signed, signatures: [{ keyId: s.k1.keyId, sig: sig.toString('base64') }] };
-    assert.throws(() => parseAndVerifyManifest(serializeManifest(badSig), ring), (e) => isIbuError(e, 'SIGNATURE_INVALID'));
+    assert.throws(
+      () => parseAndVerifyManifest(serializeManifest(badSig), ring),
+      (e) => isIbuError(e, 'SIGNATURE_INVALID'),
+    );
 
-    assert.throws(() => parseAndVerifyManifest(serializeManifest({ ...signed, signatures: [] }), ring), (e) => isIbuError(e, 'SIGNATURE_INVALID'));
-    assert.throws(() => parseAndVerifyManifest(Buffer.from('{not json'), ring), (e) => isIbuError(e, 'MANIFEST_INVALID'));
+    assert.throws(
+      () => parseAndVerifyManifest(serializeManifest({ ...signed, signatures: [] }), ring),
+      (e) => isIbuError(e, 'SIGNATURE_INVALID'),
+    );
+    assert.throws(
+      () => parseAndVerifyManifest(Buffer.from('{not json'), ring),
+      (e) => isIbuError(e, 'MANIFEST_INVALID'),
+    );
   } finally {
     s.cleanup();
   }
@@ -93,7 +108,10 @@ test('a manifest signed only by a key outside the keyring is KEY_UNKNOWN', async
   try {
     const signed = signManifest(sampleManifest(), [await loadSigningKey(s.k3.privateKeyPath)]);
     const ring = await Keyring.load(s.ring);
-    assert.throws(() => parseAndVerifyManifest(serializeManifest(signed), ring), (e) => isIbuError(e, 'KEY_UNKNOWN'));
+    assert.throws(
+      () => parseAndVerifyManifest(serializeManifest(signed), ring),
+      (e) => isIbuError(e, 'KEY_UNKNOWN'),
+    );
   } finally {
     s.cleanup();
   }
@@ -106,12 +124,18 @@ test('rotation: a manifest carries several signatures; revoking the old key take
     const next = await loadSigningKey(s.k2.privateKeyPath);
     const byOld = signManifest(sampleManifest(), [old]);
     const byBoth = signManifest(byOld, [next]); // `ibu release sign` adds the new key's signature
-    assert.deepEqual(byBoth.signatures.map((x) => x.keyId), [s.k1.keyId, s.k2.keyId]);
+    assert.deepEqual(
+      byBoth.signatures.map((x) => x.keyId),
+      [s.k1.keyId, s.k2.keyId],
+    );
 
     writeFileSync(path.join(s.ring, 'revoked'), `# rotated out\n${s.k1.keyId}\n`);
     const ring = await Keyring.load(s.ring);
     // Signed by the old key only: refused as revoked, even though its .pub is still in the keyring.
-    assert.throws(() => parseAndVerifyManifest(serializeManifest(byOld), ring), (e) => isIbuError(e, 'KEY_REVOKED'));
+    assert.throws(
+      () => parseAndVerifyManifest(serializeManifest(byOld), ring),
+      (e) => isIbuError(e, 'KEY_REVOKED'),
+    );
     // Signed by both: the new key carries it.
     assert.equal(parseAndVerifyManifest(serializeManifest(byBoth), ring).keyId, s.k2.keyId);
   } finally {

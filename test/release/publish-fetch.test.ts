@@ -68,8 +68,23 @@ test('the manifest describes the image: chunks, zero runs, file map, kernel and 
   assert.equal(m2.channel, 'stable');
   assert.equal(m2.image.size, statSync(imgB).size);
   assert.equal(m2.image.sha256, sha(imgB));
-  assert.deepEqual({ ...m2.chunking, level: undefined, gear: undefined, normalization: undefined, zeroRunMin: undefined }, { algorithm: 'fastcdc', ...PARAMS, hash: 'blake3', compression: 'zstd', level: undefined, gear: undefined, normalization: undefined, zeroRunMin: undefined });
-  assert.ok(m2.chunks.some((c) => c.zero), 'free space is recorded as zero runs');
+  assert.deepEqual(
+    { ...m2.chunking, level: undefined, gear: undefined, normalization: undefined, zeroRunMin: undefined },
+    {
+      algorithm: 'fastcdc',
+      ...PARAMS,
+      hash: 'blake3',
+      compression: 'zstd',
+      level: undefined,
+      gear: undefined,
+      normalization: undefined,
+      zeroRunMin: undefined,
+    },
+  );
+  assert.ok(
+    m2.chunks.some((c) => c.zero),
+    'free space is recorded as zero runs',
+  );
   assert.equal(m2.kernel, '/boot/vmlinuz-6.1.0-1-amd64');
   assert.equal(m2.initrd, '/boot/initrd.img-6.1.0-1-amd64');
   const app = m2.files.find((f) => f.path === '/usr/bin/app')!;
@@ -174,20 +189,28 @@ test('a keyring without the signing key is KEY_UNKNOWN; with it revoked, KEY_REV
 });
 
 test('an unknown version is RELEASE_NOT_FOUND', async () => {
-  await assert.rejects(fetchRelease({ store: new LocalStore(storeDir), version: '7', keyring: ring, out: d('nf.img') }), (e) => isIbuError(e, 'RELEASE_NOT_FOUND'));
+  await assert.rejects(fetchRelease({ store: new LocalStore(storeDir), version: '7', keyring: ring, out: d('nf.img') }), (e) =>
+    isIbuError(e, 'RELEASE_NOT_FOUND'),
+  );
 });
 
 test('an interrupted fetch resumes from its partial and journal, fetching only what is missing', async () => {
   const ac = new AbortController();
   let chunksSeen = 0;
   const store = new LocalStore(storeDir);
-  const slow = { location: store.location, getFile: store.getFile.bind(store), hasChunk: store.hasChunk.bind(store),
+  const slow = {
+    location: store.location,
+    getFile: store.getFile.bind(store),
+    hasChunk: store.hasChunk.bind(store),
     getChunk: async (id: string, signal?: AbortSignal) => {
       if (++chunksSeen === 60) ac.abort(new Error('interrupted by the test'));
       if (signal?.aborted) throw signal.reason;
       return store.getChunk(id);
-    } };
-  await assert.rejects(fetchRelease({ store: slow, version: '2', keyring: ring, out: d('resume.img'), signal: ac.signal, concurrency: 2, commitEveryBytes: 1 }));
+    },
+  };
+  await assert.rejects(
+    fetchRelease({ store: slow, version: '2', keyring: ring, out: d('resume.img'), signal: ac.signal, concurrency: 2, commitEveryBytes: 1 }),
+  );
   assertNothingLeft('resume', true);
   const journal = readFileSync(d('resume.img.partial.journal'), 'utf8').trim().split('\n');
   assert.ok(journal.length > 20, `journal has ${journal.length - 1} chunks`);
@@ -229,10 +252,14 @@ test('disk full mid-fetch is NO_SPACE, and neither an image nor a partial is lef
   }
   try {
     // The pre-download space check refuses at once...
-    await assert.rejects(fetchRelease({ store: new LocalStore(storeDir), version: '2', keyring: ring, out: path.join(mnt, 'o.img') }), (e) => isIbuError(e, 'NO_SPACE'));
+    await assert.rejects(fetchRelease({ store: new LocalStore(storeDir), version: '2', keyring: ring, out: path.join(mnt, 'o.img') }), (e) =>
+      isIbuError(e, 'NO_SPACE'),
+    );
     assert.deepEqual(readdirSync(mnt), []);
     // ...and without it the real ENOSPC from a write in the middle is caught the same way.
-    await assert.rejects(fetchRelease({ store: new LocalStore(storeDir), version: '2', keyring: ring, out: path.join(mnt, 'o.img'), spaceCheck: false }), (e) => isIbuError(e, 'NO_SPACE'));
+    await assert.rejects(fetchRelease({ store: new LocalStore(storeDir), version: '2', keyring: ring, out: path.join(mnt, 'o.img'), spaceCheck: false }), (e) =>
+      isIbuError(e, 'NO_SPACE'),
+    );
     assert.deepEqual(readdirSync(mnt), []);
   } finally {
     await run('umount', [mnt]);

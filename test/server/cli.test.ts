@@ -34,7 +34,25 @@ describe('ibu serve command: options, TLS, graceful shutdown', () => {
     await fh.truncate(SIZE);
     await fh.write(Buffer.from('end'), 0, 3, SIZE - 3);
     await fh.close();
-    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', path.join(work, 'key.pem'), '-out', path.join(work, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+    await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      path.join(work, 'key.pem'),
+      '-out',
+      path.join(work, 'cert.pem'),
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+    ]);
   });
   after(async () => {
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
@@ -58,7 +76,20 @@ describe('ibu serve command: options, TLS, graceful shutdown', () => {
   });
 
   it('serves HTTPS and, on SIGTERM, finishes the download in flight, then exits 0', async () => {
-    const p = startCli(['serve', '--data', store, '--listen', '127.0.0.1:0', '--tls-cert', path.join(work, 'cert.pem'), '--tls-key', path.join(work, 'key.pem'), '--no-fleet', '--precompute', '0']);
+    const p = startCli([
+      'serve',
+      '--data',
+      store,
+      '--listen',
+      '127.0.0.1:0',
+      '--tls-cert',
+      path.join(work, 'cert.pem'),
+      '--tls-key',
+      path.join(work, 'key.pem'),
+      '--no-fleet',
+      '--precompute',
+      '0',
+    ]);
     children.push(p.child);
     const base = await waitFor('listening', () => /listening at (https:\/\/127\.0\.0\.1:\d+)/.exec(p.out())?.[1], 60_000);
     // The test's own CA is the self-signed certificate.

@@ -38,14 +38,24 @@ describe('delta queue: retries, failure, restart', () => {
       calls.push(Date.now());
       await runChild('false', [], { signal });
     };
-    const srv = await start({ dataDir: store, precompute: 0, builder: failing, adminToken: 'tok', retry: { maxAttempts: 3, baseMs: 150, maxMs: 1000, failedCooldownMs: 60_000 } });
+    const srv = await start({
+      dataDir: store,
+      precompute: 0,
+      builder: failing,
+      adminToken: 'tok',
+      retry: { maxAttempts: 3, baseMs: 150, maxMs: 1000, failedCooldownMs: 60_000 },
+    });
     running.push(srv);
     const first = await get(`${srv.url}/v1/deltas/1.0.1/1.0.3`);
     assert.equal(first.status, 202);
-    const body = await waitFor('failed state', async () => {
-      const r = await get(`${srv.url}/v1/deltas/1.0.1/1.0.3`);
-      return r.status === 500 ? r.json() : undefined;
-    }, 30_000);
+    const body = await waitFor(
+      'failed state',
+      async () => {
+        const r = await get(`${srv.url}/v1/deltas/1.0.1/1.0.3`);
+        return r.status === 500 ? r.json() : undefined;
+      },
+      30_000,
+    );
     assert.equal(body.state, 'failed');
     assert.equal(body.attempts, 3);
     assert.match(String(body.error), /false/);

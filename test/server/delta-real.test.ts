@@ -64,7 +64,10 @@ describe('real deltas: one build for 1,000 devices, kill -9 during a build', () 
     const first = [await get(url)];
     assert.equal(first[0]!.status, 202);
     first.push(...(await Promise.all(Array.from({ length: 999 }, () => get(url)))));
-    assert.ok(first.every((r) => r.status === 202 || r.status === 200), [...new Set(first.map((r) => r.status))].join(','));
+    assert.ok(
+      first.every((r) => r.status === 202 || r.status === 200),
+      [...new Set(first.map((r) => r.status))].join(','),
+    );
     assert.ok(first.filter((r) => r.status === 202).length >= 1);
     for (const r of first.filter((x) => x.status === 202)) {
       assert.ok(Number(r.headers['retry-after']) >= 1);
@@ -74,11 +77,16 @@ describe('real deltas: one build for 1,000 devices, kill -9 during a build', () 
       assert.equal(typeof b.position, 'number');
     }
     // Devices keep polling until it is ready; every poll is 202 or 200, never another build.
-    await waitFor('ready', async () => {
-      const polls = await Promise.all(Array.from({ length: 50 }, () => get(url, {}, 'HEAD')));
-      assert.ok(polls.every((p) => p.status === 202 || p.status === 200));
-      return polls.every((p) => p.status === 200) ? true : undefined;
-    }, 120_000, 250);
+    await waitFor(
+      'ready',
+      async () => {
+        const polls = await Promise.all(Array.from({ length: 50 }, () => get(url, {}, 'HEAD')));
+        assert.ok(polls.every((p) => p.status === 202 || p.status === 200));
+        return polls.every((p) => p.status === 200) ? true : undefined;
+      },
+      120_000,
+      250,
+    );
     const second = await Promise.all(Array.from({ length: 1000 }, () => get(url)));
     assert.ok(second.every((r) => r.status === 200));
     assert.ok(second.every((r) => r.body.equals(second[0]!.body)));
@@ -98,9 +106,13 @@ describe('real deltas: one build for 1,000 devices, kill -9 during a build', () 
 
   it('finishes a build after the server is killed with -9 mid-build and started again', async () => {
     // A real `ibu serve` process, killed without warning while it builds.
-    const child = spawn(process.execPath, [...cliCommand(), 'serve', '--data', store, '--listen', '127.0.0.1:0', '--no-fleet', '--precompute', '0', '--log-level', 'info'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [...cliCommand(), 'serve', '--data', store, '--listen', '127.0.0.1:0', '--no-fleet', '--precompute', '0', '--log-level', 'info'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let log = '';
     child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
@@ -109,10 +121,15 @@ describe('real deltas: one build for 1,000 devices, kill -9 during a build', () 
       assert.equal((await get(`${base}/v1/deltas/1.0.2/1.0.3`)).status, 202);
       await waitFor('building', () => ((dbRow(store, '1.0.2', '1.0.3') as { state?: string })?.state === 'building' ? true : undefined), 30_000);
       // Let the build get going (image reconstruction in a child process) before the kill.
-      await waitFor('temp files', async () => {
-        const names = [...(await fsp.readdir(path.join(store, 'cache/images'))), ...(await fsp.readdir(path.join(store, 'cache/deltas')))];
-        return names.some((n) => n.endsWith('.partial')) ? true : undefined;
-      }, 60_000, 20);
+      await waitFor(
+        'temp files',
+        async () => {
+          const names = [...(await fsp.readdir(path.join(store, 'cache/images'))), ...(await fsp.readdir(path.join(store, 'cache/deltas')))];
+          return names.some((n) => n.endsWith('.partial')) ? true : undefined;
+        },
+        60_000,
+        20,
+      );
     } finally {
       child.kill('SIGKILL');
       await new Promise((r) => child.once('exit', r));
@@ -138,7 +155,9 @@ describe('real deltas: one build for 1,000 devices, kill -9 during a build', () 
     const out = path.join(work, 'applied-2.img');
     await applyDelta({ sourceImage: images['1.0.2']!, delta, out });
     assert.equal(await sha256File(out), await sha256File(images['1.0.3']!));
-    const partials = [...(await fsp.readdir(path.join(store, 'cache/deltas'))), ...(await fsp.readdir(path.join(store, 'cache/images')))].filter((n) => n.endsWith('.partial'));
+    const partials = [...(await fsp.readdir(path.join(store, 'cache/deltas'))), ...(await fsp.readdir(path.join(store, 'cache/images')))].filter((n) =>
+      n.endsWith('.partial'),
+    );
     assert.deepEqual(partials, []);
     await srv.close();
   });

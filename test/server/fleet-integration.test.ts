@@ -53,12 +53,21 @@ for (const backend of BACKENDS) {
     });
 
     it('queues the delta from the version most devices report, not the previous release', async () => {
-      const devices: Array<[string, string]> = [['dev-a', '1.0.1'], ['dev-b', '1.0.1'], ['dev-c', '1.0.2']];
+      const devices: Array<[string, string]> = [
+        ['dev-a', '1.0.1'],
+        ['dev-b', '1.0.1'],
+        ['dev-c', '1.0.2'],
+      ];
       for (const [id, version] of devices) {
         const e = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: id, enrollmentSecret: 'enroll-me', channel: 'stable' }));
         assert.equal(e.status, 200, e.body.toString());
         const token = String(e.json().token);
-        const c = await get(`${srv.url}/v1/devices/${id}/checkin`, { authorization: `Bearer ${token}` }, 'POST', JSON.stringify({ version, state: 'idle', trial: false }));
+        const c = await get(
+          `${srv.url}/v1/devices/${id}/checkin`,
+          { authorization: `Bearer ${token}` },
+          'POST',
+          JSON.stringify({ version, state: 'idle', trial: false }),
+        );
         assert.equal(c.status, 200, c.body.toString());
       }
       await waitFor('fleet counts', async () => ((await srv.app.fleet!.versionCounts('stable')).length >= 2 ? true : undefined), 10_000);
@@ -66,7 +75,10 @@ for (const backend of BACKENDS) {
       await pub.publish('1.0.4');
       const r = await get(`${srv.url}/v1/admin/publish`, { authorization: 'Bearer tok' }, 'POST', JSON.stringify({ version: '1.0.4' }));
       assert.equal(r.status, 200);
-      assert.deepEqual((r.json().queued as Array<{ from: string }>).map((q) => q.from), ['1.0.1']);
+      assert.deepEqual(
+        (r.json().queued as Array<{ from: string }>).map((q) => q.from),
+        ['1.0.1'],
+      );
       await waitFor('built', () => (srv.ctx.deltas.jobs.get('1.0.1', '1.0.4')?.state === 'ready' ? true : undefined), 20_000);
       // The fleet side asks app.deltas whether a device's delta is ready.
       assert.equal(await srv.app.deltas!.status('1.0.1', '1.0.4'), 'ready');

@@ -43,9 +43,28 @@ export async function makeImage(dir: string, name: string, files: Record<string,
   }
   const img = path.join(dir, `${name}.img`);
   await fsp.rm(img, { force: true });
-  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-E', 'root_owner=0:0,hash_seed=11111111-2222-3333-4444-555555555555', '-U', '11111111-2222-3333-4444-555555555555', '-d', tree, img, `${sizeMiB}M`], {
-    env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' },
-  });
+  await run(
+    'mke2fs',
+    [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-b',
+      '4096',
+      '-E',
+      'root_owner=0:0,hash_seed=11111111-2222-3333-4444-555555555555',
+      '-U',
+      '11111111-2222-3333-4444-555555555555',
+      '-d',
+      tree,
+      img,
+      `${sizeMiB}M`,
+    ],
+    {
+      env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' },
+    },
+  );
   await fsp.rm(tree, { recursive: true, force: true });
   return img;
 }
@@ -108,7 +127,12 @@ export async function start(o: ServeOptions, beforeListen?: (s: IbuServer) => vo
 export const agent = new Agent({ connections: 256, pipelining: 1, keepAliveTimeout: 10_000 });
 
 export async function get(url: string, headers: Record<string, string> = {}, method: 'GET' | 'HEAD' | 'POST' | 'DELETE' = 'GET', body?: string) {
-  const res = await request(url, { method, headers: body !== undefined ? { 'content-type': 'application/json', ...headers } : headers, dispatcher: agent, body });
+  const res = await request(url, {
+    method,
+    headers: body !== undefined ? { 'content-type': 'application/json', ...headers } : headers,
+    dispatcher: agent,
+    body,
+  });
   const buf = Buffer.from(await res.body.arrayBuffer());
   return { status: res.statusCode, headers: res.headers, body: buf, json: () => JSON.parse(buf.toString('utf8')) as Record<string, unknown> };
 }

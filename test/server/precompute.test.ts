@@ -31,7 +31,11 @@ describe('precompute on publish', () => {
     await fsp.rm(work, { recursive: true, force: true });
   });
 
-  const pairs = (): string[] => srv.ctx.deltas.jobs.all().map((j) => `${j.from}->${j.to}`).sort();
+  const pairs = (): string[] =>
+    srv.ctx.deltas.jobs
+      .all()
+      .map((j) => `${j.from}->${j.to}`)
+      .sort();
 
   it('on the first scan, builds deltas into the newest release from the previous ones', async () => {
     await waitFor('first precompute', () => (pairs().includes('1.0.1->1.0.2') ? true : undefined));
@@ -42,7 +46,10 @@ describe('precompute on publish', () => {
     await pub.publish('1.0.3');
     await waitFor('watch picks up 1.0.3', () => (pairs().some((p) => p.endsWith('->1.0.3')) ? true : undefined), 20_000);
     await waitFor('both sources', () => (pairs().filter((p) => p.endsWith('->1.0.3')).length === 2 ? true : undefined), 5_000);
-    assert.deepEqual(pairs().filter((p) => p.endsWith('->1.0.3')), ['1.0.1->1.0.3', '1.0.2->1.0.3']);
+    assert.deepEqual(
+      pairs().filter((p) => p.endsWith('->1.0.3')),
+      ['1.0.1->1.0.3', '1.0.2->1.0.3'],
+    );
   });
 
   it('prefers the versions the fleet runs most when an admin announces a publish', async () => {
@@ -57,9 +64,18 @@ describe('precompute on publish', () => {
     const r = await get(`${srv.url}/v1/admin/publish`, { authorization: 'Bearer tok' }, 'POST', JSON.stringify({ version: '1.0.4' }));
     assert.equal(r.status, 200);
     const body = r.json() as { newReleases: Array<{ version: string }>; queued: Array<{ from: string; to: string }> };
-    assert.deepEqual(body.newReleases.map((x) => x.version), ['1.0.4']);
-    assert.deepEqual(body.queued.map((q) => q.from), ['1.0.1', '1.0.3']);
-    assert.deepEqual(pairs().filter((p) => p.endsWith('->1.0.4')), ['1.0.1->1.0.4', '1.0.3->1.0.4']);
+    assert.deepEqual(
+      body.newReleases.map((x) => x.version),
+      ['1.0.4'],
+    );
+    assert.deepEqual(
+      body.queued.map((q) => q.from),
+      ['1.0.1', '1.0.3'],
+    );
+    assert.deepEqual(
+      pairs().filter((p) => p.endsWith('->1.0.4')),
+      ['1.0.1->1.0.4', '1.0.3->1.0.4'],
+    );
     // Precompute jobs wait behind device requests.
     const job = srv.ctx.deltas.jobs.get('1.0.1', '1.0.4');
     assert.ok(job && job.priority > 0);

@@ -34,7 +34,11 @@ describe('delta cache quota: LRU eviction, never a delta being streamed', () => 
     assert.equal((await get(`${srv.url}/v1/deltas/${from}/${to}`)).status, 202);
     await waitFor(`${from}->${to} ready`, () => (state(from, to) === 'ready' ? true : undefined), 90_000);
   }
-  const exists = (from: string, to: string) => fsp.access(path.join(store, 'cache/deltas', `${from}_${to}.ibudelta`)).then(() => true, () => false);
+  const exists = (from: string, to: string) =>
+    fsp.access(path.join(store, 'cache/deltas', `${from}_${to}.ibudelta`)).then(
+      () => true,
+      () => false,
+    );
 
   it('evicts the least recently served delta when the quota is exceeded', async () => {
     await build('1.0.1', '1.0.2'); // A

@@ -45,7 +45,10 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     const r = await get(`${srv.url}/v1/channels/stable/releases`);
     assert.equal(r.status, 200);
     const body = r.json() as { channel: string; releases: Array<{ version: string; manifestUrl: string }> };
-    assert.deepEqual(body.releases.map((x) => x.version), ['1.0.1', '1.0.2']);
+    assert.deepEqual(
+      body.releases.map((x) => x.version),
+      ['1.0.1', '1.0.2'],
+    );
     assert.equal(body.releases[1]!.manifestUrl, '/v1/releases/1.0.2/manifest');
 
     const m = await get(`${srv.url}${body.releases[1]!.manifestUrl}`);
@@ -190,7 +193,10 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     assert.equal(r.status, 200);
     assert.deepEqual(r.json().channels, ['stable']);
     const list = (await get(`${srv.url}/v1/channels/stable/releases`)).json() as { releases: Array<{ version: string }> };
-    assert.deepEqual(list.releases.map((x) => x.version), ['1.0.2']);
+    assert.deepEqual(
+      list.releases.map((x) => x.version),
+      ['1.0.2'],
+    );
     assert.equal((await get(`${srv.url}/v1/releases/1.0.1/manifest`)).status, 404);
     assert.equal((await get(`${srv.url}/v1/admin/releases/1.0.1`, auth, 'DELETE')).status, 404);
     // The channel file stays in the release side's format.
@@ -208,7 +214,10 @@ describe('ibu serve: releases, chunks, validation, admin', () => {
     assert.ok(mine.length >= 9, `only ${mine.length} routes`);
     // The fleet plugin's routes are among them (the check below covers them too).
     for (const url of ['/v1/devices/enroll', '/v1/devices/:id/checkin', '/v1/admin/fleet/summary', '/v1/admin/fleet/rollouts/:id', '/dashboard', '/metrics']) {
-      assert.ok(mine.some((r) => r.url === url), `fleet route ${url} is registered`);
+      assert.ok(
+        mine.some((r) => r.url === url),
+        `fleet route ${url} is registered`,
+      );
     }
     for (const r of mine) {
       assert.ok(r.schema?.response, `${String(r.method)} ${r.url} has no response schema`);

@@ -26,16 +26,22 @@ const absent = 'f'.repeat(64);
 let servers: Array<Awaited<ReturnType<typeof serveDir>>> = [];
 const stores: Array<{ name: string; open: () => Promise<Store> }> = [
   { name: 'LocalStore', open: async () => new LocalStore(root) },
-  { name: 'HttpStore (static layout)', open: async () => {
-    const s = await serveDir(root);
-    servers.push(s);
-    return new HttpStore(s.url + '/');
-  } },
-  { name: 'HttpStore (api layout)', open: async () => {
-    const s = await serveDir(root, { layout: 'api' });
-    servers.push(s);
-    return new HttpStore(s.url + '/v1');
-  } },
+  {
+    name: 'HttpStore (static layout)',
+    open: async () => {
+      const s = await serveDir(root);
+      servers.push(s);
+      return new HttpStore(s.url + '/');
+    },
+  },
+  {
+    name: 'HttpStore (api layout)',
+    open: async () => {
+      const s = await serveDir(root, { layout: 'api' });
+      servers.push(s);
+      return new HttpStore(s.url + '/v1');
+    },
+  },
 ];
 
 before(async () => {
@@ -138,7 +144,10 @@ test('a file written to LocalStore is replaced atomically', async () => {
   await writer.putFile('channels/x.json', Buffer.from('one'));
   await writer.putFile('channels/x.json', Buffer.from('two'));
   assert.equal(Buffer.from(await writer.getFile('channels/x.json')).toString(), 'two');
-  assert.deepEqual(readdirSync(path.join(root, 'channels')).filter((n) => n.endsWith('.tmp')), []);
+  assert.deepEqual(
+    readdirSync(path.join(root, 'channels')).filter((n) => n.endsWith('.tmp')),
+    [],
+  );
   writeFileSync(path.join(root, 'channels', 'x.json'), 'three');
 });
 
@@ -159,7 +168,10 @@ test('batch durability: chunks from a writer that died before flush are verified
     assert.equal(await s2.repairAfterCrash(), 1);
     assert.equal(await s2.hasChunk(goodId), true);
     assert.equal(await s2.hasChunk(tornId), false);
-    assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith('.unflushed')), []);
+    assert.deepEqual(
+      readdirSync(dir).filter((n) => n.startsWith('.unflushed')),
+      [],
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

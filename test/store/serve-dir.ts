@@ -13,7 +13,10 @@ export interface ServeOptions {
 }
 
 /** A real HTTP server on 127.0.0.1, port 0, serving a store directory. */
-export async function serveDir(root: string, opts: ServeOptions = {}): Promise<{ url: string; server: Server; requests: string[]; close: () => Promise<void> }> {
+export async function serveDir(
+  root: string,
+  opts: ServeOptions = {},
+): Promise<{ url: string; server: Server; requests: string[]; close: () => Promise<void> }> {
   const requests: string[] = [];
   let failLeft = opts.fail503 ?? 0;
   const server = createServer((req, res) => {
@@ -54,9 +57,10 @@ export async function serveDir(root: string, opts: ServeOptions = {}): Promise<{
     url: `http://127.0.0.1:${port}`,
     server,
     requests,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

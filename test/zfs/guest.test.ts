@@ -92,7 +92,10 @@ describe('ZFS test guest: Debian kernel + dkms-built ZFS, real zpool/zfs, node a
     await fsp.mkdir(share);
     const res = await runZfsGuest({
       script: SCRIPT,
-      disks: [{ file: path.join(work, 'tank.img'), sizeMiB: 512 }, { file: path.join(work, 'backup.img'), sizeMiB: 512 }],
+      disks: [
+        { file: path.join(work, 'tank.img'), sizeMiB: 512 },
+        { file: path.join(work, 'backup.img'), sizeMiB: 512 },
+      ],
       share,
       logFile: path.join(work, 'guest.log'),
     });

@@ -67,10 +67,18 @@ export function zfsKit(): Promise<ZfsKit> {
     }
     const need = ['KVER', 'KERNEL_PKG', 'KERNEL_VERSION', 'VMLINUZ', 'INITRD', 'MODULES_DIR', 'USERLAND', 'VERSION', 'UDEV_VERSION'];
     const missing = need.filter((k) => !v[k]);
-    if (missing.length) throw new Error(`scripts/zfs-setup.sh printed no ${missing.map((k) => 'IBU_ZFS_' + k).join(', ')}:\n${res.stdout}\n${res.stderr.slice(-3000)}`);
+    if (missing.length)
+      throw new Error(`scripts/zfs-setup.sh printed no ${missing.map((k) => 'IBU_ZFS_' + k).join(', ')}:\n${res.stdout}\n${res.stderr.slice(-3000)}`);
     return {
-      kver: v.KVER, kernelPkg: v.KERNEL_PKG, kernelVersion: v.KERNEL_VERSION, vmlinuz: v.VMLINUZ, initrd: v.INITRD,
-      modulesDir: v.MODULES_DIR, userland: v.USERLAND, zfsVersion: v.VERSION, udevVersion: v.UDEV_VERSION,
+      kver: v.KVER,
+      kernelPkg: v.KERNEL_PKG,
+      kernelVersion: v.KERNEL_VERSION,
+      vmlinuz: v.VMLINUZ,
+      initrd: v.INITRD,
+      modulesDir: v.MODULES_DIR,
+      userland: v.USERLAND,
+      zfsVersion: v.VERSION,
+      udevVersion: v.UDEV_VERSION,
       buildSeconds: Number(v.BUILD_SECONDS ?? 0),
     };
   })();
@@ -164,11 +172,30 @@ export async function runZfsGuest(opts: ZfsGuestOptions): Promise<ZfsGuestResult
     await fsp.copyFile(path.join(repo, 'test/zfs/guest-stage2.sh'), path.join(ctl, 'stage2.sh'));
     await fsp.writeFile(path.join(ctl, 'script.sh'), opts.script);
     const env: Record<string, string> = { IBU_REPO: repo, IBU_ZFS_VERSION: kit.zfsVersion, IBU_ZFS_KVER: kit.kver, ...opts.env };
-    await fsp.writeFile(path.join(ctl, 'env.sh'), Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}\n`).join(''));
+    await fsp.writeFile(
+      path.join(ctl, 'env.sh'),
+      Object.entries(env)
+        .map(([k, v]) => `${k}=${shellQuote(v)}\n`)
+        .join(''),
+    );
     const scratch = path.join(ctl, 'scratch.img');
     // few inodes, and the guest mounts it with noinit_itable: no background zeroing of inode tables
-    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-m', '0', '-i', '262144', '-E', 'lazy_itable_init=1,lazy_journal_init=1',
-      '-L', 'ibu-zfs-scratch', scratch, `${SCRATCH_GIB}G`]);
+    await run('mke2fs', [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-m',
+      '0',
+      '-i',
+      '262144',
+      '-E',
+      'lazy_itable_init=1,lazy_journal_init=1',
+      '-L',
+      'ibu-zfs-scratch',
+      scratch,
+      `${SCRATCH_GIB}G`,
+    ]);
     const drives = ['-drive', `file=${qemuPath(scratch)},format=raw,if=virtio,cache=unsafe`];
     for (const d of opts.disks) {
       if (!existsSync(d.file)) {
@@ -179,16 +206,44 @@ export async function runZfsGuest(opts: ZfsGuestOptions): Promise<ZfsGuestResult
       drives.push('-drive', `file=${qemuPath(path.resolve(d.file))},format=raw,if=virtio,cache=unsafe`);
     }
     const memMiB = opts.memMiB ?? 2048;
-    const append = ['console=ttyS0,115200', 'quiet', 'no_timer_check', 'panic=-1', `ibu.ctl=${ctl}`,
-      `ibu.arc_max=${Math.floor(memMiB / 4) * 1048576}`].join(' ');
-    const args = ['-accel', 'tcg', '-cpu', process.env.IBU_ZFS_QEMU_CPU ?? 'max', '-m', String(memMiB), '-smp', String(opts.cpus ?? 1),
-      '-nodefaults', '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-no-reboot', '-nic', 'none',
-      '-device', 'virtio-rng-pci',
-      '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
-      '-virtfs', `local,path=${qemuPath(kit.userland)},mount_tag=zfsuser,security_model=none,readonly=on`,
-      '-virtfs', `local,path=${qemuPath(share)},mount_tag=share,security_model=none,multidevs=remap`,
+    const append = ['console=ttyS0,115200', 'quiet', 'no_timer_check', 'panic=-1', `ibu.ctl=${ctl}`, `ibu.arc_max=${Math.floor(memMiB / 4) * 1048576}`].join(
+      ' ',
+    );
+    const args = [
+      '-accel',
+      'tcg',
+      '-cpu',
+      process.env.IBU_ZFS_QEMU_CPU ?? 'max',
+      '-m',
+      String(memMiB),
+      '-smp',
+      String(opts.cpus ?? 1),
+      '-nodefaults',
+      '-display',
+      'none',
+      '-monitor',
+      'none',
+      '-serial',
+      'stdio',
+      '-no-reboot',
+      '-nic',
+      'none',
+      '-device',
+      'virtio-rng-pci',
+      '-virtfs',
+      'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
+      '-virtfs',
+      `local,path=${qemuPath(kit.userland)},mount_tag=zfsuser,security_model=none,readonly=on`,
+      '-virtfs',
+      `local,path=${qemuPath(share)},mount_tag=share,security_model=none,multidevs=remap`,
       ...drives,
-      '-kernel', kit.vmlinuz, '-initrd', kit.initrd, '-append', append];
+      '-kernel',
+      kit.vmlinuz,
+      '-initrd',
+      kit.initrd,
+      '-append',
+      append,
+    ];
     const lines: string[] = [];
     await fsp.mkdir(path.dirname(path.resolve(opts.logFile)), { recursive: true });
     const out = createWriteStream(opts.logFile);
@@ -201,8 +256,11 @@ export async function runZfsGuest(opts: ZfsGuestOptions): Promise<ZfsGuestResult
     // timeout(1) in its own process group: should this process die without running its exit
     // handlers (SIGTERM from a test runner), QEMU still ends shortly after timeoutMs.
     const timeoutMs = opts.timeoutMs ?? 600_000;
-    child = spawn('nice', ['-n', process.env.IBU_ZFS_NICE ?? '10', 'timeout', '-s', 'KILL', `${Math.ceil(timeoutMs / 1000) + 30}`,
-      'qemu-system-x86_64', ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    child = spawn(
+      'nice',
+      ['-n', process.env.IBU_ZFS_NICE ?? '10', 'timeout', '-s', 'KILL', `${Math.ceil(timeoutMs / 1000) + 30}`, 'qemu-system-x86_64', ...args],
+      { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
+    );
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -236,10 +294,11 @@ export async function runZfsGuest(opts: ZfsGuestOptions): Promise<ZfsGuestResult
     }
     out.write(`# qemu exit status ${code}, wall ${((Date.now() - t0) / 1000).toFixed(1)} s${timedOut ? ' (killed: timeout)' : ''}\n`);
     // 'close' comes after the last write, and also after a write error
-    if (!out.closed) await new Promise<void>((resolve) => {
-      out.once('close', () => resolve());
-      out.end();
-    });
+    if (!out.closed)
+      await new Promise<void>((resolve) => {
+        out.once('close', () => resolve());
+        out.end();
+      });
     const log = lines.join('\n') + '\n';
     const exits = [...log.matchAll(/^IBU-ZFS EXIT (\d+)/gm)];
     const exitCode = exits.length ? Number(exits[exits.length - 1][1]) : null;
@@ -270,11 +329,7 @@ export interface ScenarioDiskSizes {
  * Disk files left by an earlier run are removed first: runZfsGuest keeps disk files that exist,
  * and a scenario starts from empty disks.
  */
-export async function runScenarioGuest(
-  work: string,
-  sizes: ScenarioDiskSizes,
-  opts: Omit<ZfsGuestOptions, 'disks' | 'logFile'>,
-): Promise<ZfsGuestResult> {
+export async function runScenarioGuest(work: string, sizes: ScenarioDiskSizes, opts: Omit<ZfsGuestOptions, 'disks' | 'logFile'>): Promise<ZfsGuestResult> {
   const disks = [
     { file: path.join(work, 'rel.disk'), sizeMiB: sizes.releaseMiB },
     { file: path.join(work, 'dev.disk'), sizeMiB: sizes.deviceMiB },

@@ -19,11 +19,40 @@ import { repoRoot, runScenarioGuest, signingKeyring, zfsUnavailable } from './ha
 
 /** Every check the guest script prints; each must PASS. */
 const CHECKS = [
-  'pools', 'workdisk', 'publish-1', 'publish-2', 'publish-block-diff', 'manifest-zfs', 'send-deterministic', 'serve-up',
-  'provisioned', 'happy-prepare', 'happy-202', 'happy-received', 'happy-method', 'happy-snapshot', 'happy-image', 'happy-staging-clean', 'happy-try', 'happy-confirm', 'cache-file',
-  'wrong-base', 'wrong-base-untouched', 'truncated', 'truncated-untouched', 'tampered', 'tampered-untouched', 'running-image-hash',
-  'pool-full', 'pool-full-untouched', 'scrub-found-errors', 'pool-corrupt', 'pool-corrupt-untouched',
-  'fallback-chunks', 'fallback-image', 'total',
+  'pools',
+  'workdisk',
+  'publish-1',
+  'publish-2',
+  'publish-block-diff',
+  'manifest-zfs',
+  'send-deterministic',
+  'serve-up',
+  'provisioned',
+  'happy-prepare',
+  'happy-202',
+  'happy-received',
+  'happy-method',
+  'happy-snapshot',
+  'happy-image',
+  'happy-staging-clean',
+  'happy-try',
+  'happy-confirm',
+  'cache-file',
+  'wrong-base',
+  'wrong-base-untouched',
+  'truncated',
+  'truncated-untouched',
+  'tampered',
+  'tampered-untouched',
+  'running-image-hash',
+  'pool-full',
+  'pool-full-untouched',
+  'scrub-found-errors',
+  'pool-corrupt',
+  'pool-corrupt-untouched',
+  'fallback-chunks',
+  'fallback-image',
+  'total',
 ];
 
 test('zfs transport in a QEMU guest: publish, serve on demand, upgrade 1 -> 2, failure cases, fallback', { timeout: 30 * 60_000 }, async (t) => {
@@ -42,7 +71,11 @@ test('zfs transport in a QEMU guest: publish, serve on demand, upgrade 1 -> 2, f
     await fsp.mkdir(build);
     const common = { sizeMiB: 64, payloadBytes: 12 << 20 };
     const i1 = await buildImage(build, { version: '1', ...common, files: { '/etc/motd': 'release 1\n' } });
-    const i2 = await buildImage(build, { version: '2', ...common, files: { '/etc/motd': 'release 2\n', '/usr/lib/new-in-2.bin': seededBytes(3 << 20, 42).toString('base64') } });
+    const i2 = await buildImage(build, {
+      version: '2',
+      ...common,
+      files: { '/etc/motd': 'release 2\n', '/usr/lib/new-in-2.bin': seededBytes(3 << 20, 42).toString('base64') },
+    });
     await fsp.rename(i1, path.join(share, '1.img'));
     await fsp.rename(i2, path.join(share, '2.img'));
     // The 8 KiB volume blocks publish 2 must write (and zero), counted independently of src/zfs.
@@ -73,7 +106,11 @@ test('zfs transport in a QEMU guest: publish, serve on demand, upgrade 1 -> 2, f
       // Keep the evidence: the work dir is left for inspection when something failed.
       await fsp.copyFile(r.logFile, path.join(os.tmpdir(), `ibu-zfs-transport-${Date.now()}.log`)).catch(() => undefined);
     }
-    assert.deepEqual(failed, [], `checks not passed: ${failed.map((c) => `${c}=${result.get(c) ?? 'missing'}`).join(', ')}\n${r.log.split('\n').slice(-80).join('\n')}`);
+    assert.deepEqual(
+      failed,
+      [],
+      `checks not passed: ${failed.map((c) => `${c}=${result.get(c) ?? 'missing'}`).join(', ')}\n${r.log.split('\n').slice(-80).join('\n')}`,
+    );
   } finally {
     await fsp.rm(work, { recursive: true, force: true });
   }

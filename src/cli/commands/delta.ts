@@ -77,7 +77,11 @@ async function loadManifest(opts: { manifest?: string; keyring?: string; fallbac
       bytes = await store.getFile(manifestPath(toVersion));
     } catch (err) {
       if (isIbuError(err, 'NOT_FOUND')) {
-        throw new IbuError('RELEASE_NOT_FOUND', `Release ${toVersion} has no manifest in ${store.location}; pass --manifest or a store that holds the release.`, { cause: err });
+        throw new IbuError(
+          'RELEASE_NOT_FOUND',
+          `Release ${toVersion} has no manifest in ${store.location}; pass --manifest or a store that holds the release.`,
+          { cause: err },
+        );
       }
       throw err;
     } finally {
@@ -134,7 +138,17 @@ export function registerDeltaCommands(program: Command): void {
     .option('--to-version <V>', 'refuse a delta that does not lead to version V')
     .option('--json', 'print the result as JSON')
     .action(
-      async (opts: { from: string; delta: string; out: string; manifest?: string; keyring?: string; fallbackStore?: string; verifySource?: boolean; toVersion?: string; json?: boolean }) => {
+      async (opts: {
+        from: string;
+        delta: string;
+        out: string;
+        manifest?: string;
+        keyring?: string;
+        fallbackStore?: string;
+        verifySource?: boolean;
+        toVersion?: string;
+        json?: boolean;
+      }) => {
         const header = readDeltaHeader(opts.delta);
         const manifest = await loadManifest(opts, opts.toVersion ?? header.toVersion);
         const store = opts.fallbackStore ? openStore(opts.fallbackStore) : undefined;
@@ -154,7 +168,9 @@ export function registerDeltaCommands(program: Command): void {
             process.stdout.write(JSON.stringify(r) + '\n');
           } else {
             const fb = r.fallback.ops > 0 ? `; ${r.fallback.ops} ops from the store (${r.fallback.chunks} chunks, ${mib(r.fallback.downloadedBytes)})` : '';
-            process.stdout.write(`applied ${r.fromVersion} → ${r.toVersion}: ${r.out} (${mib(r.targetSize)}, sha256 ${r.sha256.slice(0, 16)}…) in ${r.seconds.toFixed(1)} s${fb}\n`);
+            process.stdout.write(
+              `applied ${r.fromVersion} → ${r.toVersion}: ${r.out} (${mib(r.targetSize)}, sha256 ${r.sha256.slice(0, 16)}…) in ${r.seconds.toFixed(1)} s${fb}\n`,
+            );
           }
         } finally {
           await store?.close?.();

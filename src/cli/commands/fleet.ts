@@ -11,7 +11,10 @@ interface Common {
 }
 
 function common(cmd: Command): Command {
-  return cmd.option('--server <url>', 'the ibu server (default: IBU_SERVER)').option('--token <token>', 'admin token (default: IBU_ADMIN_TOKEN)').option('--json', 'print JSON');
+  return cmd
+    .option('--server <url>', 'the ibu server (default: IBU_SERVER)')
+    .option('--token <token>', 'admin token (default: IBU_ADMIN_TOKEN)')
+    .option('--json', 'print JSON');
 }
 
 function int(name: string, min: number) {
@@ -28,8 +31,15 @@ export function registerFleetCommands(program: Command): void {
 
   common(fleet.command('status').description('devices by version, rollouts, problem devices')).action(async (o: Common) => {
     const s = await FleetAdminClient.fromOptions(o).call<{
-      enrolled: number; versions: Array<{ version: string; devices: number }>; rollouts: Array<{ id: number; version: string; state: string; wave: number; reason: string | null }>;
-      problems: Array<{ id: string; version: string | null; participation?: { status: string; errorCode: string | null; errorMessage: string | null } | null; flags: string[] }>;
+      enrolled: number;
+      versions: Array<{ version: string; devices: number }>;
+      rollouts: Array<{ id: number; version: string; state: string; wave: number; reason: string | null }>;
+      problems: Array<{
+        id: string;
+        version: string | null;
+        participation?: { status: string; errorCode: string | null; errorMessage: string | null } | null;
+        flags: string[];
+      }>;
     }>('GET', '/v1/admin/fleet/summary');
     if (o.json) return void process.stdout.write(JSON.stringify(s) + '\n');
     const out = [`${s.enrolled} devices enrolled`, 'versions:'];
@@ -37,14 +47,17 @@ export function registerFleetCommands(program: Command): void {
     out.push('rollouts:');
     for (const r of s.rollouts) out.push(`  ${r.id} ${r.version} ${r.state} wave ${r.wave}${r.reason ? ` (${r.reason})` : ''}`);
     out.push(`problem devices: ${s.problems.length}`);
-    for (const p of s.problems.slice(0, 20)) out.push(`  ${p.id} ${p.version ?? '-'} ${p.participation?.status ?? ''} ${p.flags.join(',')} ${p.participation?.errorCode ?? ''} ${p.participation?.errorMessage ?? ''}`);
+    for (const p of s.problems.slice(0, 20))
+      out.push(
+        `  ${p.id} ${p.version ?? '-'} ${p.participation?.status ?? ''} ${p.flags.join(',')} ${p.participation?.errorCode ?? ''} ${p.participation?.errorMessage ?? ''}`,
+      );
     process.stdout.write(out.join('\n') + '\n');
   });
 
   common(
     fleet
       .command('release')
-      .description('put a release on a channel\'s upgrade path (or change it), e.g. mark it a mandatory stepping stone')
+      .description("put a release on a channel's upgrade path (or change it), e.g. mark it a mandatory stepping stone")
       .requiredOption('--version <v>', 'release version')
       .option('--channel <name>', 'channel (default stable)')
       .option('--mandatory', 'every device must pass through this release')
@@ -52,7 +65,12 @@ export function registerFleetCommands(program: Command): void {
       .option('--manifest-url <url>', 'where devices fetch the manifest (default /v1/releases/<v>/manifest)'),
   ).action(async (o: Common & { version: string; channel?: string; mandatory?: boolean; notMandatory?: boolean; manifestUrl?: string }) => {
     const mandatory = o.mandatory ? true : o.notMandatory ? false : undefined;
-    const r = await FleetAdminClient.fromOptions(o).call<ReleaseRecord>('POST', '/v1/admin/fleet/releases', { version: o.version, channel: o.channel, mandatory, manifestUrl: o.manifestUrl });
+    const r = await FleetAdminClient.fromOptions(o).call<ReleaseRecord>('POST', '/v1/admin/fleet/releases', {
+      version: o.version,
+      channel: o.channel,
+      mandatory,
+      manifestUrl: o.manifestUrl,
+    });
     process.stdout.write((o.json ? JSON.stringify(r) : `${r.channel} ${r.version}${r.mandatory ? ' (mandatory)' : ''}`) + '\n');
   });
 
@@ -60,7 +78,7 @@ export function registerFleetCommands(program: Command): void {
     fleet
       .command('group')
       .argument('<name>', 'group name')
-      .description('set a group\'s maintenance window and reboot concurrency')
+      .description("set a group's maintenance window and reboot concurrency")
       .option('--window <json>', 'e.g. \'{"timeZone":"Europe/Berlin","rules":[{"days":[1,2,3,4,5],"start":"01:00","end":"04:00"}]}\' or "none"')
       .option('--max-reboots <n>', 'concurrent reboot leases in the group (0 = unlimited)', int('--max-reboots', 0))
       .option('--lease-ttl <seconds>', 'a reboot lease expires after this long', int('--lease-ttl', 1)),
@@ -74,9 +92,16 @@ export function registerFleetCommands(program: Command): void {
       }
     }
     const g = await FleetAdminClient.fromOptions(o).call<GroupRecord>('PUT', `/v1/admin/fleet/groups/${encodeURIComponent(name)}`, {
-      ...(window !== undefined ? { window } : {}), ...(o.maxReboots !== undefined ? { maxConcurrentReboots: o.maxReboots } : {}), ...(o.leaseTtl !== undefined ? { leaseTtlSeconds: o.leaseTtl } : {}),
+      ...(window !== undefined ? { window } : {}),
+      ...(o.maxReboots !== undefined ? { maxConcurrentReboots: o.maxReboots } : {}),
+      ...(o.leaseTtl !== undefined ? { leaseTtlSeconds: o.leaseTtl } : {}),
     });
-    process.stdout.write((o.json ? JSON.stringify(g) : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) + '\n');
+    process.stdout.write(
+      (o.json
+        ? JSON.stringify(g)
+        : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) +
+        '\n',
+    );
   });
 
   fleet
@@ -84,14 +109,24 @@ export function registerFleetCommands(program: Command): void {
     .description('run N simulated devices against a real server on loopback through a staged rollout with failures and a restart')
     .option('--devices <n>', 'simulated devices', int('--devices', 10), 80_000)
     .option('--rate <n>', 'target idle check-ins per second (sets the compressed check-in interval)', int('--rate', 1), 1000)
-    .option('--concurrency <n>', 'HTTP connections to the server (devices run open-loop; waiting for a connection counts in the latency)', int('--concurrency', 1), 128)
+    .option(
+      '--concurrency <n>',
+      'HTTP connections to the server (devices run open-loop; waiting for a connection counts in the latency)',
+      int('--concurrency', 1),
+      128,
+    )
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
     .option('--json', 'print the result as one JSON object')
     .action(async (o: { devices: number; rate: number; concurrency: number; databaseUrl?: string; restart: boolean; keep?: boolean; json?: boolean }) => {
       const result = await simulate({
-        devices: o.devices, rate: o.rate, concurrency: o.concurrency, databaseUrl: o.databaseUrl, restart: o.restart, keep: o.keep,
+        devices: o.devices,
+        rate: o.rate,
+        concurrency: o.concurrency,
+        databaseUrl: o.databaseUrl,
+        restart: o.restart,
+        keep: o.keep,
         log: o.json ? undefined : (m) => process.stderr.write(`fleet simulate: ${m}\n`),
       });
       if (o.json) {
@@ -99,18 +134,20 @@ export function registerFleetCommands(program: Command): void {
         return;
       }
       const ok = (b: boolean) => (b ? 'yes' : 'NO');
-      process.stdout.write([
-        `devices            ${result.devices}`,
-        `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
-        `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
-        `sustained          slowest 10 s window ${result.windows.minPerSec}/s, median ${result.windows.medianPerSec}/s`,
-        `event-loop delay   p99 simulator ${result.clientLagP99Ms} ms, server ${result.serverLag.p99Ms} ms (max ${result.serverLag.maxMs} ms)`,
-        `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,
-        `bad release paused ${ok(result.rolloutPausedCorrectly)}${result.pauseReason ? ` (${result.pauseReason})` : ''}`,
-        `lost updates       ${result.lostUpdates}`,
-        `injected           ${JSON.stringify(result.injected)}`,
-        `cpu                server ${result.cpu.serverSeconds} s, simulator ${result.cpu.clientSeconds} s, wall ${result.cpu.wallSeconds} s`,
-      ].join('\n') + '\n');
+      process.stdout.write(
+        [
+          `devices            ${result.devices}`,
+          `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
+          `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
+          `sustained          slowest 10 s window ${result.windows.minPerSec}/s, median ${result.windows.medianPerSec}/s`,
+          `event-loop delay   p99 simulator ${result.clientLagP99Ms} ms, server ${result.serverLag.p99Ms} ms (max ${result.serverLag.maxMs} ms)`,
+          `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,
+          `bad release paused ${ok(result.rolloutPausedCorrectly)}${result.pauseReason ? ` (${result.pauseReason})` : ''}`,
+          `lost updates       ${result.lostUpdates}`,
+          `injected           ${JSON.stringify(result.injected)}`,
+          `cpu                server ${result.cpu.serverSeconds} s, simulator ${result.cpu.clientSeconds} s, wall ${result.cpu.wallSeconds} s`,
+        ].join('\n') + '\n',
+      );
       if (!result.rolloutCompleted || !result.rolloutPausedCorrectly || result.lostUpdates > 0) process.exitCode = 1;
     });
 }

@@ -40,10 +40,14 @@ export function formatRollout(r: RolloutView): string {
   const lines = [`rollout ${r.id}: ${r.channel} -> ${r.version}  ${r.state}${r.reason ? ` (${r.reason})` : ''}`];
   r.waves.forEach((w, i) => {
     const pct = w.devices ? ((100 * w.done) / w.devices).toFixed(1) : '0.0';
-    lines.push(`  ${i === r.wave && r.state !== 'completed' ? '>' : ' '} wave ${i} ${w.label.padEnd(18)} ${String(w.done).padStart(7)} / ${String(w.devices).padEnd(7)} ${pct}%${w.open ? '' : '  (not open)'}`);
+    lines.push(
+      `  ${i === r.wave && r.state !== 'completed' ? '>' : ' '} wave ${i} ${w.label.padEnd(18)} ${String(w.done).padStart(7)} / ${String(w.devices).padEnd(7)} ${pct}%${w.open ? '' : '  (not open)'}`,
+    );
   });
   const c = r.counts;
-  lines.push(`  targeted ${c.targeted}, applying ${c.applying}, trial ${c.trial}, succeeded ${c.succeeded}, failed ${c.failed}, rolled back ${c['rolled-back']}, silent ${c.silent}`);
+  lines.push(
+    `  targeted ${c.targeted}, applying ${c.applying}, trial ${c.trial}, succeeded ${c.succeeded}, failed ${c.failed}, rolled back ${c['rolled-back']}, silent ${c.silent}`,
+  );
   return lines.join('\n');
 }
 
@@ -79,29 +83,53 @@ export function registerRolloutCommands(program: Command): void {
       .option('--max-failures <n>', 'pause at this many bad devices regardless of ratio (0 = off)', count('--max-failures'))
       .option('--silent-after <seconds>', 'a device not back this long after applying counts as silent', count('--silent-after'))
       .option('--min-wave-seconds <seconds>', 'keep each wave open at least this long', count('--min-wave-seconds')),
-  ).action(async (o: Common & { version: string; channel?: string; waves?: string; canary?: string; successRatio?: number; maxFailureRatio?: number; minSample?: number; maxFailures?: number; silentAfter?: number; minWaveSeconds?: number }) => {
-    const spec: Record<string, unknown> = {};
-    if (o.waves) {
-      const waves = o.waves.split(',').map((s) => Number(s.trim()));
-      if (waves.some((w) => !Number.isFinite(w))) throw new IbuError('USAGE', `--waves must be comma-separated percentages such as 1,10,50,100, not '${o.waves}'.`);
-      spec.waves = waves;
-    }
-    if (o.canary) spec.canaryGroups = o.canary.split(',').map((s) => s.trim()).filter(Boolean);
-    if (o.successRatio !== undefined) spec.successRatio = o.successRatio;
-    if (o.maxFailureRatio !== undefined) spec.maxFailureRatio = o.maxFailureRatio;
-    if (o.minSample !== undefined) spec.minSample = o.minSample;
-    if (o.maxFailures !== undefined) spec.maxFailures = o.maxFailures;
-    if (o.silentAfter !== undefined) spec.silentAfterSeconds = o.silentAfter;
-    if (o.minWaveSeconds !== undefined) spec.minWaveSeconds = o.minWaveSeconds;
-    const r = await FleetAdminClient.fromOptions(o).call<RolloutView>('POST', '/v1/admin/fleet/rollouts', { version: o.version, channel: o.channel, spec });
-    print(o, r, () => formatRollout(r));
-  });
+  ).action(
+    async (
+      o: Common & {
+        version: string;
+        channel?: string;
+        waves?: string;
+        canary?: string;
+        successRatio?: number;
+        maxFailureRatio?: number;
+        minSample?: number;
+        maxFailures?: number;
+        silentAfter?: number;
+        minWaveSeconds?: number;
+      },
+    ) => {
+      const spec: Record<string, unknown> = {};
+      if (o.waves) {
+        const waves = o.waves.split(',').map((s) => Number(s.trim()));
+        if (waves.some((w) => !Number.isFinite(w)))
+          throw new IbuError('USAGE', `--waves must be comma-separated percentages such as 1,10,50,100, not '${o.waves}'.`);
+        spec.waves = waves;
+      }
+      if (o.canary)
+        spec.canaryGroups = o.canary
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
+      if (o.successRatio !== undefined) spec.successRatio = o.successRatio;
+      if (o.maxFailureRatio !== undefined) spec.maxFailureRatio = o.maxFailureRatio;
+      if (o.minSample !== undefined) spec.minSample = o.minSample;
+      if (o.maxFailures !== undefined) spec.maxFailures = o.maxFailures;
+      if (o.silentAfter !== undefined) spec.silentAfterSeconds = o.silentAfter;
+      if (o.minWaveSeconds !== undefined) spec.minWaveSeconds = o.minWaveSeconds;
+      const r = await FleetAdminClient.fromOptions(o).call<RolloutView>('POST', '/v1/admin/fleet/rollouts', { version: o.version, channel: o.channel, spec });
+      print(o, r, () => formatRollout(r));
+    },
+  );
 
   for (const verb of ['pause', 'resume', 'abort'] as const) {
     const cmd = rollout.command(verb).argument('<id>', 'rollout id', id).description(`${verb} a rollout`);
     if (verb !== 'resume') cmd.option('--reason <text>', 'why (shown on the dashboard)');
     common(cmd).action(async (rid: number, o: Common & { reason?: string }) => {
-      const r = await FleetAdminClient.fromOptions(o).call<RolloutView>('POST', `/v1/admin/fleet/rollouts/${rid}/${verb}`, o.reason ? { reason: o.reason } : {});
+      const r = await FleetAdminClient.fromOptions(o).call<RolloutView>(
+        'POST',
+        `/v1/admin/fleet/rollouts/${rid}/${verb}`,
+        o.reason ? { reason: o.reason } : {},
+      );
       print(o, r, () => formatRollout(r));
     });
   }

@@ -45,19 +45,46 @@ export function registerZfsCommands(program: Command): void {
     .option('--volblocksize <bytes>', 'volblocksize when the zvol is created', '8192')
     .option('--no-kernel', 'allow an image without /vmlinuz and /initrd.img')
     .option('--json', 'print the result as JSON')
-    .action(async (o: { image: string; version: string; store: string; dataset: string; key: string[]; channel: string; streams: string; volblocksize: string; kernel: boolean; json?: boolean }) => {
-      const streams = Number(o.streams);
-      const vbs = Number(o.volblocksize);
-      if (!Number.isInteger(streams) || streams < 0) throw new IbuError('USAGE', '--streams must be a whole number >= 0.');
-      if (!Number.isInteger(vbs) || vbs < 512 || (vbs & (vbs - 1)) !== 0 || vbs > 131072) throw new IbuError('USAGE', '--volblocksize must be a power of two from 512 to 131072.');
-      const r = await publishZfsRelease({ image: o.image, version: o.version, store: new LocalStore(o.store), keyFiles: o.key, channel: o.channel, requireKernel: o.kernel, dataset: o.dataset, streamsFrom: streams, volblocksize: vbs });
-      print(o.json, r as unknown as Record<string, unknown>,
-        `published ${r.version} on '${r.channel}' and ${r.zfs.dataset}@${r.version} (guid ${r.zfs.guid}): ${r.zfs.write.written} blocks written, ${r.zfs.write.zeroed} zeroed, ${r.zfs.write.unchanged} unchanged; ` +
-        `signed streams: ${r.zfs.streams.map((s) => `${s.from} (${s.size} bytes)`).join(', ') || 'none'}`);
-    });
+    .action(
+      async (o: {
+        image: string;
+        version: string;
+        store: string;
+        dataset: string;
+        key: string[];
+        channel: string;
+        streams: string;
+        volblocksize: string;
+        kernel: boolean;
+        json?: boolean;
+      }) => {
+        const streams = Number(o.streams);
+        const vbs = Number(o.volblocksize);
+        if (!Number.isInteger(streams) || streams < 0) throw new IbuError('USAGE', '--streams must be a whole number >= 0.');
+        if (!Number.isInteger(vbs) || vbs < 512 || (vbs & (vbs - 1)) !== 0 || vbs > 131072)
+          throw new IbuError('USAGE', '--volblocksize must be a power of two from 512 to 131072.');
+        const r = await publishZfsRelease({
+          image: o.image,
+          version: o.version,
+          store: new LocalStore(o.store),
+          keyFiles: o.key,
+          channel: o.channel,
+          requireKernel: o.kernel,
+          dataset: o.dataset,
+          streamsFrom: streams,
+          volblocksize: vbs,
+        });
+        print(
+          o.json,
+          r as unknown as Record<string, unknown>,
+          `published ${r.version} on '${r.channel}' and ${r.zfs.dataset}@${r.version} (guid ${r.zfs.guid}): ${r.zfs.write.written} blocks written, ${r.zfs.write.zeroed} zeroed, ${r.zfs.write.unchanged} unchanged; ` +
+            `signed streams: ${r.zfs.streams.map((s) => `${s.from} (${s.size} bytes)`).join(', ') || 'none'}`,
+        );
+      },
+    );
 
   z.command('stream')
-    .description('build the compressed stream FROM -> TO from the store\'s release pool, checked against the signed manifest (what ibu serve does on demand)')
+    .description("build the compressed stream FROM -> TO from the store's release pool, checked against the signed manifest (what ibu serve does on demand)")
     .requiredOption('--store <dir>', 'store directory (its manifest of --to names the dataset and the signed hash)')
     .requiredOption('--from <v>', 'base version')
     .requiredOption('--to <v>', 'target version')
@@ -73,7 +100,11 @@ export function registerZfsCommands(program: Command): void {
       try {
         const r = await buildCompressedStream({ dataset: zf.dataset, from: o.from, to: o.to, expect: ref, out: partial, level: Number(o.level) });
         await fsp.rename(partial, o.out);
-        print(o.json, { from: o.from, to: o.to, streamBytes: r.size, compressedBytes: r.compressedSize, sha256: ref.sha256 }, `${o.out}: ${r.compressedSize} bytes (stream ${r.size} bytes, sha256 ${ref.sha256} as signed)`);
+        print(
+          o.json,
+          { from: o.from, to: o.to, streamBytes: r.size, compressedBytes: r.compressedSize, sha256: ref.sha256 },
+          `${o.out}: ${r.compressedSize} bytes (stream ${r.size} bytes, sha256 ${ref.sha256} as signed)`,
+        );
       } finally {
         await fsp.rm(partial, { force: true });
       }
@@ -91,7 +122,11 @@ export function registerZfsCommands(program: Command): void {
       const ref = streamRef(m, o.from);
       if (!ref || !m.zfs) throw new IbuError('ZFS_BASE_MISSING', `The manifest of ${m.version} signs no ZFS stream from ${o.from}.`);
       await verifyStreamFile(o.stream, ref, m.zfs.guid, m.version);
-      print(o.json, { ok: true, from: o.from, to: m.version, size: ref.size, sha256: ref.sha256 }, `ok: ${o.stream} is the signed stream ${o.from} -> ${m.version}`);
+      print(
+        o.json,
+        { ok: true, from: o.from, to: m.version, size: ref.size, sha256: ref.sha256 },
+        `ok: ${o.stream} is the signed stream ${o.from} -> ${m.version}`,
+      );
     });
 
   z.command('receive')
@@ -106,6 +141,10 @@ export function registerZfsCommands(program: Command): void {
     .action(async (o: { stream: string; manifest: string; keyring: string; from: string; dataset: string; out: string; json?: boolean }) => {
       const m = await verifiedManifest(o.manifest, o.keyring);
       const r = await receiveRelease({ file: o.stream, manifest: m, from: o.from, dataset: o.dataset, out: o.out });
-      print(o.json, { version: m.version, ...r }, `received ${o.dataset}@${m.version} and exported ${o.out} (verify ${r.seconds.verify.toFixed(1)} s, receive ${r.seconds.receive.toFixed(1)} s, export ${r.seconds.export.toFixed(1)} s)`);
+      print(
+        o.json,
+        { version: m.version, ...r },
+        `received ${o.dataset}@${m.version} and exported ${o.out} (verify ${r.seconds.verify.toFixed(1)} s, receive ${r.seconds.receive.toFixed(1)} s, export ${r.seconds.export.toFixed(1)} s)`,
+      );
     });
 }

@@ -56,8 +56,18 @@ export class DeviceModel {
   async enroll(id: string, group: string): Promise<SimDevice> {
     const r = await this.client.device<{ token: string }>('/v1/devices/enroll', { deviceId: id, enrollmentSecret: ENROLLMENT_SECRET, group }, '', false);
     return {
-      id, token: r!.token, version: BASE, committed: BASE, state: 'committed', trial: false, prepared: null, lastError: null,
-      acked: null, ackCount: 0, dead: false, attempts: new Map(),
+      id,
+      token: r!.token,
+      version: BASE,
+      committed: BASE,
+      state: 'committed',
+      trial: false,
+      prepared: null,
+      lastError: null,
+      acked: null,
+      ackCount: 0,
+      dead: false,
+      attempts: new Map(),
     };
   }
 
@@ -90,8 +100,14 @@ export class DeviceModel {
 
   private report(d: SimDevice, extra: Partial<CheckinRequest>): CheckinRequest {
     return {
-      version: d.version, state: d.state, trial: d.trial, committedVersion: d.committed, preparedVersion: d.prepared ?? undefined,
-      freeBytes: 8 * 1024 ** 3, lastError: d.lastError, ...extra,
+      version: d.version,
+      state: d.state,
+      trial: d.trial,
+      committedVersion: d.committed,
+      preparedVersion: d.prepared ?? undefined,
+      freeBytes: 8 * 1024 ** 3,
+      lastError: d.lastError,
+      ...extra,
     };
   }
 

@@ -19,8 +19,12 @@ export interface ScenarioContext {
 /** Fleet settings with compressed time, the releases as `ibu release publish` leaves them, the groups. */
 export async function setUpFleet(c: ScenarioContext, o: { interval: number; active: number; maxReboots: number }): Promise<void> {
   await c.client.admin('PUT', '/v1/admin/fleet/settings', {
-    checkinIntervalSeconds: o.interval, activeCheckinIntervalSeconds: o.active, jitter: 0.2, enrollmentSecret: ENROLLMENT_SECRET,
-    evaluateEveryMs: 1000, defaultLeaseTtlSeconds: Math.max(60, o.interval),
+    checkinIntervalSeconds: o.interval,
+    activeCheckinIntervalSeconds: o.active,
+    jitter: 0.2,
+    enrollmentSecret: ENROLLMENT_SECRET,
+    evaluateEveryMs: 1000,
+    defaultLeaseTtlSeconds: Math.max(60, o.interval),
   });
   // Releases come from the data dir like `ibu release publish` leaves them (channels/stable.json);
   // the stepping stone is marked mandatory through the admin API.
@@ -36,14 +40,20 @@ export async function setUpFleet(c: ScenarioContext, o: { interval: number; acti
 
 export function startGoodRollout(c: ScenarioContext, silentAfter: number): Promise<RolloutRecord> {
   return c.client.admin<RolloutRecord>('POST', '/v1/admin/fleet/rollouts', {
-    channel: 'stable', version: GOOD,
+    channel: 'stable',
+    version: GOOD,
     // 1.3 % injected bad outcomes against a 5 % threshold: a sample of 100 keeps noise from pausing it.
     spec: { waves: [1, 10, 50, 100], canaryGroups: ['canary'], successRatio: 0.95, maxFailureRatio: 0.05, minSample: 100, silentAfterSeconds: silentAfter },
   });
 }
 
 /** Polls a rollout until it stops running or the deadline passes; `each` runs after every poll. */
-export async function watchRollout(c: ScenarioContext, start: RolloutRecord, deadline: number, each: (r: RolloutRecord) => Promise<void> = async () => {}): Promise<RolloutRecord> {
+export async function watchRollout(
+  c: ScenarioContext,
+  start: RolloutRecord,
+  deadline: number,
+  each: (r: RolloutRecord) => Promise<void> = async () => {},
+): Promise<RolloutRecord> {
   let r = start;
   while (Date.now() < deadline) {
     await sleep(1000);
@@ -59,7 +69,8 @@ export async function rollOutBadRelease(c: ScenarioContext, silentAfter: number,
   await fsp.writeFile(path.join(c.dataDir, 'channels', 'stable.json'), JSON.stringify({ channel: 'stable', versions: [BASE, GOOD, BAD] }));
   await c.client.admin('POST', '/v1/admin/fleet/releases', { channel: 'stable', version: BAD });
   const r2 = await c.client.admin<RolloutRecord>('POST', '/v1/admin/fleet/rollouts', {
-    channel: 'stable', version: BAD,
+    channel: 'stable',
+    version: BAD,
     spec: { waves: [5, 50, 100], canaryGroups: [], successRatio: 0.95, maxFailureRatio: 0.1, minSample: 20, silentAfterSeconds: silentAfter },
   });
   const end = await watchRollout(c, r2, deadline);
@@ -74,8 +85,10 @@ export async function countLostUpdates(c: ScenarioContext, devices: readonly Sim
   let after = '';
   let seen = 0;
   for (;;) {
-    const page = await c.client.admin<{ devices: Array<{ id: string; version: string | null; state: string | null; trial: boolean; checkins: number }>; next: string | null }>(
-      'GET', `/v1/admin/fleet/devices?after=${encodeURIComponent(after)}&limit=10000`);
+    const page = await c.client.admin<{
+      devices: Array<{ id: string; version: string | null; state: string | null; trial: boolean; checkins: number }>;
+      next: string | null;
+    }>('GET', `/v1/admin/fleet/devices?after=${encodeURIComponent(after)}&limit=10000`);
     for (const s of page.devices) {
       const d = byId.get(s.id);
       if (!d) continue;

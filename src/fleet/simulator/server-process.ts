@@ -29,7 +29,16 @@ export class ServerProcess {
     // The server entry lives with the server (src/fleet never imports it): spawned by path, not imported.
     const self = fileURLToPath(import.meta.url);
     const entry = path.join(path.dirname(self), '..', '..', 'server', 'fleet', `sim-server${path.extname(self)}`);
-    const args = [...process.execArgv.filter((a) => !a.startsWith('--test')), entry, '--data', this.o.dataDir, '--port', String(this.port), '--admin-token', this.o.adminToken];
+    const args = [
+      ...process.execArgv.filter((a) => !a.startsWith('--test')),
+      entry,
+      '--data',
+      this.o.dataDir,
+      '--port',
+      String(this.port),
+      '--admin-token',
+      this.o.adminToken,
+    ];
     if (this.o.databaseUrl) args.push('--database-url', this.o.databaseUrl);
     const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     this.child = c;
@@ -38,7 +47,12 @@ export class ServerProcess {
       c.once('exit', (code) => reject(new IbuError('INTERNAL', `The simulated server exited with status ${code} before listening.`)));
       lines.on('line', (line) => {
         try {
-          const msg = JSON.parse(line) as { port?: number; realServer?: boolean; cpu?: { user: number; system: number }; lag?: { p99Ms: number; maxMs: number } };
+          const msg = JSON.parse(line) as {
+            port?: number;
+            realServer?: boolean;
+            cpu?: { user: number; system: number };
+            lag?: { p99Ms: number; maxMs: number };
+          };
           if (msg.port) {
             this.port = msg.port;
             this.realServer = Boolean(msg.realServer);

@@ -75,7 +75,12 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const server = new ServerProcess({ dataDir, adminToken, databaseUrl: o.databaseUrl });
   const client = new SimClient(() => server.origin, adminToken, concurrency, naps, m);
   const model = new DeviceModel(client, naps, m, {
-    interval, active, failRatio: o.failRatio ?? 0.005, rollbackRatio: o.rollbackRatio ?? 0.005, silentRatio: o.silentRatio ?? 0.003, badRollbackRatio: o.badRollbackRatio ?? 0.3,
+    interval,
+    active,
+    failRatio: o.failRatio ?? 0.005,
+    rollbackRatio: o.rollbackRatio ?? 0.005,
+    silentRatio: o.silentRatio ?? 0.003,
+    badRollbackRatio: o.badRollbackRatio ?? 0.3,
   });
   const ctx: ScenarioContext = { client, dataDir, log };
   const cpu0 = process.cpuUsage();
@@ -90,12 +95,14 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     const devices: SimDevice[] = [];
     const canaries = Math.max(3, Math.round(n * 0.002));
     let next = 0;
-    await Promise.all(Array.from({ length: Math.min(concurrency, 64) }, async () => {
-      while (next < n) {
-        const i = next++;
-        devices[i] = await model.enroll(`sim-${String(i).padStart(6, '0')}`, i < canaries ? 'canary' : 'default');
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: Math.min(concurrency, 64) }, async () => {
+        while (next < n) {
+          const i = next++;
+          devices[i] = await model.enroll(`sim-${String(i).padStart(6, '0')}`, i < canaries ? 'canary' : 'default');
+        }
+      }),
+    );
     log(`enrolled ${n} devices`);
     const rollout1 = await startGoodRollout(ctx, silentAfter);
 
@@ -160,7 +167,11 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       retries: m.retries,
       injected: model.injected,
       finalVersions,
-      cpu: { serverSeconds: Math.round(server.cpuSeconds * 10) / 10, clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10, wallSeconds: Math.round((Date.now() - wall0) / 100) / 10 },
+      cpu: {
+        serverSeconds: Math.round(server.cpuSeconds * 10) / 10,
+        clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10,
+        wallSeconds: Math.round((Date.now() - wall0) / 100) / 10,
+      },
       realServer: server.realServer,
       config: { checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency, maxConcurrentReboots: maxReboots },
     };

@@ -1,11 +1,32 @@
 import pg from 'pg';
 import type { FleetRepository } from '../repository.js';
-import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../types.js';
+import type {
+  DeviceRecord,
+  DeviceView,
+  GroupRecord,
+  LeaseRecord,
+  ParticipationStatus,
+  ReleaseRecord,
+  RolloutDevice,
+  RolloutRecord,
+  WriteOp,
+} from '../types.js';
 import { emptyStatusCounts } from '../rollout-policy.js';
 import { IbuError } from '../../errors.js';
 import {
-  DEVICE_COLUMNS, DEVICE_VIEW_SELECT, PARTICIPATION_COLUMNS, deviceToRow, participationToRow, rowToDevice, rowToDeviceView, rowToGroup,
-  rowToParticipation, rowToRelease, rowToRollout, schemaSql, type Row,
+  DEVICE_COLUMNS,
+  DEVICE_VIEW_SELECT,
+  PARTICIPATION_COLUMNS,
+  deviceToRow,
+  participationToRow,
+  rowToDevice,
+  rowToDeviceView,
+  rowToGroup,
+  rowToParticipation,
+  rowToRelease,
+  rowToRollout,
+  schemaSql,
+  type Row,
 } from './rows.js';
 
 /** BIGINT arrives as a string by default; every int8 here (epoch ms, counts) fits a double. */
@@ -38,7 +59,11 @@ export class PostgresFleetRepository implements FleetRepository {
         c.release();
       }
     } catch (err) {
-      throw new IbuError('STORE_UNAVAILABLE', `Cannot use the PostgreSQL fleet database: ${(err as Error).message}. Check --database-url and that the server is running.`, { cause: err });
+      throw new IbuError(
+        'STORE_UNAVAILABLE',
+        `Cannot use the PostgreSQL fleet database: ${(err as Error).message}. Check --database-url and that the server is running.`,
+        { cause: err },
+      );
     }
   }
 
@@ -87,14 +112,27 @@ export class PostgresFleetRepository implements FleetRepository {
       } else leaseOps.push(op);
     }
     await this.transaction(async (c) => {
-      const devSet = DEVICE_COLUMNS.filter((x) => x !== 'id').map((x) => `${x} = excluded.${x}`).join(', ');
+      const devSet = DEVICE_COLUMNS.filter((x) => x !== 'id')
+        .map((x) => `${x} = excluded.${x}`)
+        .join(', ');
       await upsertMany(c, 'devices', DEVICE_COLUMNS, [...devices.values()].map(deviceToRow), `ON CONFLICT (id) DO UPDATE SET ${devSet}`);
-      const pSet = PARTICIPATION_COLUMNS.filter((x) => x !== 'rollout_id' && x !== 'device_id').map((x) => `${x} = excluded.${x}`).join(', ');
-      await upsertMany(c, 'rollout_devices', PARTICIPATION_COLUMNS, [...parts.values()].map(participationToRow), `ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`);
+      const pSet = PARTICIPATION_COLUMNS.filter((x) => x !== 'rollout_id' && x !== 'device_id')
+        .map((x) => `${x} = excluded.${x}`)
+        .join(', ');
+      await upsertMany(
+        c,
+        'rollout_devices',
+        PARTICIPATION_COLUMNS,
+        [...parts.values()].map(participationToRow),
+        `ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`,
+      );
       await upsertMany(c, 'events', ['device_id', 'type', 'from_version', 'to_version', 'at', 'error_code', 'error_message'], events, '');
       for (const op of leaseOps) {
         if (op.kind === 'lease') {
-          await c.query('INSERT INTO leases (device_id, grp, expires_at) VALUES ($1, $2, $3) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at', [op.lease.deviceId, op.lease.group, op.lease.expiresAt]);
+          await c.query(
+            'INSERT INTO leases (device_id, grp, expires_at) VALUES ($1, $2, $3) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at',
+            [op.lease.deviceId, op.lease.group, op.lease.expiresAt],
+          );
         } else if (op.kind === 'lease-delete') await c.query('DELETE FROM leases WHERE device_id = $1', [op.deviceId]);
       }
     });
@@ -109,7 +147,10 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async problemDevices(limit: number): Promise<DeviceView[]> {
-    const rows = await this.q(`${DEVICE_VIEW_SELECT} WHERE p.status IN ('failed', 'rolled-back', 'silent') OR d.flags <> '' ORDER BY coalesce(p.updated_at, d.last_checkin) DESC LIMIT $1`, [limit]);
+    const rows = await this.q(
+      `${DEVICE_VIEW_SELECT} WHERE p.status IN ('failed', 'rolled-back', 'silent') OR d.flags <> '' ORDER BY coalesce(p.updated_at, d.last_checkin) DESC LIMIT $1`,
+      [limit],
+    );
     return rows.map(rowToDeviceView);
   }
 
@@ -121,7 +162,14 @@ export class PostgresFleetRepository implements FleetRepository {
   async addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string }>): Promise<void> {
     const dedup = new Map(rows.map((r) => [r.id, r]));
     await this.transaction((c) =>
-      upsertMany(c, 'preauthorized', ['id', 'grp', 'channel'], [...dedup.values()].map((r) => [r.id, r.group, r.channel]), 'ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel'));
+      upsertMany(
+        c,
+        'preauthorized',
+        ['id', 'grp', 'channel'],
+        [...dedup.values()].map((r) => [r.id, r.group, r.channel]),
+        'ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel',
+      ),
+    );
   }
 
   async listReleases(): Promise<ReleaseRecord[]> {
@@ -129,7 +177,10 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async upsertRelease(r: ReleaseRecord): Promise<void> {
-    await this.q('INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source', [r.channel, r.version, r.mandatory ? 1 : 0, r.manifestUrl, r.createdAt, r.source]);
+    await this.q(
+      'INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source',
+      [r.channel, r.version, r.mandatory ? 1 : 0, r.manifestUrl, r.createdAt, r.source],
+    );
   }
 
   async listRollouts(): Promise<RolloutRecord[]> {
@@ -137,17 +188,23 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async insertRollout(r: Omit<RolloutRecord, 'id'>): Promise<number> {
-    const [row] = await this.q('INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id', [r.channel, r.version, JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.createdAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted]);
+    const [row] = await this.q(
+      'INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id',
+      [r.channel, r.version, JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.createdAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted],
+    );
     return Number(row!.id);
   }
 
   async updateRollout(r: RolloutRecord): Promise<void> {
-    await this.q('UPDATE rollouts SET spec = $1, state = $2, wave = $3, wave_started_at = $4, updated_at = $5, reason = $6, baseline_bad = $7, baseline_started = $8 WHERE id = $9', [JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted, r.id]);
+    await this.q(
+      'UPDATE rollouts SET spec = $1, state = $2, wave = $3, wave_started_at = $4, updated_at = $5, reason = $6, baseline_bad = $7, baseline_started = $8 WHERE id = $9',
+      [JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted, r.id],
+    );
   }
 
   async getParticipation(rolloutId: number, deviceId: string): Promise<RolloutDevice | undefined> {
     const [r] = await this.q('SELECT * FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2', [rolloutId, deviceId]);
-    return r ? rowToParticipation(r) ?? undefined : undefined;
+    return r ? (rowToParticipation(r) ?? undefined) : undefined;
   }
 
   async participationCounts(rolloutId: number): Promise<Record<ParticipationStatus, number>> {
@@ -159,12 +216,18 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async markSilent(rolloutId: number, now: number): Promise<number> {
-    const res = await this.pool.query(`UPDATE rollout_devices SET status = 'silent', updated_at = $1 WHERE rollout_id = $2 AND status = 'applying' AND deadline < $1`, [now, rolloutId]);
+    const res = await this.pool.query(
+      `UPDATE rollout_devices SET status = 'silent', updated_at = $1 WHERE rollout_id = $2 AND status = 'applying' AND deadline < $1`,
+      [now, rolloutId],
+    );
     return res.rowCount ?? 0;
   }
 
   async extendDeadlines(rolloutId: number, deadline: number): Promise<number> {
-    const res = await this.pool.query(`UPDATE rollout_devices SET deadline = $1 WHERE rollout_id = $2 AND status = 'applying' AND deadline < $1`, [deadline, rolloutId]);
+    const res = await this.pool.query(`UPDATE rollout_devices SET deadline = $1 WHERE rollout_id = $2 AND status = 'applying' AND deadline < $1`, [
+      deadline,
+      rolloutId,
+    ]);
     return res.rowCount ?? 0;
   }
 
@@ -172,11 +235,16 @@ export class PostgresFleetRepository implements FleetRepository {
     let rows: Row[];
     if (wave) {
       // Devices that never checked in count too (version ''): they are in the wave and not done.
-      rows = await this.q(`SELECT coalesce(version, '') AS version, count(*)::int AS n FROM devices WHERE channel = $1 AND (bucket < $2 OR grp = ANY($3)) GROUP BY 1 ORDER BY n DESC`, [channel ?? '', wave.bucketBelow, wave.groups]);
+      rows = await this.q(
+        `SELECT coalesce(version, '') AS version, count(*)::int AS n FROM devices WHERE channel = $1 AND (bucket < $2 OR grp = ANY($3)) GROUP BY 1 ORDER BY n DESC`,
+        [channel ?? '', wave.bucketBelow, wave.groups],
+      );
     } else if (channel === undefined) {
       rows = await this.q('SELECT version, count(*)::int AS n FROM devices WHERE version IS NOT NULL GROUP BY version ORDER BY n DESC');
     } else {
-      rows = await this.q('SELECT version, count(*)::int AS n FROM devices WHERE channel = $1 AND version IS NOT NULL GROUP BY version ORDER BY n DESC', [channel]);
+      rows = await this.q('SELECT version, count(*)::int AS n FROM devices WHERE channel = $1 AND version IS NOT NULL GROUP BY version ORDER BY n DESC', [
+        channel,
+      ]);
     }
     return rows.map((r) => ({ version: String(r.version), devices: Number(r.n) }));
   }
@@ -186,7 +254,10 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async upsertGroup(g: GroupRecord): Promise<void> {
-    await this.q('INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds', [g.name, g.window ? JSON.stringify(g.window) : null, g.maxConcurrentReboots, g.leaseTtlSeconds]);
+    await this.q(
+      'INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds',
+      [g.name, g.window ? JSON.stringify(g.window) : null, g.maxConcurrentReboots, g.leaseTtlSeconds],
+    );
   }
 
   async listLeases(): Promise<LeaseRecord[]> {
@@ -209,7 +280,17 @@ async function upsertMany(c: pg.PoolClient, table: string, cols: readonly string
   for (let i = 0; i < rows.length; i += per) {
     const slice = rows.slice(i, i + per);
     const params: unknown[] = [];
-    const values = slice.map((row) => `(${row.map((v) => { params.push(v); return `$${params.length}`; }).join(', ')})`).join(', ');
+    const values = slice
+      .map(
+        (row) =>
+          `(${row
+            .map((v) => {
+              params.push(v);
+              return `$${params.length}`;
+            })
+            .join(', ')})`,
+      )
+      .join(', ');
     await c.query(`INSERT INTO ${table} (${cols.join(', ')}) VALUES ${values} ${conflict}`, params);
   }
 }

@@ -11,16 +11,48 @@ const num = (v: unknown): number | null => (v === null || v === undefined ? null
 const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
 export const DEVICE_COLUMNS = [
-  'id', 'token_hash', 'grp', 'channel', 'bucket', 'version', 'state', 'trial', 'committed_version', 'max_committed',
-  'prepared_version', 'free_bytes', 'last_error_code', 'last_error_message', 'last_checkin', 'checkins', 'flags',
-  'enrolled_at', 'rollout_id',
+  'id',
+  'token_hash',
+  'grp',
+  'channel',
+  'bucket',
+  'version',
+  'state',
+  'trial',
+  'committed_version',
+  'max_committed',
+  'prepared_version',
+  'free_bytes',
+  'last_error_code',
+  'last_error_message',
+  'last_checkin',
+  'checkins',
+  'flags',
+  'enrolled_at',
+  'rollout_id',
 ] as const;
 
 export function deviceToRow(d: DeviceRecord): unknown[] {
   return [
-    d.id, d.tokenHash, d.group, d.channel, d.bucket, d.version, d.state, d.trial ? 1 : 0, d.committedVersion, d.maxCommitted,
-    d.preparedVersion, d.freeBytes, d.lastErrorCode, d.lastErrorMessage, d.lastCheckin, d.checkins, d.flags.join(','),
-    d.enrolledAt, d.rolloutId,
+    d.id,
+    d.tokenHash,
+    d.group,
+    d.channel,
+    d.bucket,
+    d.version,
+    d.state,
+    d.trial ? 1 : 0,
+    d.committedVersion,
+    d.maxCommitted,
+    d.preparedVersion,
+    d.freeBytes,
+    d.lastErrorCode,
+    d.lastErrorMessage,
+    d.lastCheckin,
+    d.checkins,
+    d.flags.join(','),
+    d.enrolledAt,
+    d.rolloutId,
   ];
 }
 
@@ -48,7 +80,17 @@ export function rowToDevice(r: Row): DeviceRecord {
   };
 }
 
-export const PARTICIPATION_COLUMNS = ['rollout_id', 'device_id', 'wave', 'status', 'from_version', 'updated_at', 'deadline', 'error_code', 'error_message'] as const;
+export const PARTICIPATION_COLUMNS = [
+  'rollout_id',
+  'device_id',
+  'wave',
+  'status',
+  'from_version',
+  'updated_at',
+  'deadline',
+  'error_code',
+  'error_message',
+] as const;
 
 export function participationToRow(p: RolloutDevice): unknown[] {
   return [p.rolloutId, p.deviceId, p.wave, p.status, p.fromVersion, p.updatedAt, p.deadline, p.errorCode, p.errorMessage];

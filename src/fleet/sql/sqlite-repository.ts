@@ -3,11 +3,32 @@ import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { FleetRepository } from '../repository.js';
-import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from '../types.js';
+import type {
+  DeviceRecord,
+  DeviceView,
+  GroupRecord,
+  LeaseRecord,
+  ParticipationStatus,
+  ReleaseRecord,
+  RolloutDevice,
+  RolloutRecord,
+  WriteOp,
+} from '../types.js';
 import { emptyStatusCounts } from '../rollout-policy.js';
 import {
-  DEVICE_COLUMNS, DEVICE_VIEW_SELECT, PARTICIPATION_COLUMNS, deviceToRow, participationToRow, rowToDevice, rowToDeviceView, rowToGroup,
-  rowToParticipation, rowToRelease, rowToRollout, schemaSql, type Row,
+  DEVICE_COLUMNS,
+  DEVICE_VIEW_SELECT,
+  PARTICIPATION_COLUMNS,
+  deviceToRow,
+  participationToRow,
+  rowToDevice,
+  rowToDeviceView,
+  rowToGroup,
+  rowToParticipation,
+  rowToRelease,
+  rowToRollout,
+  schemaSql,
+  type Row,
 } from './rows.js';
 
 const CHECKPOINT_MS = 500;
@@ -34,7 +55,10 @@ export class SqliteFleetRepository implements FleetRepository {
   private pending = new Map<number, { resolve: (rows: Row[]) => void; reject: (e: Error) => void }>();
   private nextId = 1;
 
-  constructor(private readonly file: string, private readonly opts: { synchronous?: 'NORMAL' | 'FULL'; offloadReads?: boolean } = {}) {
+  constructor(
+    private readonly file: string,
+    private readonly opts: { synchronous?: 'NORMAL' | 'FULL'; offloadReads?: boolean } = {},
+  ) {
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
@@ -56,7 +80,10 @@ export class SqliteFleetRepository implements FleetRepository {
     const workerData = { file: this.file, checkpointMs: CHECKPOINT_MS };
     // Under tsx (tests, `npm run bench:fleet`) the worker must register tsx itself to load a .ts file.
     const w = entry.endsWith('.ts')
-      ? new Worker(`import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(pathToFileURL(entry).href)}); });`, { eval: true, workerData })
+      ? new Worker(`import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(pathToFileURL(entry).href)}); });`, {
+          eval: true,
+          workerData,
+        })
       : new Worker(entry, { workerData });
     w.unref();
     w.on('message', (m: { id: number; rows?: Row[]; error?: string }) => {
@@ -90,30 +117,50 @@ export class SqliteFleetRepository implements FleetRepository {
   private prepare() {
     const db = this.db;
     const devCols = DEVICE_COLUMNS.join(', ');
-    const devSet = DEVICE_COLUMNS.filter((c) => c !== 'id').map((c) => `${c} = excluded.${c}`).join(', ');
+    const devSet = DEVICE_COLUMNS.filter((c) => c !== 'id')
+      .map((c) => `${c} = excluded.${c}`)
+      .join(', ');
     const pCols = PARTICIPATION_COLUMNS.join(', ');
-    const pSet = PARTICIPATION_COLUMNS.filter((c) => c !== 'rollout_id' && c !== 'device_id').map((c) => `${c} = excluded.${c}`).join(', ');
+    const pSet = PARTICIPATION_COLUMNS.filter((c) => c !== 'rollout_id' && c !== 'device_id')
+      .map((c) => `${c} = excluded.${c}`)
+      .join(', ');
     return {
       getDevice: db.prepare(`${DEVICE_VIEW_SELECT} WHERE d.id = ?`),
-      upsertDevice: db.prepare(`INSERT INTO devices (${devCols}) VALUES (${DEVICE_COLUMNS.map(() => '?').join(', ')}) ON CONFLICT (id) DO UPDATE SET ${devSet}`),
-      upsertParticipation: db.prepare(`INSERT INTO rollout_devices (${pCols}) VALUES (${PARTICIPATION_COLUMNS.map(() => '?').join(', ')}) ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`),
+      upsertDevice: db.prepare(
+        `INSERT INTO devices (${devCols}) VALUES (${DEVICE_COLUMNS.map(() => '?').join(', ')}) ON CONFLICT (id) DO UPDATE SET ${devSet}`,
+      ),
+      upsertParticipation: db.prepare(
+        `INSERT INTO rollout_devices (${pCols}) VALUES (${PARTICIPATION_COLUMNS.map(() => '?').join(', ')}) ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`,
+      ),
       insertEvent: db.prepare('INSERT INTO events (device_id, type, from_version, to_version, at, error_code, error_message) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-      upsertLease: db.prepare('INSERT INTO leases (device_id, grp, expires_at) VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at'),
+      upsertLease: db.prepare(
+        'INSERT INTO leases (device_id, grp, expires_at) VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at',
+      ),
       deleteLease: db.prepare('DELETE FROM leases WHERE device_id = ?'),
       listDevices: db.prepare('SELECT * FROM devices WHERE id > ? ORDER BY id LIMIT ?'),
       deviceCount: db.prepare('SELECT count(*) AS n FROM devices'),
       getPreauth: db.prepare('SELECT grp, channel FROM preauthorized WHERE id = ?'),
-      addPreauth: db.prepare('INSERT INTO preauthorized (id, grp, channel) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel'),
+      addPreauth: db.prepare(
+        'INSERT INTO preauthorized (id, grp, channel) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel',
+      ),
       listReleases: db.prepare('SELECT * FROM releases'),
-      upsertRelease: db.prepare('INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source'),
+      upsertRelease: db.prepare(
+        'INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source',
+      ),
       listRollouts: db.prepare('SELECT * FROM rollouts ORDER BY id'),
-      insertRollout: db.prepare('INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'),
-      updateRollout: db.prepare('UPDATE rollouts SET spec = ?, state = ?, wave = ?, wave_started_at = ?, updated_at = ?, reason = ?, baseline_bad = ?, baseline_started = ? WHERE id = ?'),
+      insertRollout: db.prepare(
+        'INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
+      updateRollout: db.prepare(
+        'UPDATE rollouts SET spec = ?, state = ?, wave = ?, wave_started_at = ?, updated_at = ?, reason = ?, baseline_bad = ?, baseline_started = ? WHERE id = ?',
+      ),
       getParticipation: db.prepare('SELECT * FROM rollout_devices WHERE rollout_id = ? AND device_id = ?'),
       extendDeadlines: db.prepare(`UPDATE rollout_devices SET deadline = ? WHERE rollout_id = ? AND status = 'applying' AND deadline < ?`),
       markSilent: db.prepare(`UPDATE rollout_devices SET status = 'silent', updated_at = ? WHERE rollout_id = ? AND status = 'applying' AND deadline < ?`),
       listGroups: db.prepare('SELECT * FROM device_groups ORDER BY name'),
-      upsertGroup: db.prepare('INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds'),
+      upsertGroup: db.prepare(
+        'INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds',
+      ),
       listLeases: db.prepare('SELECT * FROM leases'),
       getSetting: db.prepare('SELECT value FROM settings WHERE key = ?'),
       putSetting: db.prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
@@ -135,15 +182,23 @@ export class SqliteFleetRepository implements FleetRepository {
   private batch = (ops: readonly WriteOp[]): void => {
     for (const op of ops) {
       switch (op.kind) {
-        case 'device': this.st.upsertDevice.run(deviceToRow(op.device)); break;
-        case 'participation': this.st.upsertParticipation.run(participationToRow(op.row)); break;
+        case 'device':
+          this.st.upsertDevice.run(deviceToRow(op.device));
+          break;
+        case 'participation':
+          this.st.upsertParticipation.run(participationToRow(op.row));
+          break;
         case 'event': {
           const e = op.event;
           this.st.insertEvent.run(e.deviceId, e.type, e.fromVersion, e.toVersion, e.at, e.errorCode, e.errorMessage);
           break;
         }
-        case 'lease': this.st.upsertLease.run(op.lease.deviceId, op.lease.group, op.lease.expiresAt); break;
-        case 'lease-delete': this.st.deleteLease.run(op.deviceId); break;
+        case 'lease':
+          this.st.upsertLease.run(op.lease.deviceId, op.lease.group, op.lease.expiresAt);
+          break;
+        case 'lease-delete':
+          this.st.deleteLease.run(op.deviceId);
+          break;
       }
     }
   };
@@ -192,7 +247,19 @@ export class SqliteFleetRepository implements FleetRepository {
   }
 
   async insertRollout(r: Omit<RolloutRecord, 'id'>): Promise<number> {
-    const res = this.st.insertRollout.run(r.channel, r.version, JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.createdAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted);
+    const res = this.st.insertRollout.run(
+      r.channel,
+      r.version,
+      JSON.stringify(r.spec),
+      r.state,
+      r.wave,
+      r.waveStartedAt,
+      r.createdAt,
+      r.updatedAt,
+      r.reason,
+      r.baselineBad,
+      r.baselineStarted,
+    );
     return Number(res.lastInsertRowid);
   }
 
@@ -202,7 +269,7 @@ export class SqliteFleetRepository implements FleetRepository {
 
   async getParticipation(rolloutId: number, deviceId: string): Promise<RolloutDevice | undefined> {
     const r = this.st.getParticipation.get(rolloutId, deviceId) as Row | undefined;
-    return r ? rowToParticipation(r) ?? undefined : undefined;
+    return r ? (rowToParticipation(r) ?? undefined) : undefined;
   }
 
   async participationCounts(rolloutId: number): Promise<Record<ParticipationStatus, number>> {

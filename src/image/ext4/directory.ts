@@ -15,14 +15,7 @@ const utf8 = new TextDecoder('utf-8');
  * and an interior dx_node block starts with an unused entry (inode 0) spanning the whole block.
  * So reading every block in order and skipping inode 0 yields each name exactly once.
  */
-export function parseDirEntries(
-  buf: Buffer,
-  start: number,
-  end: number,
-  hasFiletype: boolean,
-  dirIno: number,
-  out: DirEntry[],
-): void {
+export function parseDirEntries(buf: Buffer, start: number, end: number, hasFiletype: boolean, dirIno: number, out: DirEntry[]): void {
   const where = `directory inode ${dirIno}`;
   let off = start;
   while (off < end) {
@@ -34,7 +27,8 @@ export function parseDirEntries(
       throw invalid(`${where} has an entry with record length ${recLen} at byte ${off}; the image is corrupt.`);
     }
     if (ino !== 0) {
-      if (nameLen === 0 || 8 + nameLen > recLen) throw invalid(`${where} has an entry with name length ${nameLen} in a record of ${recLen} bytes; the image is corrupt.`);
+      if (nameLen === 0 || 8 + nameLen > recLen)
+        throw invalid(`${where} has an entry with name length ${nameLen} in a record of ${recLen} bytes; the image is corrupt.`);
       const raw = buf.subarray(off + 8, off + 8 + nameLen);
       if (raw.includes(0x2f) || raw.includes(0)) throw invalid(`${where} has a name containing '/' or a NUL byte; the image is corrupt.`);
       const isDot = nameLen === 1 && raw[0] === 0x2e;

@@ -35,7 +35,8 @@ function walkNode(
   const capacity = Math.floor((node.length - 12) / 12);
   if (max > capacity || entries > max) throw invalid(`${where} has a node claiming ${entries} of ${max} entries where ${capacity} fit; the image is corrupt.`);
   if (depth > MAX_DEPTH) throw invalid(`${where} claims depth ${depth} (at most ${MAX_DEPTH} is possible); the image is corrupt.`);
-  if (expectedDepth !== undefined && depth !== expectedDepth) throw invalid(`${where} has a node at depth ${depth} where ${expectedDepth} was expected; the image is corrupt.`);
+  if (expectedDepth !== undefined && depth !== expectedDepth)
+    throw invalid(`${where} has a node at depth ${depth} where ${expectedDepth} was expected; the image is corrupt.`);
   if (++state.nodes > dev.blocksCount) throw invalid(`${where} has more nodes than the filesystem has blocks; the image is corrupt.`);
 
   for (let i = 0; i < entries; i++) {
@@ -49,7 +50,9 @@ function walkNode(
       if (length === 0) throw invalid(`${where} has an empty extent at logical block ${logical}; the image is corrupt.`);
       if (logical < state.next) throw invalid(`${where} has overlapping or unsorted extents at logical block ${logical}; the image is corrupt.`);
       if (physical < 1 || physical + length > dev.blocksCount) {
-        throw invalid(`${where} maps logical block ${logical} to blocks ${physical}..${physical + length - 1}, outside the filesystem of ${dev.blocksCount} blocks; the image is corrupt.`);
+        throw invalid(
+          `${where} maps logical block ${logical} to blocks ${physical}..${physical + length - 1}, outside the filesystem of ${dev.blocksCount} blocks; the image is corrupt.`,
+        );
       }
       state.next = logical + length;
       out.push({ logical, physical, length, uninit });

@@ -74,7 +74,10 @@ function blockDeviceSize(fd: number): number {
 
 export class BufferSource implements ByteSource {
   readonly size: number;
-  constructor(private readonly buf: Buffer, readonly name = '<buffer>') {
+  constructor(
+    private readonly buf: Buffer,
+    readonly name = '<buffer>',
+  ) {
     this.size = buf.length;
   }
   read(dst: Buffer, position: number): number {
@@ -99,7 +102,9 @@ export class BlockDevice {
 
   checkRange(block: number, count: number, what: string): void {
     if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount) {
-      throw invalid(`${what} points at blocks ${block}..${block + count - 1}, outside the filesystem of ${this.blocksCount} blocks in ${this.source.name}; the image is corrupt.`);
+      throw invalid(
+        `${what} points at blocks ${block}..${block + count - 1}, outside the filesystem of ${this.blocksCount} blocks in ${this.source.name}; the image is corrupt.`,
+      );
     }
   }
 

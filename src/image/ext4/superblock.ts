@@ -60,10 +60,13 @@ export function parseSuperblock(buf: Buffer, imageSize: number, name: string): S
   if (buf.length < 1024) throw invalid(`${name} is ${imageSize} bytes, too small to hold an ext4 superblock; it is not an ext4 image.`);
   const magic = buf.readUInt16LE(0x38);
   if (magic !== EXT4_MAGIC) {
-    throw invalid(`${name} is not an ext4 filesystem: no superblock magic 0xEF53 at byte 1080 (found 0x${magic.toString(16).padStart(4, '0')}). Pass an image made by mke2fs or 'ibu image build'.`);
+    throw invalid(
+      `${name} is not an ext4 filesystem: no superblock magic 0xEF53 at byte 1080 (found 0x${magic.toString(16).padStart(4, '0')}). Pass an image made by mke2fs or 'ibu image build'.`,
+    );
   }
   const logBlock = buf.readUInt32LE(0x18);
-  if (logBlock > 6) throw invalid(`${name}: the superblock gives a block size of 2^${10 + logBlock} bytes (at most 64 KiB is valid); the superblock is corrupt.`);
+  if (logBlock > 6)
+    throw invalid(`${name}: the superblock gives a block size of 2^${10 + logBlock} bytes (at most 64 KiB is valid); the superblock is corrupt.`);
   const blockSize = 1024 << logBlock;
   const incompat = buf.readUInt32LE(0x60);
   const roCompat = buf.readUInt32LE(0x64);
@@ -85,14 +88,18 @@ export function parseSuperblock(buf: Buffer, imageSize: number, name: string): S
   if (firstDataBlock > 1) throw bad(`first data block ${firstDataBlock} is impossible`);
   if (blocksPerGroup === 0 || blocksPerGroup > blockSize * 8) throw bad(`${blocksPerGroup} blocks per group is impossible with ${blockSize}-byte blocks`);
   if (inodesPerGroup === 0 || inodesPerGroup > blockSize * 8) throw bad(`${inodesPerGroup} inodes per group is impossible with ${blockSize}-byte blocks`);
-  if (inodeSize < 128 || inodeSize > blockSize || (inodeSize & (inodeSize - 1)) !== 0) throw bad(`inode size ${inodeSize} is not a power of two between 128 and the block size`);
-  if (is64bit && (descSize < 64 || descSize > blockSize || (descSize & (descSize - 1)) !== 0)) throw bad(`group descriptor size ${descSize} is invalid for a 64bit filesystem`);
+  if (inodeSize < 128 || inodeSize > blockSize || (inodeSize & (inodeSize - 1)) !== 0)
+    throw bad(`inode size ${inodeSize} is not a power of two between 128 and the block size`);
+  if (is64bit && (descSize < 64 || descSize > blockSize || (descSize & (descSize - 1)) !== 0))
+    throw bad(`group descriptor size ${descSize} is invalid for a 64bit filesystem`);
   if (blocksCount <= firstDataBlock) throw bad(`the filesystem has ${blocksCount} blocks`);
   const groupCount = Math.ceil((blocksCount - firstDataBlock) / blocksPerGroup);
   if (inodesCount === 0 || inodesCount > groupCount * inodesPerGroup) throw bad(`${inodesCount} inodes do not fit ${groupCount} groups of ${inodesPerGroup}`);
   if (firstIno < 3 || firstIno > inodesCount) throw bad(`first non-reserved inode ${firstIno} is out of range`);
   if (blocksCount * blockSize > imageSize) {
-    throw invalid(`${name} is ${imageSize} bytes but its superblock describes ${blocksCount} blocks of ${blockSize} bytes (${blocksCount * blockSize} bytes); the image is truncated.`);
+    throw invalid(
+      `${name} is ${imageSize} bytes but its superblock describes ${blocksCount} blocks of ${blockSize} bytes (${blocksCount * blockSize} bytes); the image is truncated.`,
+    );
   }
   for (const [bit, feature] of UNSUPPORTED_INCOMPAT) {
     if (incompat & bit) throw invalid(`${name} uses the ext4 feature '${feature}', which the reader does not support.`);

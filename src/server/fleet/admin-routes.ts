@@ -5,8 +5,21 @@ import type { DeviceRecord, RolloutDevice } from '../../fleet/types.js';
 import { ADMIN_COOKIE, adminAuth, adminTokenCheck } from '../admin-auth.js';
 import { DASHBOARD_HTML, DASHBOARD_JS } from './dashboard.js';
 import {
-  channelParams, deviceSchema, groupSchema, nameParams, okSchema, policySchema, releaseSchema, responses, rolloutIdParams, rolloutSchema,
-  rolloutViewSchema, settingsSchema, summarySchema, versionCountsSchema, versionProp,
+  channelParams,
+  deviceSchema,
+  groupSchema,
+  nameParams,
+  okSchema,
+  policySchema,
+  releaseSchema,
+  responses,
+  rolloutIdParams,
+  rolloutSchema,
+  rolloutViewSchema,
+  settingsSchema,
+  summarySchema,
+  versionCountsSchema,
+  versionProp,
 } from './schemas.js';
 
 const text = { type: 'string' } as const;
@@ -18,20 +31,25 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
   const isAdminToken = adminTokenCheck(adminToken);
 
   // The dashboard: one static page; the token comes once as ?token= and is kept in an HttpOnly cookie.
-  app.get<{ Querystring: { token?: string } }>('/dashboard', {
-    schema: { querystring: { type: 'object', properties: { token: text } }, response: { 200: text, 302: { type: 'null' }, 401: text } },
-  }, async (req, reply) => {
-    const q = req.query.token;
-    if (q !== undefined) {
-      if (!isAdminToken(q)) return reply.code(401).type('text/plain').send('The admin token is wrong; open /dashboard?token=<admin token>.');
-      reply.header('set-cookie', `${ADMIN_COOKIE}=${encodeURIComponent(q)}; HttpOnly; SameSite=Strict; Path=/`);
-      return reply.redirect('/dashboard');
-    }
-    reply.header('cache-control', 'no-store').header('content-security-policy', "default-src 'self'; style-src 'self' 'unsafe-inline'");
-    return reply.type('text/html; charset=utf-8').send(DASHBOARD_HTML);
-  });
+  app.get<{ Querystring: { token?: string } }>(
+    '/dashboard',
+    {
+      schema: { querystring: { type: 'object', properties: { token: text } }, response: { 200: text, 302: { type: 'null' }, 401: text } },
+    },
+    async (req, reply) => {
+      const q = req.query.token;
+      if (q !== undefined) {
+        if (!isAdminToken(q)) return reply.code(401).type('text/plain').send('The admin token is wrong; open /dashboard?token=<admin token>.');
+        reply.header('set-cookie', `${ADMIN_COOKIE}=${encodeURIComponent(q)}; HttpOnly; SameSite=Strict; Path=/`);
+        return reply.redirect('/dashboard');
+      }
+      reply.header('cache-control', 'no-store').header('content-security-policy', "default-src 'self'; style-src 'self' 'unsafe-inline'");
+      return reply.type('text/html; charset=utf-8').send(DASHBOARD_HTML);
+    },
+  );
   app.get('/dashboard/app.js', { schema: { response: { 200: text } } }, async (_req, reply) =>
-    reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-store').send(DASHBOARD_JS));
+    reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-store').send(DASHBOARD_JS),
+  );
 
   app.register(async (admin) => {
     admin.addHook('onRequest', adminAuth(adminToken, { cookie: true }));
@@ -58,100 +76,173 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
         stats: { ...service.stats, ...service.commitStats },
       };
     });
-    admin.get<{ Querystring: { channel?: string } }>('/v1/admin/fleet/versions', {
-      schema: { querystring: channelQuery, response: responses({ 200: versionCountsSchema }) },
-    }, async (req) => service.versionCounts(req.query.channel));
-
-    admin.get<{ Querystring: { channel?: string } }>('/v1/admin/fleet/releases', {
-      schema: { querystring: channelQuery, response: responses({ 200: list(releaseSchema) }) },
-    }, async (req) => service.releasesOf(req.query.channel));
-    admin.post<{ Body: { channel?: string; version: string; mandatory?: boolean; manifestUrl?: string } }>('/v1/admin/fleet/releases', {
-      schema: {
-        body: { type: 'object', required: ['version'], properties: { channel: text, version: versionProp, mandatory: { type: 'boolean' }, manifestUrl: text } },
-        response: responses({ 200: releaseSchema }),
+    admin.get<{ Querystring: { channel?: string } }>(
+      '/v1/admin/fleet/versions',
+      {
+        schema: { querystring: channelQuery, response: responses({ 200: versionCountsSchema }) },
       },
-    }, async (req) => service.registerRelease(req.body, 'api'));
-    admin.put<{ Params: { channel: string }; Body: { rollout?: Record<string, unknown> | null } }>('/v1/admin/fleet/channels/:channel/policy', {
-      schema: { params: channelParams, body: { type: 'object', properties: { rollout: { type: ['object', 'null'] } } }, response: responses({ 200: policySchema }) },
-    }, async (req) => service.setChannelPolicy(req.params.channel, req.body));
-    admin.get<{ Params: { channel: string } }>('/v1/admin/fleet/channels/:channel/policy', {
-      schema: { params: channelParams, response: responses({ 200: policySchema }) },
-    }, async (req) => service.channelPolicy(req.params.channel));
+      async (req) => service.versionCounts(req.query.channel),
+    );
+
+    admin.get<{ Querystring: { channel?: string } }>(
+      '/v1/admin/fleet/releases',
+      {
+        schema: { querystring: channelQuery, response: responses({ 200: list(releaseSchema) }) },
+      },
+      async (req) => service.releasesOf(req.query.channel),
+    );
+    admin.post<{ Body: { channel?: string; version: string; mandatory?: boolean; manifestUrl?: string } }>(
+      '/v1/admin/fleet/releases',
+      {
+        schema: {
+          body: {
+            type: 'object',
+            required: ['version'],
+            properties: { channel: text, version: versionProp, mandatory: { type: 'boolean' }, manifestUrl: text },
+          },
+          response: responses({ 200: releaseSchema }),
+        },
+      },
+      async (req) => service.registerRelease(req.body, 'api'),
+    );
+    admin.put<{ Params: { channel: string }; Body: { rollout?: Record<string, unknown> | null } }>(
+      '/v1/admin/fleet/channels/:channel/policy',
+      {
+        schema: {
+          params: channelParams,
+          body: { type: 'object', properties: { rollout: { type: ['object', 'null'] } } },
+          response: responses({ 200: policySchema }),
+        },
+      },
+      async (req) => service.setChannelPolicy(req.params.channel, req.body),
+    );
+    admin.get<{ Params: { channel: string } }>(
+      '/v1/admin/fleet/channels/:channel/policy',
+      {
+        schema: { params: channelParams, response: responses({ 200: policySchema }) },
+      },
+      async (req) => service.channelPolicy(req.params.channel),
+    );
 
     admin.get('/v1/admin/fleet/rollouts', { schema: { response: responses({ 200: list(rolloutViewSchema) }) } }, async () => {
       const out = [];
       for (const r of service.listRollouts()) out.push(await service.rolloutView(r.id));
       return out;
     });
-    admin.post<{ Body: { channel?: string; version: string; spec?: Record<string, unknown> } }>('/v1/admin/fleet/rollouts', {
-      schema: {
-        body: { type: 'object', required: ['version'], properties: { channel: text, version: versionProp, spec: { type: 'object' } } },
-        response: responses({ 201: rolloutViewSchema }),
+    admin.post<{ Body: { channel?: string; version: string; spec?: Record<string, unknown> } }>(
+      '/v1/admin/fleet/rollouts',
+      {
+        schema: {
+          body: { type: 'object', required: ['version'], properties: { channel: text, version: versionProp, spec: { type: 'object' } } },
+          response: responses({ 201: rolloutViewSchema }),
+        },
       },
-    }, async (req, reply) => {
-      const r = await service.createRollout(req.body);
-      return reply.code(201).send(await service.rolloutView(r.id));
-    });
+      async (req, reply) => {
+        const r = await service.createRollout(req.body);
+        return reply.code(201).send(await service.rolloutView(r.id));
+      },
+    );
     // ?brief=1: the record without wave progress (cheap enough to poll often).
-    admin.get<{ Querystring: { brief?: string } }>('/v1/admin/fleet/rollouts/:id', {
-      schema: { params: rolloutIdParams, querystring: { type: 'object', properties: { brief: text } }, response: responses({ 200: rolloutSchema }) },
-    }, async (req) => (req.query.brief ? service.rollout(rolloutId(req)) : service.rolloutView(rolloutId(req))));
-    admin.post<{ Body: { reason?: string } | undefined }>('/v1/admin/fleet/rollouts/:id/pause', {
-      schema: { params: rolloutIdParams, response: responses({ 200: rolloutViewSchema }) },
-    }, async (req) => {
-      await service.pause(rolloutId(req), req.body?.reason ? `paused by an operator: ${req.body.reason}` : undefined);
-      return service.rolloutView(rolloutId(req));
-    });
+    admin.get<{ Querystring: { brief?: string } }>(
+      '/v1/admin/fleet/rollouts/:id',
+      {
+        schema: { params: rolloutIdParams, querystring: { type: 'object', properties: { brief: text } }, response: responses({ 200: rolloutSchema }) },
+      },
+      async (req) => (req.query.brief ? service.rollout(rolloutId(req)) : service.rolloutView(rolloutId(req))),
+    );
+    admin.post<{ Body: { reason?: string } | undefined }>(
+      '/v1/admin/fleet/rollouts/:id/pause',
+      {
+        schema: { params: rolloutIdParams, response: responses({ 200: rolloutViewSchema }) },
+      },
+      async (req) => {
+        await service.pause(rolloutId(req), req.body?.reason ? `paused by an operator: ${req.body.reason}` : undefined);
+        return service.rolloutView(rolloutId(req));
+      },
+    );
     admin.post('/v1/admin/fleet/rollouts/:id/resume', { schema: { params: rolloutIdParams, response: responses({ 200: rolloutViewSchema }) } }, async (req) => {
       await service.resume(rolloutId(req));
       return service.rolloutView(rolloutId(req));
     });
-    admin.post<{ Body: { reason?: string } | undefined }>('/v1/admin/fleet/rollouts/:id/abort', {
-      schema: { params: rolloutIdParams, response: responses({ 200: rolloutViewSchema }) },
-    }, async (req) => {
-      await service.abort(rolloutId(req), req.body?.reason ? `aborted by an operator: ${req.body.reason}` : undefined);
-      return service.rolloutView(rolloutId(req));
-    });
+    admin.post<{ Body: { reason?: string } | undefined }>(
+      '/v1/admin/fleet/rollouts/:id/abort',
+      {
+        schema: { params: rolloutIdParams, response: responses({ 200: rolloutViewSchema }) },
+      },
+      async (req) => {
+        await service.abort(rolloutId(req), req.body?.reason ? `aborted by an operator: ${req.body.reason}` : undefined);
+        return service.rolloutView(rolloutId(req));
+      },
+    );
     admin.post('/v1/admin/fleet/evaluate', { schema: { response: responses({ 200: okSchema }) } }, async () => {
       await service.evaluate();
       return { ok: true };
     });
 
     admin.get('/v1/admin/fleet/groups', { schema: { response: responses({ 200: list(groupSchema) }) } }, async () => service.listGroups());
-    admin.put<{ Params: { name: string }; Body: Record<string, unknown> }>('/v1/admin/fleet/groups/:name', {
-      schema: {
-        params: nameParams,
-        body: { type: 'object', properties: { window: { type: ['object', 'null'] }, maxConcurrentReboots: { type: 'integer' }, leaseTtlSeconds: { type: 'number' } } },
-        response: responses({ 200: groupSchema }),
+    admin.put<{ Params: { name: string }; Body: Record<string, unknown> }>(
+      '/v1/admin/fleet/groups/:name',
+      {
+        schema: {
+          params: nameParams,
+          body: {
+            type: 'object',
+            properties: { window: { type: ['object', 'null'] }, maxConcurrentReboots: { type: 'integer' }, leaseTtlSeconds: { type: 'number' } },
+          },
+          response: responses({ 200: groupSchema }),
+        },
       },
-    }, async (req) => service.setGroup({ ...req.body, name: req.params.name }));
+      async (req) => service.setGroup({ ...req.body, name: req.params.name }),
+    );
 
     admin.get('/v1/admin/fleet/settings', { schema: { response: responses({ 200: settingsSchema }) } }, async () => service.settings());
-    admin.put<{ Body: Record<string, unknown> }>('/v1/admin/fleet/settings', {
-      schema: { body: { type: 'object' }, response: responses({ 200: settingsSchema }) },
-    }, async (req) => service.updateSettings(req.body));
+    admin.put<{ Body: Record<string, unknown> }>(
+      '/v1/admin/fleet/settings',
+      {
+        schema: { body: { type: 'object' }, response: responses({ 200: settingsSchema }) },
+      },
+      async (req) => service.updateSettings(req.body),
+    );
 
-    admin.post<{ Body: { ids: string[]; group?: string; channel?: string } }>('/v1/admin/fleet/devices/preauthorize', {
-      schema: {
-        body: { type: 'object', required: ['ids'], properties: { ids: { type: 'array', items: text, maxItems: 100_000 }, group: text, channel: text } },
-        response: responses({ 200: { type: 'object', properties: { added: { type: 'integer' } }, required: ['added'] } }),
+    admin.post<{ Body: { ids: string[]; group?: string; channel?: string } }>(
+      '/v1/admin/fleet/devices/preauthorize',
+      {
+        schema: {
+          body: { type: 'object', required: ['ids'], properties: { ids: { type: 'array', items: text, maxItems: 100_000 }, group: text, channel: text } },
+          response: responses({ 200: { type: 'object', properties: { added: { type: 'integer' } }, required: ['added'] } }),
+        },
       },
-    }, async (req) => ({ added: await service.preauthorize(req.body.ids, req.body.group, req.body.channel) }));
-    admin.get<{ Querystring: { after?: string; limit?: string } }>('/v1/admin/fleet/devices', {
-      schema: {
-        querystring: { type: 'object', properties: { after: text, limit: text } },
-        response: responses({ 200: { type: 'object', properties: { devices: list(deviceSchema), next: { type: ['string', 'null'] } }, required: ['devices', 'next'] } }),
+      async (req) => ({ added: await service.preauthorize(req.body.ids, req.body.group, req.body.channel) }),
+    );
+    admin.get<{ Querystring: { after?: string; limit?: string } }>(
+      '/v1/admin/fleet/devices',
+      {
+        schema: {
+          querystring: { type: 'object', properties: { after: text, limit: text } },
+          response: responses({
+            200: { type: 'object', properties: { devices: list(deviceSchema), next: { type: ['string', 'null'] } }, required: ['devices', 'next'] },
+          }),
+        },
       },
-    }, async (req) => {
-      const devices = await service.devices(req.query.after ?? '', Number(req.query.limit ?? 1000) || 1000);
-      return { devices: devices.map(publicDevice), next: devices.length ? devices[devices.length - 1]!.id : null };
-    });
-    admin.get<{ Querystring: { limit?: string } }>('/v1/admin/fleet/devices/problems', {
-      schema: { querystring: { type: 'object', properties: { limit: text } }, response: responses({ 200: list(deviceSchema) }) },
-    }, async (req) => (await service.problems(Number(req.query.limit ?? 100) || 100)).map(publicDevice));
-    admin.get<{ Params: { id: string } }>('/v1/admin/fleet/devices/:id', {
-      schema: { params: anyId, response: responses({ 200: deviceSchema }) },
-    }, async (req) => publicDevice(await service.device(req.params.id)));
+      async (req) => {
+        const devices = await service.devices(req.query.after ?? '', Number(req.query.limit ?? 1000) || 1000);
+        return { devices: devices.map(publicDevice), next: devices.length ? devices[devices.length - 1]!.id : null };
+      },
+    );
+    admin.get<{ Querystring: { limit?: string } }>(
+      '/v1/admin/fleet/devices/problems',
+      {
+        schema: { querystring: { type: 'object', properties: { limit: text } }, response: responses({ 200: list(deviceSchema) }) },
+      },
+      async (req) => (await service.problems(Number(req.query.limit ?? 100) || 100)).map(publicDevice),
+    );
+    admin.get<{ Params: { id: string } }>(
+      '/v1/admin/fleet/devices/:id',
+      {
+        schema: { params: anyId, response: responses({ 200: deviceSchema }) },
+      },
+      async (req) => publicDevice(await service.device(req.params.id)),
+    );
   });
 }
 

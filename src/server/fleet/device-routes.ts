@@ -8,57 +8,82 @@ import { checkinResponse, deviceErrors, enrollResponse, errorProp, idParams, okS
 
 /** The device protocol (src/fleet/protocol.ts): enroll, check in, report events, return a lease. */
 export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: FleetMetrics): void {
-  app.post<{ Body: EnrollRequest }>('/v1/devices/enroll', {
-    schema: {
-      body: {
-        type: 'object', required: ['deviceId'],
-        properties: { deviceId: { type: 'string' }, enrollmentSecret: { type: 'string' }, group: { type: 'string' }, channel: { type: 'string' } },
-      },
-      response: responses({ 200: enrollResponse }, deviceErrors),
-    },
-  }, async (req) => service.enroll(req.body));
-
-  app.post<{ Params: { id: string }; Body: CheckinRequest }>('/v1/devices/:id/checkin', {
-    schema: {
-      params: idParams,
-      body: {
-        type: 'object', required: ['version', 'state', 'trial'],
-        properties: {
-          version: versionProp, state: { type: 'string' }, trial: { type: 'boolean' }, committedVersion: versionProp, preparedVersion: { type: ['string', 'null'], maxLength: 64 },
-          freeBytes: { type: 'number' }, lastError: errorProp, wantRebootLease: { type: 'boolean' },
+  app.post<{ Body: EnrollRequest }>(
+    '/v1/devices/enroll',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['deviceId'],
+          properties: { deviceId: { type: 'string' }, enrollmentSecret: { type: 'string' }, group: { type: 'string' }, channel: { type: 'string' } },
         },
+        response: responses({ 200: enrollResponse }, deviceErrors),
       },
-      response: responses({ 200: checkinResponse }, deviceErrors),
     },
-  }, async (req) => {
-    const t0 = process.hrtime.bigint();
-    try {
-      const res = await service.checkin(req.params.id, bearerToken(req), req.body);
-      metrics.checkin('ok', t0);
-      return res;
-    } catch (err) {
-      metrics.checkin(err instanceof IbuError ? err.code : 'INTERNAL', t0);
-      throw err;
-    }
-  });
+    async (req) => service.enroll(req.body),
+  );
 
-  app.post<{ Params: { id: string }; Body: DeviceEvent }>('/v1/devices/:id/events', {
-    schema: {
-      params: idParams,
-      body: {
-        type: 'object', required: ['type', 'fromVersion', 'toVersion'],
-        properties: { type: { type: 'string' }, fromVersion: versionProp, toVersion: versionProp, at: { type: 'string' }, error: errorProp },
+  app.post<{ Params: { id: string }; Body: CheckinRequest }>(
+    '/v1/devices/:id/checkin',
+    {
+      schema: {
+        params: idParams,
+        body: {
+          type: 'object',
+          required: ['version', 'state', 'trial'],
+          properties: {
+            version: versionProp,
+            state: { type: 'string' },
+            trial: { type: 'boolean' },
+            committedVersion: versionProp,
+            preparedVersion: { type: ['string', 'null'], maxLength: 64 },
+            freeBytes: { type: 'number' },
+            lastError: errorProp,
+            wantRebootLease: { type: 'boolean' },
+          },
+        },
+        response: responses({ 200: checkinResponse }, deviceErrors),
       },
-      response: responses({ 200: okSchema }, deviceErrors),
     },
-  }, async (req) => {
-    await service.event(req.params.id, bearerToken(req), req.body);
-    metrics.event(req.body.type);
-    return { ok: true };
-  });
+    async (req) => {
+      const t0 = process.hrtime.bigint();
+      try {
+        const res = await service.checkin(req.params.id, bearerToken(req), req.body);
+        metrics.checkin('ok', t0);
+        return res;
+      } catch (err) {
+        metrics.checkin(err instanceof IbuError ? err.code : 'INTERNAL', t0);
+        throw err;
+      }
+    },
+  );
 
-  app.post<{ Params: { id: string } }>('/v1/devices/:id/lease/release', { schema: { params: idParams, response: responses({ 200: okSchema }, deviceErrors) } }, async (req) => {
-    await service.releaseLease(req.params.id, bearerToken(req));
-    return { ok: true };
-  });
+  app.post<{ Params: { id: string }; Body: DeviceEvent }>(
+    '/v1/devices/:id/events',
+    {
+      schema: {
+        params: idParams,
+        body: {
+          type: 'object',
+          required: ['type', 'fromVersion', 'toVersion'],
+          properties: { type: { type: 'string' }, fromVersion: versionProp, toVersion: versionProp, at: { type: 'string' }, error: errorProp },
+        },
+        response: responses({ 200: okSchema }, deviceErrors),
+      },
+    },
+    async (req) => {
+      await service.event(req.params.id, bearerToken(req), req.body);
+      metrics.event(req.body.type);
+      return { ok: true };
+    },
+  );
+
+  app.post<{ Params: { id: string } }>(
+    '/v1/devices/:id/lease/release',
+    { schema: { params: idParams, response: responses({ 200: okSchema }, deviceErrors) } },
+    async (req) => {
+      await service.releaseLease(req.params.id, bearerToken(req));
+      return { ok: true };
+    },
+  );
 }

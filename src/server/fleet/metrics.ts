@@ -14,35 +14,54 @@ export class FleetMetrics {
   constructor(service: Fleet) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'ibu_' });
-    this.checkins = new Counter({ name: 'ibu_fleet_checkins_total', help: 'Device check-ins by result (ok or the error code).', labelNames: ['result'], registers });
+    this.checkins = new Counter({
+      name: 'ibu_fleet_checkins_total',
+      help: 'Device check-ins by result (ok or the error code).',
+      labelNames: ['result'],
+      registers,
+    });
     this.latency = new Histogram({
-      name: 'ibu_fleet_checkin_duration_seconds', help: 'Check-in handling time including the group commit.',
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers,
+      name: 'ibu_fleet_checkin_duration_seconds',
+      help: 'Check-in handling time including the group commit.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
     });
     this.events = new Counter({ name: 'ibu_fleet_events_total', help: 'Device events by type.', labelNames: ['type'], registers });
     new Gauge({
-      name: 'ibu_fleet_devices', help: 'Devices by running version.', labelNames: ['version'], registers,
+      name: 'ibu_fleet_devices',
+      help: 'Devices by running version.',
+      labelNames: ['version'],
+      registers,
       async collect() {
         this.reset();
         for (const v of await service.versionCounts()) this.set({ version: v.version }, v.devices);
       },
     });
     new Gauge({
-      name: 'ibu_fleet_rollout_state', help: '1 for the current state of each rollout.', labelNames: ['rollout', 'channel', 'version', 'state'], registers,
+      name: 'ibu_fleet_rollout_state',
+      help: '1 for the current state of each rollout.',
+      labelNames: ['rollout', 'channel', 'version', 'state'],
+      registers,
       collect() {
         this.reset();
         for (const r of service.listRollouts()) this.set({ rollout: String(r.id), channel: r.channel, version: r.version, state: r.state }, 1);
       },
     });
     new Gauge({
-      name: 'ibu_fleet_rollout_wave', help: 'Index of the open wave of each rollout.', labelNames: ['rollout'], registers,
+      name: 'ibu_fleet_rollout_wave',
+      help: 'Index of the open wave of each rollout.',
+      labelNames: ['rollout'],
+      registers,
       collect() {
         this.reset();
         for (const r of service.listRollouts()) this.set({ rollout: String(r.id) }, r.wave);
       },
     });
     new Gauge({
-      name: 'ibu_fleet_rollout_devices', help: 'Devices of running or paused rollouts by participation status.', labelNames: ['rollout', 'status'], registers,
+      name: 'ibu_fleet_rollout_devices',
+      help: 'Devices of running or paused rollouts by participation status.',
+      labelNames: ['rollout', 'status'],
+      registers,
       async collect() {
         this.reset();
         for (const r of service.listRollouts()) {
@@ -53,7 +72,10 @@ export class FleetMetrics {
       },
     });
     new Gauge({
-      name: 'ibu_fleet_reboot_leases', help: 'Reboot leases held, by group.', labelNames: ['group'], registers,
+      name: 'ibu_fleet_reboot_leases',
+      help: 'Reboot leases held, by group.',
+      labelNames: ['group'],
+      registers,
       collect() {
         this.reset();
         const by = new Map<string, number>();

@@ -28,7 +28,11 @@ export interface FleetPluginOptionsExt extends FleetPluginOptions {
 
 export function openFleetRepository(o: FleetPluginOptions): FleetRepository {
   if (o.databaseUrl && /^postgres(ql)?:\/\//.test(o.databaseUrl)) return new PostgresFleetRepository(o.databaseUrl);
-  if (o.databaseUrl) throw new IbuError('CONFIG_INVALID', `The database URL '${o.databaseUrl.replace(/\/\/[^@]*@/, '//***@')}' is not postgres://...; leave it out to use SQLite in the data directory.`);
+  if (o.databaseUrl)
+    throw new IbuError(
+      'CONFIG_INVALID',
+      `The database URL '${o.databaseUrl.replace(/\/\/[^@]*@/, '//***@')}' is not postgres://...; leave it out to use SQLite in the data directory.`,
+    );
   return new SqliteFleetRepository(path.join(o.dataDir, 'fleet.sqlite'));
 }
 
@@ -59,9 +63,12 @@ async function fleetPluginImpl(app: FastifyInstance, o: FleetPluginOptionsExt): 
   let storeTimer: NodeJS.Timeout | undefined;
   const schedule = () => {
     timer = setTimeout(() => {
-      service.evaluate().catch((err) => app.log.error({ err }, 'fleet rollout evaluation failed')).finally(() => {
-        if (timer) schedule();
-      });
+      service
+        .evaluate()
+        .catch((err) => app.log.error({ err }, 'fleet rollout evaluation failed'))
+        .finally(() => {
+          if (timer) schedule();
+        });
     }, service.config.evaluateEveryMs);
     timer.unref();
   };

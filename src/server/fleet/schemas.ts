@@ -44,13 +44,19 @@ export const checkinResponse = {
 const spec = obj({ waves: { type: 'array', items: num }, canaryGroups: { type: 'array', items: str } });
 export const releaseSchema = obj({ channel: str, version: str, mandatory: bool, manifestUrl: str, createdAt: num, source: str }, ['channel', 'version']);
 export const rolloutSchema = obj({ id: int, channel: str, version: str, spec, state: str, wave: int, reason: strOrNull }, ['id', 'version', 'state']);
-export const rolloutViewSchema = obj({
-  ...rolloutSchema.properties,
-  waves: { type: 'array', items: obj({ label: str, devices: int, done: int, open: bool }) },
-  counts: obj({}),
-}, ['id', 'version', 'state', 'waves', 'counts']);
+export const rolloutViewSchema = obj(
+  {
+    ...rolloutSchema.properties,
+    waves: { type: 'array', items: obj({ label: str, devices: int, done: int, open: bool }) },
+    counts: obj({}),
+  },
+  ['id', 'version', 'state', 'waves', 'counts'],
+);
 export const groupSchema = obj({ name: str, window: windowSchema, maxConcurrentReboots: int, leaseTtlSeconds: num }, ['name']);
-export const deviceSchema = obj({ id: str, group: str, channel: str, version: strOrNull, state: strOrNull, lastCheckin: strOrNull, enrolledAt: str, flags: { type: 'array', items: str } }, ['id']);
+export const deviceSchema = obj(
+  { id: str, group: str, channel: str, version: strOrNull, state: strOrNull, lastCheckin: strOrNull, enrolledAt: str, flags: { type: 'array', items: str } },
+  ['id'],
+);
 export const versionCountsSchema = { type: 'array', items: obj({ version: str, devices: int }, ['version', 'devices']) } as const;
 export const policySchema = obj({ rollout: { type: ['object', 'null'], additionalProperties: true } });
 export const settingsSchema = obj({ checkinIntervalSeconds: num, activeCheckinIntervalSeconds: num, jitter: num, enrollmentSecretSet: bool });

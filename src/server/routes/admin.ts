@@ -9,7 +9,10 @@ import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
 import { checkPair, pairParams, stateBody } from './deltas.js';
 import { zfsJobFrom } from '../zfs-streams.js';
 
-const pairList = { type: 'array', items: { type: 'object', properties: { from: { type: 'string' }, to: { type: 'string' } }, required: ['from', 'to'] } } as const;
+const pairList = {
+  type: 'array',
+  items: { type: 'object', properties: { from: { type: 'string' }, to: { type: 'string' } }, required: ['from', 'to'] },
+} as const;
 const authErrors = { 401: errorSchema, 403: errorSchema, 400: errorSchema } as const;
 
 export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
@@ -28,7 +31,10 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
               workers: { type: 'integer' },
               activeBuilds: { type: 'integer' },
               buildsStarted: { type: 'integer' },
-              jobs: { type: 'object', properties: { queued: { type: 'integer' }, building: { type: 'integer' }, ready: { type: 'integer' }, failed: { type: 'integer' } } },
+              jobs: {
+                type: 'object',
+                properties: { queued: { type: 'integer' }, building: { type: 'integer' }, ready: { type: 'integer' }, failed: { type: 'integer' } },
+              },
               images: { type: 'object', properties: { count: { type: 'integer' }, bytes: { type: 'integer' } } },
               deltas: {
                 type: 'array',
@@ -116,7 +122,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       const res = await ctx.precompute.scan();
       const v = req.body?.version;
       if (v) {
-        if (!(await ctx.catalog.hasRelease(v))) throw new IbuError('RELEASE_NOT_FOUND', `Release ${v} is not in the store yet; run ibu release publish --store ${ctx.layout.root} first.`);
+        if (!(await ctx.catalog.hasRelease(v)))
+          throw new IbuError('RELEASE_NOT_FOUND', `Release ${v} is not in the store yet; run ibu release publish --store ${ctx.layout.root} first.`);
         if (!res.newReleases.some((r) => r.version === v)) {
           // Announced explicitly: precompute for it even if a scan had already seen it.
           const channels = req.body?.channel ? [req.body.channel] : await ctx.catalog.channels();
@@ -137,7 +144,10 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       schema: {
         params: { type: 'object', properties: { version: versionSchema }, required: ['version'] },
         response: {
-          200: { type: 'object', properties: { version: { type: 'string' }, channels: { type: 'array', items: { type: 'string' } }, deltasRemoved: { type: 'integer' } } },
+          200: {
+            type: 'object',
+            properties: { version: { type: 'string' }, channels: { type: 'array', items: { type: 'string' } }, deltasRemoved: { type: 'integer' } },
+          },
           404: errorSchema,
           ...authErrors,
         },
@@ -190,7 +200,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       const { from, to } = req.params;
       if (!ctx.deltas.jobs.get(from, to)) throw new IbuError('NOT_FOUND', `There is no delta ${from} -> ${to} (built or queued) to delete.`);
       ctx.deltas.pool.cancel(from, to);
-      if (!(await ctx.deltas.cache.remove(from, to))) throw new IbuError('CONFLICT', `Delta ${from} -> ${to} is being downloaded right now; try again when the downloads finish.`);
+      if (!(await ctx.deltas.cache.remove(from, to)))
+        throw new IbuError('CONFLICT', `Delta ${from} -> ${to} is being downloaded right now; try again when the downloads finish.`);
       return { removed: true };
     },
   );

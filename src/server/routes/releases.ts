@@ -37,7 +37,11 @@ export function releaseRoutes(app: FastifyInstance, ctx: ServerContext): void {
     },
     async (req, reply) => {
       const listing = await ctx.catalog.channel(req.params.channel);
-      if (!listing) throw new IbuError('NOT_FOUND', `Channel '${req.params.channel}' has no releases; publish one with ibu release publish --channel ${req.params.channel}.`);
+      if (!listing)
+        throw new IbuError(
+          'NOT_FOUND',
+          `Channel '${req.params.channel}' has no releases; publish one with ibu release publish --channel ${req.params.channel}.`,
+        );
       reply.header('cache-control', 'no-cache');
       const versions = listing.releases.map((r) => r.version);
       return {
