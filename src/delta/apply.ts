@@ -45,7 +45,10 @@ function describe(op: DeltaOp, i: number): string {
     case 'copy':
       return `op ${i} ${op.type.toUpperCase()} target bytes ${op.dst}+${op.length}`;
     default:
-      return `op ${i} ${op.type.toUpperCase()} ${op.path || 'filesystem metadata'} (target bytes ${op.dst[0]!.offset}+${op.dst.reduce((n, r) => n + r.length, 0)})`;
+      return (
+        `op ${i} ${op.type.toUpperCase()} ${op.path || 'filesystem metadata'} ` +
+        `(target bytes ${op.dst[0]!.offset}+${op.dst.reduce((n, r) => n + r.length, 0)})`
+      );
   }
 }
 
@@ -94,7 +97,8 @@ function checkSource(d: DeltaFile, opts: ApplyDeltaOptions, sfd: number, buf: Bu
   const wrong = (why: string, details?: Record<string, unknown>): IbuError =>
     new IbuError(
       'DELTA_WRONG_SOURCE',
-      `${opts.sourceImage} is not the source image of this delta (${h.fromVersion} → ${h.toVersion}): ${why}. Apply the delta to image ${h.fromVersion}, or download the full image.`,
+      `${opts.sourceImage} is not the source image of this delta (${h.fromVersion} → ${h.toVersion}): ${why}. ` +
+        `Apply the delta to image ${h.fromVersion}, or download the full image.`,
       {
         details,
       },
@@ -239,7 +243,9 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
           .join('; ');
         throw new IbuError(
           'DELTA_SOURCE_MODIFIED',
-          `${named.length} op(s) of the delta read source bytes that differ from the release ${h.fromVersion}${broken.length > named.length ? ` and ${broken.length - named.length} more depend on them` : ''}: ${list}${broken.length > 20 ? '; …' : ''}. The source image was modified; apply with a fallback store to fetch those ranges, or download the full image.`,
+          `${named.length} op(s) of the delta read source bytes that differ from the release ${h.fromVersion}` +
+            `${broken.length > named.length ? ` and ${broken.length - named.length} more depend on them` : ''}: ${list}${broken.length > 20 ? '; …' : ''}. ` +
+            'The source image was modified; apply with a fallback store to fetch those ranges, or download the full image.',
           { details: { failedOps: broken } },
         );
       }
@@ -268,7 +274,8 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
     if (wanted.some((w) => w !== sha256)) {
       throw new IbuError(
         'IMAGE_HASH_MISMATCH',
-        `The image built from the delta has sha256 ${sha256}, not ${wanted.find((w) => w !== sha256)}; nothing was written to ${opts.out}. Download the full image.`,
+        `The image built from the delta has sha256 ${sha256}, not ${wanted.find((w) => w !== sha256)}; ` +
+          `nothing was written to ${opts.out}. Download the full image.`,
       );
     }
     fs.closeSync(ofd);

@@ -78,7 +78,8 @@ export class Enrollment {
       if (!want || typeof req.enrollmentSecret !== 'string' || !sameHash(hashToken(req.enrollmentSecret), want)) {
         throw new IbuError(
           'UNAUTHORIZED',
-          `Device ${req.deviceId} is not pre-authorized and no valid enrollment secret was given; pre-authorize it (POST /v1/admin/devices/preauthorize) or configure the enrollment secret.`,
+          `Device ${req.deviceId} is not pre-authorized and no valid enrollment secret was given; ` +
+            'pre-authorize it (POST /v1/admin/devices/preauthorize) or configure the enrollment secret.',
         );
       }
       group = req.group ?? this.config.defaultGroup;

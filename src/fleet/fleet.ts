@@ -5,19 +5,34 @@ import { GroupCommitter } from './group-commit.js';
 import { LeaseTable } from './lease-table.js';
 import { NAME_RE } from './names.js';
 import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
-import type {
-  CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse, MaintenanceWindow,
-} from './protocol.js';
+import type { CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse, MaintenanceWindow } from './protocol.js';
 import type { FleetRepository } from './repository.js';
 import { offeredBy } from './rollout-policy.js';
 import { Releases, type ChannelPolicy, type ReleaseInput } from './releases.js';
 import { Rollouts, type RolloutView } from './rollouts.js';
 import { nextCheckinSeconds } from './schedule.js';
 import {
-  applySettings, DEFAULT_FLEET_CONFIG, loadSettings, persistSettings, settingsView, validateSettings,
-  type FleetConfig, type FleetSettings, type SettingsView,
+  applySettings,
+  DEFAULT_FLEET_CONFIG,
+  loadSettings,
+  persistSettings,
+  settingsView,
+  validateSettings,
+  type FleetConfig,
+  type FleetSettings,
+  type SettingsView,
 } from './settings.js';
-import { stripView, type DeviceRecord, type DeviceView, type GroupRecord, type LeaseRecord, type ReleaseRecord, type RolloutRecord, type RolloutSpec, type WriteOp } from './types.js';
+import {
+  stripView,
+  type DeviceRecord,
+  type DeviceView,
+  type GroupRecord,
+  type LeaseRecord,
+  type ReleaseRecord,
+  type RolloutRecord,
+  type RolloutSpec,
+  type WriteOp,
+} from './types.js';
 import { nextHop } from './upgrade-path.js';
 import { inWindow, validateWindow } from './window.js';
 
@@ -32,9 +47,10 @@ export type DeltaStatusFn = (from: string, to: string) => Promise<string>;
  * The fleet control plane, a façade over its parts: enrollment (enrollment.ts), what a check-in
  * changes (checkin.ts), participation transitions (participation.ts), the lease table
  * (lease-table.ts), settings (settings.ts), releases (releases.ts) and rollouts (rollouts.ts,
- * deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a thin shell around it. Small, hot state (releases, rollouts, groups, leases) lives in memory and
- * is written through; devices are read from the repository on every check-in and written by group
- * commit. One server process owns a fleet database at a time (leases are counted in memory).
+ * deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a thin shell around it.
+ * Small, hot state (releases, rollouts, groups, leases) lives in memory and is written through;
+ * devices are read from the repository on every check-in and written by group commit. One server
+ * process owns a fleet database at a time (leases are counted in memory).
  */
 export class Fleet {
   readonly config: FleetConfig;
@@ -224,7 +240,18 @@ export class Fleet {
     const now = this.clock();
     const d = stripView(view);
     const ops: WriteOp[] = [];
-    ops.push({ kind: 'event', event: { deviceId: id, type: ev.type, fromVersion: ev.fromVersion, toVersion: ev.toVersion, at: now, errorCode: ev.error?.code ?? null, errorMessage: ev.error?.message ?? null } });
+    ops.push({
+      kind: 'event',
+      event: {
+        deviceId: id,
+        type: ev.type,
+        fromVersion: ev.fromVersion,
+        toVersion: ev.toVersion,
+        at: now,
+        errorCode: ev.error?.code ?? null,
+        errorMessage: ev.error?.message ?? null,
+      },
+    });
 
     let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
     if (!part) {
@@ -256,7 +283,8 @@ export class Fleet {
     if (added) {
       // A channel may ask for every new release to start as a staged rollout (no window where it goes to all).
       const { rollout } = await this.releases.policy(release.channel);
-      if (rollout && !this.rollouts.governing(release.channel, release.version)) await this.createRollout({ channel: release.channel, version: release.version, spec: rollout });
+      if (rollout && !this.rollouts.governing(release.channel, release.version))
+        await this.createRollout({ channel: release.channel, version: release.version, spec: rollout });
     }
     return release;
   }
@@ -342,14 +370,20 @@ export class Fleet {
   // ---------------------------------------------------------------- groups, admin reads
 
   async setGroup(input: { name: string; window?: MaintenanceWindow | null; maxConcurrentReboots?: number; leaseTtlSeconds?: number }): Promise<GroupRecord> {
-    if (typeof input?.name !== 'string' || !NAME_RE.test(input.name)) throw new IbuError('BAD_REQUEST', 'A group needs a short name of letters, digits, ".", "_" or "-".');
+    if (typeof input?.name !== 'string' || !NAME_RE.test(input.name))
+      throw new IbuError('BAD_REQUEST', 'A group needs a short name of letters, digits, ".", "_" or "-".');
     // A partial update keeps what it does not name.
     const prev = this.groups.get(input.name);
     const max = input.maxConcurrentReboots ?? prev?.maxConcurrentReboots ?? this.config.defaultMaxConcurrentReboots;
     const ttl = input.leaseTtlSeconds ?? prev?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds;
     if (!Number.isInteger(max) || max < 0) throw new IbuError('BAD_REQUEST', 'maxConcurrentReboots must be an integer >= 0 (0 = unlimited).');
     if (!Number.isFinite(ttl) || ttl <= 0) throw new IbuError('BAD_REQUEST', 'leaseTtlSeconds must be a positive number of seconds.');
-    const g: GroupRecord = { name: input.name, window: input.window === undefined ? prev?.window ?? null : input.window ? validateWindow(input.window) : null, maxConcurrentReboots: max, leaseTtlSeconds: ttl };
+    const g: GroupRecord = {
+      name: input.name,
+      window: input.window === undefined ? (prev?.window ?? null) : input.window ? validateWindow(input.window) : null,
+      maxConcurrentReboots: max,
+      leaseTtlSeconds: ttl,
+    };
     await this.repo.upsertGroup(g);
     this.groups.set(g.name, g);
     this.leases.groupChanged(g.name); // a new maxConcurrentReboots may make room

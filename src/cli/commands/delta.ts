@@ -119,7 +119,8 @@ export function registerDeltaCommands(program: Command): void {
         process.stdout.write(JSON.stringify(r) + '\n');
       } else {
         process.stdout.write(
-          `delta ${r.fromVersion} → ${r.toVersion}: ${opts.out} ${mib(r.bytes)} (${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ${r.ops.zero} zero ops; ` +
+          `delta ${r.fromVersion} → ${r.toVersion}: ${opts.out} ${mib(r.bytes)} ` +
+            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ${r.ops.zero} zero ops; ` +
             `${r.files.patched} files patched, ${r.files.replaced} replaced) in ${r.seconds.toFixed(1)} s\n`,
         );
       }
@@ -169,7 +170,8 @@ export function registerDeltaCommands(program: Command): void {
           } else {
             const fb = r.fallback.ops > 0 ? `; ${r.fallback.ops} ops from the store (${r.fallback.chunks} chunks, ${mib(r.fallback.downloadedBytes)})` : '';
             process.stdout.write(
-              `applied ${r.fromVersion} → ${r.toVersion}: ${r.out} (${mib(r.targetSize)}, sha256 ${r.sha256.slice(0, 16)}…) in ${r.seconds.toFixed(1)} s${fb}\n`,
+              `applied ${r.fromVersion} → ${r.toVersion}: ${r.out} (${mib(r.targetSize)}, sha256 ${r.sha256.slice(0, 16)}…) ` +
+                `in ${r.seconds.toFixed(1)} s${fb}\n`,
             );
           }
         } finally {

@@ -49,7 +49,8 @@ export function registerFleetCommands(program: Command): void {
     out.push(`problem devices: ${s.problems.length}`);
     for (const p of s.problems.slice(0, 20))
       out.push(
-        `  ${p.id} ${p.version ?? '-'} ${p.participation?.status ?? ''} ${p.flags.join(',')} ${p.participation?.errorCode ?? ''} ${p.participation?.errorMessage ?? ''}`,
+        `  ${p.id} ${p.version ?? '-'} ${p.participation?.status ?? ''} ${p.flags.join(',')} ` +
+          `${p.participation?.errorCode ?? ''} ${p.participation?.errorMessage ?? ''}`,
       );
     process.stdout.write(out.join('\n') + '\n');
   });
@@ -99,7 +100,8 @@ export function registerFleetCommands(program: Command): void {
     process.stdout.write(
       (o.json
         ? JSON.stringify(g)
-        : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) +
+        : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, ` +
+          `max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) +
         '\n',
     );
   });

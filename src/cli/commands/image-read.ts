@@ -105,7 +105,8 @@ function formatLong(e: Ext4Entry): string {
   const size = e.rdev ? `${e.rdev.major}, ${e.rdev.minor}` : String(e.size);
   const when = new Date(e.mtime * 1000).toISOString().slice(0, 16).replace('T', ' ');
   const target = e.type === 'symlink' ? ` -> ${e.target}` : '';
-  return `${TYPE_CHAR[e.type]}${permString(e.mode)} ${String(e.nlink).padStart(3)} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${size.padStart(10)} ${when} ${e.path}${target}\n`;
+  const owner = `${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)}`;
+  return `${TYPE_CHAR[e.type]}${permString(e.mode)} ${String(e.nlink).padStart(3)} ${owner} ${size.padStart(10)} ${when} ${e.path}${target}\n`;
 }
 
 function permString(mode: number): string {

@@ -25,45 +25,68 @@ export function registerReleaseCommands(program: Command): void {
     .command('publish')
     .description('chunk, compress and store an image, and write its signed manifest')
     .requiredOption('--image <img>', 'the ext4 image to publish')
-    .requiredOption('--version <v>', 'release version (must be newer than the channel\'s latest)')
+    .requiredOption('--version <v>', "release version (must be newer than the channel's latest)")
     .requiredOption('--store <dir>', 'store directory (created if missing)')
     .option('--key <file>', 'signing key (signing.key); repeat to sign with several keys', collect, [])
     .option('--channel <name>', 'channel', 'stable')
     .option('--product <name>', 'product name recorded in the manifest')
-    .option('--chunk-size <min:avg:max>', `FastCDC sizes (default ${DEFAULT_CHUNK_PARAMS.min / 1024}K:${DEFAULT_CHUNK_PARAMS.avg / 1024}K:${DEFAULT_CHUNK_PARAMS.max / 1024}K)`)
+    .option(
+      '--chunk-size <min:avg:max>',
+      `FastCDC sizes (default ${DEFAULT_CHUNK_PARAMS.min / 1024}K:${DEFAULT_CHUNK_PARAMS.avg / 1024}K:${DEFAULT_CHUNK_PARAMS.max / 1024}K)`,
+    )
     .option('--hash <name>', `chunk id hash (${CHUNK_HASHES.join(', ')})`, 'blake3')
     .option('--level <n>', 'zstd level', '3')
     .option('--no-kernel', 'allow an image without /vmlinuz and /initrd.img')
     .option('--threads <n>', 'zstd worker threads (default: cores - 1; 0 = compress in the main thread)')
     .option('--durability <mode>', "'batch' (default: one filesystem sync before the manifest, crash repair by marker) or 'fsync' (each chunk)", 'batch')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { image: string; version: string; store: string; key: string[]; channel: string; product?: string; chunkSize?: string; hash: string; level: string; kernel: boolean; threads?: string; durability: string; json?: boolean }) => {
-      if (!(CHUNK_HASHES as readonly string[]).includes(opts.hash)) throw new IbuError('USAGE', `--hash must be one of ${CHUNK_HASHES.join(', ')}`);
-      if (!/^\d{1,2}$/.test(opts.level) || +opts.level < 1 || +opts.level > 19) throw new IbuError('USAGE', '--level must be a zstd level from 1 to 19');
-      if (opts.threads !== undefined && !/^\d{1,2}$/.test(opts.threads)) throw new IbuError('USAGE', '--threads must be a number from 0 to 99');
-      if (opts.durability !== 'fsync' && opts.durability !== 'batch') throw new IbuError('USAGE', "--durability must be 'fsync' or 'batch'");
-      const tty = !opts.json && process.stderr.isTTY;
-      const r = await publishRelease({
-        image: opts.image,
-        version: opts.version,
-        store: new LocalStore(opts.store, { durability: opts.durability }),
-        keyFiles: opts.key,
-        channel: opts.channel,
-        product: opts.product,
-        params: opts.chunkSize ? parseChunkSizes(opts.chunkSize) : undefined,
-        hash: opts.hash as ChunkHashName,
-        level: parseInt(opts.level, 10),
-        requireKernel: opts.kernel,
-        threads: opts.threads !== undefined ? parseInt(opts.threads, 10) : undefined,
-        onProgress: tty ? (p) => process.stderr.write(`\rpublishing ${pct(p.bytesDone, p.bytesTotal)}`) : undefined,
-      });
-      if (tty) process.stderr.write('\n');
-      if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
-      else {
-        process.stdout.write(`published ${r.version} on '${r.channel}': ${formatBytes(r.imageSize)} image, ${r.chunks} chunks (${r.zeroChunks} zero runs, ${formatBytes(r.zeroBytes)}), ` +
-          `${r.newChunks} new chunks stored (${formatBytes(r.newStoredBytes)}) in ${r.seconds.toFixed(1)} s (${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)\n`);
-      }
-    });
+    .action(
+      async (opts: {
+        image: string;
+        version: string;
+        store: string;
+        key: string[];
+        channel: string;
+        product?: string;
+        chunkSize?: string;
+        hash: string;
+        level: string;
+        kernel: boolean;
+        threads?: string;
+        durability: string;
+        json?: boolean;
+      }) => {
+        if (!(CHUNK_HASHES as readonly string[]).includes(opts.hash)) throw new IbuError('USAGE', `--hash must be one of ${CHUNK_HASHES.join(', ')}`);
+        if (!/^\d{1,2}$/.test(opts.level) || +opts.level < 1 || +opts.level > 19) throw new IbuError('USAGE', '--level must be a zstd level from 1 to 19');
+        if (opts.threads !== undefined && !/^\d{1,2}$/.test(opts.threads)) throw new IbuError('USAGE', '--threads must be a number from 0 to 99');
+        if (opts.durability !== 'fsync' && opts.durability !== 'batch') throw new IbuError('USAGE', "--durability must be 'fsync' or 'batch'");
+        const tty = !opts.json && process.stderr.isTTY;
+        const r = await publishRelease({
+          image: opts.image,
+          version: opts.version,
+          store: new LocalStore(opts.store, { durability: opts.durability }),
+          keyFiles: opts.key,
+          channel: opts.channel,
+          product: opts.product,
+          params: opts.chunkSize ? parseChunkSizes(opts.chunkSize) : undefined,
+          hash: opts.hash as ChunkHashName,
+          level: parseInt(opts.level, 10),
+          requireKernel: opts.kernel,
+          threads: opts.threads !== undefined ? parseInt(opts.threads, 10) : undefined,
+          onProgress: tty ? (p) => process.stderr.write(`\rpublishing ${pct(p.bytesDone, p.bytesTotal)}`) : undefined,
+        });
+        if (tty) process.stderr.write('\n');
+        if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
+        else {
+          process.stdout.write(
+            `published ${r.version} on '${r.channel}': ${formatBytes(r.imageSize)} image, ` +
+              `${r.chunks} chunks (${r.zeroChunks} zero runs, ${formatBytes(r.zeroBytes)}), ` +
+              `${r.newChunks} new chunks stored (${formatBytes(r.newStoredBytes)}) in ${r.seconds.toFixed(1)} s ` +
+              `(${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)\n`,
+          );
+        }
+      },
+    );
 
   release
     .command('fetch')
@@ -78,27 +101,53 @@ export function registerReleaseCommands(program: Command): void {
     .option('--layout <layout>', "HTTP store layout: 'static' (files) or 'api' (ibu serve /v1 routes)")
     .option('--seed-scan <mode>', "'full' (same-offset pass, then content-defined scan) or 'offset'", 'full')
     .option('--json', 'print a final JSON object')
-    .action(async (opts: { from: string; version: string; keyring: string; out: string; seed: string[]; channel?: string; concurrency: string; layout?: string; seedScan: string; json?: boolean }) => {
-      if (opts.layout !== undefined && opts.layout !== 'static' && opts.layout !== 'api') throw new IbuError('USAGE', "--layout must be 'static' or 'api'");
-      if (opts.seedScan !== 'full' && opts.seedScan !== 'offset') throw new IbuError('USAGE', "--seed-scan must be 'full' or 'offset'");
-      const concurrency = parseInt(opts.concurrency, 10);
-      if (!(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
-      const store = openStoreArg(opts.from, concurrency, opts.layout as HttpLayout | undefined);
-      const keyring = await Keyring.load(opts.keyring);
-      const bar = !opts.json && process.stderr.isTTY ? progressBar() : undefined;
-      try {
-        const r = await fetchRelease({ store, version: opts.version, keyring, out: opts.out, seeds: opts.seed, channel: opts.channel, concurrency, seedScan: opts.seedScan as 'full' | 'offset', onProgress: bar?.update });
-        bar?.end();
-        if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
-        else {
-          process.stdout.write(`fetched ${r.version} → ${r.out}: ${formatBytes(r.totalBytes)} image, reused ${formatBytes(r.reusedBytes)}, downloaded ${formatBytes(r.downloadedBytes)}, ` +
-            `zero ${formatBytes(r.zeroBytes)}, in ${r.seconds.toFixed(1)} s; signed by ${r.signedBy}, sha256 ${r.imageSha256}\n`);
+    .action(
+      async (opts: {
+        from: string;
+        version: string;
+        keyring: string;
+        out: string;
+        seed: string[];
+        channel?: string;
+        concurrency: string;
+        layout?: string;
+        seedScan: string;
+        json?: boolean;
+      }) => {
+        if (opts.layout !== undefined && opts.layout !== 'static' && opts.layout !== 'api') throw new IbuError('USAGE', "--layout must be 'static' or 'api'");
+        if (opts.seedScan !== 'full' && opts.seedScan !== 'offset') throw new IbuError('USAGE', "--seed-scan must be 'full' or 'offset'");
+        const concurrency = parseInt(opts.concurrency, 10);
+        if (!(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
+        const store = openStoreArg(opts.from, concurrency, opts.layout as HttpLayout | undefined);
+        const keyring = await Keyring.load(opts.keyring);
+        const bar = !opts.json && process.stderr.isTTY ? progressBar() : undefined;
+        try {
+          const r = await fetchRelease({
+            store,
+            version: opts.version,
+            keyring,
+            out: opts.out,
+            seeds: opts.seed,
+            channel: opts.channel,
+            concurrency,
+            seedScan: opts.seedScan as 'full' | 'offset',
+            onProgress: bar?.update,
+          });
+          bar?.end();
+          if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
+          else {
+            process.stdout.write(
+              `fetched ${r.version} → ${r.out}: ${formatBytes(r.totalBytes)} image, ` +
+                `reused ${formatBytes(r.reusedBytes)}, downloaded ${formatBytes(r.downloadedBytes)}, ` +
+                `zero ${formatBytes(r.zeroBytes)}, in ${r.seconds.toFixed(1)} s; signed by ${r.signedBy}, sha256 ${r.imageSha256}\n`,
+            );
+          }
+        } finally {
+          bar?.end();
+          if (store instanceof HttpStore) await store.close();
         }
-      } finally {
-        bar?.end();
-        if (store instanceof HttpStore) await store.close();
-      }
-    });
+      },
+    );
 
   release
     .command('sign')
@@ -129,7 +178,11 @@ export function registerReleaseCommands(program: Command): void {
     .action(async (opts: { from: string; version: string; keyring: string; json?: boolean }) => {
       const store = openStoreArg(opts.from, 2);
       try {
-        const { manifest, keyId } = parseAndVerifyManifest((await readManifestBytes(store, opts.version)).bytes, await Keyring.load(opts.keyring), `release ${opts.version}`);
+        const { manifest, keyId } = parseAndVerifyManifest(
+          (await readManifestBytes(store, opts.version)).bytes,
+          await Keyring.load(opts.keyring),
+          `release ${opts.version}`,
+        );
         const r = { version: manifest.version, channel: manifest.channel, signedBy: keyId, imageSha256: manifest.image.sha256, imageSize: manifest.image.size };
         process.stdout.write(opts.json ? JSON.stringify(r) + '\n' : `release ${r.version} (${r.channel}) is signed by trusted key ${keyId}\n`);
       } finally {
@@ -182,7 +235,10 @@ function progressBar(): { update: (p: FetchProgress) => void; end: () => void } 
       const rate = secs > 0 ? p.downloadedBytes / secs : 0;
       const left = p.neededDownloadBytes !== undefined ? Math.max(0, p.neededDownloadBytes - p.downloadedBytes) : undefined;
       const eta = left !== undefined && rate > 0 ? `ETA ${Math.ceil(left / rate)} s` : '';
-      process.stderr.write(`\r\x1b[K${p.phase} ${pct(p.writtenBytes, p.totalBytes)}  reused ${formatBytes(p.reusedBytes)}  downloaded ${formatBytes(p.downloadedBytes)}  ${formatBytes(rate)}/s  ${eta}`);
+      process.stderr.write(
+        `\r\x1b[K${p.phase} ${pct(p.writtenBytes, p.totalBytes)}  reused ${formatBytes(p.reusedBytes)}  ` +
+          `downloaded ${formatBytes(p.downloadedBytes)}  ${formatBytes(rate)}/s  ${eta}`,
+      );
       shown = true;
     },
     end() {

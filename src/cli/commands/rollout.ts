@@ -41,12 +41,14 @@ export function formatRollout(r: RolloutView): string {
   r.waves.forEach((w, i) => {
     const pct = w.devices ? ((100 * w.done) / w.devices).toFixed(1) : '0.0';
     lines.push(
-      `  ${i === r.wave && r.state !== 'completed' ? '>' : ' '} wave ${i} ${w.label.padEnd(18)} ${String(w.done).padStart(7)} / ${String(w.devices).padEnd(7)} ${pct}%${w.open ? '' : '  (not open)'}`,
+      `  ${i === r.wave && r.state !== 'completed' ? '>' : ' '} wave ${i} ${w.label.padEnd(18)} ` +
+        `${String(w.done).padStart(7)} / ${String(w.devices).padEnd(7)} ${pct}%${w.open ? '' : '  (not open)'}`,
     );
   });
   const c = r.counts;
   lines.push(
-    `  targeted ${c.targeted}, applying ${c.applying}, trial ${c.trial}, succeeded ${c.succeeded}, failed ${c.failed}, rolled back ${c['rolled-back']}, silent ${c.silent}`,
+    `  targeted ${c.targeted}, applying ${c.applying}, trial ${c.trial}, succeeded ${c.succeeded}, ` +
+      `failed ${c.failed}, rolled back ${c['rolled-back']}, silent ${c.silent}`,
   );
   return lines.join('\n');
 }

@@ -23,7 +23,7 @@ export function registerStatusCommand(program: Command): void {
         `state:      ${String(s.state)}${s.step ? ` (last step ${String(s.step)})` : ''}`,
         `images:     ${images || '-'}`,
         `free:       ${s.freeBytes === null ? '?' : `${((s.freeBytes as number) / 1048576).toFixed(1)} MiB`}`,
-        `boot env:   ${(s.bootloader as { dir: string; tryClearedBy: string }).dir} (try cleared by ${(s.bootloader as { tryClearedBy: string }).tryClearedBy})`,
+        `boot env:   ${(s.bootloader as { dir: string }).dir} (try cleared by ${(s.bootloader as { tryClearedBy: string }).tryClearedBy})`,
         `last error: ${le ? `[${le.code}] ${le.message}` : '-'}`,
       ];
       process.stdout.write(lines.join('\n') + '\n');

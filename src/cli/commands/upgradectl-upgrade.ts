@@ -9,7 +9,12 @@ export function registerUpgradeCommands(program: Command): void {
       const { agent, json } = await agentFor(cmd);
       const r = await agent.check();
       if (json) process.stdout.write(JSON.stringify({ ok: true, ...r }) + '\n');
-      else process.stdout.write(r.target ? `upgrade available: ${r.target.version}${r.target.mandatory ? ' (mandatory)' : ''}; delta ${r.deltaReady ? 'ready' : 'not ready'}\n` : 'up to date\n');
+      else
+        process.stdout.write(
+          r.target
+            ? `upgrade available: ${r.target.version}${r.target.mandatory ? ' (mandatory)' : ''}; delta ${r.deltaReady ? 'ready' : 'not ready'}\n`
+            : 'up to date\n',
+        );
     });
 
   withCommonOptions(program.command('prepare'))

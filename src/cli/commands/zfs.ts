@@ -77,7 +77,8 @@ export function registerZfsCommands(program: Command): void {
         print(
           o.json,
           r as unknown as Record<string, unknown>,
-          `published ${r.version} on '${r.channel}' and ${r.zfs.dataset}@${r.version} (guid ${r.zfs.guid}): ${r.zfs.write.written} blocks written, ${r.zfs.write.zeroed} zeroed, ${r.zfs.write.unchanged} unchanged; ` +
+          `published ${r.version} on '${r.channel}' and ${r.zfs.dataset}@${r.version} (guid ${r.zfs.guid}): ` +
+            `${r.zfs.write.written} blocks written, ${r.zfs.write.zeroed} zeroed, ${r.zfs.write.unchanged} unchanged; ` +
             `signed streams: ${r.zfs.streams.map((s) => `${s.from} (${s.size} bytes)`).join(', ') || 'none'}`,
         );
       },
@@ -144,7 +145,8 @@ export function registerZfsCommands(program: Command): void {
       print(
         o.json,
         { version: m.version, ...r },
-        `received ${o.dataset}@${m.version} and exported ${o.out} (verify ${r.seconds.verify.toFixed(1)} s, receive ${r.seconds.receive.toFixed(1)} s, export ${r.seconds.export.toFixed(1)} s)`,
+        `received ${o.dataset}@${m.version} and exported ${o.out} ` +
+          `(verify ${r.seconds.verify.toFixed(1)} s, receive ${r.seconds.receive.toFixed(1)} s, export ${r.seconds.export.toFixed(1)} s)`,
       );
     });
 }

@@ -130,7 +130,8 @@ export class PostgresFleetRepository implements FleetRepository {
       for (const op of leaseOps) {
         if (op.kind === 'lease') {
           await c.query(
-            'INSERT INTO leases (device_id, grp, expires_at) VALUES ($1, $2, $3) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at',
+            `INSERT INTO leases (device_id, grp, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at`,
             [op.lease.deviceId, op.lease.group, op.lease.expiresAt],
           );
         } else if (op.kind === 'lease-delete') await c.query('DELETE FROM leases WHERE device_id = $1', [op.deviceId]);
@@ -148,7 +149,8 @@ export class PostgresFleetRepository implements FleetRepository {
 
   async problemDevices(limit: number): Promise<DeviceView[]> {
     const rows = await this.q(
-      `${DEVICE_VIEW_SELECT} WHERE p.status IN ('failed', 'rolled-back', 'silent') OR d.flags <> '' ORDER BY coalesce(p.updated_at, d.last_checkin) DESC LIMIT $1`,
+      `${DEVICE_VIEW_SELECT} WHERE p.status IN ('failed', 'rolled-back', 'silent') OR d.flags <> ''
+       ORDER BY coalesce(p.updated_at, d.last_checkin) DESC LIMIT $1`,
       [limit],
     );
     return rows.map(rowToDeviceView);
@@ -178,7 +180,8 @@ export class PostgresFleetRepository implements FleetRepository {
 
   async upsertRelease(r: ReleaseRecord): Promise<void> {
     await this.q(
-      'INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source',
+      `INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source`,
       [r.channel, r.version, r.mandatory ? 1 : 0, r.manifestUrl, r.createdAt, r.source],
     );
   }
@@ -189,7 +192,8 @@ export class PostgresFleetRepository implements FleetRepository {
 
   async insertRollout(r: Omit<RolloutRecord, 'id'>): Promise<number> {
     const [row] = await this.q(
-      'INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id',
+      `INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id`,
       [r.channel, r.version, JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.createdAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted],
     );
     return Number(row!.id);
@@ -197,7 +201,8 @@ export class PostgresFleetRepository implements FleetRepository {
 
   async updateRollout(r: RolloutRecord): Promise<void> {
     await this.q(
-      'UPDATE rollouts SET spec = $1, state = $2, wave = $3, wave_started_at = $4, updated_at = $5, reason = $6, baseline_bad = $7, baseline_started = $8 WHERE id = $9',
+      `UPDATE rollouts SET spec = $1, state = $2, wave = $3, wave_started_at = $4, updated_at = $5, reason = $6, baseline_bad = $7, baseline_started = $8
+       WHERE id = $9`,
       [JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted, r.id],
     );
   }
@@ -236,7 +241,8 @@ export class PostgresFleetRepository implements FleetRepository {
     if (wave) {
       // Devices that never checked in count too (version ''): they are in the wave and not done.
       rows = await this.q(
-        `SELECT coalesce(version, '') AS version, count(*)::int AS n FROM devices WHERE channel = $1 AND (bucket < $2 OR grp = ANY($3)) GROUP BY 1 ORDER BY n DESC`,
+        `SELECT coalesce(version, '') AS version, count(*)::int AS n FROM devices
+         WHERE channel = $1 AND (bucket < $2 OR grp = ANY($3)) GROUP BY 1 ORDER BY n DESC`,
         [channel ?? '', wave.bucketBelow, wave.groups],
       );
     } else if (channel === undefined) {
@@ -255,7 +261,8 @@ export class PostgresFleetRepository implements FleetRepository {
 
   async upsertGroup(g: GroupRecord): Promise<void> {
     await this.q(
-      'INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds',
+      `INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds`,
       [g.name, g.window ? JSON.stringify(g.window) : null, g.maxConcurrentReboots, g.leaseTtlSeconds],
     );
   }

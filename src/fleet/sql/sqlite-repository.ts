@@ -35,7 +35,8 @@ const CHECKPOINT_MS = 500;
 const PARTICIPATION_COUNTS = 'SELECT status, count(*) AS n FROM rollout_devices WHERE rollout_id = ? GROUP BY status';
 const VERSION_COUNTS_ALL = 'SELECT version, count(*) AS n FROM devices WHERE version IS NOT NULL GROUP BY version ORDER BY n DESC';
 const VERSION_COUNTS_CHANNEL = 'SELECT version, count(*) AS n FROM devices WHERE channel = ? AND version IS NOT NULL GROUP BY version ORDER BY n DESC';
-const PROBLEM_DEVICES = `${DEVICE_VIEW_SELECT} WHERE p.status IN ('failed', 'rolled-back', 'silent') OR d.flags <> '' ORDER BY coalesce(p.updated_at, d.last_checkin) DESC LIMIT ?`;
+const PROBLEM_DEVICES = `${DEVICE_VIEW_SELECT} WHERE p.status IN ('failed', 'rolled-back', 'silent') OR d.flags <> ''
+  ORDER BY coalesce(p.updated_at, d.last_checkin) DESC LIMIT ?`;
 
 /**
  * The embedded default: one SQLite file in WAL mode with prepared statements. better-sqlite3 is
@@ -130,11 +131,13 @@ export class SqliteFleetRepository implements FleetRepository {
         `INSERT INTO devices (${devCols}) VALUES (${DEVICE_COLUMNS.map(() => '?').join(', ')}) ON CONFLICT (id) DO UPDATE SET ${devSet}`,
       ),
       upsertParticipation: db.prepare(
-        `INSERT INTO rollout_devices (${pCols}) VALUES (${PARTICIPATION_COLUMNS.map(() => '?').join(', ')}) ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`,
+        `INSERT INTO rollout_devices (${pCols}) VALUES (${PARTICIPATION_COLUMNS.map(() => '?').join(', ')})
+         ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`,
       ),
       insertEvent: db.prepare('INSERT INTO events (device_id, type, from_version, to_version, at, error_code, error_message) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       upsertLease: db.prepare(
-        'INSERT INTO leases (device_id, grp, expires_at) VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at',
+        `INSERT INTO leases (device_id, grp, expires_at) VALUES (?, ?, ?)
+         ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at`,
       ),
       deleteLease: db.prepare('DELETE FROM leases WHERE device_id = ?'),
       listDevices: db.prepare('SELECT * FROM devices WHERE id > ? ORDER BY id LIMIT ?'),
@@ -145,21 +148,25 @@ export class SqliteFleetRepository implements FleetRepository {
       ),
       listReleases: db.prepare('SELECT * FROM releases'),
       upsertRelease: db.prepare(
-        'INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source',
+        `INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source`,
       ),
       listRollouts: db.prepare('SELECT * FROM rollouts ORDER BY id'),
       insertRollout: db.prepare(
-        'INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        `INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       updateRollout: db.prepare(
-        'UPDATE rollouts SET spec = ?, state = ?, wave = ?, wave_started_at = ?, updated_at = ?, reason = ?, baseline_bad = ?, baseline_started = ? WHERE id = ?',
+        `UPDATE rollouts SET spec = ?, state = ?, wave = ?, wave_started_at = ?, updated_at = ?, reason = ?, baseline_bad = ?, baseline_started = ?
+         WHERE id = ?`,
       ),
       getParticipation: db.prepare('SELECT * FROM rollout_devices WHERE rollout_id = ? AND device_id = ?'),
       extendDeadlines: db.prepare(`UPDATE rollout_devices SET deadline = ? WHERE rollout_id = ? AND status = 'applying' AND deadline < ?`),
       markSilent: db.prepare(`UPDATE rollout_devices SET status = 'silent', updated_at = ? WHERE rollout_id = ? AND status = 'applying' AND deadline < ?`),
       listGroups: db.prepare('SELECT * FROM device_groups ORDER BY name'),
       upsertGroup: db.prepare(
-        'INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds',
+        `INSERT INTO device_groups (name, win, max_reboots, lease_ttl_seconds) VALUES (?, ?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds`,
       ),
       listLeases: db.prepare('SELECT * FROM leases'),
       getSetting: db.prepare('SELECT value FROM settings WHERE key = ?'),
@@ -291,7 +298,8 @@ export class SqliteFleetRepository implements FleetRepository {
     if (wave) {
       const g = wave.groups.map(() => '?').join(', ');
       // Devices that never checked in count too (version ''): they are in the wave and not done.
-      const sql = `SELECT coalesce(version, '') AS version, count(*) AS n FROM devices WHERE channel = ? AND (bucket < ?${g ? ` OR grp IN (${g})` : ''}) GROUP BY version ORDER BY n DESC`;
+      const sql = `SELECT coalesce(version, '') AS version, count(*) AS n FROM devices
+        WHERE channel = ? AND (bucket < ?${g ? ` OR grp IN (${g})` : ''}) GROUP BY version ORDER BY n DESC`;
       rows = await this.readAll(sql, [channel ?? '', wave.bucketBelow, ...wave.groups]);
     } else if (channel === undefined) rows = await this.readAll(VERSION_COUNTS_ALL, []);
     else rows = await this.readAll(VERSION_COUNTS_CHANNEL, [channel]);
