@@ -142,7 +142,8 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
       const fits = Math.max(size + short, size + inodesShort * INODE_RATIO);
       throw new IbuError(
         'IMAGE_TOO_SMALL',
-        `the tree needs about ${mib(needBlocks * BLOCK_SIZE)} but an image of ${mib(size)} holds ${mib(cap.freeBlocks * BLOCK_SIZE)} after ext4 metadata: it is short by about ${mib(short)}${inodeNote}. Pass a --size of at least ${mib(Math.ceil(fits * 1.05))}.`,
+        `the tree needs about ${mib(needBlocks * BLOCK_SIZE)} but an image of ${mib(size)} holds ${mib(cap.freeBlocks * BLOCK_SIZE)} after ext4 metadata: ` +
+          `it is short by about ${mib(short)}${inodeNote}. Pass a --size of at least ${mib(Math.ceil(fits * 1.05))}.`,
         { details: { needBytes: needBlocks * BLOCK_SIZE, availableBytes: cap.freeBlocks * BLOCK_SIZE, shortBytes: short } },
       );
     }

@@ -180,7 +180,8 @@ export function findKernel(root: string): KernelFiles {
   if (missing.length > 0) {
     throw new IbuError(
       'IMAGE_NO_KERNEL',
-      `the tree has no ${missing.join(' and no ')} (a file or a link to one inside the tree): install a kernel package in the tree, or pass --no-kernel for an image that is not booted.`,
+      `the tree has no ${missing.join(' and no ')} (a file or a link to one inside the tree): ` +
+        `install a kernel package in the tree, or pass --no-kernel for an image that is not booted.`,
     );
   }
   return { vmlinuz: vmlinuz!, initrd: initrd! };

@@ -83,7 +83,8 @@ export class Keyring {
     if (revoked.length > 0) {
       throw new IbuError(
         'KEY_REVOKED',
-        `${what} is signed only by revoked key(s) ${revoked.join(', ')}${unknown.length ? ` and unknown key(s) ${unknown.join(', ')}` : ''}; have it re-signed with a current key (\`ibu release sign\`)`,
+        `${what} is signed only by revoked key(s) ${revoked.join(', ')}` +
+          `${unknown.length ? ` and unknown key(s) ${unknown.join(', ')}` : ''}; have it re-signed with a current key (\`ibu release sign\`)`,
         { details: { revoked, unknown } },
       );
     }

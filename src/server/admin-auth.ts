@@ -55,7 +55,8 @@ export function adminAuth(token: string | undefined, o: { cookie?: boolean } = {
         .send(
           errorBody(
             'UNAUTHORIZED',
-            `Admin routes need "Authorization: Bearer <token>"${o.cookie ? ' (or the dashboard cookie)' : ''} with the token given to ibu serve --admin-token (or IBU_ADMIN_TOKEN).`,
+            `Admin routes need "Authorization: Bearer <token>"${o.cookie ? ' (or the dashboard cookie)' : ''} ` +
+              `with the token given to ibu serve --admin-token (or IBU_ADMIN_TOKEN).`,
           ),
         );
     }

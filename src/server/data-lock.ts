@@ -25,7 +25,8 @@ export async function lockDataDir(file: string): Promise<() => Promise<void>> {
       if (pid > 0 && alive(pid)) {
         throw new IbuError(
           'CONFLICT',
-          `Another ibu serve (pid ${pid}${pid === process.pid ? ', this process' : ''}) is using this data directory (${file}); stop it first, or remove the lock file if no server is running.`,
+          `Another ibu serve (pid ${pid}${pid === process.pid ? ', this process' : ''}) is using this data directory (${file}); ` +
+            `stop it first, or remove the lock file if no server is running.`,
         );
       }
       await fsp.rm(file, { force: true });

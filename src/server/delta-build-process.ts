@@ -50,7 +50,8 @@ async function reconstructImage(dataDir: string, version: string, out: string): 
     if (got !== manifest.image.sha256) {
       throw new IbuError(
         'IMAGE_HASH_MISMATCH',
-        `the image of ${version} rebuilt from ${dataDir} hashes to ${got}, not ${manifest.image.sha256} as its manifest says; the store is damaged — re-publish ${version}`,
+        `the image of ${version} rebuilt from ${dataDir} hashes to ${got}, not ${manifest.image.sha256} as its manifest says; ` +
+          `the store is damaged — re-publish ${version}`,
       );
     }
     await fh.sync();

@@ -85,7 +85,8 @@ export class DeltaJobs {
       insert: db.prepare("INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at) VALUES (?, ?, 'queued', ?, ?)"),
       bump: db.prepare("UPDATE delta_jobs SET priority = ? WHERE from_version = ? AND to_version = ? AND state = 'queued' AND priority > ?"),
       revive: db.prepare(
-        "UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ? WHERE from_version = ? AND to_version = ? AND state = 'failed'",
+        `UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ?
+           WHERE from_version = ? AND to_version = ? AND state = 'failed'`,
       ),
       position: db.prepare<[{ p: number; t: number; from: string; to: string }], { n: number }>(
         `SELECT COUNT(*) AS n FROM delta_jobs WHERE state = 'queued' AND (priority < @p OR (priority = @p AND (requested_at < @t
@@ -95,15 +96,18 @@ export class DeltaJobs {
         "SELECT * FROM delta_jobs WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY priority, requested_at, rowid LIMIT 1",
       ),
       claim: db.prepare(
-        "UPDATE delta_jobs SET state = 'building', attempts = attempts + 1, builds = builds + 1, started_at = ? WHERE from_version = ? AND to_version = ? AND state = 'queued'",
+        `UPDATE delta_jobs SET state = 'building', attempts = attempts + 1, builds = builds + 1, started_at = ?
+           WHERE from_version = ? AND to_version = ? AND state = 'queued'`,
       ),
       ready: db.prepare(
-        "UPDATE delta_jobs SET state = 'ready', finished_at = ?, size = ?, sha256 = ?, last_access_at = ?, last_error = NULL WHERE from_version = ? AND to_version = ?",
+        `UPDATE delta_jobs SET state = 'ready', finished_at = ?, size = ?, sha256 = ?, last_access_at = ?, last_error = NULL
+           WHERE from_version = ? AND to_version = ?`,
       ),
       retryLater: db.prepare("UPDATE delta_jobs SET state = 'queued', next_attempt_at = ?, last_error = ? WHERE from_version = ? AND to_version = ?"),
       fail: db.prepare("UPDATE delta_jobs SET state = 'failed', finished_at = ?, last_error = ? WHERE from_version = ? AND to_version = ?"),
       requeue: db.prepare(
-        "UPDATE delta_jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL WHERE from_version = ? AND to_version = ? AND state = 'building'",
+        `UPDATE delta_jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL
+           WHERE from_version = ? AND to_version = ? AND state = 'building'`,
       ),
       recover: db.prepare("UPDATE delta_jobs SET state = 'queued', started_at = NULL, next_attempt_at = 0 WHERE state = 'building'"),
       touch: db.prepare('UPDATE delta_jobs SET last_access_at = ? WHERE from_version = ? AND to_version = ?'),

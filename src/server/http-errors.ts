@@ -47,7 +47,8 @@ export function httpErrorHandler(err: FastifyError | IbuError, req: FastifyReque
       .send(
         errorBody(
           'BAD_REQUEST',
-          `Invalid request: ${fe.message}. Versions look like 2026.11.2, chunk ids are 64 lowercase hex digits; see docs/server.md and docs/fleet.md for the API.`,
+          `Invalid request: ${fe.message}. Versions look like 2026.11.2, ` +
+            `chunk ids are 64 lowercase hex digits; see docs/server.md and docs/fleet.md for the API.`,
         ),
       );
   }

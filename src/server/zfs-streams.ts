@@ -48,7 +48,8 @@ export async function buildZfsStream(layout: StoreLayout, req: Pick<DeltaBuildRe
     if (got !== guid)
       throw new IbuError(
         'ZFS_BASE_MISSING',
-        `The release pool has ${got === null ? 'no' : `a different (GUID ${got})`} snapshot ${m.zfs.dataset}@${snap}; the signed manifest names GUID ${guid}. Restore the release pool or serve ibu deltas.`,
+        `The release pool has ${got === null ? 'no' : `a different (GUID ${got})`} snapshot ${m.zfs.dataset}@${snap}; ` +
+          `the signed manifest names GUID ${guid}. Restore the release pool or serve ibu deltas.`,
       );
   }
   await buildCompressedStream({ dataset: m.zfs.dataset, from, to: req.to, expect: ref, out: req.out, signal: req.signal });

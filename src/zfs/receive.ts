@@ -127,7 +127,8 @@ export async function receiveRelease(o: ReceiveOptions): Promise<ReceiveResult> 
       if (/out of space|no space|ENOSPC/i.test(r.stderr)) {
         throw new IbuError(
           'ZFS_POOL_FULL',
-          `zfs receive of ${o.from} -> ${to} into ${o.dataset} ran out of space in the pool '${poolOf(o.dataset)}' (${r.stderr.trim()}). Nothing was kept; destroy old snapshots or grow the pool.`,
+          `zfs receive of ${o.from} -> ${to} into ${o.dataset} ran out of space in the pool '${poolOf(o.dataset)}' ` +
+            `(${r.stderr.trim()}). Nothing was kept; destroy old snapshots or grow the pool.`,
         );
       }
       // A receive that failed on damaged pool data reports the pool, not a generic failure.
@@ -152,7 +153,8 @@ export async function receiveRelease(o: ReceiveOptions): Promise<ReceiveResult> 
     await fsp.rm(o.out, { force: true });
     throw new IbuError(
       'IMAGE_HASH_MISMATCH',
-      `The image exported from ${o.dataset}@${to} has sha256 ${ex.sha256}, not ${o.manifest.image.sha256} as signed; it was deleted. Check the pool with 'zpool scrub'.`,
+      `The image exported from ${o.dataset}@${to} has sha256 ${ex.sha256}, not ${o.manifest.image.sha256} as signed; ` +
+        `it was deleted. Check the pool with 'zpool scrub'.`,
     );
   }
   return {

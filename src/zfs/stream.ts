@@ -154,7 +154,9 @@ export async function buildCompressedStream(o: {
   if (sent.size !== o.expect.size || sent.sha256 !== o.expect.sha256) {
     throw new IbuError(
       'ZFS_STREAM_INVALID',
-      `zfs send -i @${o.from} ${o.dataset}@${o.to} produced ${sent.size} bytes with sha256 ${sent.sha256}, but the signed manifest records ${o.expect.size} bytes with sha256 ${o.expect.sha256}: the snapshots changed since publishing (or were replaced). Nothing is served; re-publish or restore the snapshots.`,
+      `zfs send -i @${o.from} ${o.dataset}@${o.to} produced ${sent.size} bytes with sha256 ${sent.sha256}, ` +
+        `but the signed manifest records ${o.expect.size} bytes with sha256 ${o.expect.sha256}: the snapshots changed since publishing (or were replaced). ` +
+        `Nothing is served; re-publish or restore the snapshots.`,
     );
   }
   return { size: sent.size, compressedSize: (await fsp.stat(o.out)).size };
@@ -182,7 +184,8 @@ export async function verifyStreamFile(file: string, ref: ZfsStreamRef, toGuid: 
     if (b.fromGuid !== ref.fromGuid) {
       throw new IbuError(
         'ZFS_WRONG_BASE',
-        `The ZFS stream for ${ref.from} -> ${to} is based on snapshot GUID ${b.fromGuid}, but ${ref.from} is GUID ${ref.fromGuid} in the signed manifest: it was made for another base. It was deleted; the next run downloads it again.`,
+        `The ZFS stream for ${ref.from} -> ${to} is based on snapshot GUID ${b.fromGuid}, but ${ref.from} is GUID ${ref.fromGuid} in the signed manifest: ` +
+          `it was made for another base. It was deleted; the next run downloads it again.`,
         {
           details: { streamFromGuid: b.fromGuid, expectedFromGuid: ref.fromGuid },
         },
@@ -218,7 +221,8 @@ export async function verifyStreamFile(file: string, ref: ZfsStreamRef, toGuid: 
   if (meter.size !== ref.size || sha !== ref.sha256) {
     throw new IbuError(
       'ZFS_STREAM_INVALID',
-      `The ZFS stream ${ref.from} -> ${to} does not match the signed manifest (sha256 ${sha}, ${meter.size} bytes; expected ${ref.sha256}, ${ref.size} bytes): it was modified. Nothing was received.`,
+      `The ZFS stream ${ref.from} -> ${to} does not match the signed manifest ` +
+        `(sha256 ${sha}, ${meter.size} bytes; expected ${ref.sha256}, ${ref.size} bytes): it was modified. Nothing was received.`,
       {
         details: { sha256: sha, size: meter.size },
       },

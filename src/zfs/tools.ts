@@ -96,7 +96,9 @@ export async function checkPoolHealthy(pool: string): Promise<void> {
     const state = /state:\s*(\S+)/.exec(full.stdout)?.[1] ?? 'unknown';
     throw new IbuError(
       'ZFS_POOL_CORRUPT',
-      `The ZFS pool '${pool}' is not healthy (state ${state}; ${errLine || x.stdout.trim().split('\n')[0]}); ibu refuses to receive into or export from it. Run 'zpool status -v ${pool}', repair or restore the pool, then 'zpool clear ${pool}'.`,
+      `The ZFS pool '${pool}' is not healthy (state ${state}; ${errLine || x.stdout.trim().split('\n')[0]}); ` +
+        `ibu refuses to receive into or export from it. ` +
+        `Run 'zpool status -v ${pool}', repair or restore the pool, then 'zpool clear ${pool}'.`,
       {
         details: { state, errors: errLine },
       },

@@ -101,8 +101,7 @@ export function registerFleetCommands(program: Command): void {
       (o.json
         ? JSON.stringify(g)
         : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, ` +
-          `max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) +
-        '\n',
+          `max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) + '\n',
     );
   });
 

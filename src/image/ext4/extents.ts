@@ -51,7 +51,8 @@ function walkNode(
       if (logical < state.next) throw invalid(`${where} has overlapping or unsorted extents at logical block ${logical}; the image is corrupt.`);
       if (physical < 1 || physical + length > dev.blocksCount) {
         throw invalid(
-          `${where} maps logical block ${logical} to blocks ${physical}..${physical + length - 1}, outside the filesystem of ${dev.blocksCount} blocks; the image is corrupt.`,
+          `${where} maps logical block ${logical} to blocks ${physical}..${physical + length - 1}, ` +
+            `outside the filesystem of ${dev.blocksCount} blocks; the image is corrupt.`,
         );
       }
       state.next = logical + length;

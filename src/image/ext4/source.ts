@@ -103,7 +103,8 @@ export class BlockDevice {
   checkRange(block: number, count: number, what: string): void {
     if (!Number.isSafeInteger(block) || block < 0 || count < 0 || block + count > this.blocksCount) {
       throw invalid(
-        `${what} points at blocks ${block}..${block + count - 1}, outside the filesystem of ${this.blocksCount} blocks in ${this.source.name}; the image is corrupt.`,
+        `${what} points at blocks ${block}..${block + count - 1}, ` +
+          `outside the filesystem of ${this.blocksCount} blocks in ${this.source.name}; the image is corrupt.`,
       );
     }
   }

@@ -61,7 +61,8 @@ export function parseSuperblock(buf: Buffer, imageSize: number, name: string): S
   const magic = buf.readUInt16LE(0x38);
   if (magic !== EXT4_MAGIC) {
     throw invalid(
-      `${name} is not an ext4 filesystem: no superblock magic 0xEF53 at byte 1080 (found 0x${magic.toString(16).padStart(4, '0')}). Pass an image made by mke2fs or 'ibu image build'.`,
+      `${name} is not an ext4 filesystem: no superblock magic 0xEF53 at byte 1080 (found 0x${magic.toString(16).padStart(4, '0')}). ` +
+        `Pass an image made by mke2fs or 'ibu image build'.`,
     );
   }
   const logBlock = buf.readUInt32LE(0x18);
@@ -98,7 +99,8 @@ export function parseSuperblock(buf: Buffer, imageSize: number, name: string): S
   if (firstIno < 3 || firstIno > inodesCount) throw bad(`first non-reserved inode ${firstIno} is out of range`);
   if (blocksCount * blockSize > imageSize) {
     throw invalid(
-      `${name} is ${imageSize} bytes but its superblock describes ${blocksCount} blocks of ${blockSize} bytes (${blocksCount * blockSize} bytes); the image is truncated.`,
+      `${name} is ${imageSize} bytes but its superblock describes ${blocksCount} blocks of ${blockSize} bytes ` +
+        `(${blocksCount * blockSize} bytes); the image is truncated.`,
     );
   }
   for (const [bit, feature] of UNSUPPORTED_INCOMPAT) {
