@@ -34,9 +34,13 @@ export const DASHBOARD_HTML = `<!doctype html>
 <header><h1>ibu fleet</h1><span id="totals"></span><span id="status" class="muted">loading…</span></header>
 <main>
   <section><h2>Versions</h2><table id="versions"><thead><tr><th>version</th><th>devices</th><th></th></tr></thead><tbody></tbody></table></section>
-  <section><h2>Releases</h2><table id="releases"><thead><tr><th>channel</th><th>version</th><th>mandatory</th><th>source</th></tr></thead><tbody></tbody></table></section>
+  <section><h2>Releases</h2><table id="releases">
+    <thead><tr><th>channel</th><th>version</th><th>mandatory</th><th>source</th></tr></thead><tbody></tbody>
+  </table></section>
   <section class="wide"><h2>Rollouts</h2><div id="rollouts"></div></section>
-  <section class="wide"><h2>Failed, rolled-back and silent devices</h2><table id="problems"><thead><tr><th>device</th><th>group</th><th>version</th><th>status</th><th>error</th><th>last check-in</th></tr></thead><tbody></tbody></table></section>
+  <section class="wide"><h2>Failed, rolled-back and silent devices</h2><table id="problems">
+    <thead><tr><th>device</th><th>group</th><th>version</th><th>status</th><th>error</th><th>last check-in</th></tr></thead><tbody></tbody>
+  </table></section>
   <section><h2>Reboot leases</h2><table id="leases"><thead><tr><th>device</th><th>group</th><th>expires</th></tr></thead><tbody></tbody></table></section>
   <section><h2>Groups</h2><table id="groups"><thead><tr><th>group</th><th>window</th><th>max reboots</th></tr></thead><tbody></tbody></table></section>
 </main>
@@ -46,9 +50,30 @@ export const DASHBOARD_HTML = `<!doctype html>
 `;
 
 export const DASHBOARD_JS = `'use strict';
-function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined && text !== null) e.textContent = String(text); if (cls) e.className = cls; return e; }
-function row(cells) { const tr = document.createElement('tr'); for (const c of cells) { const td = document.createElement('td'); if (c instanceof Node) td.appendChild(c); else td.textContent = c === null || c === undefined ? '' : String(c); tr.appendChild(td); } return tr; }
-function bar(part, whole, ok) { const b = el('div', null, ok ? 'bar ok' : 'bar'); const s = document.createElement('span'); s.style.width = (whole > 0 ? Math.min(100, 100 * part / whole) : 0).toFixed(1) + '%'; b.appendChild(s); b.title = part + ' / ' + whole; return b; }
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+function row(cells) {
+  const tr = document.createElement('tr');
+  for (const c of cells) {
+    const td = document.createElement('td');
+    if (c instanceof Node) td.appendChild(c);
+    else td.textContent = c === null || c === undefined ? '' : String(c);
+    tr.appendChild(td);
+  }
+  return tr;
+}
+function bar(part, whole, ok) {
+  const b = el('div', null, ok ? 'bar ok' : 'bar');
+  const s = document.createElement('span');
+  s.style.width = (whole > 0 ? Math.min(100, 100 * part / whole) : 0).toFixed(1) + '%';
+  b.appendChild(s);
+  b.title = part + ' / ' + whole;
+  return b;
+}
 function fill(id, rows) { const tb = document.querySelector('#' + id + ' tbody'); tb.replaceChildren(...rows); }
 async function act(id, verb) {
   const res = await fetch('/v1/admin/fleet/rollouts/' + id + '/' + verb, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
@@ -63,13 +88,23 @@ function rolloutBlock(r) {
   const btns = el('span'); btns.style.float = 'right';
   if (r.state === 'running') { const b = el('button', 'pause'); b.onclick = () => act(r.id, 'pause'); btns.append(b); }
   if (r.state === 'paused') { const b = el('button', 'resume'); b.onclick = () => act(r.id, 'resume'); btns.append(b); }
-  if (r.state === 'running' || r.state === 'paused') { const b = el('button', 'abort'); b.onclick = () => { if (confirm('Abort rollout ' + r.id + '?')) act(r.id, 'abort'); }; btns.append(b); }
+  if (r.state === 'running' || r.state === 'paused') {
+    const b = el('button', 'abort');
+    b.onclick = () => { if (confirm('Abort rollout ' + r.id + '?')) act(r.id, 'abort'); };
+    btns.append(b);
+  }
   head.append(btns);
   const t = el('table'); t.className = 'waves';
   t.append(row([el('strong', 'wave'), el('strong', 'devices on ' + r.version), el('strong', 'progress'), el('strong', 'open')]));
-  r.waves.forEach((w, i) => t.append(row([w.label, w.done + ' / ' + w.devices, bar(w.done, w.devices, w.devices > 0 && w.done / w.devices >= r.spec.successRatio), i === r.wave && r.state !== 'completed' ? 'current' : (w.open ? 'yes' : 'no')])));
+  r.waves.forEach((w, i) => {
+    const ok = w.devices > 0 && w.done / w.devices >= r.spec.successRatio;
+    const open = i === r.wave && r.state !== 'completed' ? 'current' : (w.open ? 'yes' : 'no');
+    t.append(row([w.label, w.done + ' / ' + w.devices, bar(w.done, w.devices, ok), open]));
+  });
   const c = r.counts;
-  const counts = el('div', 'targeted ' + c.targeted + ' · applying ' + c.applying + ' · trial ' + c.trial + ' · succeeded ' + c.succeeded + ' · failed ' + c.failed + ' · rolled back ' + c['rolled-back'] + ' · silent ' + c.silent, 'muted counts');
+  const text = 'targeted ' + c.targeted + ' · applying ' + c.applying + ' · trial ' + c.trial + ' · succeeded ' + c.succeeded +
+    ' · failed ' + c.failed + ' · rolled back ' + c['rolled-back'] + ' · silent ' + c.silent;
+  const counts = el('div', text, 'muted counts');
   box.append(head, t, counts);
   return box;
 }
@@ -77,7 +112,11 @@ async function refresh() {
   const status = document.getElementById('status');
   try {
     const res = await fetch('/v1/admin/fleet/summary', { headers: { accept: 'application/json' } });
-    if (!res.ok) { status.textContent = res.status === 401 ? 'not signed in: open /dashboard?token=<admin token>' : 'error ' + res.status; status.className = 'err'; return; }
+    if (!res.ok) {
+      status.textContent = res.status === 401 ? 'not signed in: open /dashboard?token=<admin token>' : 'error ' + res.status;
+      status.className = 'err';
+      return;
+    }
     const s = await res.json();
     document.getElementById('totals').textContent = s.enrolled + ' devices enrolled · ' + s.releases.length + ' releases · ' + s.rollouts.length + ' rollouts';
     const max = Math.max(1, ...s.versions.map((v) => v.devices));
@@ -87,11 +126,14 @@ async function refresh() {
     fill('problems', s.problems.map((d) => {
       const p = d.participation;
       const st = p ? p.status : '';
-      const err = p && p.errorCode ? p.errorCode + ': ' + (p.errorMessage || '') : (d.lastErrorCode ? d.lastErrorCode + ': ' + (d.lastErrorMessage || '') : '');
+      const err = p && p.errorCode
+        ? p.errorCode + ': ' + (p.errorMessage || '')
+        : (d.lastErrorCode ? d.lastErrorCode + ': ' + (d.lastErrorMessage || '') : '');
       return row([d.id, d.group, d.version, st + (d.flags.length ? ' [' + d.flags.join(', ') + ']' : ''), el('span', err, 'err'), d.lastCheckin]);
     }));
     fill('leases', s.leases.map((l) => row([l.deviceId, l.group, l.expiresAt])));
-    fill('groups', s.groups.map((g) => row([g.name, g.window ? g.window.timeZone + ' ' + g.window.rules.map((r) => r.days.join(',') + ' ' + r.start + '-' + r.end).join('; ') : 'any time', g.maxConcurrentReboots || 'unlimited'])));
+    const windowText = (w) => w.timeZone + ' ' + w.rules.map((r) => r.days.join(',') + ' ' + r.start + '-' + r.end).join('; ');
+    fill('groups', s.groups.map((g) => row([g.name, g.window ? windowText(g.window) : 'any time', g.maxConcurrentReboots || 'unlimited'])));
     status.textContent = 'updated ' + new Date().toLocaleTimeString(); status.className = 'muted';
     document.body.dataset.loaded = 'true';
   } catch (e) { status.textContent = 'cannot reach the server: ' + e.message; status.className = 'err'; }
