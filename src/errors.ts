@@ -73,6 +73,54 @@ export const ERROR_CODES = [
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+/**
+ * What a code means to the code that handles it, beside its exit status and HTTP status:
+ * - `transportFallback`: a download transport failed in a way the next transport can route around
+ *   (the image ends up identical, checked against the signed manifest), so prepare goes on;
+ * - `policyAnswer`: not a failure but an answer (outside the window, inhibited, nothing to do, a
+ *   usage or config problem), so the agent does not record it as the device's last error.
+ */
+interface CodeTraits {
+  transportFallback?: true;
+  policyAnswer?: true;
+}
+
+const FALLBACK: CodeTraits = { transportFallback: true };
+const POLICY: CodeTraits = { policyAnswer: true };
+
+const TRAITS: Partial<Record<ErrorCode, CodeTraits>> = {
+  USAGE: POLICY,
+  CONFIG_INVALID: POLICY,
+  NOT_IN_WINDOW: POLICY,
+  INHIBITED: POLICY,
+  NOTHING_TO_DO: POLICY,
+  IMAGE_HASH_MISMATCH: FALLBACK,
+  DELTA_INVALID: FALLBACK,
+  DELTA_TRUNCATED: FALLBACK,
+  DELTA_WRONG_SOURCE: FALLBACK,
+  DELTA_WRONG_PAIR: FALLBACK,
+  DELTA_SOURCE_MODIFIED: FALLBACK,
+  DELTA_NOT_READY: FALLBACK,
+  HTTP_ERROR: FALLBACK,
+  ZFS_FAILED: FALLBACK,
+  ZFS_BASE_MISSING: FALLBACK,
+  ZFS_STREAM_INVALID: FALLBACK,
+  ZFS_POOL_FULL: FALLBACK,
+  ZFS_POOL_CORRUPT: FALLBACK,
+  ZFS_WRONG_BASE: FALLBACK,
+  ZFS_STREAM_TRUNCATED: FALLBACK,
+};
+
+/** A failed download transport with this code lets the planner try the next one (src/agent/transports). */
+export function allowsTransportFallback(code: ErrorCode): boolean {
+  return TRAITS[code]?.transportFallback === true;
+}
+
+/** An answer, not a failure: the agent does not record it as the last error nor report it. */
+export function isPolicyAnswer(code: ErrorCode): boolean {
+  return TRAITS[code]?.policyAnswer === true;
+}
+
 export class IbuError extends Error {
   override name = 'IbuError';
   constructor(

@@ -28,7 +28,12 @@ async function once(c: HealthCheck): Promise<{ ok: boolean; detail: string }> {
  * Runs every check until it passes or the overall deadline passes: services may still be starting
  * right after boot, so a failing check is retried every `pollSeconds`. All checks must pass.
  */
-export async function runHealthChecks(checks: HealthCheck[], deadlineSeconds: number, pollSeconds: number, log: (s: string) => void = () => {}): Promise<HealthResult[]> {
+export async function runHealthChecks(
+  checks: HealthCheck[],
+  deadlineSeconds: number,
+  pollSeconds: number,
+  log: (s: string) => void = () => {},
+): Promise<HealthResult[]> {
   const deadline = Date.now() + deadlineSeconds * 1000;
   return Promise.all(
     checks.map(async (c): Promise<HealthResult> => {

@@ -2,6 +2,8 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
 import type { DeviceEvent, DeviceState } from '../fleet/protocol.js';
+import { crashPoint } from './crash-point.js';
+import { ImagesDir } from './images-dir.js';
 
 /**
  * The agent's journal, `<imagesDir>/.ibu/state.json`. It records intent and progress only; the
@@ -54,7 +56,7 @@ export function emptyJournal(): Journal {
 }
 
 export function journalPath(imagesDir: string): string {
-  return path.join(imagesDir, '.ibu', 'state.json');
+  return new ImagesDir(imagesDir).journal;
 }
 
 const STATES: readonly DeviceState[] = ['idle', 'preparing', 'prepared', 'applying', 'trial', 'committed', 'rolled-back', 'failed'];
@@ -110,4 +112,42 @@ export async function writeJournal(imagesDir: string, j: Journal): Promise<void>
   await fsp.mkdir(path.dirname(file), { recursive: true });
   j.updatedAt = new Date().toISOString();
   await writeFileAtomic(file, JSON.stringify(j, null, 2) + '\n');
+}
+
+/**
+ * The journal of one agent run, in memory and on disk: `record` applies a patch and writes it
+ * durably before the run goes on, so what is recorded is what happened (or a step behind).
+ */
+export class JournalFile {
+  j: Journal = emptyJournal();
+  constructor(readonly imagesDir: string) {}
+
+  /** Reads the journal; a damaged one was moved aside, which is logged and recorded at once. */
+  async load(log: (line: string) => void): Promise<void> {
+    const r = await readJournal(this.imagesDir);
+    this.j = r.journal;
+    if (r.recovered) {
+      log(r.journal.lastError!.message);
+      await this.save();
+    }
+  }
+
+  save(): Promise<void> {
+    return writeJournal(this.imagesDir, this.j);
+  }
+
+  /** Records a completed step (or a new state) durably; the crash harness kills around it. */
+  async record(patch: Partial<Journal>): Promise<void> {
+    // A kill here: the effect happened but is not recorded. (A kill right after the record is the
+    // same boundary as the next step's crash point.)
+    crashPoint(`before-record ${patch.state ?? ''}${patch.step ?? ''}`);
+    Object.assign(this.j, patch);
+    await this.save();
+  }
+}
+
+/** The journal's list of versions whose trial failed, with `v` added (the last 20 kept). */
+export function withFailed(j: Journal, v: string | null | undefined): string[] {
+  const list = j.failedVersions ?? [];
+  return v && !list.includes(v) ? [...list, v].slice(-20) : list;
 }

@@ -1,5 +1,6 @@
 import { promises as fsp, constants as fsc } from 'node:fs';
 import { IbuError } from '../errors.js';
+import { errorFromResponse } from '../http-error-body.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import type { CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse } from '../fleet/protocol.js';
 
@@ -28,13 +29,19 @@ export class ServerClient {
       throw new IbuError('HTTP_ERROR', `Cannot reach the server at ${url}: ${(err as Error).message}. Check server.url and the network.`, { cause: err });
     }
     const text = await res.text();
-    if (res.status === 401 || res.status === 403) throw new IbuError('UNAUTHORIZED', `The server refused device ${this.deviceId} (HTTP ${res.status}); re-enroll the device or fix its token.`);
-    if (!res.ok) throw new IbuError('HTTP_ERROR', `${url} answered HTTP ${res.status}: ${text.slice(0, 300)}`);
+    if (!res.ok) throw this.refusal(res.status, text, `POST ${route}`);
     try {
       return JSON.parse(text) as T;
     } catch {
       throw new IbuError('HTTP_ERROR', `${url} answered something that is not JSON: ${text.slice(0, 100)}`);
     }
+  }
+
+  /** A non-2xx answer as an IbuError with the server's code (src/http-error-body.ts), and what to do next when refused. */
+  private refusal(status: number, text: string, what: string): IbuError {
+    const refused = status === 401 || status === 403;
+    const hint = refused ? `The server refused device ${this.deviceId}; re-enroll the device or fix its token.` : '';
+    return errorFromResponse(status, text, `${this.baseUrl} ${what}`, hint);
   }
 
   enroll(req: EnrollRequest): Promise<EnrollResponse> {
@@ -106,8 +113,8 @@ export class ServerClient {
         return false;
       }
       if (res.status !== 200 && res.status !== 206) {
-        const t = await res.text().catch(() => '');
-        throw new IbuError('HTTP_ERROR', `${url} answered HTTP ${res.status}: ${t.slice(0, 300)}`);
+        // A 4xx keeps the server's code: only codes that allow a transport fallback go on to chunks.
+        throw this.refusal(res.status, await res.text().catch(() => ''), `GET ${new URL(url).pathname}`);
       }
       const resumed = res.status === 206;
       const len = Number(res.headers.get('content-length') ?? NaN);

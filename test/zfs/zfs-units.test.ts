@@ -24,7 +24,9 @@ import { publishRelease } from '../../src/release/publish.js';
 import type { Manifest, ManifestZfs } from '../../src/release/types.js';
 import { LocalStore } from '../../src/store/local-store.js';
 import { validateConfig } from '../../src/agent/config.js';
-import { pruneSnapshots, tryZfs } from '../../src/agent/zfs-transport.js';
+import { ImagesDir } from '../../src/agent/images-dir.js';
+import { attempt, type DownloadDeps, type DownloadRequest } from '../../src/agent/transports/transport.js';
+import { pruneSnapshots, zfsTransport } from '../../src/agent/transports/zfs.js';
 import { ServerClient } from '../../src/agent/server-client.js';
 import { manifestZfs } from '../../src/zfs/receive.js';
 import { BEGIN_RECORD_BYTES, DMU_BACKUP_MAGIC, parseBegin, verifyStreamFile } from '../../src/zfs/stream.js';
@@ -305,20 +307,21 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
   test('agent: no base snapshot → chunks by itself; stream not signed → ibu route; errors follow fallbackToChunks', async () => {
     const logs: string[] = [];
     const cfg = validateConfig({ transport: 'zfs', zfs: { dataset: 'dev/os' }, keyring, download: { store } }, 'agent.json');
-    const req = { manifest: m2, out: path.join(dir, 'out.img'), from: { version: '1', image: '/nonexistent' }, seeds: [], deltaFile: path.join(dir, '1_2.ibudelta'), imageBytes: 0 };
-    const deps = { cfg, server: new ServerClient('http://127.0.0.1:9', 'd', null), store: null, keyring: () => Keyring.load(keyring), log: (s: string) => logs.push(s) };
+    const req: DownloadRequest = { manifest: m2, out: path.join(dir, 'out.img'), from: { version: '1', image: '/nonexistent' }, seeds: [], dir: new ImagesDir(dir), imageBytes: 0 };
+    const deps: DownloadDeps = { cfg, server: new ServerClient('http://127.0.0.1:9', 'd', null), store: null, keyring: () => Keyring.load(keyring), log: (s: string) => logs.push(s) };
+    const tryZfs = (r: DownloadRequest, d: DownloadDeps) => attempt(zfsTransport, { req: r, deps: d });
     // dev/os@1 does not exist on the device pool.
-    assert.equal(await tryZfs(req, deps), 'chunks');
+    assert.deepEqual(await tryZfs(req, deps), { pass: 'chunks' });
     assert.ok(logs.some((l) => /lacks the base snapshot/.test(l)), logs.join('\n'));
     // A snapshot named 1 from another lineage (different GUID) is not the base either.
     await setGuid(fz, 'dev/os@1', '12345');
-    assert.equal(await tryZfs(req, deps), 'chunks');
+    assert.deepEqual(await tryZfs(req, deps), { pass: 'chunks' });
     assert.ok(logs.some((l) => /GUID 12345, not 111/.test(l)));
     // The release signs no stream from 0.9: the ibu route (deltas, chunks) decides.
-    assert.equal(await tryZfs({ ...req, from: { version: '0.9', image: '/x' } }, deps), null);
+    assert.deepEqual(await tryZfs({ ...req, from: { version: '0.9', image: '/x' } }, deps), { pass: 'next' });
     // A damaged pool: chunks by default, the error itself with fallbackToChunks false.
     await fsp.writeFile(path.join(fz, 'zpool'), '#!/bin/bash\necho "  pool: dev"; echo "  state: ONLINE"; echo "errors: 3 data errors, use \'-v\' for a list"\n', { mode: 0o755 });
-    assert.equal(await tryZfs(req, deps), 'chunks');
+    assert.deepEqual(await tryZfs(req, deps), { pass: 'chunks' });
     const strict = { ...deps, cfg: validateConfig({ transport: 'zfs', zfs: { dataset: 'dev/os', fallbackToChunks: false }, keyring, download: { store } }, 'agent.json') };
     await assert.rejects(tryZfs(req, strict), (e) => isIbuError(e, 'ZFS_POOL_CORRUPT'));
   });

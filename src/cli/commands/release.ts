@@ -13,6 +13,7 @@ import { LocalStore } from '../../store/local-store.js';
 import { HttpStore, type HttpLayout } from '../../store/http-store.js';
 import type { Store } from '../../store/store.js';
 import { formatBytes } from '../../util/bytes.js';
+import { fetchFrame, ProgressBar } from '../../util/progress-bar.js';
 import { parseSize } from '../run.js';
 
 const collect = (v: string, acc: string[]) => [...acc, v];
@@ -120,7 +121,8 @@ export function registerReleaseCommands(program: Command): void {
         if (!(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
         const store = openStoreArg(opts.from, concurrency, opts.layout as HttpLayout | undefined);
         const keyring = await Keyring.load(opts.keyring);
-        const bar = !opts.json && process.stderr.isTTY ? progressBar() : undefined;
+        const bar = new ProgressBar(`fetch ${opts.version}`, !opts.json && Boolean(process.stderr.isTTY));
+        const onProgress = (p: FetchProgress): void => bar.update(fetchFrame(p, `${p.phase} ${opts.version}`));
         try {
           const r = await fetchRelease({
             store,
@@ -131,9 +133,9 @@ export function registerReleaseCommands(program: Command): void {
             channel: opts.channel,
             concurrency,
             seedScan: opts.seedScan as 'full' | 'offset',
-            onProgress: bar?.update,
+            onProgress,
           });
-          bar?.end();
+          bar.end();
           if (opts.json) process.stdout.write(JSON.stringify(r) + '\n');
           else {
             process.stdout.write(
@@ -143,7 +145,7 @@ export function registerReleaseCommands(program: Command): void {
             );
           }
         } finally {
-          bar?.end();
+          bar.end();
           if (store instanceof HttpStore) await store.close();
         }
       },
@@ -221,29 +223,4 @@ export function parseChunkSizes(s: string): { min: number; avg: number; max: num
 
 function pct(a: number, b: number): string {
   return b > 0 ? `${((100 * a) / b).toFixed(0)}%` : '';
-}
-
-/** One self-rewriting stderr line: phase, bytes reused vs downloaded, rate and ETA. */
-function progressBar(): { update: (p: FetchProgress) => void; end: () => void } {
-  const t0 = performance.now();
-  let shown = false;
-  let ended = false;
-  return {
-    update(p) {
-      if (ended) return;
-      const secs = (performance.now() - t0) / 1000;
-      const rate = secs > 0 ? p.downloadedBytes / secs : 0;
-      const left = p.neededDownloadBytes !== undefined ? Math.max(0, p.neededDownloadBytes - p.downloadedBytes) : undefined;
-      const eta = left !== undefined && rate > 0 ? `ETA ${Math.ceil(left / rate)} s` : '';
-      process.stderr.write(
-        `\r\x1b[K${p.phase} ${pct(p.writtenBytes, p.totalBytes)}  reused ${formatBytes(p.reusedBytes)}  ` +
-          `downloaded ${formatBytes(p.downloadedBytes)}  ${formatBytes(rate)}/s  ${eta}`,
-      );
-      shown = true;
-    },
-    end() {
-      if (shown && !ended) process.stderr.write('\n');
-      ended = true;
-    },
-  };
 }

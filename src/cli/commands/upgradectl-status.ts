@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { mib } from '../../util/bytes.js';
 import { agentFor, withCommonOptions } from './upgradectl-common.js';
 
 export function registerStatusCommand(program: Command): void {
@@ -11,19 +12,17 @@ export function registerStatusCommand(program: Command): void {
         process.stdout.write(JSON.stringify(s) + '\n');
         return;
       }
-      const images = (s.images as Array<{ version: string; sizeBytes: number; allocatedBytes: number }>)
-        .map((i) => `${i.version} (${(i.allocatedBytes / 1048576).toFixed(1)} MiB on disk)`)
-        .join(', ');
-      const le = s.lastError as { code: string; message: string } | null;
+      const images = s.images.map((i) => `${i.version} (${mib(i.allocatedBytes)} on disk)`).join(', ');
+      const le = s.lastError;
       const lines = [
         `running:    ${s.running ?? 'unknown'}${s.trial ? ' (TRIAL, not committed)' : ''}`,
         `committed:  ${s.committed ?? 'unknown'}`,
         `try once:   ${s.tryImage ?? '-'}`,
         `prepared:   ${s.prepared ?? '-'}`,
-        `state:      ${String(s.state)}${s.step ? ` (last step ${String(s.step)})` : ''}`,
+        `state:      ${s.state}${s.step ? ` (last step ${s.step})` : ''}`,
         `images:     ${images || '-'}`,
-        `free:       ${s.freeBytes === null ? '?' : `${((s.freeBytes as number) / 1048576).toFixed(1)} MiB`}`,
-        `boot env:   ${(s.bootloader as { dir: string }).dir} (try cleared by ${(s.bootloader as { tryClearedBy: string }).tryClearedBy})`,
+        `free:       ${s.freeBytes === null ? '?' : mib(s.freeBytes)}`,
+        `boot env:   ${s.bootloader.dir} (try cleared by ${s.bootloader.tryClearedBy})`,
         `last error: ${le ? `[${le.code}] ${le.message}` : '-'}`,
       ];
       process.stdout.write(lines.join('\n') + '\n');

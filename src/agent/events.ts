@@ -1,0 +1,37 @@
+import type { DeviceEvent, DeviceEventType } from '../fleet/protocol.js';
+import type { JournalFile } from './journal.js';
+import type { ServerClient } from './server-client.js';
+
+/** Queues an event in the journal; it is delivered by flushEvents, now or on a later run. */
+export function queueEvent(
+  jf: JournalFile,
+  at: Date,
+  type: DeviceEventType,
+  from: string | null,
+  to: string | null,
+  error?: { code: string; message: string },
+): void {
+  jf.j.pendingEvents.push({ type, fromVersion: from ?? 'unknown', toVersion: to ?? 'unknown', at: at.toISOString(), ...(error ? { error } : {}) });
+}
+
+/** Delivers queued events in order; what fails stays queued (with everything after it) for the next run. */
+export async function flushEvents(jf: JournalFile, server: ServerClient | null, log: (line: string) => void): Promise<void> {
+  if (!server || jf.j.pendingEvents.length === 0) return;
+  const left: DeviceEvent[] = [];
+  for (const ev of jf.j.pendingEvents) {
+    if (left.length > 0) {
+      left.push(ev);
+      continue;
+    }
+    try {
+      await server.event(ev);
+    } catch (err) {
+      log(`could not report ${ev.type} to the server (${(err as Error).message}); will retry`);
+      left.push(ev);
+    }
+  }
+  if (left.length !== jf.j.pendingEvents.length) {
+    jf.j.pendingEvents = left;
+    await jf.save();
+  }
+}
