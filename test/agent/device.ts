@@ -56,9 +56,28 @@ export async function buildImage(dir: string, spec: ImageSpec): Promise<string> 
   // Fixed timestamps: the same spec always gives the same image bytes (mke2fs -d copies mtimes).
   await run('find', [tree, '-exec', 'touch', '-h', '-d', '@1700000000', '{}', '+']);
   const img = path.join(dir, `${spec.version}.img`);
-  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '4096', '-U', '6b1f8f5e-2a42-4c1e-9c6d-6f2b9a0d1e01', '-E', 'hash_seed=1c7d2a70-8e0b-4b9a-b0f5-3f1c2d3e4f50,root_owner=0:0', '-d', tree, img, `${spec.sizeMiB ?? 8}M`], {
-    env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' },
-  });
+  await run(
+    'mke2fs',
+    [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-b',
+      '4096',
+      '-U',
+      '6b1f8f5e-2a42-4c1e-9c6d-6f2b9a0d1e01',
+      '-E',
+      'hash_seed=1c7d2a70-8e0b-4b9a-b0f5-3f1c2d3e4f50,root_owner=0:0',
+      '-d',
+      tree,
+      img,
+      `${spec.sizeMiB ?? 8}M`,
+    ],
+    {
+      env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' },
+    },
+  );
   await fsp.rm(tree, { recursive: true, force: true });
   return img;
 }
@@ -104,7 +123,16 @@ export async function makeDevice(o: { running: string; releases: ImageSpec[]; in
   const store = new LocalStore(storeDir);
   for (const spec of o.releases) {
     const img = await buildImage(build, spec);
-    await publishRelease({ image: img, version: spec.version, store, keyFiles: [path.join(keys, 'signing.key')], channel: 'stable', requireKernel: false, fileMap: false, params: { min: 4096, avg: 16384, max: 65536 } });
+    await publishRelease({
+      image: img,
+      version: spec.version,
+      store,
+      keyFiles: [path.join(keys, 'signing.key')],
+      channel: 'stable',
+      requireKernel: false,
+      fileMap: false,
+      params: { min: 4096, avg: 16384, max: 65536 },
+    });
     if ((o.installed ?? [o.running]).includes(spec.version)) await run('cp', ['--sparse=always', img, path.join(images, `${spec.version}.img`)]);
   }
   // The built images stay in <dir>/build (the exact bytes the store holds, for delta tests).
@@ -113,7 +141,9 @@ export async function makeDevice(o: { running: string; releases: ImageSpec[]; in
   await fsp.mkdir(path.join(systemRoot, 'etc', 'app'), { recursive: true });
   await fsp.writeFile(path.join(systemRoot, 'etc', 'passwd'), BASE_PASSWD + 'alice:x:1000:1000:Alice:/home/alice:/bin/bash\n');
   await fsp.writeFile(path.join(systemRoot, 'etc', 'group'), BASE_GROUP.replace('adm:x:4:', 'adm:x:4:alice') + 'alice:x:1000:\n');
-  await fsp.writeFile(path.join(systemRoot, 'etc', 'shadow'), BASE_SHADOW.replace('root:*', 'root:$6$salt$hash') + 'alice:$6$a$b:19500:0:99999:7:::\n', { mode: 0o640 });
+  await fsp.writeFile(path.join(systemRoot, 'etc', 'shadow'), BASE_SHADOW.replace('root:*', 'root:$6$salt$hash') + 'alice:$6$a$b:19500:0:99999:7:::\n', {
+    mode: 0o640,
+  });
   await fsp.writeFile(path.join(systemRoot, 'etc', 'hostname'), 'device-42\n');
   await fsp.writeFile(path.join(systemRoot, 'etc', 'app', 'settings.conf'), 'retention=30\n');
   const cmdline = path.join(dir, 'cmdline');
@@ -232,7 +262,10 @@ export interface CliResult {
 export async function cli(dev: Device, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   const { spawn } = await import('node:child_process');
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...cliArgv(), ...args, '--config', dev.configPath], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...cliArgv(), ...args, '--config', dev.configPath], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (d: Buffer) => out.push(d));
