@@ -24,7 +24,10 @@ export async function checkApplyGates(ctx: AgentContext, opts: ApplyOptions): Pr
       const r = await checkIn(ctx, await ctx.facts(), true);
       if (!window && r) window = r.window;
       if (r && !r.rebootLease.granted && !opts.now) {
-        throw new IbuError('INHIBITED', 'The server has not granted a reboot lease yet (too many devices of this group are rebooting); apply runs again later.');
+        throw new IbuError(
+          'INHIBITED',
+          'The server has not granted a reboot lease yet (too many devices of this group are rebooting); apply runs again later.',
+        );
       }
     } catch (err) {
       if (isIbuError(err, 'INHIBITED')) throw err;

@@ -18,7 +18,10 @@ function markerFor(mountPoint: string): string {
 }
 
 async function markerDir(): Promise<string> {
-  const base = await fsp.access('/run').then(() => '/run/ibu', () => path.join(os.tmpdir(), 'ibu-run'));
+  const base = await fsp.access('/run').then(
+    () => '/run/ibu',
+    () => path.join(os.tmpdir(), 'ibu-run'),
+  );
   await fsp.mkdir(base, { recursive: true });
   return base;
 }

@@ -76,7 +76,11 @@ export async function loadConfig(file = DEFAULT_CONFIG_PATH, overrides: Partial<
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new IbuError('CONFIG_INVALID', `Cannot read the agent config ${file} (${e.code ?? e.message}); create it (see docs/agent.md) or pass --config FILE.`, { cause: err });
+    throw new IbuError(
+      'CONFIG_INVALID',
+      `Cannot read the agent config ${file} (${e.code ?? e.message}); create it (see docs/agent.md) or pass --config FILE.`,
+      { cause: err },
+    );
   }
   let raw: unknown;
   try {
@@ -93,7 +97,31 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
   const p = (msg: string): void => {
     problems.push(msg);
   };
-  const known = new Set(['server', 'channel', 'keyring', 'hostMount', 'imagesDir', 'cmdlineFile', 'runningVersion', 'systemRoot', 'boot', 'checkpoint', 'reboot', 'download', 'space', 'migration', 'health', 'window', 'inhibitors', 'inhibitorWaitSeconds', 'pollSeconds', 'transport', 'zfs', '$schema', 'comment']);
+  const known = new Set([
+    'server',
+    'channel',
+    'keyring',
+    'hostMount',
+    'imagesDir',
+    'cmdlineFile',
+    'runningVersion',
+    'systemRoot',
+    'boot',
+    'checkpoint',
+    'reboot',
+    'download',
+    'space',
+    'migration',
+    'health',
+    'window',
+    'inhibitors',
+    'inhibitorWaitSeconds',
+    'pollSeconds',
+    'transport',
+    'zfs',
+    '$schema',
+    'comment',
+  ]);
   for (const k of Object.keys(raw)) if (!known.has(k)) p(`unknown key '${k}' (a typo? known keys: ${[...known].filter((x) => !x.startsWith('$')).join(', ')})`);
 
   const str = (o: Json, k: string, where: string, def?: string): string => {
@@ -170,7 +198,8 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
   };
 
   const checkpoint = raw.checkpoint ?? 'fsfreeze';
-  if (checkpoint !== 'fsfreeze' && checkpoint !== 'sync') p(`checkpoint must be 'fsfreeze' or 'sync' (sync only where GRUB does not read the filesystem, e.g. tests)`);
+  if (checkpoint !== 'fsfreeze' && checkpoint !== 'sync')
+    p(`checkpoint must be 'fsfreeze' or 'sync' (sync only where GRUB does not read the filesystem, e.g. tests)`);
 
   const r = obj('reboot');
   const reboot = {
@@ -200,7 +229,8 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
         if (!m || typeof m !== 'object') return p(`${where.slice(0, -1)} must be an object`);
         const mm = m as Json;
         const rp = str(mm, 'path', where);
-        if (rp && (!path.isAbsolute(rp) || rp.split('/').includes('..') || rp === '/')) p(`${where}path must be an absolute path below / without '..', got '${rp}'`);
+        if (rp && (!path.isAbsolute(rp) || rp.split('/').includes('..') || rp === '/'))
+          p(`${where}path must be an absolute path below / without '..', got '${rp}'`);
         const st = mm.strategy;
         if (st !== 'copy' && st !== 'keep-new' && st !== 'merge') p(`${where}strategy must be 'copy', 'keep-new' or 'merge'`);
         migration.push({ path: rp, strategy: st as MigrationStrategy });
@@ -224,7 +254,13 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
         }
         if (!command && !url) p(`${where.slice(0, -1)} needs a command or a url`);
         if (command && url) p(`${where.slice(0, -1)} has both a command and a url; use one per check`);
-        checks.push({ name: typeof cc.name === 'string' ? cc.name : `check ${i + 1}`, command, url, expectStatus: num(cc, 'expectStatus', where, 200, 100), timeoutSeconds: num(cc, 'timeoutSeconds', where, 30, 0.1) });
+        checks.push({
+          name: typeof cc.name === 'string' ? cc.name : `check ${i + 1}`,
+          command,
+          url,
+          expectStatus: num(cc, 'expectStatus', where, 200, 100),
+          timeoutSeconds: num(cc, 'timeoutSeconds', where, 30, 0.1),
+        });
       });
   }
   const health = { deadlineSeconds: num(h, 'deadlineSeconds', 'health.', 300, 1), checks };
@@ -247,8 +283,10 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
         const where = `window.rules[${i}].`;
         const rr = (ru ?? {}) as Json;
         const days = rr.days;
-        if (!Array.isArray(days) || days.length === 0 || !days.every((x) => Number.isInteger(x) && x >= 0 && x <= 6)) p(`${where}days must be weekday numbers 0 (Sunday) to 6`);
-        for (const k of ['start', 'end']) if (typeof rr[k] !== 'string' || !/^([01]\d|2[0-3]):[0-5]\d$/.test(rr[k] as string)) p(`${where}${k} must be HH:MM (24 h)`);
+        if (!Array.isArray(days) || days.length === 0 || !days.every((x) => Number.isInteger(x) && x >= 0 && x <= 6))
+          p(`${where}days must be weekday numbers 0 (Sunday) to 6`);
+        for (const k of ['start', 'end'])
+          if (typeof rr[k] !== 'string' || !/^([01]\d|2[0-3]):[0-5]\d$/.test(rr[k] as string)) p(`${where}${k} must be HH:MM (24 h)`);
         rules.push({ days: (days as number[]) ?? [], start: String(rr.start), end: String(rr.end) });
       });
     window = { timeZone: tz, rules };
@@ -295,9 +333,14 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
     zfs: tr.zfs,
   };
   if (problems.length > 0) {
-    throw new IbuError('CONFIG_INVALID', `The agent config ${file} has ${problems.length} problem${problems.length > 1 ? 's' : ''}:\n  - ${problems.join('\n  - ')}\nFix them and run the command again.`, {
-      details: { problems },
-    });
+    throw new IbuError(
+      'CONFIG_INVALID',
+      `The agent config ${file} has ${problems.length} problem${problems.length > 1 ? 's' : ''}:\n  - ${problems.join('\n  - ')}\n` +
+        'Fix them and run the command again.',
+      {
+        details: { problems },
+      },
+    );
   }
   return cfg;
 }
@@ -313,6 +356,8 @@ export async function deviceToken(cfg: AgentConfig): Promise<string | null> {
   } catch (err) {
     // Not enrolled yet: requests go without a token (and `upgradectl enroll` writes it).
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new IbuError('CONFIG_INVALID', `Cannot read the device token file ${tf}: ${(err as Error).message}. Enroll the device or fix server.tokenFile.`, { cause: err });
+    throw new IbuError('CONFIG_INVALID', `Cannot read the device token file ${tf}: ${(err as Error).message}. Enroll the device or fix server.tokenFile.`, {
+      cause: err,
+    });
   }
 }

@@ -88,7 +88,13 @@ export async function freeBytes(dir: string): Promise<number> {
 
 export function noSpaceError(plan: CleanupPlan, dir: string, target: string): IbuError {
   const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
-  return new IbuError('NO_SPACE', `Not enough space in ${dir} for ${target}: ${mib(plan.shortBy)} short of the ${mib(plan.required)} needed even after deleting every image the policy may delete (the running image, the committed default and a pending trial are kept). Free space on the host partition or lower space.reserveBytes.`, {
-    details: { required: plan.required, shortBy: plan.shortBy },
-  });
+  return new IbuError(
+    'NO_SPACE',
+    `Not enough space in ${dir} for ${target}: ${mib(plan.shortBy)} short of the ${mib(plan.required)} needed ` +
+      'even after deleting every image the policy may delete (the running image, the committed default and a pending trial are kept). ' +
+      'Free space on the host partition or lower space.reserveBytes.',
+    {
+      details: { required: plan.required, shortBy: plan.shortBy },
+    },
+  );
 }

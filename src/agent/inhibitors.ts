@@ -14,7 +14,10 @@ export async function checkInhibitors(list: Inhibitor[], commandTimeoutMs = 30_0
   return Promise.all(
     list.map(async (inh): Promise<InhibitorState> => {
       if (inh.lockFile) {
-        const present = await fsp.access(inh.lockFile).then(() => true, () => false);
+        const present = await fsp.access(inh.lockFile).then(
+          () => true,
+          () => false,
+        );
         if (present) return { name: inh.name, busy: true, why: `lock file ${inh.lockFile} exists` };
       }
       if (inh.command) {
@@ -53,7 +56,11 @@ export async function waitForInhibitors(list: Inhibitor[], waitSeconds: number, 
     if (busy.length === 0) return;
     const what = busy.map((b) => `${b.name} (${b.why})`).join(', ');
     if (Date.now() + pollSeconds * 1000 > deadline) {
-      throw new IbuError('INHIBITED', `The upgrade is held back by ${what}; waited ${waitSeconds} s. It will be applied on a later run once they are idle (or raise inhibitorWaitSeconds).`, { details: { busy } });
+      throw new IbuError(
+        'INHIBITED',
+        `The upgrade is held back by ${what}; waited ${waitSeconds} s. It will be applied on a later run once they are idle (or raise inhibitorWaitSeconds).`,
+        { details: { busy } },
+      );
     }
     log(`waiting: ${what}`);
     await new Promise((r) => setTimeout(r, pollSeconds * 1000));

@@ -86,7 +86,11 @@ export async function readJournal(imagesDir: string): Promise<JournalRead> {
   const aside = `${file}.damaged-${Date.now()}`;
   await fsp.rename(file, aside).catch(() => {});
   const j = emptyJournal();
-  j.lastError = { code: 'JOURNAL_INVALID', message: `The journal ${file} was unreadable (${problem}); it was moved to ${aside} and the agent restarted from the state on disk.`, at: new Date().toISOString() };
+  j.lastError = {
+    code: 'JOURNAL_INVALID',
+    message: `The journal ${file} was unreadable (${problem}); it was moved to ${aside} and the agent restarted from the state on disk.`,
+    at: new Date().toISOString(),
+  };
   return { journal: j, recovered: aside };
 }
 

@@ -117,7 +117,11 @@ export async function migrateTree(rules: MigrationRule[], fromRoot: string, toRo
           break;
         case 'merge': {
           const kind = accountKind(rule.path);
-          if (!kind || !s.isFile()) throw new IbuError('MIGRATION_FAILED', `merge works on account files (passwd, group, shadow, gshadow, subuid, subgid), not ${rule.path}; use copy or keep-new for it.`);
+          if (!kind || !s.isFile())
+            throw new IbuError(
+              'MIGRATION_FAILED',
+              `merge works on account files (passwd, group, shadow, gshadow, subuid, subgid), not ${rule.path}; use copy or keep-new for it.`,
+            );
           if (!d) {
             await replaceWith(src, dst, false);
             note('copied', 'absent in the new image');

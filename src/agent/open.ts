@@ -21,7 +21,12 @@ export async function openAgent(cfg: AgentConfig, o: OpenOptions = {}): Promise<
     espEnvDir: cfg.boot.espEnvDir ?? undefined,
     tryClearedBy: cfg.boot.tryClearedBy ?? undefined,
   });
-  const bootloader = new GrubBootloader({ dir: loc.dir, tryClearedBy: loc.tryClearedBy, reason: loc.reason, afterCopyWritten: (i) => crashPoint(`bootenv-copy-${i}`) });
+  const bootloader = new GrubBootloader({
+    dir: loc.dir,
+    tryClearedBy: loc.tryClearedBy,
+    reason: loc.reason,
+    afterCopyWritten: (i) => crashPoint(`bootenv-copy-${i}`),
+  });
   const token = await deviceToken(cfg);
   const server = cfg.server ? new ServerClient(cfg.server.url, cfg.server.deviceId, token) : null;
   let store: Store | null = null;

@@ -66,7 +66,15 @@ export class ServerClient {
     from: string,
     to: string,
     out: string,
-    o: { deadline: number; maxRetryAfterSeconds: number; maxBytes?: number; onProgress?: (done: number, total: number) => void; onWait?: (s: string) => void; onBytes?: (n: number) => void; route?: 'deltas' | 'zfs-streams' },
+    o: {
+      deadline: number;
+      maxRetryAfterSeconds: number;
+      maxBytes?: number;
+      onProgress?: (done: number, total: number) => void;
+      onWait?: (s: string) => void;
+      onBytes?: (n: number) => void;
+      route?: 'deltas' | 'zfs-streams';
+    },
   ): Promise<boolean> {
     // The ZFS stream route (docs/zfs.md) behaves exactly like the delta route.
     const url = `${this.baseUrl}/v1/${o.route ?? 'deltas'}/${encodeURIComponent(from)}/${encodeURIComponent(to)}`;
@@ -75,7 +83,12 @@ export class ServerClient {
       // delta evicted and rebuilt in between comes back whole (200) instead of being spliced.
       const etagFile = `${out}.etag`;
       const etag = await fsp.readFile(etagFile, 'utf8').catch(() => '');
-      const have = etag ? await fsp.stat(out).then((s) => s.size, () => 0) : 0;
+      const have = etag
+        ? await fsp.stat(out).then(
+            (s) => s.size,
+            () => 0,
+          )
+        : 0;
       const headers = this.headers(false);
       if (have > 0) {
         headers.range = `bytes=${have}-`;
@@ -97,7 +110,10 @@ export class ServerClient {
         const base = Math.min(Number.isFinite(ra) && ra > 0 ? ra : 5, o.maxRetryAfterSeconds);
         const wait = base * (0.5 + Math.random()); // ±50% jitter
         if (Date.now() + wait * 1000 > o.deadline) return false;
-        o.onWait?.(`delta ${from}→${to} is ${String((info as { state?: unknown }).state ?? 'queued')} (position ${String((info as { position?: unknown }).position ?? '?')}); retrying in ${wait.toFixed(1)} s`);
+        o.onWait?.(
+          `delta ${from}→${to} is ${String((info as { state?: unknown }).state ?? 'queued')} ` +
+            `(position ${String((info as { position?: unknown }).position ?? '?')}); retrying in ${wait.toFixed(1)} s`,
+        );
         await new Promise((r) => setTimeout(r, wait * 1000));
         continue;
       }
@@ -139,7 +155,8 @@ export class ServerClient {
       } finally {
         await fh.close();
       }
-      if (Number.isFinite(len) && done !== total) throw new IbuError('HTTP_ERROR', `The delta download from ${url} ended after ${done} of ${total} bytes; it resumes on the next run.`);
+      if (Number.isFinite(len) && done !== total)
+        throw new IbuError('HTTP_ERROR', `The delta download from ${url} ended after ${done} of ${total} bytes; it resumes on the next run.`);
       return true;
     }
   }

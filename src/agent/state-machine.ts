@@ -114,7 +114,12 @@ function nextApply(j: Journal, f: DeviceFacts): Step {
 
 function nextConfirm(j: Journal, f: DeviceFacts): Step {
   const target = j.target?.version ?? null;
-  if (f.running === null) return { kind: 'fail', code: 'INTERNAL', message: 'The running image is unknown (no loop=/images/<v>.img on the kernel command line and no runningVersion in the config).' };
+  if (f.running === null)
+    return {
+      kind: 'fail',
+      code: 'INTERNAL',
+      message: 'The running image is unknown (no loop=/images/<v>.img on the kernel command line and no runningVersion in the config).',
+    };
   if (f.running !== f.boot.defaultImage) {
     // A trial boot (GRUB has cleared try_image) or a by-hand boot of a non-default image.
     if (j.state === 'rolled-back' && target === f.running) return { kind: 'reboot', why: 'revert' };

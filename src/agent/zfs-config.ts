@@ -33,9 +33,11 @@ export function parseTransport(raw: Record<string, unknown>, problem: (msg: stri
     return { transport: 'ibu', zfs: null };
   }
   const zz = z as Record<string, unknown>;
-  for (const k of Object.keys(zz)) if (!['dataset', 'fallbackToChunks', 'waitSeconds'].includes(k)) problem(`unknown key 'zfs.${k}' (known: dataset, fallbackToChunks, waitSeconds)`);
+  for (const k of Object.keys(zz))
+    if (!['dataset', 'fallbackToChunks', 'waitSeconds'].includes(k)) problem(`unknown key 'zfs.${k}' (known: dataset, fallbackToChunks, waitSeconds)`);
   const dataset = zz.dataset;
-  if (typeof dataset !== 'string' || !DATASET.test(dataset)) problem(`zfs.dataset must be a zvol name like POOL/VOLUME (no '@'), got ${JSON.stringify(dataset)}`);
+  if (typeof dataset !== 'string' || !DATASET.test(dataset))
+    problem(`zfs.dataset must be a zvol name like POOL/VOLUME (no '@'), got ${JSON.stringify(dataset)}`);
   if (zz.fallbackToChunks !== undefined && typeof zz.fallbackToChunks !== 'boolean') problem('zfs.fallbackToChunks must be true or false');
   const w = zz.waitSeconds;
   if (w !== undefined && (typeof w !== 'number' || !Number.isFinite(w) || w < 0)) problem('zfs.waitSeconds must be a number >= 0');

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { cli, debugfsCat, makeDevice } from './fixture.js';
+import { cli, debugfsCat, makeDevice } from './device.js';
 
 async function sha256(file: string): Promise<string> {
   return createHash('sha256').update(await fsp.readFile(file)).digest('hex');

@@ -10,7 +10,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { run } from '../../src/util/exec.js';
-import { cli, makeDevice, type Device } from './fixture.js';
+import { cli, makeDevice, type Device } from './device.js';
 import { bytesToAllocate } from '../../src/agent/disk-policy.js';
 
 async function withHostFs(sizeMiB: number, fn: (mnt: string, loopDev: string) => Promise<void>): Promise<void> {

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { createServer } from '../../src/server/app.js';
-import { cli, makeDevice } from './fixture.js';
+import { cli, makeDevice } from './device.js';
 
 async function post(url: string, body: unknown, token?: string): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify(body) });

@@ -14,7 +14,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { seededBytes } from '../helpers/ext4-images.js';
-import { buildImage } from '../agent/fixture.js';
+import { buildImage } from '../agent/device.js';
 import { repoRoot, runScenarioGuest, signingKeyring, zfsUnavailable } from './harness.js';
 
 /** Every check the guest script prints; each must PASS. */

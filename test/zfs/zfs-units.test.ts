@@ -32,7 +32,7 @@ import { manifestZfs } from '../../src/zfs/receive.js';
 import { BEGIN_RECORD_BYTES, DMU_BACKUP_MAGIC, parseBegin, verifyStreamFile } from '../../src/zfs/stream.js';
 import { exportZvol, writeImageToZvol } from '../../src/zfs/zvol.js';
 import { createServer } from '../../src/server/index.js';
-import { buildImage } from '../agent/fixture.js';
+import { buildImage } from '../agent/device.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
