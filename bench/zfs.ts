@@ -43,7 +43,7 @@ interface GuestResult {
   deltaApply: number[];
 }
 
-/** Inside the guest: ZFS pools on /dev/vdb (release) and /dev/vdc (device), work disk /dev/vdd. */
+/** Inside the guest: runScenarioGuest made pools rpool (release) and dpool (device), work disk on /w. */
 async function guest(): Promise<void> {
   const share = arg('share', '/share');
   const { writeImageToZvol } = await import('../src/zfs/zvol.js');
@@ -53,8 +53,7 @@ async function guest(): Promise<void> {
   const { applyDelta } = await import('../src/delta/index.js');
   const { parseManifestUnverified } = await import('../src/release/manifest.js');
   const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`);
-  sh('zpool create -f -o ashift=12 -m none rpool /dev/vdb && zpool create -f -o ashift=12 -m none dpool /dev/vdc');
-  sh('mkfs.ext4 -q -F /dev/vdd && mkdir -p /w && mount /dev/vdd /w');
+  sh('zpool list rpool dpool >/dev/null && mountpoint -q /w'); // set up by runScenarioGuest
   const size = fs.statSync(path.join(IMAGES, 'base.img')).size;
   sh(`zfs create -s -V ${size} -o volblocksize=8192 -o compression=lz4 rpool/os`);
   const dev = await zvolDevice('rpool/os');

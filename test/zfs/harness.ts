@@ -324,10 +324,21 @@ export interface ScenarioDiskSizes {
 }
 
 /**
- * Runs a release-to-device scenario in the guest, its files in `work`: /dev/vdb holds the release
- * pool, /dev/vdc the device's pool, /dev/vdd an ext4 work disk, the serial log is work/guest.log.
- * Disk files left by an earlier run are removed first: runZfsGuest keeps disk files that exist,
- * and a scenario starts from empty disks.
+ * What a scenario script finds when it starts: pool `rpool` on /dev/vdb (the release side), pool
+ * `dpool` on /dev/vdc (the device), an ext4 work disk /dev/vdd mounted on /w. Printed as
+ * `IBU-ZFS scenario-disks ok|FAIL` so a script (or the host) can tell a setup failure apart.
+ */
+const SCENARIO_DISKS = [
+  'if zpool create -f -o ashift=12 -m none rpool /dev/vdb && zpool create -f -o ashift=12 -m none dpool /dev/vdc \\',
+  '  && mkfs.ext4 -q -F /dev/vdd && mkdir -p /w && mount /dev/vdd /w',
+  'then echo "IBU-ZFS scenario-disks ok"; else echo "IBU-ZFS scenario-disks FAIL"; fi',
+].join('\n');
+
+/**
+ * Runs a release-to-device scenario in the guest, its files in `work`: the script starts on the
+ * disks SCENARIO_DISKS sets up (release pool, device pool, work disk on /w); the serial log is
+ * work/guest.log. Disk files left by an earlier run are removed first: runZfsGuest keeps disk
+ * files that exist, and a scenario starts from empty disks.
  */
 export async function runScenarioGuest(work: string, sizes: ScenarioDiskSizes, opts: Omit<ZfsGuestOptions, 'disks' | 'logFile'>): Promise<ZfsGuestResult> {
   const disks = [
@@ -336,7 +347,7 @@ export async function runScenarioGuest(work: string, sizes: ScenarioDiskSizes, o
     { file: path.join(work, 'work.disk'), sizeMiB: sizes.workMiB },
   ];
   for (const d of disks) await fsp.rm(d.file, { force: true });
-  return runZfsGuest({ ...opts, disks, logFile: path.join(work, 'guest.log') });
+  return runZfsGuest({ ...opts, script: `${SCENARIO_DISKS}\n${opts.script}`, disks, logFile: path.join(work, 'guest.log') });
 }
 
 /** A signing key pair in `keys` (signing.key, signing.pub) and a `keyring` dir that trusts it. */

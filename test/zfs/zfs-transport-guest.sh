@@ -3,7 +3,8 @@
 # `ibu zfs publish`, `ibu serve` on 127.0.0.1, `upgradectl` with transport zfs.
 # Prints one `IBU-ZFS-T <name> PASS|FAIL <detail>` line per check; the host asserts on them.
 # Inputs: $REPO (this checkout), /share/{1,2}.img, /share/keys/signing.key, /share/keyring/.
-# Disks: /dev/vdb release pool, /dev/vdc device pool, /dev/vdd ext4 work disk (store, devices).
+# Disks (set up by runScenarioGuest): pool rpool on /dev/vdb (release), pool dpool on /dev/vdc
+# (device), /dev/vdd ext4 work disk on /w (store, devices).
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 IBU="$REPO/bin/ibu"
@@ -22,9 +23,8 @@ json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let o;
 T0=$(now)
 
 echo "== pools and disks"
-zpool create -f -o ashift=12 -m none rpool /dev/vdb && zpool create -f -o ashift=12 -m none dpool /dev/vdc
+# runScenarioGuest (test/zfs/harness.ts) created the pools and mounted the work disk on $W.
 check pools zpool list rpool dpool
-mkfs.ext4 -q -F /dev/vdd && mkdir -p $W && mount /dev/vdd $W
 check workdisk mountpoint -q $W
 
 echo "== release side: ibu zfs publish 1 and 2 (block by block into rpool/os)"
