@@ -4,7 +4,7 @@
  * must always (1) keep a grubenv that boots something: default_image and any try_image name a
  * complete, verified image; and (2) converge to the committed upgrade when the commands run again,
  * whether the agent was simply restarted or the power was cut (the test then "boots" as GRUB
- * would, see fixture.ts, and runs confirm as the boot unit does).
+ * would, see device.ts, and runs confirm as the boot unit does).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,7 +13,8 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { cli, cliArgv, cloneDevice, makeDevice, startServer, type Device, type TestServer } from './fixture.js';
+import { cli, cliArgv, cloneDevice, makeDevice, type Device } from './device.js';
+import { startServer, type TestServer } from './server.js';
 import { run } from '../../src/util/exec.js';
 
 const FROM = '1.0';
@@ -45,7 +46,9 @@ after(async () => {
 });
 
 async function sha256(file: string): Promise<string> {
-  return createHash('sha256').update(await fsp.readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await fsp.readFile(file))
+    .digest('hex');
 }
 
 /** The boot invariant: whatever GRUB picks next exists as a complete image (pristine 1.0, or a 2.0 that e2fsck accepts). */
@@ -115,7 +118,10 @@ async function runWithCrashAt(dev: Device, k: number, powerCut: boolean, flow: S
     const r = await cli(dev, st.args, { IBU_AGENT_CRASH_AT: String(remaining), IBU_AGENT_CRASH_TRACE: '1' });
     const passed = r.stderr.split('\n').filter((l) => l.startsWith('crash-point ')).length;
     if (r.signal === 'SIGKILL') {
-      const where = `crash at point ${k} (${st.args[0]} #${remaining}: ${r.stderr.split('\n').filter((l) => l.startsWith('crash-point ')).at(-1)})${powerCut ? ' + power cut' : ''}`;
+      const where = `crash at point ${k} (${st.args[0]} #${remaining}: ${r.stderr
+        .split('\n')
+        .filter((l) => l.startsWith('crash-point '))
+        .at(-1)})${powerCut ? ' + power cut' : ''}`;
       await assertBootable(dev, where);
       if (powerCut) {
         await dev.boot();
@@ -140,7 +146,10 @@ test('SIGKILL at every step boundary, then restart: always bootable, always conv
   // The boundaries of prepare from the fresh device; once k reaches apply, those of apply and
   // confirm from the prepared copy (the same states, without re-running prepare every time).
   let points = 0;
-  for (const [flow, from, name] of [[FLOW, template, 'restart'], [APPLY_FLOW, prepared, 'restart-apply']] as const) {
+  for (const [flow, from, name] of [
+    [FLOW, template, 'restart'],
+    [APPLY_FLOW, prepared, 'restart-apply'],
+  ] as const) {
     for (let k = 1; k < 200; k++) {
       const dev = await cloneDevice(from, work, `${name}-${k}`);
       try {
@@ -173,7 +182,7 @@ test('SIGKILL at every boundary of apply and confirm, then power cut and boot: a
   assert.ok(k > 10, `the flow passed ${k - 1} crash points`);
 });
 
-test('SIGKILL at random moments of a download over HTTP: no image appears unverified, the download resumes', async (t) => {
+test('SIGKILL at random moments of a download from the real ibu serve: no image appears unverified, the download resumes', async (t) => {
   const server: TestServer = await startServer(template.storeDir, { chunkDelayMs: 3 });
   const dev = await cloneDevice(template, work, 'random');
   try {
@@ -201,7 +210,13 @@ test('SIGKILL at random moments of a download over HTTP: no image appears unveri
       const exited = new Promise<NodeJS.Signals | null>((r) => child.on('close', (_c, s) => r(s)));
       // Wait until the download has started, then kill at a random moment within ~0.3 s.
       for (let w = 0; w < 400; w++) {
-        if (await fsp.readdir(staged).then((l) => l.some((n) => n.endsWith('.partial')), () => false)) break;
+        if (
+          await fsp.readdir(staged).then(
+            (l) => l.some((n) => n.endsWith('.partial')),
+            () => false,
+          )
+        )
+          break;
         if (child.exitCode !== null) break;
         await new Promise((r) => setTimeout(r, 5));
       }

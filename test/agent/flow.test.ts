@@ -6,7 +6,9 @@ import * as path from 'node:path';
 import { cli, debugfsCat, makeDevice } from './device.js';
 
 async function sha256(file: string): Promise<string> {
-  return createHash('sha256').update(await fsp.readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await fsp.readFile(file))
+    .digest('hex');
 }
 
 test('prepare → apply → trial boot → confirm commits; configuration migrated into the new image', async () => {
@@ -39,7 +41,10 @@ test('prepare → apply → trial boot → confirm commits; configuration migrat
     assert.equal(env.default_image, '1.0');
     assert.equal(env.try_image, '2.0');
     const changed = (r.json!.migration as { changed: Array<{ path: string; action: string }> }).changed;
-    assert.deepEqual(changed.map((c) => `${c.path}:${c.action}`), ['/etc/passwd:merged', '/etc/group:merged', '/etc/shadow:merged', '/etc/hostname:copied', '/etc/app:kept-new']);
+    assert.deepEqual(
+      changed.map((c) => `${c.path}:${c.action}`),
+      ['/etc/passwd:merged', '/etc/group:merged', '/etc/shadow:merged', '/etc/hostname:copied', '/etc/app:kept-new'],
+    );
     const img2 = path.join(dev.images, '2.0.img');
     const passwd = await debugfsCat(img2, '/etc/passwd');
     assert.match(passwd, /^alice:x:1000:1000:/m);

@@ -23,7 +23,13 @@ test('health checks: HTTP and commands, retried until the deadline, timeouts enf
       10,
       0.05,
     );
-    assert.deepEqual(ok.map((r) => [r.name, r.ok]), [['web', true], ['cmd', true]]);
+    assert.deepEqual(
+      ok.map((r) => [r.name, r.ok]),
+      [
+        ['web', true],
+        ['cmd', true],
+      ],
+    );
     assert.equal(ok[0]!.attempts, 3);
     const bad = await runHealthChecks(
       [
@@ -34,7 +40,10 @@ test('health checks: HTTP and commands, retried until the deadline, timeouts enf
       0.5,
       0.1,
     );
-    assert.deepEqual(bad.map((r) => r.ok), [false, false, false]);
+    assert.deepEqual(
+      bad.map((r) => r.ok),
+      [false, false, false],
+    );
     assert.match(bad[0]!.detail, /HTTP 404, expected 200/);
     assert.match(bad[1]!.detail, /timed out/);
   } finally {
@@ -48,5 +57,12 @@ test('inhibitors: a lock file or a failing command means busy', async () => {
     { name: 'busy', command: ['sh', '-c', 'exit 1'] },
     { name: 'idle', command: ['true'] },
   ]);
-  assert.deepEqual(states.map((s) => [s.name, s.busy]), [['lock', false], ['busy', true], ['idle', false]]);
+  assert.deepEqual(
+    states.map((s) => [s.name, s.busy]),
+    [
+      ['lock', false],
+      ['busy', true],
+      ['idle', false],
+    ],
+  );
 });

@@ -40,7 +40,9 @@ async function withHostFs(sizeMiB: number, fn: (mnt: string, loopDev: string) =>
 }
 
 async function sha256(file: string): Promise<string> {
-  return createHash('sha256').update(await fsp.readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await fsp.readFile(file))
+    .digest('hex');
 }
 
 test('apply checkpoints the host fs: the raw device (what GRUB reads) shows the new image and try_image', async () => {
@@ -48,7 +50,10 @@ test('apply checkpoints the host fs: the raw device (what GRUB reads) shows the 
     const dev = await makeDevice({ running: '1.0', releases: [{ version: '1.0' }, { version: '2.0' }], hostMount: mnt });
     try {
       await dev.writeConfig({ checkpoint: 'fsfreeze' });
-      { const r0 = await cli(dev, ['init', '--default', '1.0']); assert.equal(r0.code, 0, r0.stderr); }
+      {
+        const r0 = await cli(dev, ['init', '--default', '1.0']);
+        assert.equal(r0.code, 0, r0.stderr);
+      }
       assert.equal((await cli(dev, ['prepare', '--version', '2.0'])).code, 0);
       const r = await cli(dev, ['apply', '--now', '--json']);
       assert.equal(r.code, 0, r.stderr);
@@ -60,7 +65,10 @@ test('apply checkpoints the host fs: the raw device (what GRUB reads) shows the 
       const out = path.join(dev.dir, 'grub-view-2.0.img');
       await run('debugfs', ['-R', `dump /images/2.0.img ${out}`, loop]);
       assert.equal(await sha256(out), await sha256(path.join(dev.images, '2.0.img')), 'the image GRUB would loop-mount is the migrated one');
-      assert.ok(!(await fsp.readdir('/run/ibu').catch(() => [] as string[])).some((n) => n.includes(mnt.replace(/[^A-Za-z0-9]/g, '_'))), 'no freeze marker left');
+      assert.ok(
+        !(await fsp.readdir('/run/ibu').catch(() => [] as string[])).some((n) => n.includes(mnt.replace(/[^A-Za-z0-9]/g, '_'))),
+        'no freeze marker left',
+      );
     } finally {
       await dev.cleanup();
     }
@@ -76,16 +84,26 @@ async function leaveFree(mnt: string, free: number): Promise<void> {
 }
 
 async function neededFor(dev: Device, v: string): Promise<number> {
-  const m = JSON.parse(await fsp.readFile(path.join(dev.storeDir, 'releases', v, 'manifest.json'), 'utf8')) as { chunks: Array<{ offset: number; size: number; zero?: true }> };
+  const m = JSON.parse(await fsp.readFile(path.join(dev.storeDir, 'releases', v, 'manifest.json'), 'utf8')) as {
+    chunks: Array<{ offset: number; size: number; zero?: true }>;
+  };
   return bytesToAllocate(m.chunks, 4096);
 }
 
 test('nearly full host: the oldest unprotected image goes, or NO_SPACE and nothing is touched', async () => {
   await withHostFs(64, async (mnt) => {
-    const dev = await makeDevice({ running: '1.0', releases: [{ version: '0.9' }, { version: '1.0' }, { version: '2.0', payloadBytes: 3 * 1024 * 1024 }], installed: ['0.9', '1.0'], hostMount: mnt });
+    const dev = await makeDevice({
+      running: '1.0',
+      releases: [{ version: '0.9' }, { version: '1.0' }, { version: '2.0', payloadBytes: 3 * 1024 * 1024 }],
+      installed: ['0.9', '1.0'],
+      hostMount: mnt,
+    });
     try {
       await dev.writeConfig({ space: { reserveBytes: 0, keepImages: 2 } });
-      { const r0 = await cli(dev, ['init', '--default', '1.0']); assert.equal(r0.code, 0, r0.stderr); }
+      {
+        const r0 = await cli(dev, ['init', '--default', '1.0']);
+        assert.equal(r0.code, 0, r0.stderr);
+      }
       const old = (await fsp.stat(path.join(dev.images, '0.9.img'))).blocks * 512;
       const need = await neededFor(dev, '2.0');
       // Not enough even after deleting 0.9: refused, nothing deleted.

@@ -19,7 +19,10 @@ test('disk policy: partials first, then oldest images; never protected ones; exa
   assert.deepEqual(planCleanup({ ...base, freeBytes: 200 * MiB }).remove, []);
   // 60 MiB free: needs 110 (required), wants 160 (desired): partial (40) → 100, image 1 → 200.
   const p = planCleanup({ ...base, freeBytes: 60 * MiB });
-  assert.deepEqual(p.remove.map((r) => r.version), ['0.5', '1']);
+  assert.deepEqual(
+    p.remove.map((r) => r.version),
+    ['0.5', '1'],
+  );
   assert.equal(p.ok, true);
   // Not even "required" reachable without deleting protected images: nothing deleted, exact shortfall.
   const q = planCleanup({ ...base, freeBytes: 0, files: [img('3', 100), img('4', 100), img('1', 50)] });
@@ -28,7 +31,10 @@ test('disk policy: partials first, then oldest images; never protected ones; exa
   assert.equal(q.shortBy, 60 * MiB);
   // Best effort: "required" met but not "desired": delete what helps, succeed.
   const r = planCleanup({ ...base, freeBytes: 70 * MiB, files: [img('3', 100), img('4', 100), img('1', 50)] });
-  assert.deepEqual(r.remove.map((x) => x.version), ['1']);
+  assert.deepEqual(
+    r.remove.map((x) => x.version),
+    ['1'],
+  );
   assert.equal(r.ok, true);
 });
 
@@ -66,7 +72,10 @@ test('config: every problem reported at once with CONFIG_INVALID', async () => {
         server: { url: 'ftp://x', deviceId: '' },
         keyring: 'relative/dir',
         checkpoint: 'maybe',
-        migration: [{ path: '/etc/passwd', strategy: 'union' }, { path: 'etc/x', strategy: 'copy' }],
+        migration: [
+          { path: '/etc/passwd', strategy: 'union' },
+          { path: 'etc/x', strategy: 'copy' },
+        ],
         health: { checks: [{ name: 'a' }] },
         window: { timeZone: 'Mars/Olympus', rules: [{ days: [7], start: '25:00', end: '04:00' }] },
         inhibitors: [{}],
@@ -78,8 +87,24 @@ test('config: every problem reported at once with CONFIG_INVALID', async () => {
   } catch (err) {
     assert.ok(isIbuError(err, 'CONFIG_INVALID'));
     const problems = err.details!.problems as string[];
-    for (const re of [/unknown key 'typo'/, /server.url/, /server.deviceId/, /keyring must be an absolute/, /checkpoint/, /migration\[0\].strategy/, /migration\[1\].path/, /health.checks\[0\] needs/, /Mars\/Olympus/, /days/, /start must be HH:MM/, /inhibitors\[0\] needs/]) {
-      assert.ok(problems.some((p) => re.test(p)), `missing problem ${re}: ${problems.join(' | ')}`);
+    for (const re of [
+      /unknown key 'typo'/,
+      /server.url/,
+      /server.deviceId/,
+      /keyring must be an absolute/,
+      /checkpoint/,
+      /migration\[0\].strategy/,
+      /migration\[1\].path/,
+      /health.checks\[0\] needs/,
+      /Mars\/Olympus/,
+      /days/,
+      /start must be HH:MM/,
+      /inhibitors\[0\] needs/,
+    ]) {
+      assert.ok(
+        problems.some((p) => re.test(p)),
+        `missing problem ${re}: ${problems.join(' | ')}`,
+      );
     }
     assert.equal(problems.length, 12);
   }

@@ -1,18 +1,15 @@
+/**
+ * Upgrade scenarios of the agent (the real CLI in a child process) against the real `ibu serve`
+ * (test/agent/server.ts): the device is enrolled, the server offers 2.0 through a rollout, and
+ * what the server accepted (check-ins, events) is what its hooks recorded. GRUB and the reboot
+ * are imitated by device.ts.
+ */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { cli, makeDevice, startServer, type Device } from './fixture.js';
-import type { CheckinResponse } from '../../src/fleet/protocol.js';
-import { makeDelta } from '../../src/delta/index.js';
-
-const target = (version: string): CheckinResponse => ({
-  target: { version, mandatory: false, manifestUrl: `/v1/releases/${version}/manifest` },
-  deltaReady: false,
-  window: null,
-  rebootLease: { granted: true },
-  nextCheckinSeconds: 60,
-});
+import { cli, makeDevice, type Device } from './device.js';
+import { startServer, type TestServer } from './server.js';
 
 async function device(): Promise<Device> {
   const dev = await makeDevice({ running: '1.0', releases: [{ version: '1.0' }, { version: '2.0' }] });
@@ -21,15 +18,24 @@ async function device(): Promise<Device> {
   return dev;
 }
 
+/** The server with 2.0 offered to the enrolled device `dev-1` when `offer` is set; the device's config points at it. */
+async function serverFor(dev: Device, o: { offer: boolean; config?: Record<string, unknown> }): Promise<TestServer> {
+  const server = await startServer(dev.storeDir);
+  const token = await server.enroll('dev-1');
+  if (o.offer) await server.offer('2.0', ['1.0', '2.0']);
+  await dev.writeConfig({ server: { url: server.url, deviceId: 'dev-1', token }, ...o.config });
+  return server;
+}
+
 async function journal(dev: Device): Promise<Record<string, unknown>> {
   return JSON.parse(await fsp.readFile(path.join(dev.images, '.ibu', 'state.json'), 'utf8'));
 }
 
 test('server-driven upgrade: check-in names the target, events reach the server', async () => {
   const dev = await device();
-  const server = await startServer(dev.storeDir, { checkin: () => target('2.0') });
+  // Chunks, not a delta: this story is about the chunk routes (the delta route has its own test).
+  const server = await serverFor(dev, { offer: true, config: { download: { useDelta: false } } });
   try {
-    await dev.writeConfig({ server: { url: server.url, deviceId: 'dev-1', token: 'secret' }, download: {} });
     let r = await cli(dev, ['check', '--json']);
     assert.equal((r.json!.target as { version: string }).version, '2.0');
     r = await cli(dev, ['prepare', '--json']);
@@ -44,7 +50,10 @@ test('server-driven upgrade: check-in names the target, events reach the server'
     await dev.boot();
     r = await cli(dev, ['confirm', '--json']);
     assert.equal(r.json!.outcome, 'committed');
-    assert.deepEqual(server.events.map((e) => `${e.type} ${e.fromVersion}->${e.toVersion}`), ['apply-started 1.0->2.0', 'upgrade-succeeded 1.0->2.0']);
+    assert.deepEqual(
+      server.events.map((e) => `${e.type} ${e.fromVersion}->${e.toVersion}`),
+      ['apply-started 1.0->2.0', 'upgrade-succeeded 1.0->2.0'],
+    );
     // After the commit the agent checks in at once, so the server sees the new state.
     const ci = server.checkins.at(-1) as { version: string; trial: boolean; state: string; committedVersion: string };
     assert.deepEqual([ci.version, ci.trial, ci.state, ci.committedVersion], ['2.0', false, 'committed', '2.0']);
@@ -57,9 +66,11 @@ test('server-driven upgrade: check-in names the target, events reach the server'
 
 test('a failing health check on the trial boot: default stays, the device reboots, the server hears it', async () => {
   const dev = await device();
-  const server = await startServer(dev.storeDir, { checkin: () => target('2.0') });
+  const server = await serverFor(dev, {
+    offer: true,
+    config: { download: { useDelta: false }, health: { deadlineSeconds: 1, checks: [{ name: 'app', command: ['sh', '-c', 'exit 3'], timeoutSeconds: 1 }] } },
+  });
   try {
-    await dev.writeConfig({ server: { url: server.url, deviceId: 'dev-1', token: 't' }, health: { deadlineSeconds: 1, checks: [{ name: 'app', command: ['sh', '-c', 'exit 3'], timeoutSeconds: 1 }] } });
     assert.equal((await cli(dev, ['prepare', '--version', '2.0'])).code, 0);
     assert.equal((await cli(dev, ['apply', '--now'])).code, 0);
     assert.equal(await dev.boot(), '2.0');
@@ -73,7 +84,10 @@ test('a failing health check on the trial boot: default stays, the device reboot
     const again = await cli(dev, ['confirm', '--json']);
     assert.equal(again.code, 0);
     assert.equal((await journal(dev)).state, 'rolled-back');
-    assert.deepEqual(server.events.map((e) => e.type), ['apply-started', 'upgrade-failed']);
+    assert.deepEqual(
+      server.events.map((e) => e.type),
+      ['apply-started', 'upgrade-failed'],
+    );
     assert.equal(server.events[1]!.error?.code, 'HEALTH_CHECK_FAILED');
     // The server still offers 2.0: the device does not loop through the failing trial by itself.
     const p = await cli(dev, ['prepare', '--json']);
@@ -87,9 +101,8 @@ test('a failing health check on the trial boot: default stays, the device reboot
 
 test('the new kernel never reaches confirm: GRUB falls back by itself, the agent records and reports it', async () => {
   const dev = await device();
-  const server = await startServer(dev.storeDir);
+  const server = await serverFor(dev, { offer: false, config: { download: { useDelta: false } } });
   try {
-    await dev.writeConfig({ server: { url: server.url, deviceId: 'dev-1', token: 't' } });
     assert.equal((await cli(dev, ['prepare', '--version', '2.0'])).code, 0);
     assert.equal((await cli(dev, ['apply', '--now'])).code, 0);
     assert.equal(await dev.boot(), '2.0'); // panics before userspace: no confirm runs
@@ -189,16 +202,11 @@ test('tampered manifest or chunk: refused with a verify exit code, nothing insta
   }
 });
 
-test('delta route: waits on 202 as told by Retry-After, then applies the delta', async () => {
+test('delta route: waits on 202 as told by Retry-After while the server builds the delta, then applies it', async () => {
   const dev = await device();
-  // The exact images the store holds, kept by makeDevice.
-  const a = path.join(dev.dir, 'build', '1.0.img');
-  const b = path.join(dev.dir, 'build', '2.0.img');
-  const delta = path.join(dev.dir, '1.0-2.0.ibudelta');
-  await makeDelta({ fromImage: a, toImage: b, out: delta });
-  const server = await startServer(dev.storeDir, { delta: { building: 2, file: delta } });
+  // The server builds the delta on demand (precompute 0): its first answers are 202 + Retry-After.
+  const server = await serverFor(dev, { offer: false, config: { download: { maxRetryAfterSeconds: 0.2 } } });
   try {
-    await dev.writeConfig({ server: { url: server.url, deviceId: 'dev-1', token: 't' }, download: { maxRetryAfterSeconds: 0.2 } });
     const r = await cli(dev, ['prepare', '--version', '2.0', '--json']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal((r.json!.download as { method: string }).method, 'delta', r.stderr);

@@ -12,7 +12,11 @@ import { createServer } from '../../src/server/app.js';
 import { cli, makeDevice } from './device.js';
 
 async function post(url: string, body: unknown, token?: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify(body) });
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
@@ -20,7 +24,15 @@ test('upgrade through the real ibu serve: rollout target, on-demand delta (202 t
   const dev = await makeDevice({ running: '1.0', releases: [{ version: '1.0' }, { version: '2.0' }] });
   const secretBefore = process.env.IBU_ENROLLMENT_SECRET;
   process.env.IBU_ENROLLMENT_SECRET = 'enroll-me';
-  const srv = await createServer({ dataDir: dev.storeDir, adminToken: 'admin-token', workers: 1, retryAfterSeconds: 1, precompute: 0, rescanIntervalMs: 0, logger: false });
+  const srv = await createServer({
+    dataDir: dev.storeDir,
+    adminToken: 'admin-token',
+    workers: 1,
+    retryAfterSeconds: 1,
+    precompute: 0,
+    rescanIntervalMs: 0,
+    logger: false,
+  });
   try {
     await srv.app.listen({ port: 0, host: '127.0.0.1' });
     const url = `http://127.0.0.1:${(srv.app.server.address() as AddressInfo).port}`;

@@ -3,13 +3,20 @@ import assert from 'node:assert/strict';
 import { nextStep, rollbackTarget, type DeviceFacts } from '../../src/agent/state-machine.js';
 import { emptyJournal, type Journal } from '../../src/agent/journal.js';
 
-const facts = (p: Partial<DeviceFacts> = {}): DeviceFacts => ({ running: '1', boot: { defaultImage: '1', tryImage: null }, installed: ['1'], partials: [], ...p });
+const facts = (p: Partial<DeviceFacts> = {}): DeviceFacts => ({
+  running: '1',
+  boot: { defaultImage: '1', tryImage: null },
+  installed: ['1'],
+  partials: [],
+  ...p,
+});
 const journal = (p: Partial<Journal> = {}): Journal => ({ ...emptyJournal(), ...p });
 const T = { version: '2', fromVersion: '1' };
 
 test('prepare: resolves, then walks the steps, skipping what the disk already shows', () => {
   assert.equal(nextStep(journal(), facts(), { kind: 'prepare' }).kind, 'resolve-target');
-  const prep = (step: Journal['step'], f: Partial<DeviceFacts> = {}) => nextStep(journal({ state: 'preparing', step, target: T }), facts(f), { kind: 'prepare', version: '2' }).kind;
+  const prep = (step: Journal['step'], f: Partial<DeviceFacts> = {}) =>
+    nextStep(journal({ state: 'preparing', step, target: T }), facts(f), { kind: 'prepare', version: '2' }).kind;
   assert.equal(prep('resolve-target'), 'reserve-space');
   assert.equal(prep('reserve-space'), 'download');
   assert.equal(prep('download', { partials: ['2'] }), 'verify');
@@ -55,7 +62,10 @@ test('confirm: trial → health → commit; fallback recorded; normal boots left
   assert.equal(nextStep(journal({ state: 'trial', step: 'health', target: T }), committed, { kind: 'confirm' }).kind, 'commit');
   assert.equal(nextStep(journal({ state: 'committed', step: 'commit', target: T }), committed, { kind: 'confirm' }).kind, 'done');
   // back on 1 after a trial that never confirmed
-  assert.equal(nextStep(journal({ state: 'applying', step: 'reboot', target: T }), facts({ installed: ['1', '2'] }), { kind: 'confirm' }).kind, 'record-fallback');
+  assert.equal(
+    nextStep(journal({ state: 'applying', step: 'reboot', target: T }), facts({ installed: ['1', '2'] }), { kind: 'confirm' }).kind,
+    'record-fallback',
+  );
   assert.equal(nextStep(journal({ state: 'trial', step: null, target: T }), facts({ installed: ['1', '2'] }), { kind: 'confirm' }).kind, 'record-fallback');
   // an interrupted apply (try never set) is not a failed trial
   assert.equal(nextStep(journal({ state: 'applying', step: 'migrate', target: T }), facts({ installed: ['1', '2'] }), { kind: 'confirm' }).kind, 'done');
@@ -67,9 +77,17 @@ test('confirm: trial → health → commit; fallback recorded; normal boots left
 test('rollback: leave a trial, cancel a pending try, or go back to the previous committed image', () => {
   const trial = facts({ running: '2', installed: ['1', '2'] });
   assert.equal(nextStep(journal({ state: 'trial', target: T }), trial, { kind: 'rollback' }).kind, 'revert');
-  assert.equal(nextStep(journal({ state: 'applying', step: 'set-try', target: T }), facts({ installed: ['1', '2'], boot: { defaultImage: '1', tryImage: '2' } }), { kind: 'rollback' }).kind, 'cancel-try');
+  assert.equal(
+    nextStep(journal({ state: 'applying', step: 'set-try', target: T }), facts({ installed: ['1', '2'], boot: { defaultImage: '1', tryImage: '2' } }), {
+      kind: 'rollback',
+    }).kind,
+    'cancel-try',
+  );
   // a failed migration left it half applied: cancel, never touch the committed default
-  assert.equal(nextStep(journal({ state: 'applying', step: null, target: T, previous: '0.9' }), facts({ installed: ['0.9', '1', '2'] }), { kind: 'rollback' }).kind, 'cancel-try');
+  assert.equal(
+    nextStep(journal({ state: 'applying', step: null, target: T, previous: '0.9' }), facts({ installed: ['0.9', '1', '2'] }), { kind: 'rollback' }).kind,
+    'cancel-try',
+  );
   const onTwo = facts({ running: '2', boot: { defaultImage: '2', tryImage: null }, installed: ['0.9', '1', '2'] });
   assert.deepEqual(nextStep(journal({ state: 'committed', target: T, previous: '1' }), onTwo, { kind: 'rollback' }), { kind: 'rollback-committed', to: '1' });
   assert.equal(rollbackTarget(journal({ previous: '1.5' }), onTwo), '1', 'previous not installed: newest older image');

@@ -10,7 +10,13 @@ async function unitsDir(): Promise<string> {
   let d = path.dirname(new URL(import.meta.url).pathname);
   for (;;) {
     const cand = path.join(d, 'assets', 'systemd');
-    if (await fsp.access(cand).then(() => true, () => false)) return cand;
+    if (
+      await fsp.access(cand).then(
+        () => true,
+        () => false,
+      )
+    )
+      return cand;
     const up = path.dirname(d);
     if (up === d) throw new Error('assets/systemd not found above the test file');
     d = up;
@@ -20,7 +26,13 @@ async function unitsDir(): Promise<string> {
 test('assets/systemd units pass systemd-analyze verify', async () => {
   const dir = await unitsDir();
   const names = (await fsp.readdir(dir)).filter((n) => /\.(service|timer)$/.test(n));
-  assert.deepEqual(names.sort(), ['upgradectl-apply.service', 'upgradectl-apply.timer', 'upgradectl-confirm.service', 'upgradectl-prepare.service', 'upgradectl-prepare.timer']);
+  assert.deepEqual(names.sort(), [
+    'upgradectl-apply.service',
+    'upgradectl-apply.timer',
+    'upgradectl-confirm.service',
+    'upgradectl-prepare.service',
+    'upgradectl-prepare.timer',
+  ]);
   const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-units-'));
   try {
     for (const n of names) {
