@@ -70,10 +70,12 @@ export async function detectEnvWritability(dir: string, opts: DetectOptions = {}
   const base = { fsType: m.fsType, device: m.majorMinor, mountPoint: m.mountPoint };
   if (m.fsType === 'zfs') return { writable: false, reason: `${m.mountPoint} is on ZFS: GRUB cannot write an environment block there`, ...base };
   if (m.fsType === 'btrfs') return { writable: false, reason: `${m.mountPoint} is on btrfs: GRUB's save_env cannot write into btrfs files`, ...base };
-  if (!GRUB_WRITABLE_FS.has(m.fsType)) return { writable: false, reason: `${m.mountPoint} is ${m.fsType}, not a filesystem GRUB writes (ext2/3/4, vfat, xfs)`, ...base };
+  if (!GRUB_WRITABLE_FS.has(m.fsType))
+    return { writable: false, reason: `${m.mountPoint} is ${m.fsType}, ` + 'not a filesystem GRUB writes (ext2/3/4, vfat, xfs)', ...base };
   const stack = await blockStack(opts.sysRoot ?? '/sys', m.majorMinor);
   if (stack.md) return { writable: false, reason: `${m.mountPoint} is on md RAID (${stack.md}): GRUB does not write to RAID arrays`, ...base };
-  if (stack.dm) return { writable: false, reason: `${m.mountPoint} is on device-mapper (${stack.dm}, e.g. LVM or dm-crypt): GRUB does not write to it`, ...base };
+  if (stack.dm)
+    return { writable: false, reason: `${m.mountPoint} is on device-mapper (${stack.dm}, ` + 'e.g. LVM or dm-crypt): GRUB does not write to it', ...base };
   return { writable: true, reason: `${m.mountPoint} is ${m.fsType} on a plain block device (${m.majorMinor})`, ...base };
 }
 

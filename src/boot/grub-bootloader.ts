@@ -84,9 +84,14 @@ export class GrubBootloader implements Bootloader {
     const best = GrubBootloader.pick(copies);
     if (!best) {
       const why = copies.map((c) => c.reason).join(' ');
-      throw new IbuError('BOOTENV_INVALID', `No valid boot environment in ${this.info.dir}: ${why} Run 'upgradectl rollback --repair' (or 'upgradectl init --default VERSION') to write a fresh one.`, {
-        details: { missing: copies.every((c) => c.missing) },
-      });
+      throw new IbuError(
+        'BOOTENV_INVALID',
+        `No valid boot environment in ${this.info.dir}: ${why} ` +
+          "Run 'upgradectl rollback --repair' (or 'upgradectl init --default VERSION') to write a fresh one.",
+        {
+          details: { missing: copies.every((c) => c.missing) },
+        },
+      );
     }
     const warnings = copies.filter((c) => !c.vars).map((c) => c.reason ?? `${c.file} is unusable`);
     const v = best.vars!;
@@ -103,7 +108,11 @@ export class GrubBootloader implements Bootloader {
     const copies = await this.readCopies();
     const best = GrubBootloader.pick(copies);
     if (!best && !fresh) {
-      throw new IbuError('BOOTENV_INVALID', `No valid boot environment in ${this.info.dir}; refusing to guess the default image. Run 'upgradectl init --default VERSION' to write a fresh one.`);
+      throw new IbuError(
+        'BOOTENV_INVALID',
+        `No valid boot environment in ${this.info.dir}; refusing to guess the default image. ` +
+          "Run 'upgradectl init --default VERSION' to write a fresh one.",
+      );
     }
     const base: EnvVars = { ...(fresh ? {} : best!.vars!) };
     delete base[VAR_SEQ];

@@ -45,7 +45,10 @@ export function formatEnvBlock(vars: EnvVars): Buffer {
   }
   const bytes = Buffer.from(body, 'latin1');
   if (bytes.length > GRUBENV_SIZE) {
-    throw new IbuError('BOOTENV_INVALID', `the boot environment needs ${bytes.length} bytes but a GRUB environment block holds ${GRUBENV_SIZE}; shorten the values.`);
+    throw new IbuError(
+      'BOOTENV_INVALID',
+      `the boot environment needs ${bytes.length} bytes ` + `but a GRUB environment block holds ${GRUBENV_SIZE}; shorten the values.`,
+    );
   }
   const out = Buffer.alloc(GRUBENV_SIZE, '#'.charCodeAt(0));
   bytes.copy(out);

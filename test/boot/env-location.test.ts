@@ -99,7 +99,12 @@ test('ZFS, btrfs, tmpfs and md RAID are not writable (mountinfo text and a gener
   const sys = await fakeSysfs();
   try {
     const opts = { mountInfoText: MOUNTINFO, sysRoot: sys };
-    for (const [dir, re] of [['/pool/boot/grub', /ZFS/], ['/bt/boot/grub', /btrfs/], ['/mem/x', /tmpfs/], ['/raid/boot/grub', /md RAID/]] as const) {
+    for (const [dir, re] of [
+      ['/pool/boot/grub', /ZFS/],
+      ['/bt/boot/grub', /btrfs/],
+      ['/mem/x', /tmpfs/],
+      ['/raid/boot/grub', /md RAID/],
+    ] as const) {
       const w = await detectEnvWritability(dir, opts);
       assert.equal(w.writable, false, dir);
       assert.match(w.reason, re);

@@ -46,12 +46,24 @@ test('our block is valid for grub-editenv and we read what grub-editenv writes',
 
 test('bad blocks are refused with BOOTENV_INVALID', () => {
   const good = formatEnvBlock({ a: '1' });
-  assert.throws(() => parseEnvBlock(good.subarray(0, 500)), (e) => isIbuError(e, 'BOOTENV_INVALID'));
+  assert.throws(
+    () => parseEnvBlock(good.subarray(0, 500)),
+    (e) => isIbuError(e, 'BOOTENV_INVALID'),
+  );
   const bad = Buffer.from(good);
   bad.write('XXXX', 0);
-  assert.throws(() => parseEnvBlock(bad), (e) => isIbuError(e, 'BOOTENV_INVALID'));
-  assert.throws(() => formatEnvBlock({ big: 'x'.repeat(2000) }), (e) => isIbuError(e, 'BOOTENV_INVALID'));
-  assert.throws(() => formatEnvBlock({ 'bad name': '1' }), (e) => isIbuError(e, 'BOOTENV_INVALID'));
+  assert.throws(
+    () => parseEnvBlock(bad),
+    (e) => isIbuError(e, 'BOOTENV_INVALID'),
+  );
+  assert.throws(
+    () => formatEnvBlock({ big: 'x'.repeat(2000) }),
+    (e) => isIbuError(e, 'BOOTENV_INVALID'),
+  );
+  assert.throws(
+    () => formatEnvBlock({ 'bad name': '1' }),
+    (e) => isIbuError(e, 'BOOTENV_INVALID'),
+  );
 });
 
 test('redundant copies: both written, both valid for grub-editenv, updated in place', async () => {
@@ -94,13 +106,23 @@ test('a torn or corrupt primary: the backup is used, and the next write repairs 
     const good = await fsp.readFile(a);
     const damages: Array<[string, (f: string) => Promise<void>]> = [
       ['truncated mid-write', (f) => fsp.truncate(f, 300)],
-      ['zeroed first sector', async (f) => { const x = Buffer.from(good); x.fill(0, 0, 512); await fsp.writeFile(f, x); }],
-      ['tail lost (ibu_check gone)', async (f) => {
-        const x = Buffer.from(good);
-        const at = x.indexOf('ibu_check');
-        x.fill('#'.charCodeAt(0), at);
-        await fsp.writeFile(f, x);
-      }],
+      [
+        'zeroed first sector',
+        async (f) => {
+          const x = Buffer.from(good);
+          x.fill(0, 0, 512);
+          await fsp.writeFile(f, x);
+        },
+      ],
+      [
+        'tail lost (ibu_check gone)',
+        async (f) => {
+          const x = Buffer.from(good);
+          const at = x.indexOf('ibu_check');
+          x.fill('#'.charCodeAt(0), at);
+          await fsp.writeFile(f, x);
+        },
+      ],
       ['garbage', (f) => fsp.writeFile(f, Buffer.alloc(1024, 0x5a))],
     ];
     for (const [name, damage] of damages) {
@@ -126,7 +148,12 @@ test('a crash between the two copies leaves the new state in the primary and the
   const dir = await tmp();
   try {
     await new GrubBootloader({ dir }).init('1');
-    const crashing = new GrubBootloader({ dir, afterCopyWritten: (i) => { if (i === 0) throw new Error('simulated crash'); } });
+    const crashing = new GrubBootloader({
+      dir,
+      afterCopyWritten: (i) => {
+        if (i === 0) throw new Error('simulated crash');
+      },
+    });
     await assert.rejects(crashing.setTry('2'), /simulated crash/);
     const bl = new GrubBootloader({ dir });
     assert.equal((await bl.read()).tryImage, '2');
