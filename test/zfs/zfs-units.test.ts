@@ -75,8 +75,14 @@ describe('stream begin record and verification', () => {
     be.writeBigUInt64BE(222n, 40);
     be.writeBigUInt64BE(111n, 48);
     assert.equal(parseBegin(be).fromGuid, '111');
-    assert.throws(() => parseBegin(randomBytes(400)), (e) => isIbuError(e, 'ZFS_STREAM_INVALID'));
-    assert.throws(() => parseBegin(s.subarray(0, 100)), (e) => isIbuError(e, 'ZFS_STREAM_TRUNCATED'));
+    assert.throws(
+      () => parseBegin(randomBytes(400)),
+      (e) => isIbuError(e, 'ZFS_STREAM_INVALID'),
+    );
+    assert.throws(
+      () => parseBegin(s.subarray(0, 100)),
+      (e) => isIbuError(e, 'ZFS_STREAM_TRUNCATED'),
+    );
   });
 
   test('a good stream verifies; wrong base, truncated and tampered streams get their codes', async () => {
@@ -97,7 +103,10 @@ describe('stream begin record and verification', () => {
     const z = compress(raw);
     const cutz = path.join(dir, 'cutz.zst');
     await fsp.writeFile(cutz, z.subarray(0, Math.floor(z.length / 2)));
-    await assert.rejects(verifyStreamFile(cutz, ref, '222', '2'), (e) => isIbuError(e) && (e.code === 'ZFS_STREAM_TRUNCATED' || e.code === 'ZFS_STREAM_INVALID'));
+    await assert.rejects(
+      verifyStreamFile(cutz, ref, '222', '2'),
+      (e) => isIbuError(e) && (e.code === 'ZFS_STREAM_TRUNCATED' || e.code === 'ZFS_STREAM_INVALID'),
+    );
 
     const t = Buffer.from(raw);
     t[2 << 20] ^= 0x40;
@@ -144,12 +153,25 @@ describe('block-by-block zvol writes and sparse export (on a regular file standi
 
 describe('agent config', () => {
   test('transport zfs needs a dataset; every problem is listed; defaults', () => {
-    assert.throws(() => validateConfig({ transport: 'zfs' }, 'agent.json'), (e) => isIbuError(e, 'CONFIG_INVALID') && /zfs.*dataset/.test(e.message));
-    assert.throws(() => validateConfig({ transport: 'zfs', zfs: { dataset: 'tank@1', fallbackToChunks: 'yes', colour: 1 } }, 'agent.json'), (e) => {
-      const problems = (isIbuError(e) && (e.details?.problems as string[])) || [];
-      return problems.some((p) => p.includes('zfs.dataset')) && problems.some((p) => p.includes('fallbackToChunks')) && problems.some((p) => p.includes('zfs.colour'));
-    });
-    assert.throws(() => validateConfig({ transport: 'rsync' }, 'agent.json'), (e) => isIbuError(e, 'CONFIG_INVALID'));
+    assert.throws(
+      () => validateConfig({ transport: 'zfs' }, 'agent.json'),
+      (e) => isIbuError(e, 'CONFIG_INVALID') && /zfs.*dataset/.test(e.message),
+    );
+    assert.throws(
+      () => validateConfig({ transport: 'zfs', zfs: { dataset: 'tank@1', fallbackToChunks: 'yes', colour: 1 } }, 'agent.json'),
+      (e) => {
+        const problems = (isIbuError(e) && (e.details?.problems as string[])) || [];
+        return (
+          problems.some((p) => p.includes('zfs.dataset')) &&
+          problems.some((p) => p.includes('fallbackToChunks')) &&
+          problems.some((p) => p.includes('zfs.colour'))
+        );
+      },
+    );
+    assert.throws(
+      () => validateConfig({ transport: 'rsync' }, 'agent.json'),
+      (e) => isIbuError(e, 'CONFIG_INVALID'),
+    );
     const c = validateConfig({ transport: 'zfs', zfs: { dataset: 'tank/ibu/os' } }, 'agent.json');
     assert.equal(c.transport, 'zfs');
     assert.deepEqual(c.zfs, { dataset: 'tank/ibu/os', fallbackToChunks: true, waitSeconds: null });
@@ -218,7 +240,13 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
         fileMap: false,
         beforeSign: async ({ channelVersions }) => {
           assert.deepEqual(channelVersions, v === '1' ? [] : ['1']);
-          const z: ManifestZfs = { dataset: 'rel/os', guid: v === '1' ? '111' : '222', volsize: 8 << 20, volblocksize: 8192, streams: v === '1' ? [] : [{ from: '1', fromGuid: '111', size: stream.length, sha256: sha(stream) }] };
+          const z: ManifestZfs = {
+            dataset: 'rel/os',
+            guid: v === '1' ? '111' : '222',
+            volsize: 8 << 20,
+            volblocksize: 8192,
+            streams: v === '1' ? [] : [{ from: '1', fromGuid: '111', size: stream.length, sha256: sha(stream) }],
+          };
           return { zfs: z };
         },
       });
@@ -250,9 +278,18 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
     const raw = JSON.parse(await fsp.readFile(path.join(store, 'releases', '2', 'manifest.json'), 'utf8')) as Manifest;
     raw.zfs!.streams[0]!.sha256 = sha(Buffer.from('evil'));
     const kr = await Keyring.load(keyring);
-    assert.throws(() => parseAndVerifyManifest(Buffer.from(JSON.stringify(raw)), kr), (e) => isIbuError(e, 'SIGNATURE_INVALID'));
-    assert.throws(() => manifestZfs({ ...m2, zfs: { ...m2.zfs!, guid: 'x' } }), (e) => isIbuError(e, 'MANIFEST_INVALID'));
-    assert.throws(() => manifestZfs({ ...m2, zfs: { ...m2.zfs!, streams: [{ from: '1', fromGuid: '1', size: 0, sha256: 'a' }] } }), (e) => isIbuError(e, 'MANIFEST_INVALID'));
+    assert.throws(
+      () => parseAndVerifyManifest(Buffer.from(JSON.stringify(raw)), kr),
+      (e) => isIbuError(e, 'SIGNATURE_INVALID'),
+    );
+    assert.throws(
+      () => manifestZfs({ ...m2, zfs: { ...m2.zfs!, guid: 'x' } }),
+      (e) => isIbuError(e, 'MANIFEST_INVALID'),
+    );
+    assert.throws(
+      () => manifestZfs({ ...m2, zfs: { ...m2.zfs!, streams: [{ from: '1', fromGuid: '1', size: 0, sha256: 'a' }] } }),
+      (e) => isIbuError(e, 'MANIFEST_INVALID'),
+    );
   });
 
   test('ibu serve builds the stream on demand (202 + Retry-After, then 200, Range), checks it against the manifest, and precomputes it', async () => {
@@ -307,12 +344,28 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
   test('agent: no base snapshot → chunks by itself; stream not signed → ibu route; errors follow fallbackToChunks', async () => {
     const logs: string[] = [];
     const cfg = validateConfig({ transport: 'zfs', zfs: { dataset: 'dev/os' }, keyring, download: { store } }, 'agent.json');
-    const req: DownloadRequest = { manifest: m2, out: path.join(dir, 'out.img'), from: { version: '1', image: '/nonexistent' }, seeds: [], dir: new ImagesDir(dir), imageBytes: 0 };
-    const deps: DownloadDeps = { cfg, server: new ServerClient('http://127.0.0.1:9', 'd', null), store: null, keyring: () => Keyring.load(keyring), log: (s: string) => logs.push(s) };
+    const req: DownloadRequest = {
+      manifest: m2,
+      out: path.join(dir, 'out.img'),
+      from: { version: '1', image: '/nonexistent' },
+      seeds: [],
+      dir: new ImagesDir(dir),
+      imageBytes: 0,
+    };
+    const deps: DownloadDeps = {
+      cfg,
+      server: new ServerClient('http://127.0.0.1:9', 'd', null),
+      store: null,
+      keyring: () => Keyring.load(keyring),
+      log: (s: string) => logs.push(s),
+    };
     const tryZfs = (r: DownloadRequest, d: DownloadDeps) => attempt(zfsTransport, { req: r, deps: d });
     // dev/os@1 does not exist on the device pool.
     assert.deepEqual(await tryZfs(req, deps), { pass: 'chunks' });
-    assert.ok(logs.some((l) => /lacks the base snapshot/.test(l)), logs.join('\n'));
+    assert.ok(
+      logs.some((l) => /lacks the base snapshot/.test(l)),
+      logs.join('\n'),
+    );
     // A snapshot named 1 from another lineage (different GUID) is not the base either.
     await setGuid(fz, 'dev/os@1', '12345');
     assert.deepEqual(await tryZfs(req, deps), { pass: 'chunks' });
@@ -320,16 +373,32 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
     // The release signs no stream from 0.9: the ibu route (deltas, chunks) decides.
     assert.deepEqual(await tryZfs({ ...req, from: { version: '0.9', image: '/x' } }, deps), { pass: 'next' });
     // A damaged pool: chunks by default, the error itself with fallbackToChunks false.
-    await fsp.writeFile(path.join(fz, 'zpool'), '#!/bin/bash\necho "  pool: dev"; echo "  state: ONLINE"; echo "errors: 3 data errors, use \'-v\' for a list"\n', { mode: 0o755 });
+    await fsp.writeFile(
+      path.join(fz, 'zpool'),
+      '#!/bin/bash\necho "  pool: dev"; echo "  state: ONLINE"; echo "errors: 3 data errors, use \'-v\' for a list"\n',
+      { mode: 0o755 },
+    );
     assert.deepEqual(await tryZfs(req, deps), { pass: 'chunks' });
-    const strict = { ...deps, cfg: validateConfig({ transport: 'zfs', zfs: { dataset: 'dev/os', fallbackToChunks: false }, keyring, download: { store } }, 'agent.json') };
+    const strict = {
+      ...deps,
+      cfg: validateConfig({ transport: 'zfs', zfs: { dataset: 'dev/os', fallbackToChunks: false }, keyring, download: { store } }, 'agent.json'),
+    };
     await assert.rejects(tryZfs(req, strict), (e) => isIbuError(e, 'ZFS_POOL_CORRUPT'));
   });
 
   test('old snapshots are pruned by the disk policy: oldest first, never protected ones, never foreign ones', async () => {
     const M = 1 << 20;
     // name, guid, used, createtxg (as `zfs list -Hp -o name,guid,used,createtxg`)
-    await fsp.writeFile(path.join(fz, 'list'), ['dev/os@1\t1\t' + 30 * M + '\t10', 'dev/os@2\t2\t' + 30 * M + '\t20', 'dev/os@manual\t9\t' + 50 * M + '\t25', 'dev/os@3\t3\t' + 30 * M + '\t30', 'dev/os@4\t4\t' + 30 * M + '\t40'].join('\n') + '\n');
+    await fsp.writeFile(
+      path.join(fz, 'list'),
+      [
+        'dev/os@1\t1\t' + 30 * M + '\t10',
+        'dev/os@2\t2\t' + 30 * M + '\t20',
+        'dev/os@manual\t9\t' + 50 * M + '\t25',
+        'dev/os@3\t3\t' + 30 * M + '\t30',
+        'dev/os@4\t4\t' + 30 * M + '\t40',
+      ].join('\n') + '\n',
+    );
     await fsp.writeFile(path.join(fz, 'available.dev_os'), `${10 * M}\n`);
     await fsp.rm(path.join(fz, 'destroyed'), { force: true });
     const logs: string[] = [];
