@@ -31,8 +31,18 @@ import { parseManifestUnverified } from '../../src/release/manifest.js';
 import type { Manifest } from '../../src/release/types.js';
 import { chunkPath, manifestPath } from '../../src/store/layout.js';
 import {
-  e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, buildFleetReleases, FleetServer, makeFleetDevice,
-  type FleetBuild, type HostFs, type BootResult,
+  e2eUnavailable,
+  boot,
+  missingInOrder,
+  guestNetArgs,
+  repoRoot,
+  timeline,
+  buildFleetReleases,
+  FleetServer,
+  makeFleetDevice,
+  type FleetBuild,
+  type HostFs,
+  type BootResult,
 } from './harness.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
@@ -83,7 +93,9 @@ describe('agent on a QEMU device: power cuts, a full disk, tampered downloads', 
     return n * 512;
   }
 
-  async function journalOf(host: HostFs): Promise<{ state: string; step: string | null; target: { version: string } | null; lastError: { code: string } | null }> {
+  async function journalOf(
+    host: HostFs,
+  ): Promise<{ state: string; step: string | null; target: { version: string } | null; lastError: { code: string } | null }> {
     const raw = await host.readFile('/images/.ibu/state.json');
     assert.ok(raw, 'the agent journal /images/.ibu/state.json exists');
     return JSON.parse(raw.toString('utf8'));
@@ -204,7 +216,10 @@ find /host/images | sed 's/^/IBU-E2E file /'
       { type: 'upgrade-succeeded', from: '1.0', to: '2.0', errorCode: null },
     ]);
     const served = await server.statusesFor('/v1/deltas/1.0/2.0');
-    assert.ok(served.some((s) => s === 200 || s === 206), `the delta was served (statuses ${served.join(',')})`);
+    assert.ok(
+      served.some((s) => s === 200 || s === 206),
+      `the delta was served (statuses ${served.join(',')})`,
+    );
   });
 
   /**
@@ -274,7 +289,9 @@ fi
 $C status --json | sed 's/^/IBU-E2E status /'
 `;
     const { disk, host } = await makeFleetDevice(b, server, {
-      name, runSh, health: HEALTHY,
+      name,
+      runSh,
+      health: HEALTHY,
       extraConfigs: { 'agent-f.json': { url: 'http://10.0.2.101', token: tokenF } },
     });
     // e2 sizing: half the reserve left free; 1.0 is the only image and may not be deleted
@@ -305,12 +322,25 @@ $C status --json | sed 's/^/IBU-E2E status /'
     ]);
     assert.doesNotMatch(r.log, /version=2\.0|try=2\.0/, '2.0 never booted, never named for a trial');
     // e2: after NO_SPACE nothing of 2.0 on the host fs (the listing printed between the phases)
-    const e2Files = r.log.slice(r.log.indexOf('IBU-E2E phase e2'), r.log.indexOf('IBU-E2E phase f')).split('\n').filter((l) => /IBU-E2E file /.test(l));
-    assert.ok(e2Files.some((l) => /\/host\/images\/1\.0\.img$/.test(l)), 'the listing ran');
+    const e2Files = r.log
+      .slice(r.log.indexOf('IBU-E2E phase e2'), r.log.indexOf('IBU-E2E phase f'))
+      .split('\n')
+      .filter((l) => /IBU-E2E file /.test(l));
+    assert.ok(
+      e2Files.some((l) => /\/host\/images\/1\.0\.img$/.test(l)),
+      'the listing ran',
+    );
     // (the verified manifest it fetched is cached; no image bytes, partial or staged, were written)
-    assert.deepEqual(e2Files.filter((l) => /2\.0\.img|staging|ibudelta/.test(l)), [], 'no partial or staged 2.0 file after NO_SPACE');
+    assert.deepEqual(
+      e2Files.filter((l) => /2\.0\.img|staging|ibudelta/.test(l)),
+      [],
+      'no partial or staged 2.0 file after NO_SPACE',
+    );
     // f: no 2.0 image in /images (a refused download never gets there)
-    const fFiles = r.log.slice(r.log.indexOf('IBU-E2E phase f'), r.log.indexOf('IBU-E2E rebooting')).split('\n').filter((l) => /IBU-E2E file \/host\/images\/2\.0\.img$/.test(l));
+    const fFiles = r.log
+      .slice(r.log.indexOf('IBU-E2E phase f'), r.log.indexOf('IBU-E2E rebooting'))
+      .split('\n')
+      .filter((l) => /IBU-E2E file \/host\/images\/2\.0\.img$/.test(l));
     assert.deepEqual(fFiles, [], 'no /images/2.0.img after the refused download');
     assert.deepEqual(await host.envBlocks(), envBuilt, 'grubenv byte for byte as built');
     assert.equal(await host.readFile('/images/2.0.img'), null);

@@ -16,8 +16,17 @@ import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, buildFleetReleases, FleetServer, makeFleetDevice,
-  type FleetBuild, type HostFs,
+  e2eUnavailable,
+  boot,
+  missingInOrder,
+  guestNetArgs,
+  repoRoot,
+  timeline,
+  buildFleetReleases,
+  FleetServer,
+  makeFleetDevice,
+  type FleetBuild,
+  type HostFs,
 } from './harness.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from './upgrade-story.js';
 
@@ -111,7 +120,10 @@ $C status --json | sed 's/^/IBU-E2E status /'
     const rec = await deviceRecord('vm-b');
     assert.equal(rec.version, '1.0');
     assert.equal(rec.committedVersion, '1.0');
-    assert.deepEqual(events('vm-b').map((e) => (e as { type: string }).type), ['apply-started', 'rolled-back']);
+    assert.deepEqual(
+      events('vm-b').map((e) => (e as { type: string }).type),
+      ['apply-started', 'rolled-back'],
+    );
   });
 
   test('(c) 2.0 boots but fails its health check: the agent rolls back to 1.0', async () => {

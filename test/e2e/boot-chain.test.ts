@@ -13,8 +13,20 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import {
-  e2eUnavailable, bootMedia, stageBusyboxRoot, buildImage, writeGrubCfg,
-  createGrubenv, makeDisk, truncateAfterKernel, HostFs, boot, missingInOrder, countLines, timeline, type BootResult,
+  e2eUnavailable,
+  bootMedia,
+  stageBusyboxRoot,
+  buildImage,
+  writeGrubCfg,
+  createGrubenv,
+  makeDisk,
+  truncateAfterKernel,
+  HostFs,
+  boot,
+  missingInOrder,
+  countLines,
+  timeline,
+  type BootResult,
 } from './harness.js';
 
 const unavailable = e2eUnavailable();
@@ -235,10 +247,6 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
 
   test('default_image names no installed image: the newest one that passes the pre-check boots', async () => {
     await reset({ defaultImage: '7' });
-    await bootAndExpect('11-no-default', [
-      /ibu: committed image '7' unusable; using '2'/,
-      /boot=2 trial=0/,
-      /IBU-E2E RUNNING version=2 trial=0/,
-    ]);
+    await bootAndExpect('11-no-default', [/ibu: committed image '7' unusable; using '2'/, /boot=2 trial=0/, /IBU-E2E RUNNING version=2 trial=0/]);
   });
 });

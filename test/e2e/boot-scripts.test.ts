@@ -32,19 +32,23 @@ describe('assets/grub/10_ibu', () => {
   const gen = (env: Record<string, string>) =>
     run('sh', [GEN], { env: { PATH: process.env.PATH, IBU_HOST: dir, IBU_HOST_UUID: HOST_UUID, ...env }, allowFailure: true });
 
-  test('lists installed images newest first, skips downloads and odd names, and GRUB parses it', { skip: !existsSync('/usr/bin/grub-script-check') && 'grub-script-check missing (grub-common)' }, async () => {
-    const res = await gen({ IBU_CMDLINE: 'console=ttyS0,115200' });
-    assert.equal(res.code, 0, res.stderr);
-    assert.match(res.stdout, /^set ibu_installed="2026\.1\.2-rc1 1\.10 1\.9 "$/m);
-    assert.doesNotMatch(res.stdout, /3\.img\.partial|bad name|notes/);
-    assert.match(res.stdout, /^set default=0$/m);
-    assert.match(res.stdout, /^set fallback=1$/m);
-    assert.match(res.stdout, /loop=\/images\/\$1\.img boot=ibu ro panic=5 .* console=ttyS0,115200; then/);
-    const cfg = path.join(dir, 'grub.cfg');
-    await fsp.writeFile(cfg, res.stdout);
-    const check = await run('grub-script-check', [cfg], { allowFailure: true });
-    assert.equal(check.code, 0, check.stdout + check.stderr);
-  });
+  test(
+    'lists installed images newest first, skips downloads and odd names, and GRUB parses it',
+    { skip: !existsSync('/usr/bin/grub-script-check') && 'grub-script-check missing (grub-common)' },
+    async () => {
+      const res = await gen({ IBU_CMDLINE: 'console=ttyS0,115200' });
+      assert.equal(res.code, 0, res.stderr);
+      assert.match(res.stdout, /^set ibu_installed="2026\.1\.2-rc1 1\.10 1\.9 "$/m);
+      assert.doesNotMatch(res.stdout, /3\.img\.partial|bad name|notes/);
+      assert.match(res.stdout, /^set default=0$/m);
+      assert.match(res.stdout, /^set fallback=1$/m);
+      assert.match(res.stdout, /loop=\/images\/\$1\.img boot=ibu ro panic=5 .* console=ttyS0,115200; then/);
+      const cfg = path.join(dir, 'grub.cfg');
+      await fsp.writeFile(cfg, res.stdout);
+      const check = await run('grub-script-check', [cfg], { allowFailure: true });
+      assert.equal(check.code, 0, check.stdout + check.stderr);
+    },
+  );
 
   test('bad settings are refused with a message naming the setting', async () => {
     for (const [env, re] of [

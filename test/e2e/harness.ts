@@ -96,7 +96,10 @@ export async function buildEfi(out: string): Promise<void> {
 }
 
 /** A busybox root tree with the test /sbin/init; kernel and initrd unless `kernel: false`. */
-export async function stageBusyboxRoot(dir: string, opts: { version: string; variant: string; kit: KernelKit; initrd: string; kernel?: boolean }): Promise<void> {
+export async function stageBusyboxRoot(
+  dir: string,
+  opts: { version: string; variant: string; kit: KernelKit; initrd: string; kernel?: boolean },
+): Promise<void> {
   await fsp.rm(dir, { recursive: true, force: true });
   for (const d of ['bin', 'sbin', 'etc/ibu-e2e', 'dev', 'proc', 'sys', 'host', 'tmp', 'run', 'root']) {
     await fsp.mkdir(path.join(dir, d), { recursive: true });
@@ -123,8 +126,21 @@ export async function stageBusyboxRoot(dir: string, opts: { version: string; var
 
 /** A root tree with Node and the built ibu project (test/e2e/stage-node-root.sh). */
 export async function stageNodeRoot(dir: string, opts: { version: string; kit: KernelKit; initrd: string }): Promise<void> {
-  await run('bash', [path.join(repoRoot(), 'test/e2e/stage-node-root.sh'), '--out', dir, '--version', opts.version,
-    '--vmlinuz', opts.kit.vmlinuz, '--initrd', opts.initrd, '--modules-dir', opts.kit.modulesDir, '--e2fsck', opts.kit.e2fsckStatic]);
+  await run('bash', [
+    path.join(repoRoot(), 'test/e2e/stage-node-root.sh'),
+    '--out',
+    dir,
+    '--version',
+    opts.version,
+    '--vmlinuz',
+    opts.kit.vmlinuz,
+    '--initrd',
+    opts.initrd,
+    '--modules-dir',
+    opts.kit.modulesDir,
+    '--e2fsck',
+    opts.kit.e2fsckStatic,
+  ]);
 }
 
 /**
@@ -135,8 +151,7 @@ export async function stageNodeRoot(dir: string, opts: { version: string; kit: K
 export function guestNetArgs(hostPort: number, more: Record<string, number> = {}): string[] {
   // `more`: further guest addresses (10.0.2.x) forwarded to other host ports, e.g. a second server
   const fwd = [['10.0.2.100', hostPort] as const, ...Object.entries(more)].map(([ip, p]) => `,guestfwd=tcp:${ip}:80-cmd:busybox nc 127.0.0.1 ${p}`);
-  return ['-device', 'virtio-net-pci,netdev=n0',
-    '-netdev', `user,id=n0,restrict=on${fwd.join('')}`];
+  return ['-device', 'virtio-net-pci,netdev=n0', '-netdev', `user,id=n0,restrict=on${fwd.join('')}`];
 }
 
 /**
@@ -149,8 +164,20 @@ export async function buildImage(root: string, out: string, version: string, siz
   if (process.env.IBU_E2E_MKE2FS !== '1') {
     if (!existsSync(cli)) throw new Error(`${cli} is missing: run npm run build (or set IBU_E2E_MKE2FS=1)`);
     const noKernel = existsSync(path.join(root, 'vmlinuz')) ? [] : ['--no-kernel'];
-    await run(process.execPath, [path.join(repoRoot(), 'bin/ibu'), 'image', 'build', '--root', root, '--version', version,
-      '--size', `${sizeMiB}M`, '--out', out, ...noKernel]);
+    await run(process.execPath, [
+      path.join(repoRoot(), 'bin/ibu'),
+      'image',
+      'build',
+      '--root',
+      root,
+      '--version',
+      version,
+      '--size',
+      `${sizeMiB}M`,
+      '--out',
+      out,
+      ...noKernel,
+    ]);
     return;
   }
   await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', `ibu-${version}`, '-E', 'root_owner=0:0', '-d', root, out, `${sizeMiB}M`]);
@@ -190,8 +217,19 @@ export async function createGrubenv(hostTree: string, version: string): Promise<
 
 /** Builds the GPT disk; returns the host partition's byte offset. */
 export async function makeDisk(opts: { efi: string; hostTree: string; hostMiB: number; out: string }): Promise<number> {
-  const res = await run('bash', [path.join(repoRoot(), 'test/e2e/make-disk.sh'), '--efi', opts.efi, '--host-tree', opts.hostTree,
-    '--host-uuid', HOST_UUID, '--host-mib', String(opts.hostMiB), '--out', opts.out]);
+  const res = await run('bash', [
+    path.join(repoRoot(), 'test/e2e/make-disk.sh'),
+    '--efi',
+    opts.efi,
+    '--host-tree',
+    opts.hostTree,
+    '--host-uuid',
+    HOST_UUID,
+    '--host-mib',
+    String(opts.hostMiB),
+    '--out',
+    opts.out,
+  ]);
   const m = /HOST_OFFSET=(\d+)/.exec(res.stdout);
   if (!m) throw new Error('make-disk.sh printed no HOST_OFFSET');
   return Number(m[1]);
@@ -203,7 +241,11 @@ export async function makeDisk(opts: { efi: string; hostTree: string; hostMiB: n
  * written back IN PLACE at the file's block, which is what GRUB's save_env and the agent do.
  */
 export class HostFs {
-  constructor(readonly disk: string, readonly offset: number, readonly scratch: string) {}
+  constructor(
+    readonly disk: string,
+    readonly offset: number,
+    readonly scratch: string,
+  ) {}
   get spec(): string {
     return `${this.disk}?offset=${this.offset}`;
   }
@@ -376,7 +418,12 @@ export interface BootResult {
  * Each serial line is stamped with seconds since QEMU started (for reading, never asserted on).
  */
 export async function boot(opts: {
-  disk: string; logFile: string; timeoutMs?: number; memMiB?: number; extra?: string[]; stuckOn?: RegExp[];
+  disk: string;
+  logFile: string;
+  timeoutMs?: number;
+  memMiB?: number;
+  extra?: string[];
+  stuckOn?: RegExp[];
   /** Called with each serial line (ANSI-stripped, unstamped) as it arrives, e.g. for the demo's live narration. */
   onLine?: (line: string) => void;
   /** Cut the power (SIGKILL QEMU: no guest shutdown, no flush of the guest's caches) on the first line matching this. */
@@ -388,13 +435,31 @@ export async function boot(opts: {
   let killedOn: string | null = null;
   const vars = opts.logFile.replace(/\.log$/, '') + '.ovmf-vars.fd';
   await fsp.copyFile(OVMF_VARS, vars);
-  const args = ['-machine', 'q35', '-accel', 'tcg', '-m', String(opts.memMiB ?? 512), '-smp', '1',
-    '-display', 'none', '-monitor', 'none', '-serial', 'stdio',
-    '-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
-    '-drive', `if=pflash,format=raw,file=${vars}`,
-    '-drive', `file=${opts.disk},format=raw,if=virtio`,
-    '-device', 'virtio-rng-pci',
-    ...(opts.extra ?? ['-nic', 'none'])];
+  const args = [
+    '-machine',
+    'q35',
+    '-accel',
+    'tcg',
+    '-m',
+    String(opts.memMiB ?? 512),
+    '-smp',
+    '1',
+    '-display',
+    'none',
+    '-monitor',
+    'none',
+    '-serial',
+    'stdio',
+    '-drive',
+    `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
+    '-drive',
+    `if=pflash,format=raw,file=${vars}`,
+    '-drive',
+    `file=${opts.disk},format=raw,if=virtio`,
+    '-device',
+    'virtio-rng-pci',
+    ...(opts.extra ?? ['-nic', 'none']),
+  ];
   const out = createWriteStream(opts.logFile);
   out.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
   const t0 = Date.now();
@@ -429,7 +494,9 @@ export async function boot(opts: {
   const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
   clearTimeout(timer);
   if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
-  out.write(`# qemu exit status ${code}, wall ${((Date.now() - t0) / 1000).toFixed(1)} s${timedOut ? ' (killed: timeout)' : ''}${stuck ? ' (killed: stuck)' : ''}${killedOn ? ' (killed: power cut)' : ''}\n`);
+  out.write(
+    `# qemu exit status ${code}, wall ${((Date.now() - t0) / 1000).toFixed(1)} s${timedOut ? ' (killed: timeout)' : ''}${stuck ? ' (killed: stuck)' : ''}${killedOn ? ' (killed: power cut)' : ''}\n`,
+  );
   await new Promise<void>((resolve) => out.end(resolve));
   await fsp.rm(vars, { force: true });
   return { code, timedOut, stuck, killedOn, log: readFileSync(opts.logFile, 'latin1'), logFile: opts.logFile };
@@ -532,7 +599,10 @@ export async function buildFleetReleases(work: string): Promise<FleetBuild> {
   const keys = path.join(work, 'keys');
   await ibu('keys', 'generate', '--out', keys);
   const store = path.join(work, 'store');
-  for (const [img, v] of [[img1, '1.0'], [img2, '2.0']]) {
+  for (const [img, v] of [
+    [img1, '1.0'],
+    [img2, '2.0'],
+  ]) {
     await ibu('release', 'publish', '--image', img, '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
   }
   return { work, efi, img1, img2, keys, store };
@@ -542,7 +612,10 @@ export async function buildFleetReleases(work: string): Promise<FleetBuild> {
 export class FleetServer {
   private child: ChildProcess | null = null;
   port = 0;
-  constructor(readonly data: string, readonly logFile: string) {}
+  constructor(
+    readonly data: string,
+    readonly logFile: string,
+  ) {}
   get base(): string {
     return `http://127.0.0.1:${this.port}`;
   }
@@ -550,13 +623,20 @@ export class FleetServer {
   async start(): Promise<this> {
     this.port = await freePort();
     const logFd = await fsp.open(this.logFile, 'w');
-    this.child = spawn(process.execPath, [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', this.data, '--listen', `127.0.0.1:${this.port}`, '--admin-token', FLEET_ADMIN, '--precompute', '0'], {
-      env: { ...process.env, IBU_ENROLLMENT_SECRET: FLEET_SECRET },
-      stdio: ['ignore', logFd.fd, logFd.fd],
-    });
+    this.child = spawn(
+      process.execPath,
+      [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', this.data, '--listen', `127.0.0.1:${this.port}`, '--admin-token', FLEET_ADMIN, '--precompute', '0'],
+      {
+        env: { ...process.env, IBU_ENROLLMENT_SECRET: FLEET_SECRET },
+        stdio: ['ignore', logFd.fd, logFd.fd],
+      },
+    );
     await logFd.close();
     for (let i = 0; ; i++) {
-      const ok = await fetch(`${this.base}/v1/channels/stable/releases`).then((r) => r.ok, () => false);
+      const ok = await fetch(`${this.base}/v1/channels/stable/releases`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (ok) return this;
       if (i > 150 || this.child.exitCode !== null) throw new Error('ibu serve did not come up:\n' + (await fsp.readFile(this.logFile, 'utf8')).slice(-2000));
       await new Promise((r) => setTimeout(r, 200));
@@ -606,7 +686,9 @@ export class FleetServer {
   events(name: string): { type: string; from: string; to: string; errorCode: string | null }[] {
     const db = new Database(path.join(this.data, 'fleet.sqlite'), { readonly: true });
     try {
-      return db.prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode" FROM events WHERE device_id = ? ORDER BY id').all(name) as never;
+      return db
+        .prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode" FROM events WHERE device_id = ? ORDER BY id')
+        .all(name) as never;
     } finally {
       db.close();
     }
@@ -654,16 +736,21 @@ export async function makeFleetDevice(b: FleetBuild, server: FleetServer, spec: 
   for (const [v, img] of Object.entries(spec.extraImages ?? {})) await fsp.copyFile(img, path.join(hostTree, `images/${v}.img`));
   await fsp.mkdir(path.join(hostTree, 'ibu-e2e/keyring'), { recursive: true });
   await fsp.copyFile(path.join(b.keys, 'signing.pub'), path.join(hostTree, 'ibu-e2e/keyring/signing.pub'));
-  const config = (url: string, tok: string) => JSON.stringify({
-    server: { url, deviceId: spec.name, token: tok },
-    channel: 'stable',
-    keyring: '/host/ibu-e2e/keyring',
-    checkpoint: 'fsfreeze',
-    reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
-    download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
-    health: { deadlineSeconds: 30, checks: spec.health },
-    pollSeconds: 2,
-  }, null, 2);
+  const config = (url: string, tok: string) =>
+    JSON.stringify(
+      {
+        server: { url, deviceId: spec.name, token: tok },
+        channel: 'stable',
+        keyring: '/host/ibu-e2e/keyring',
+        checkpoint: 'fsfreeze',
+        reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
+        download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
+        health: { deadlineSeconds: 30, checks: spec.health },
+        pollSeconds: 2,
+      },
+      null,
+      2,
+    );
   await fsp.writeFile(path.join(hostTree, 'ibu-e2e/agent.json'), config('http://10.0.2.100', token));
   for (const [file, c] of Object.entries(spec.extraConfigs ?? {})) await fsp.writeFile(path.join(hostTree, 'ibu-e2e', file), config(c.url, c.token));
   await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), 'C="node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent.json"\n' + spec.runSh);

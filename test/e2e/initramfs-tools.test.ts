@@ -11,8 +11,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import {
-  e2eUnavailable, kernelKit, buildEfi, stageBusyboxRoot, buildImage, writeGrubCfg, createGrubenv, makeDisk,
-  HostFs, boot, missingInOrder, countLines, truncateAfterKernel, repoRoot,
+  e2eUnavailable,
+  kernelKit,
+  buildEfi,
+  stageBusyboxRoot,
+  buildImage,
+  writeGrubCfg,
+  createGrubenv,
+  makeDisk,
+  HostFs,
+  boot,
+  missingInOrder,
+  countLines,
+  truncateAfterKernel,
+  repoRoot,
 } from './harness.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync('/usr/sbin/mkinitramfs') ? null : 'mkinitramfs is missing: install initramfs-tools-core');

@@ -13,8 +13,17 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  e2eUnavailable, bootMedia, stageNodeRoot, buildImage, writeGrubCfg, createGrubenv,
-  makeDisk, boot, missingInOrder, guestNetArgs, repoRoot,
+  e2eUnavailable,
+  bootMedia,
+  stageNodeRoot,
+  buildImage,
+  writeGrubCfg,
+  createGrubenv,
+  makeDisk,
+  boot,
+  missingInOrder,
+  guestNetArgs,
+  repoRoot,
 } from './harness.js';
 import { existsSync } from 'node:fs';
 
@@ -51,15 +60,20 @@ describe('guest userland: node and upgradectl inside a booted image, host reache
     await fsp.rm(stage, { recursive: true, force: true });
     // the scenario script the image's init runs (test/e2e/node-init.sh)
     await fsp.mkdir(path.join(hostTree, 'ibu-e2e'));
-    await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), [
-      'node /opt/ibu/bin/upgradectl --help; echo "IBU-E2E upgradectl --help exit $?"',
-      // the native addons load in the guest (their libraries came along)
-      `cd /opt/ibu && node -e 'for (const m of ["better-sqlite3", "zstd-napi", "@napi-rs/blake-hash"]) require(m); console.log("IBU-E2E NATIVE OK")'; cd /`,
-      `node -e 'fetch("http://10.0.2.100/ping").then(r => r.text()).then(t => console.log("IBU-E2E FETCH " + t.trim()), e => console.log("IBU-E2E FETCH FAILED " + e.cause?.code))'`,
-      // restrict=on: the host's loopback alias and anything else must stay out of reach
-      'for u in http://10.0.2.2:PORT/ http://10.0.2.100:81/; do timeout 5 wget -q -O /dev/null $u 2>/dev/null && echo "IBU-E2E REACHABLE $u" || echo "IBU-E2E BLOCKED $u"; done',
-      '',
-    ].join('\n').replace('PORT', String((server.address() as AddressInfo).port)));
+    await fsp.writeFile(
+      path.join(hostTree, 'ibu-e2e/run.sh'),
+      [
+        'node /opt/ibu/bin/upgradectl --help; echo "IBU-E2E upgradectl --help exit $?"',
+        // the native addons load in the guest (their libraries came along)
+        `cd /opt/ibu && node -e 'for (const m of ["better-sqlite3", "zstd-napi", "@napi-rs/blake-hash"]) require(m); console.log("IBU-E2E NATIVE OK")'; cd /`,
+        `node -e 'fetch("http://10.0.2.100/ping").then(r => r.text()).then(t => console.log("IBU-E2E FETCH " + t.trim()), e => console.log("IBU-E2E FETCH FAILED " + e.cause?.code))'`,
+        // restrict=on: the host's loopback alias and anything else must stay out of reach
+        'for u in http://10.0.2.2:PORT/ http://10.0.2.100:81/; do timeout 5 wget -q -O /dev/null $u 2>/dev/null && echo "IBU-E2E REACHABLE $u" || echo "IBU-E2E BLOCKED $u"; done',
+        '',
+      ]
+        .join('\n')
+        .replace('PORT', String((server.address() as AddressInfo).port)),
+    );
     await writeGrubCfg(hostTree);
     await createGrubenv(hostTree, '1');
     const disk = path.join(work, 'disk.img');
