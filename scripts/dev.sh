@@ -3,7 +3,7 @@
 # Idempotent, needs root (apt-get, loop devices, QEMU disks); a second run only checks.
 #   bash scripts/dev.sh demo [--keep]   the upgrade story (npm run demo)
 #   bash scripts/dev.sh test            every test, as CI runs them (npm test)
-#   bash scripts/dev.sh lint            eslint and the import graph (npm run lint)
+#   bash scripts/dev.sh lint            eslint, the import graph and prettier --check (npm run lint)
 # Set-up, in order: system packages and Node.js 20 (scripts/install-deps.sh); node_modules by
 # `npm ci` when it is missing or package-lock.json changed since the last install (a stamp holds
 # the lock file's sha256); for the tests, a private PostgreSQL (scripts/postgres.sh) unless
