@@ -18,6 +18,8 @@
 #   ibu.tryclear=1       set by GRUB on a trial boot when the env says ibu_try_clear=initramfs
 #                        (GRUB cannot write its env there: RAID, LVM...): clear try_image here,
 #                        right after mounting the host, before anything of the image runs
+#   ibu.attempt=V ibu.tally=x.. ibu.bad=,A,B   set by GRUB on every boot in that same mode: the
+#                        boot counters GRUB could not write (assets/grub/10_ibu); written here
 #   panic=N              seconds before the reboot that follows a fatal error
 #
 # fsck policy (e2fsck exit codes: 0 clean, 1/2 repaired, 4 uncorrected, 8 operational error):
@@ -29,6 +31,7 @@
 
 IBU_ROOT= IBU_ROOTFSTYPE=ext4 IBU_ROOTDELAY=10 IBU_LOOP= IBU_LOOPFSTYPE=ext4 IBU_LOOPFLAGS=
 IBU_RO=ro IBU_FSCK=auto IBU_FSCKREPAIR=preen IBU_TRIAL=0 IBU_TRYCLEAR=0 IBU_PANIC=5
+IBU_ATTEMPT= IBU_TALLY= IBU_BAD=
 IBU_LOOPDEV= IBU_HOSTDEV=
 
 ibu_parse_cmdline() {
@@ -48,6 +51,9 @@ ibu_parse_cmdline() {
 		fsck.repair=yes|fsckfix) IBU_FSCKREPAIR=yes ;;
 		ibu.trial=1)   IBU_TRIAL=1 ;;
 		ibu.tryclear=1) IBU_TRYCLEAR=1 ;;
+		ibu.attempt=*) IBU_ATTEMPT=${x#ibu.attempt=} ;;
+		ibu.tally=*)   IBU_TALLY=${x#ibu.tally=} ;;
+		ibu.bad=*)     IBU_BAD=$(echo "${x#ibu.bad=}" | tr ',' ' ') ;;
 		panic=*)       IBU_PANIC=${x#panic=} ;;
 		esac
 	done
@@ -160,7 +166,7 @@ ibu_env_valid() {
 	[ "$(head -n 1 "$1")" = "# GRUB Environment Block" ] || return 1
 	_s=$(sed -n 's/^ibu_seq=//p' "$1" | head -n 1)
 	_c=$(sed -n 's/^ibu_check=//p' "$1" | head -n 1)
-	if [ -z "$_s" ] && [ -z "$_c" ]; then echo 0; return 0; fi
+	# no markers: not a copy the agent wrote; GRUB and the agent do not trust it either
 	case "$_s" in ''|*[!0-9]*) return 1 ;; esac
 	[ "$_s" = "$_c" ] || return 1
 	echo "$_s"
@@ -196,12 +202,17 @@ $_kv"
 	done
 }
 
-# ibu_clear_try HOSTMNT: the initramfs' part when GRUB cannot clear try_image itself
+# ibu_clear_try HOSTMNT: the initramfs' part when GRUB cannot write its env: clear try_image
+# (ibu.tryclear=1) and record this boot's attempt (ibu.attempt/tally/bad), in one update of both copies
 ibu_clear_try() {
-	[ "$IBU_TRYCLEAR" = 1 ] || return 0
-	if ibu_env_update "$1/boot/grub" try_image=; then
-		ibu_log "cleared try_image in $1/boot/grub/grubenv{,.bak} (ibu.tryclear=1)"
+	[ "$IBU_TRYCLEAR" = 1 ] || [ -n "$IBU_ATTEMPT" ] || return 0
+	_mnt=$1
+	set --
+	[ "$IBU_TRYCLEAR" = 1 ] && set -- try_image=
+	[ -n "$IBU_ATTEMPT" ] && set -- "$@" ibu_attempt="$IBU_ATTEMPT" ibu_tally="$IBU_TALLY" ibu_bad="$(echo $IBU_BAD)"
+	if ibu_env_update "$_mnt/boot/grub" "$@"; then
+		ibu_log "wrote $* in $_mnt/boot/grub/grubenv{,.bak} (GRUB cannot write there)"
 	else
-		ibu_log "WARNING: ibu.tryclear=1 but no valid grubenv in $1/boot/grub; try_image not cleared"
+		ibu_log "WARNING: no valid grubenv in $_mnt/boot/grub; could not write $*"
 	fi
 }

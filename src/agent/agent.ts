@@ -22,7 +22,8 @@ import { JournalFile, withFailed, type Journal } from './journal.js';
 import { ManifestCache } from './manifest-cache.js';
 import { migrateTree, unmountStale, withImageMounted } from './migration.js';
 import { reboot } from './reboot.js';
-import { runningVersion } from './running-version.js';
+import { runningVersion, trialBoot } from './running-version.js';
+import { healBoot, type BootHealthPlan } from './boot-health.js';
 import type { ServerClient } from './server-client.js';
 import { reserveSpace } from './space-reservation.js';
 import { exists, fsckStaged, installStaged, verifyStaged } from './staged-image.js';
@@ -89,14 +90,17 @@ export class Agent {
     try {
       return await this.d.bootloader.read();
     } catch (err) {
-      // Both env copies unusable: the image running now is known to boot, so it becomes the default.
-      if (isIbuError(err, 'BOOTENV_INVALID') && running && (await exists(this.ctx.dir.image(running)))) {
-        this.log(`boot environment unusable (${err.message}); rewriting it with the running image ${running} as the default`);
-        await this.ctx.boot.init(running);
-        return this.d.bootloader.read();
-      }
+      // Both env copies unusable: rebuilt with the committed image the agent knew, and reported.
+      if (isIbuError(err, 'BOOTENV_INVALID') && (await this.heal(running)).rebuild) return this.d.bootloader.read();
       throw err;
     }
+  }
+
+  /** boot-health.ts: mark the boot good, repair the env, report a fallback. */
+  private async heal(running: string | null): Promise<BootHealthPlan> {
+    const j = this.j;
+    const upgrading = j.target?.version === running && ['applying', 'trial', 'rolled-back'].includes(j.state);
+    return healBoot(this.ctx, running, upgrading || (await trialBoot(this.cfg)));
   }
 
   async facts(): Promise<DeviceFacts> {
@@ -131,6 +135,7 @@ export class Agent {
   // ---- the loop ----------------------------------------------------------------------------
   private async drive(intent: Intent, opts: ApplyOptions = {}): Promise<CommandResult> {
     await this.load();
+    if (intent.kind === 'confirm') await this.heal(await runningVersion(this.cfg));
     await this.flushEvents();
     this.extra = {};
     let gatesChecked = false;
@@ -308,7 +313,7 @@ export class Agent {
     const running = f.running!;
     await this.ctx.boot.commit(running);
     this.queueEvent('upgrade-succeeded', this.j.target?.fromVersion ?? this.j.previous, running);
-    await this.record({ state: 'committed', step: 'commit', lastError: null });
+    await this.record({ state: 'committed', step: 'commit', lastError: null, lastDefault: running, bootReport: null });
     await this.flushEvents();
     await reportState(this.ctx);
     return { outcome: 'committed', message: `${running} passed its health checks and is now the committed default.` };

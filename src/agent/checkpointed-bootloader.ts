@@ -30,6 +30,9 @@ export class CheckpointedBootloader implements Bootloader {
   init(version: string): Promise<WriteResult> {
     return this.checkpointed(this.inner.init(version));
   }
+  markGood(version: string): Promise<WriteResult> {
+    return this.checkpointed(this.inner.markGood(version));
+  }
 
   private async checkpointed(write: Promise<WriteResult>): Promise<WriteResult> {
     const w = await write;

@@ -44,6 +44,10 @@ export interface Journal {
   failedVersions?: string[];
   /** Events not yet delivered to the server; sent on every run. */
   pendingEvents: DeviceEvent[];
+  /** default_image as the agent last read it from a valid env: what a lost env is rebuilt with (boot-health.ts). */
+  lastDefault?: string | null;
+  /** The boot problem last reported (boot-health.ts), so one ongoing problem is one event. */
+  bootReport?: string | null;
   updatedAt: string;
 }
 

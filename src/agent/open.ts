@@ -5,6 +5,7 @@ import type { Store } from '../store/store.js';
 import { Agent, type DeltaApplier } from './agent.js';
 import { deviceToken, type AgentConfig } from './config.js';
 import { crashPoint } from './crash-point.js';
+import { ImagesDir } from './images-dir.js';
 import { ServerClient } from './server-client.js';
 
 export interface OpenOptions {
@@ -26,6 +27,8 @@ export async function openAgent(cfg: AgentConfig, o: OpenOptions = {}): Promise<
     tryClearedBy: loc.tryClearedBy,
     reason: loc.reason,
     afterCopyWritten: (i) => crashPoint(`bootenv-copy-${i}`),
+    // GRUB's fallback order after default_image (assets/grub/10_ibu): newest first.
+    listImages: async () => (await new ImagesDir(cfg.imagesDir).installed()).reverse(),
   });
   const token = await deviceToken(cfg);
   const server = cfg.server ? new ServerClient(cfg.server.url, cfg.server.deviceId, token) : null;

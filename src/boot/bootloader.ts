@@ -12,6 +12,10 @@ export interface BootState {
   source: string;
   /** Problems that did not stop the read, e.g. one copy torn and the other used. */
   warnings: string[];
+  /** Images GRUB gave up on (used up their boot attempts, or a kernel it could not load), `ibu_bad`. */
+  bad: string[];
+  /** The image GRUB is counting boots of, and how many it counted, until a boot is marked good. */
+  attempt: { image: string; boots: number } | null;
 }
 
 export type TryClearedBy = 'grub' | 'initramfs';
@@ -42,4 +46,9 @@ export interface Bootloader {
   commit(version: string): Promise<WriteResult>;
   /** Writes a fresh environment naming `version` as the default (first install, repair). */
   init(version: string): Promise<WriteResult>;
+  /**
+   * The running `version` came up: reset GRUB's boot counter, take it off the skip list, and
+   * rewrite both copies (which repairs a damaged one from the valid one).
+   */
+  markGood(version: string): Promise<WriteResult>;
 }

@@ -15,6 +15,12 @@ export const VAR_TRY = 'try_image';
 export const VAR_SEQ = 'ibu_seq';
 export const VAR_CHECK = 'ibu_check';
 export const VAR_TRY_CLEAR = 'ibu_try_clear';
+/** GRUB's boot counting (assets/grub/10_ibu): the image being counted, one x per boot, and the images given up on. */
+export const VAR_ATTEMPT = 'ibu_attempt';
+export const VAR_TALLY = 'ibu_tally';
+export const VAR_BAD = 'ibu_bad';
+/** Installed images newest first, written by the agent: GRUB's fallback order after default_image. */
+export const VAR_IMAGES = 'ibu_images';
 
 export interface GrubBootloaderOptions {
   dir: string;
@@ -22,6 +28,8 @@ export interface GrubBootloaderOptions {
   reason?: string;
   /** Called after each copy is durably written (index 0 = primary); the crash harness uses it. */
   afterCopyWritten?: (index: number) => void | Promise<void>;
+  /** Installed image versions, newest first: written as ibu_images with every update. */
+  listImages?: () => Promise<string[]>;
 }
 
 interface CopyRead {
@@ -36,14 +44,15 @@ interface CopyRead {
  * grubenv kept as two full copies (the Mender approach against torn writes). Every update writes
  * the primary in place and fsyncs it, then the backup, so at any instant at least one copy is
  * whole. Each copy carries `ibu_seq=N` first and `ibu_check=N` last; a copy is valid when GRUB's
- * signature is intact and both are present and equal (or both absent: a plain env an installer
- * made with grub-editenv, which counts as sequence 0). Readers take the valid copy with the
- * highest sequence (primary on a tie), exactly what the GRUB script does by preferring a valid
- * primary, since the primary is always written first.
+ * signature is intact and both are present and equal. A copy without them is damaged (or not
+ * ours): GRUB ignores it too, so the agent must not trust it either (issue #14). Readers take the
+ * valid copy with the highest sequence (primary on a tie), exactly what the GRUB script does by
+ * preferring a valid primary, since the primary is always written first.
  */
 export class GrubBootloader implements Bootloader {
   readonly info: BootloaderInfo;
   private readonly afterCopyWritten?: (index: number) => void | Promise<void>;
+  private readonly listImages?: () => Promise<string[]>;
 
   constructor(opts: GrubBootloaderOptions) {
     this.info = {
@@ -54,6 +63,7 @@ export class GrubBootloader implements Bootloader {
       reason: opts.reason ?? 'configured',
     };
     this.afterCopyWritten = opts.afterCopyWritten;
+    this.listImages = opts.listImages;
   }
 
   private async readCopies(): Promise<CopyRead[]> {
@@ -62,8 +72,9 @@ export class GrubBootloader implements Bootloader {
         const r = await readEnvFile(file);
         if (!r.ok) return { file, vars: null, seq: -1, reason: r.reason, missing: r.missing };
         const seq = r.vars[VAR_SEQ];
-        // A plain env made by grub-editenv (an installer) has neither marker: valid, oldest.
-        if (seq === undefined && r.vars[VAR_CHECK] === undefined) return { file, vars: r.vars, seq: 0 };
+        if (seq === undefined && r.vars[VAR_CHECK] === undefined) {
+          return { file, vars: null, seq: -1, reason: `${file} has no ${VAR_SEQ}/${VAR_CHECK} markers: not a copy the agent wrote, GRUB ignores it.` };
+        }
         if (seq === undefined || !/^\d+$/.test(seq) || r.vars[VAR_CHECK] !== seq) {
           return { file, vars: null, seq: -1, reason: `${file} is incomplete (${VAR_SEQ}/${VAR_CHECK} missing or different): a write to it was interrupted.` };
         }
@@ -95,11 +106,14 @@ export class GrubBootloader implements Bootloader {
     }
     const warnings = copies.filter((c) => !c.vars).map((c) => c.reason ?? `${c.file} is unusable`);
     const v = best.vars!;
+    const tally = v[VAR_TALLY] ?? '';
     return {
       defaultImage: v[VAR_DEFAULT] || null,
       tryImage: v[VAR_TRY] || null,
       source: best.file,
       warnings,
+      bad: words(v[VAR_BAD]),
+      attempt: v[VAR_ATTEMPT] ? { image: v[VAR_ATTEMPT], boots: tally.length } : null,
     };
   }
 
@@ -118,6 +132,7 @@ export class GrubBootloader implements Bootloader {
     delete base[VAR_SEQ];
     delete base[VAR_CHECK];
     mutate(base);
+    if (this.listImages) base[VAR_IMAGES] = (await this.listImages()).join(' ');
     if (this.info.tryClearedBy === 'initramfs') base[VAR_TRY_CLEAR] = 'initramfs';
     else delete base[VAR_TRY_CLEAR];
     const seq = Math.max(...copies.map((c) => c.seq), 0) + 1;
@@ -143,6 +158,8 @@ export class GrubBootloader implements Bootloader {
   setTry(version: string): Promise<WriteResult> {
     return this.update((v) => {
       v[VAR_TRY] = version;
+      // A newly installed image of this version gets its boot attempts afresh.
+      unmarkBad(v, version);
     });
   }
 
@@ -156,6 +173,15 @@ export class GrubBootloader implements Bootloader {
     return this.update((v) => {
       v[VAR_DEFAULT] = version;
       delete v[VAR_TRY];
+      unmarkBad(v, version);
+    });
+  }
+
+  markGood(version: string): Promise<WriteResult> {
+    return this.update((v) => {
+      delete v[VAR_ATTEMPT];
+      delete v[VAR_TALLY];
+      unmarkBad(v, version);
     });
   }
 
@@ -164,4 +190,14 @@ export class GrubBootloader implements Bootloader {
       v[VAR_DEFAULT] = version;
     }, true);
   }
+}
+
+function words(s: string | undefined): string[] {
+  return (s ?? '').split(/\s+/).filter((w) => w !== '');
+}
+
+function unmarkBad(v: EnvVars, version: string): void {
+  const bad = words(v[VAR_BAD]).filter((b) => b !== version);
+  if (bad.length) v[VAR_BAD] = bad.join(' ');
+  else delete v[VAR_BAD];
 }

@@ -1,12 +1,12 @@
 import { IbuError } from '../errors.js';
 import { compareVersions, isValidVersion } from '../version.js';
-import type { CheckinRequest, DeviceEvent, DeviceState } from './protocol.js';
+import { BOOT_EVENT_TYPES, type CheckinRequest, type DeviceEvent, type DeviceEventType, type DeviceState } from './protocol.js';
 import type { DeviceRecord, FleetEvent, RolloutDevice } from './types.js';
 
 /** What a device reports, checked, and what a report changes on its record. Pure. */
 
 const STATES: readonly DeviceState[] = ['idle', 'preparing', 'prepared', 'applying', 'trial', 'committed', 'rolled-back', 'failed'];
-const EVENT_TYPES = ['prepare-failed', 'apply-started', 'upgrade-succeeded', 'upgrade-failed', 'rolled-back'];
+const EVENT_TYPES: readonly DeviceEventType[] = ['prepare-failed', 'apply-started', 'upgrade-succeeded', 'upgrade-failed', 'rolled-back', ...BOOT_EVENT_TYPES];
 
 export function validateCheckin(req: CheckinRequest): void {
   const problems: string[] = [];
@@ -53,6 +53,8 @@ export function deviceAfterCheckin(before: DeviceRecord, req: CheckinRequest, no
       errorMessage: `reported committed version ${committed} is below ${d.maxCommitted}, committed before`,
     };
   }
+  // Back on its committed image: the boot fallback is over (the event stays in the log).
+  if (!req.trial && committed && req.version === committed) d.flags = d.flags.filter((f) => f !== 'boot-fallback');
   d.maxCommitted = maxVersion(d.maxCommitted, committed);
   d.version = req.version;
   d.state = req.state;

@@ -5,7 +5,15 @@ import { GroupCommitter } from './group-commit.js';
 import { LeaseTable } from './lease-table.js';
 import { NAME_RE } from './names.js';
 import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
-import type { CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse, MaintenanceWindow } from './protocol.js';
+import {
+  BOOT_EVENT_TYPES,
+  type CheckinRequest,
+  type CheckinResponse,
+  type DeviceEvent,
+  type EnrollRequest,
+  type EnrollResponse,
+  type MaintenanceWindow,
+} from './protocol.js';
 import type { FleetRepository } from './repository.js';
 import { offeredBy } from './rollout-policy.js';
 import { Releases, type ChannelPolicy, type ReleaseInput } from './releases.js';
@@ -253,8 +261,13 @@ export class Fleet {
       },
     });
 
+    // A boot event flags the device for the dashboard's problems; it is no step of an upgrade.
+    const bootEvent = BOOT_EVENT_TYPES.includes(ev.type);
+    if (bootEvent && !d.flags.includes(ev.type)) d.flags = [...d.flags, ev.type];
+    if (ev.type === 'upgrade-succeeded') d.flags = d.flags.filter((f) => f !== 'bootenv-repaired');
     let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
-    if (!part) {
+    if (bootEvent) part = null;
+    else if (!part) {
       const rollout = this.rollouts.governing(d.channel, ev.toVersion);
       if (rollout) {
         part = (await this.repo.getParticipation(rollout.id, id)) ?? newParticipation(rollout, d, ev.fromVersion, now);
@@ -262,7 +275,7 @@ export class Fleet {
       }
     }
     if (part) ops.push({ kind: 'participation', row: participationFromEvent(part, ev, this.silentMs(part.rolloutId), now) });
-    if (ev.type !== 'apply-started') this.leases.drop(id, ops);
+    if (ev.type !== 'apply-started' && !bootEvent) this.leases.drop(id, ops);
     if (ev.error) {
       d.lastErrorCode = ev.error.code;
       d.lastErrorMessage = ev.error.message;

@@ -47,7 +47,19 @@ export interface CheckinResponse {
   nextCheckinSeconds: number;
 }
 
-export type DeviceEventType = 'prepare-failed' | 'apply-started' | 'upgrade-succeeded' | 'upgrade-failed' | 'rolled-back';
+export type DeviceEventType =
+  | 'prepare-failed'
+  | 'apply-started'
+  | 'upgrade-succeeded'
+  | 'upgrade-failed'
+  | 'rolled-back'
+  /** The device booted an image other than its committed one (error.message says why; docs/boot.md). */
+  | 'boot-fallback'
+  /** A damaged or lost boot environment copy was rewritten by the agent. */
+  | 'bootenv-repaired';
+
+/** Events about the boot itself, not about an upgrade: they flag the device, not a rollout participation. */
+export const BOOT_EVENT_TYPES: readonly DeviceEventType[] = ['boot-fallback', 'bootenv-repaired'];
 
 export interface DeviceEvent {
   type: DeviceEventType;

@@ -202,11 +202,13 @@ function deviceObject(fields: DeviceFields): Device {
     async boot() {
       const e = await dev.env();
       let v = e.default_image!;
+      let trial = 0;
       if (e.try_image) {
         v = e.try_image;
+        trial = 1;
         for (const f of ['grubenv', 'grubenv.bak']) await run('grub-editenv', [path.join(grubDir, f), 'unset', 'try_image'], { allowFailure: true });
       }
-      await fsp.writeFile(cmdline, `${ROOT_CMDLINE} loop=/images/${v}.img\n`);
+      await fsp.writeFile(cmdline, `${ROOT_CMDLINE} loop=/images/${v}.img ibu.version=${v} ibu.trial=${trial}\n`);
       return v;
     },
     async cleanup() {

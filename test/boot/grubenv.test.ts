@@ -76,7 +76,7 @@ test('redundant copies: both written, both valid for grub-editenv, updated in pl
     const inoA = (await fsp.stat(a)).ino;
     assert.equal((await bl.setTry('2')).created, false);
     assert.equal((await fsp.stat(a)).ino, inoA, 'primary rewritten in place (same inode)');
-    assert.deepEqual(await bl.read(), { defaultImage: '1', tryImage: '2', source: a, warnings: [] });
+    assert.deepEqual(await bl.read(), { defaultImage: '1', tryImage: '2', source: a, warnings: [], bad: [], attempt: null });
     for (const f of [a, b]) {
       const l = await editenvList(f);
       assert.equal(l.default_image, '1');
@@ -196,19 +196,42 @@ test('initramfs mode marks the env so the GRUB script does not call save_env', a
   }
 });
 
-test('a plain env made by grub-editenv (installer) is read, and the first write adds the markers and the backup', async () => {
+test('a plain env without the markers (e.g. made by grub-editenv) is not trusted, as GRUB does not trust it', async () => {
   const dir = await tmp();
   try {
     const a = path.join(dir, ENV_PRIMARY);
     await run('grub-editenv', [a, 'create']);
     await run('grub-editenv', [a, 'set', 'default_image=1', 'saved_entry=0']);
     const bl = new GrubBootloader({ dir });
-    const s = await bl.read();
-    assert.equal(s.defaultImage, '1');
-    assert.equal(s.warnings.length, 1, 'the missing backup is reported');
-    await bl.setTry('2');
+    await assert.rejects(bl.read(), (e) => isIbuError(e, 'BOOTENV_INVALID') && /no ibu_seq\/ibu_check markers/.test(e.message));
+    await bl.init('1');
     const l = await editenvList(path.join(dir, ENV_BACKUP));
-    assert.deepEqual([l.default_image, l.try_image, l.saved_entry, l.ibu_seq, l.ibu_check], ['1', '2', '0', '1', '1']);
+    assert.deepEqual([l.default_image, l.ibu_seq, l.ibu_check], ['1', '1', '1']);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("GRUB's boot counting: read as GRUB's save_env leaves it, reset by markGood, a re-tried image leaves the skip list", async () => {
+  const dir = await tmp();
+  try {
+    const a = path.join(dir, ENV_PRIMARY);
+    const b = path.join(dir, ENV_BACKUP);
+    const bl = new GrubBootloader({ dir, listImages: async () => ['3', '2', '1'] });
+    await bl.init('2');
+    assert.equal((await editenvList(a)).ibu_images, '3 2 1', 'the fallback order GRUB reads');
+    // What assets/grub/10_ibu writes with save_env into both copies: 3 used up its boots, 2 is being counted.
+    for (const f of [a, b]) await run('grub-editenv', [f, 'set', 'ibu_attempt=2', 'ibu_tally=xx', 'ibu_bad= 3']);
+    let s = await bl.read();
+    assert.deepEqual([s.attempt, s.bad, s.warnings], [{ image: '2', boots: 2 }, ['3'], []]);
+    await bl.markGood('2');
+    s = await bl.read();
+    assert.deepEqual([s.attempt, s.bad, s.defaultImage], [null, ['3'], '2']);
+    const l = await editenvList(b);
+    assert.equal(l.ibu_attempt, undefined, 'both copies reset');
+    assert.equal(l.ibu_seq, l.ibu_check);
+    await bl.setTry('3');
+    assert.deepEqual((await bl.read()).bad, [], 'a new trial of 3 gets its boots afresh');
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
   }

@@ -115,8 +115,8 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
   test('default_image=1 boots image 1 from its file, read-only loop root, host at /host', async () => {
     await reset();
     const res = await bootAndExpect('01-default', [
-      /ibu: default_image=1 try= boot=1 trial=0 fallback=1/,
-      /ibu: booting image 1 \(trial=0\)/,
+      /ibu: default_image=1 try= bad= attempt=\//,
+      /ibu: booting image 1 \(trial=0\), boot x of xx/,
       /ibu-initramfs .* fsck host: e2fsck -p/,
       /ibu-initramfs .* mounted \/images\/1\.img on \/root via \/dev\/loop\d+ \(ro, trial=0\)/,
       /IBU-E2E RUNNING version=1 trial=0/,
@@ -126,37 +126,40 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
       /IBU-E2E POWEROFF version=1/,
     ]);
     assert.equal(countLines(res.log, /IBU-E2E RUNNING/), 1);
+    assert.equal(countLines(res.log, /IBU-E2E BOOT-GOOD version=1/), 1);
     await assertEnv({ default_image: '1', try_image: '' });
   });
 
   test('try_image=2 boots image 2 once (GRUB clears the flag); without a commit the next boot is image 1', async () => {
     await reset({ tryImage: '2' });
     await bootAndExpect('02-try', [
-      /ibu: default_image=1 try=2 boot=2 trial=1 fallback=1/,
+      /ibu: default_image=1 try=2 /,
+      /ibu: booting image 2 \(trial=1/,
       /IBU-E2E RUNNING version=2 trial=1/,
       /IBU-E2E cmdline: .*ibu\.trial=1/,
       /IBU-E2E POWEROFF version=2/,
     ]);
     await assertEnv({ default_image: '1', try_image: '' });
-    await bootAndExpect('03-no-commit', [/ibu: default_image=1 try= boot=1 trial=0/, /IBU-E2E RUNNING version=1 trial=0/]);
+    await bootAndExpect('03-no-commit', [/ibu: default_image=1 try= /, /ibu: booting image 1 \(trial=0/, /IBU-E2E RUNNING version=1 trial=0/]);
     await assertEnv({ default_image: '1', try_image: '' });
   });
 
   test('a trial image that commits itself (grubenv rewritten in place) stays the default', async () => {
     await reset({ tryImage: '2', image2: '2-commit' });
-    await bootAndExpect('04-commit', [/boot=2 trial=1/, /IBU-E2E RUNNING version=2 trial=1/, /IBU-E2E COMMITTED default_image=2/]);
+    await bootAndExpect('04-commit', [/booting image 2 \(trial=1/, /IBU-E2E RUNNING version=2 trial=1/, /IBU-E2E COMMITTED default_image=2/]);
     await assertEnv({ default_image: '2', try_image: '' });
-    await bootAndExpect('05-after-commit', [/ibu: default_image=2 try= boot=2 trial=0 fallback=2/, /IBU-E2E RUNNING version=2 trial=0/]);
+    await bootAndExpect('05-after-commit', [/ibu: default_image=2 try= /, /booting image 2 \(trial=0/, /IBU-E2E RUNNING version=2 trial=0/]);
     assert.equal((await host.fsck()).code, 0, 'host fs clean after the guest wrote grubenv');
   });
 
   test('image 2 panics the kernel: panic=5 resets and image 1 boots, in one QEMU run', async () => {
     await reset({ tryImage: '2', image2: '2-panic' });
     const res = await bootAndExpect('06-panic', [
-      /boot=2 trial=1/,
+      /booting image 2 \(trial=1/,
       /IBU-E2E BROKEN version=2/,
       /Kernel panic - not syncing/,
-      /ibu: default_image=1 try= boot=1 trial=0/,
+      /ibu: default_image=1 try= /,
+      /booting image 1 \(trial=0/,
       /IBU-E2E RUNNING version=1 trial=0/,
       /IBU-E2E POWEROFF version=1/,
     ]);
@@ -167,8 +170,9 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
   test('image 2 without a kernel: the GRUB pre-check boots image 1 in the same boot', async () => {
     await reset({ tryImage: '2', image2: '2-nokernel' });
     const res = await bootAndExpect('07-nokernel', [
-      /ibu: trial image 2 unusable: missing, or no \/vmlinuz or \/initrd\.img/,
-      /ibu: default_image=1 try=2 boot=1 trial=0/,
+      /ibu: default_image=1 try=2 /,
+      /ibu: 2 skipped: missing, empty, or no \/vmlinuz or \/initrd\.img/,
+      /booting image 1 \(trial=0/,
       /IBU-E2E RUNNING version=1 trial=0/,
     ]);
     assert.equal(countLines(res.log, /ibu: booting image 2/), 0, 'image 2 must not be tried');
@@ -179,17 +183,18 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
 
   test('image 2 missing altogether: the pre-check boots image 1', async () => {
     await reset({ tryImage: '2', image2: null });
-    await bootAndExpect('08-missing', [/ibu: trial image 2 unusable/, /boot=1 trial=0/, /IBU-E2E RUNNING version=1 trial=0/]);
+    await bootAndExpect('08-missing', [/ibu: 2 skipped: missing/, /booting image 1 \(trial=0/, /IBU-E2E RUNNING version=1 trial=0/]);
     await assertEnv({ default_image: '1', try_image: '' });
   });
 
   test('truncated image 2: the initramfs fsck fails (rc=4), reboots, and image 1 boots', async () => {
     await reset({ tryImage: '2', image2: '2-truncated' });
     const res = await bootAndExpect('09-truncated', [
-      /ibu: booting image 2 \(trial=1\)/,
+      /ibu: booting image 2 \(trial=1/,
       /ibu-initramfs .* FATAL: fsck image \/images\/2\.img .*rc=4/,
       /ibu-initramfs .* rebooting in 5s/,
-      /ibu: default_image=1 try= boot=1 trial=0/,
+      /ibu: default_image=1 try= /,
+      /booting image 1 \(trial=0/,
       /IBU-E2E RUNNING version=1 trial=0/,
     ]);
     assert.equal(countLines(res.log, /IBU-E2E RUNNING version=2/), 0);
@@ -197,15 +202,16 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
     assert.equal((await host.fsck()).code, 0, 'host fs clean after the initramfs reboot');
   });
 
-  test('image 2 with a kernel GRUB cannot load: the fallback entry boots image 1', async () => {
+  test('image 2 with a kernel GRUB cannot load: GRUB marks it bad and boots image 1 in the same boot', async () => {
     await reset({ tryImage: '2', image2: '2-badkernel' });
-    await bootAndExpect('10-badkernel', [
-      /ibu: booting image 2 \(trial=1\)/,
-      /Falling back to/,
-      /ibu: booting image 1 \(trial=0\)/,
+    const res = await bootAndExpect('10-badkernel', [
+      /ibu: booting image 2 \(trial=1/,
+      /ibu: GRUB cannot load the kernel or initrd of 2; skipping it/,
+      /ibu: booting image 1 \(trial=0/,
       /IBU-E2E RUNNING version=1 trial=0/,
     ]);
-    await assertEnv({ default_image: '1', try_image: '' });
+    assert.equal(countLines(res.log, /BdsDxe: loading Boot/), 1, 'one firmware boot, no reset');
+    await assertEnv({ default_image: '1', try_image: '', ibu_bad: '2' });
   });
 
   test('a torn primary env copy (agent cut off mid-write) is ignored: GRUB uses the backup', async () => {
@@ -222,8 +228,9 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
     const st = await host.bootState();
     assert.equal(st.tryImage, null, 'the agent reads the backup too');
     await bootAndExpect('12-torn-primary', [
-      /ibu: \/boot\/grub\/grubenv is torn \(ibu_seq\/ibu_check differ\); ignored/,
-      /ibu: default_image=1 try= boot=1 trial=0/,
+      /ibu: \/boot\/grub\/grubenv is damaged \(unreadable, or ibu_seq\/ibu_check missing or different\)/,
+      /ibu: default_image=1 try= /,
+      /booting image 1 \(trial=0/,
       /IBU-E2E RUNNING version=1 trial=0/,
     ]);
   });
@@ -234,12 +241,14 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
     const [primary] = await host.envBlocks();
     assert.match(primary.toString('latin1'), /ibu_try_clear=initramfs/);
     await bootAndExpect('13-initramfs-clears', [
-      /ibu: default_image=1 try=2 boot=2 trial=1/,
-      /ibu-initramfs .* cleared try_image in \/host\/boot\/grub\/grubenv/,
+      /ibu: default_image=1 try=2 /,
+      /booting image 2 \(trial=1/,
+      /ibu-initramfs .* wrote try_image= ibu_attempt=2 ibu_tally=x ibu_bad= in \/host\/boot\/grub\/grubenv/,
       /IBU-E2E RUNNING version=2 trial=1/,
-      /IBU-E2E cmdline: .*ibu\.tryclear=1/,
+      /IBU-E2E cmdline: .*ibu\.attempt=2 ibu\.tally=x ibu\.bad= ibu\.tryclear=1/,
     ]);
-    await assertEnv({ default_image: '1', try_image: '' });
+    // The image's init marked the boot good afterwards (attempt cleared), as the agent does.
+    await assertEnv({ default_image: '1', try_image: '', ibu_attempt: '' });
     const [p2, b2] = await host.envBlocks();
     assert.equal(p2.toString('latin1'), b2.toString('latin1'), 'both copies rewritten alike');
     assert.doesNotMatch(p2.toString('latin1'), /try_image=2/);
@@ -247,6 +256,6 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
 
   test('default_image names no installed image: the newest one that passes the pre-check boots', async () => {
     await reset({ defaultImage: '7' });
-    await bootAndExpect('11-no-default', [/ibu: committed image '7' unusable; using '2'/, /boot=2 trial=0/, /IBU-E2E RUNNING version=2 trial=0/]);
+    await bootAndExpect('11-no-default', [/ibu: 7 skipped: missing/, /booting image 2 \(trial=0/, /IBU-E2E RUNNING version=2 trial=0/]);
   });
 });

@@ -33,16 +33,20 @@ describe('assets/grub/10_ibu', () => {
     run('sh', [GEN], { env: { PATH: process.env.PATH, IBU_HOST: dir, IBU_HOST_UUID: HOST_UUID, ...env }, allowFailure: true });
 
   test(
-    'lists installed images newest first, skips downloads and odd names, and GRUB parses it',
+    'bakes in the settings, has no menu to stop at, finds the images at boot, and GRUB parses it',
     { skip: !existsSync('/usr/bin/grub-script-check') && 'grub-script-check missing (grub-common)' },
     async () => {
-      const res = await gen({ IBU_CMDLINE: 'console=ttyS0,115200' });
+      const res = await gen({ IBU_CMDLINE: 'console=ttyS0,115200', IBU_BOOT_TRIES: '4' });
       assert.equal(res.code, 0, res.stderr);
-      assert.match(res.stdout, /^set ibu_installed="2026\.1\.2-rc1 1\.10 1\.9 "$/m);
-      assert.doesNotMatch(res.stdout, /3\.img\.partial|bad name|notes/);
-      assert.match(res.stdout, /^set default=0$/m);
-      assert.match(res.stdout, /^set fallback=1$/m);
-      assert.match(res.stdout, /loop=\/images\/\$1\.img boot=ibu ro panic=5 .* console=ttyS0,115200; then/);
+      // No list of images written at generation time: a stale list was how the old script got stuck.
+      assert.doesNotMatch(res.stdout, /1\.10|1\.9|2026\.1\.2/);
+      assert.match(res.stdout, /^for f in \(\$ibu_host\)\/images\/\*\.img; do$/m);
+      assert.match(res.stdout, /^set ibu_tries=4$/m);
+      assert.match(res.stdout, /^set ibu_limit=xxxx$/m);
+      assert.match(res.stdout, /^set ibu_cmdline="console=ttyS0,115200"$/m);
+      assert.doesNotMatch(res.stdout, /menuentry|submenu/, 'nothing to stop at');
+      assert.match(res.stdout, /loop=\/images\/\$1\.img boot=ibu \$ibu_root_mode panic=\$ibu_panic .*\$ibu_cmdline; then/);
+      assert.match(res.stdout, /sleep \$ibu_retry\nreboot\n/);
       const cfg = path.join(dir, 'grub.cfg');
       await fsp.writeFile(cfg, res.stdout);
       const check = await run('grub-script-check', [cfg], { allowFailure: true });
@@ -57,6 +61,9 @@ describe('assets/grub/10_ibu', () => {
       [{ IBU_PANIC: 'soon' }, /IBU_PANIC/],
       [{ IBU_CMDLINE: 'a"b' }, /IBU_CMDLINE must not contain/],
       [{ IBU_ENV_FILES: '/boot/grub/grub;env' }, /IBU_ENV_FILES/],
+      [{ IBU_BOOT_TRIES: '0' }, /IBU_BOOT_TRIES must be a number from 1 to 9/],
+      [{ IBU_BOOT_TRIES: '12' }, /IBU_BOOT_TRIES/],
+      [{ IBU_RETRY_SECONDS: 'later' }, /IBU_RETRY_SECONDS/],
     ] as const) {
       const res = await gen(env);
       assert.notEqual(res.code, 0, JSON.stringify(env));
@@ -108,6 +115,20 @@ describe('assets/initramfs/ibu-boot.sh env writer (busybox sh) and the agent rea
     const st = await bl.read();
     assert.deepEqual([st.defaultImage, st.warnings], ['2.0', []]);
     assert.equal((await fsp.stat(primary)).size, 1024);
+  });
+
+  test('the counters GRUB passes where it cannot write (ibu.attempt/tally/bad) are written with try_image cleared', async () => {
+    const mnt = path.join(dir, 'host');
+    const grub = path.join(mnt, 'boot', 'grub');
+    await fsp.mkdir(grub, { recursive: true });
+    const bl = new GrubBootloader({ dir: grub, tryClearedBy: 'initramfs' });
+    await bl.init('1.0');
+    await bl.setTry('2.0');
+    const res = await sh(`ibu_log() { echo "$*"; }; IBU_TRYCLEAR=1 IBU_ATTEMPT=2.0 IBU_TALLY=xx IBU_BAD=" 3.0 0.9"; ibu_clear_try ${mnt}`);
+    assert.equal(res.code, 0, res.stderr);
+    assert.match(res.stdout, /wrote try_image= ibu_attempt=2\.0 ibu_tally=xx ibu_bad=3\.0 0\.9 in /);
+    const st = await bl.read();
+    assert.deepEqual([st.tryImage, st.attempt, st.bad, st.warnings], [null, { image: '2.0', boots: 2 }, ['3.0', '0.9'], []]);
   });
 
   test('no valid copy: the writer refuses (status 1) and writes nothing', async () => {

@@ -5,6 +5,7 @@
 #   commit   like good; on a trial boot (ibu.trial=1) commit itself: rewrite both copies of the
 #            host's grubenv IN PLACE (same inodes and blocks), the way the agent does
 #   panic    crash the kernel (sysrq-c): a bad update that never reaches userspace health checks
+#   nomark   like good, but never marks the boot good (GRUB keeps counting its boots)
 export PATH=/bin:/sbin
 grep -q ' /proc ' /proc/mounts 2>/dev/null || mount -t proc proc /proc
 grep -q ' /sys ' /proc/mounts || mount -t sysfs sysfs /sys
@@ -23,6 +24,14 @@ echo "IBU-E2E RUNNING version=$version trial=$trial"
 echo "IBU-E2E root: $(grep ' / ' /proc/mounts | tail -n 1)"
 echo "IBU-E2E host: $(grep ' /host ' /proc/mounts)"
 echo "IBU-E2E cmdline:$cmd"
+
+# The boot is good (what the agent's confirm does, src/agent/boot-health.ts): GRUB's attempt
+# counter for this image is reset, so it is never skipped for boots that did come up.
+# Variant nomark models a device whose userspace never gets there.
+if [ "$variant" != nomark ]; then
+  . /lib/ibu/ibu-boot.sh
+  ibu_env_update /host/boot/grub ibu_attempt= ibu_tally= && echo "IBU-E2E BOOT-GOOD version=$version"
+fi
 
 if [ "$variant" = commit ] && [ $trial = 1 ]; then
   # the same writer the initramfs uses: both env copies, seq+1, in place (docs/agent.md format)

@@ -38,7 +38,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     <thead><tr><th>channel</th><th>version</th><th>mandatory</th><th>source</th></tr></thead><tbody></tbody>
   </table></section>
   <section class="wide"><h2>Rollouts</h2><div id="rollouts"></div></section>
-  <section class="wide"><h2>Failed, rolled-back and silent devices</h2><table id="problems">
+  <section class="wide"><h2>Problems: failed, rolled back, silent, boot fallback, boot env repaired, downgraded</h2><table id="problems">
     <thead><tr><th>device</th><th>group</th><th>version</th><th>status</th><th>error</th><th>last check-in</th></tr></thead><tbody></tbody>
   </table></section>
   <section><h2>Reboot leases</h2><table id="leases"><thead><tr><th>device</th><th>group</th><th>expires</th></tr></thead><tbody></tbody></table></section>
