@@ -8,6 +8,10 @@
  * serial log, the grubenv left on the disk, and the server's fleet records.
  * (b): 2.0's trial boot panics the kernel; the device is back on 1.0 by itself and the agent
  * there reports the rollback. (c): 2.0 boots but its health check fails; the agent rolls back.
+ * (g), on (a)'s disk (issue #14): the committed 2.0 then panics at every boot: GRUB gives up on it
+ * after its boot attempts, 1.0 boots, the agent reports boot-fallback and keeps 2.0 the default;
+ * then both env copies are destroyed: GRUB boots what it finds, the agent rebuilds the env with
+ * 2.0 and reports bootenv-repaired. The server sees every event.
  * One build, one store and one server for all; each scenario boots its own disk and device id.
  */
 import { describe, test, before, after } from 'node:test';
@@ -86,6 +90,9 @@ $C status --json | sed 's/^/IBU-E2E status /'
 `;
   const HEALTHY = HEALTHY_CHECKS;
 
+  /** (a)'s device, committed on 2.0: scenario (g) goes on with it. */
+  let committedA: { disk: string; host: HostFs } | null = null;
+
   test('(a) 1.0 -> 2.0 through a delta: trial boot, health check, commit; the server records success', async () => {
     const { disk, host } = await device('vm-a', STANDARD_RUN.replace('PANIC_HOOK', ''), HEALTHY);
     await runDevice('vm-a', disk, [...UPGRADE_STORY]);
@@ -97,6 +104,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     // the request log (pino JSON lines): the delta was requested and answered 200
     const deltaServed = (await server.statusesFor('/v1/deltas/1.0/2.0')).includes(200);
     assert.ok(deltaServed, 'the server answered GET /v1/deltas/1.0/2.0 with 200');
+    committedA = { disk, host };
   });
 
   test('(b) 2.0 panics the kernel on its trial boot: back on 1.0 by itself; the server records a rollback', async () => {
@@ -148,5 +156,55 @@ $C status --json | sed 's/^/IBU-E2E status /'
       { type: 'apply-started', from: '1.0', to: '2.0' },
       { type: 'upgrade-failed', from: '2.0', to: '1.0' },
     ]);
+  });
+
+  test('(g) the committed 2.0 panics at every boot, then both env copies are lost: always back on a good image, the server told', async (t) => {
+    if (!committedA) return t.skip('needs (a)');
+    const { disk, host } = committedA;
+    const RUN = 'C="node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent.json"\n';
+    const confirmRun = `$C confirm; echo "IBU-E2E confirm exit $?"\n$C status --json | sed 's/^/IBU-E2E status /'\n`;
+    const script = path.join(work, 'run-g.sh');
+    // g1: 2.0 (committed) dies before userspace on every boot, as with a broken initrd.
+    const crash = 'if [ "$IBU_E2E_VERSION" = 2.0 ]; then echo "IBU-E2E committed image crashing"; echo c > /proc/sysrq-trigger; sleep 60; fi\n';
+    await fsp.writeFile(script, RUN + crash + confirmRun);
+    await host.putFile('/ibu-e2e/run.sh', script);
+    await runDevice('vm-a-g1', disk, [
+      /ibu: booting image 2\.0 \(trial=0\), boot x of xx/,
+      /Kernel panic - not syncing/,
+      /ibu: booting image 2\.0 \(trial=0\), boot xx of xx/,
+      /Kernel panic - not syncing/,
+      /ibu: 2\.0 did not come up in 2 boots; skipping it/,
+      /ibu: booting image 1\.0 \(trial=0\)/,
+      /IBU-E2E RUNNING version=1\.0 trial=0/,
+      /boot-fallback: Booted 1\.0 instead of the committed 2\.0: GRUB gave up on 2\.0/,
+      /IBU-E2E confirm exit 0/,
+      /IBU-E2E POWEROFF version=1\.0/,
+    ]);
+    let st = await host.bootState();
+    assert.deepEqual([st.defaultImage, st.bad, st.attempt], ['2.0', ['2.0'], null], 'the fallback is not committed; the boot of 1.0 was marked good');
+    assert.deepEqual(
+      server
+        .events('vm-a')
+        .slice(2)
+        .map((e) => [e.type, e.from, e.to, e.errorCode]),
+      [['boot-fallback', '2.0', '1.0', 'BOOT_FALLBACK']],
+    );
+    // g2: 2.0 healthy again, both env copies overwritten: GRUB boots what it finds on the disk.
+    await fsp.writeFile(script, RUN + confirmRun);
+    await host.putFile('/ibu-e2e/run.sh', script);
+    for (const f of ['/boot/grub/grubenv', '/boot/grub/grubenv.bak']) await host.writeInPlace(f, Buffer.alloc(1024, 0x5a));
+    await runDevice('vm-a-g2', disk, [
+      /ibu: no valid boot environment/,
+      /IBU-E2E RUNNING version=(1|2)\.0 trial=0/,
+      /bootenv-repaired: Both copies of the boot environment were unusable .* rebuilt with default_image=2\.0 \(the committed image the agent last saw\)/,
+      /IBU-E2E POWEROFF/,
+    ]);
+    st = await host.bootState();
+    assert.deepEqual([st.defaultImage, st.warnings], ['2.0', []], 'both copies rebuilt, naming the committed 2.0');
+    const later = server
+      .events('vm-a')
+      .slice(3)
+      .map((e) => e.type);
+    assert.equal(later[0], 'bootenv-repaired', JSON.stringify(later));
   });
 });
