@@ -124,6 +124,17 @@ test('publish refuses equal or lower versions on a channel (VERSION_DOWNGRADE), 
   assert.equal(existsSync(path.join(storeDir, 'channels/stable.lock')), false);
 });
 
+test('publish refuses a version equal to a distinct published one (2.0, 02 beside 2) on any channel: VERSION_AMBIGUOUS', async () => {
+  const store = new LocalStore(storeDir);
+  for (const v of ['2.0', '02', '1.0']) {
+    await assert.rejects(
+      publishRelease({ image: imgA, version: v, store, keyFiles: [keyFile], params: PARAMS, channel: 'other' }),
+      (e) => isIbuError(e, 'VERSION_AMBIGUOUS'),
+      v,
+    );
+  }
+});
+
 test('publish without a kernel is IMAGE_NO_KERNEL unless --no-kernel', async () => {
   const img = await buildImage(t.dir, 'nokernel', { files: { 'etc/hostname': 'x\n' }, kernel: false }, 8);
   const store = new LocalStore(d('store-nk'));
