@@ -30,9 +30,13 @@ export function chunkDecompressor(): (id: string, data: Uint8Array, expectedSize
         { cause: err },
       );
     }
+    // A whole frame of the wrong size is not a cut-off download: it is another chunk's bytes or
+    // tampering, so it is a hash mismatch (CHUNK_INVALID); only a frame that ends early is truncated.
     if (expectedSize !== undefined && out.length !== expectedSize) {
-      const code = out.length < expectedSize ? 'CHUNK_TRUNCATED' : 'CHUNK_INVALID';
-      throw new IbuError(code, `chunk ${id} decompressed to ${out.length} bytes, the manifest says ${expectedSize}; re-publish or repair the store`);
+      throw new IbuError(
+        'CHUNK_INVALID',
+        `chunk ${id} decompressed to ${out.length} bytes, the manifest says ${expectedSize}: it does not match its id; re-publish or repair the store`,
+      );
     }
     return out;
   };

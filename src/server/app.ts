@@ -9,7 +9,7 @@ import { DEFAULT_RETRY, DeltaJobs, type RetryPolicy } from './delta-jobs.js';
 import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
 import { fleetPlugin } from './fleet/plugin.js';
-import { installErrorHandlers } from './http-errors.js';
+import { clientErrorHandler, frameworkErrorHandler, installErrorHandlers } from './http-errors.js';
 import { Precomputer } from './precompute.js';
 import { ReleaseCatalog } from './release-catalog.js';
 import { adminRoutes } from './routes/admin.js';
@@ -99,6 +99,8 @@ async function createServer0(o: ServeOptions, root: string, layout: StoreLayout,
     requestTimeout: 0,
     keepAliveTimeout: 65_000,
     return503OnClosing: true,
+    frameworkErrors: frameworkErrorHandler,
+    clientErrorHandler,
   }) as unknown as FastifyInstance;
 
   const db = openDb(layout.database);

@@ -15,7 +15,12 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
         body: {
           type: 'object',
           required: ['deviceId'],
-          properties: { deviceId: { type: 'string' }, enrollmentSecret: { type: 'string' }, group: { type: 'string' }, channel: { type: 'string' } },
+          properties: {
+            deviceId: { type: 'string', maxLength: 128 },
+            enrollmentSecret: { type: 'string', maxLength: 512 },
+            group: { type: 'string', maxLength: 64 },
+            channel: { type: 'string', maxLength: 64 },
+          },
         },
         response: responses({ 200: enrollResponse }, deviceErrors),
       },
@@ -33,7 +38,7 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
           required: ['version', 'state', 'trial'],
           properties: {
             version: versionProp,
-            state: { type: 'string' },
+            state: { type: 'string', maxLength: 64 },
             trial: { type: 'boolean' },
             committedVersion: versionProp,
             preparedVersion: { type: ['string', 'null'], maxLength: 64 },
@@ -66,7 +71,13 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
         body: {
           type: 'object',
           required: ['type', 'fromVersion', 'toVersion'],
-          properties: { type: { type: 'string' }, fromVersion: versionProp, toVersion: versionProp, at: { type: 'string' }, error: errorProp },
+          properties: {
+            type: { type: 'string', maxLength: 64 },
+            fromVersion: versionProp,
+            toVersion: versionProp,
+            at: { type: 'string', maxLength: 64 },
+            error: errorProp,
+          },
         },
         response: responses({ 200: okSchema }, deviceErrors),
       },

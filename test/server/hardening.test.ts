@@ -1,0 +1,79 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fsp } from 'node:fs';
+import * as net from 'node:net';
+import { get, start, tmpDir, type Running } from './helpers.js';
+
+/** Raw HTTP/1.1 exchange, so requests undici would refuse to send (bad escapes, huge URLs) reach the server. */
+function raw(url: string, text: string): Promise<{ status: number; body: string }> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = net.connect(Number(u.port), u.hostname, () => s.end(text));
+    let buf = '';
+    s.setEncoding('latin1');
+    s.on('data', (d: string) => (buf += d));
+    s.on('error', reject);
+    s.on('close', () => {
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(buf)?.[1] ?? 0);
+      resolve({ status, body: buf.slice(buf.indexOf('\r\n\r\n') + 4) });
+    });
+  });
+}
+
+function assertErrorShape(body: string, code: string): void {
+  const j = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+  assert.equal(j.error?.code, code, body);
+  assert.equal(typeof j.error?.message, 'string', body);
+}
+
+describe('issue #15 hardening: framework errors, field caps', () => {
+  const work = tmpDir('harden');
+  let srv: Running;
+  before(async () => {
+    srv = await start({ dataDir: work, adminToken: 'sesame', precompute: 0, fleet: true });
+  });
+  after(async () => {
+    await srv?.close();
+    await fsp.rm(work, { recursive: true, force: true });
+  });
+
+  it('a bad escape (%ff) in a path answers in the project error shape', async () => {
+    const r = await raw(srv.url, 'GET /v1/releases/%ff/manifest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.equal(r.status, 400);
+    assertErrorShape(r.body, 'BAD_REQUEST');
+  });
+
+  it('a too-long URL answers in the project error shape', async () => {
+    const r = await raw(srv.url, `GET /v1/releases/${'a'.repeat(100_000)}/manifest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    assert.ok(r.status === 414 || r.status === 431 || r.status === 400, String(r.status));
+    assertErrorShape(r.body, 'BAD_REQUEST');
+  });
+
+  it('check-in and event fields are length-capped (400 before any lookup)', async () => {
+    const big = 'x'.repeat(100_000);
+    const bodies = [
+      { version: '1', state: big, trial: false },
+      { version: '1', state: 'idle', trial: false, lastError: { code: big, message: 'm' } },
+      { version: '1', state: 'idle', trial: false, lastError: { code: 'X', message: big } },
+    ];
+    for (const b of bodies) {
+      const r = await get(`${srv.url}/v1/devices/d1/checkin`, { authorization: 'Bearer t' }, 'POST', JSON.stringify(b));
+      assert.equal(r.status, 400, JSON.stringify(b).slice(0, 80));
+    }
+    const ev = await get(`${srv.url}/v1/devices/d1/events`, { authorization: 'Bearer t' }, 'POST', JSON.stringify({ type: big, fromVersion: '1', toVersion: '2' }));
+    assert.equal(ev.status, 400);
+    const en = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: big }));
+    assert.equal(en.status, 400);
+  });
+
+  it('versions in reports are checked (a check-in with a bad version is 400)', async () => {
+    const r = await get(`${srv.url}/v1/devices/d1/checkin`, { authorization: 'Bearer t' }, 'POST', JSON.stringify({ version: '../x', state: 'idle', trial: false }));
+    assert.equal(r.status, 400);
+  });
+
+  it('the enroll refusal names the preauthorize route that exists', async () => {
+    const r = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: 'nobody' }));
+    const msg = String((r.json().error as { message: string }).message);
+    assert.match(msg, /\/v1\/admin\/fleet\/devices\/preauthorize/);
+  });
+});
