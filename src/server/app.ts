@@ -9,6 +9,7 @@ import { DEFAULT_RETRY, DeltaJobs, type RetryPolicy } from './delta-jobs.js';
 import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
 import { fleetPlugin } from './fleet/plugin.js';
+import { logRedact, logSerializers } from './log-redaction.js';
 import { clientErrorHandler, frameworkErrorHandler, installErrorHandlers } from './http-errors.js';
 import { Precomputer } from './precompute.js';
 import { ReleaseCatalog } from './release-catalog.js';
@@ -89,8 +90,13 @@ export async function createServer(o: ServeOptions): Promise<IbuServer> {
 }
 
 async function createServer0(o: ServeOptions, root: string, layout: StoreLayout, unlock: () => Promise<void>): Promise<IbuServer> {
-  const logOpt = o.logger ?? false;
-  const isInstance = typeof logOpt === 'object' && logOpt !== null && typeof (logOpt as FastifyBaseLogger).child === 'function';
+  const given = o.logger ?? false;
+  const isInstance = typeof given === 'object' && given !== null && typeof (given as FastifyBaseLogger).child === 'function';
+  // Credentials never reach the log (docs/security.md); a caller's pino instance keeps its own settings.
+  const logOpt =
+    isInstance || given === false
+      ? given
+      : { ...(given === true ? {} : (given as object)), serializers: { ...logSerializers, ...(given as { serializers?: object }).serializers }, redact: logRedact };
   const app = Fastify({
     ...(isInstance ? { loggerInstance: logOpt as FastifyBaseLogger } : { logger: logOpt as FastifyServerOptions['logger'] }),
     ...(o.https ? { https: o.https } : {}),
