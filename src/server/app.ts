@@ -93,10 +93,8 @@ async function createServer0(o: ServeOptions, root: string, layout: StoreLayout,
   const given = o.logger ?? false;
   const isInstance = typeof given === 'object' && given !== null && typeof (given as FastifyBaseLogger).child === 'function';
   // Credentials never reach the log (docs/security.md); a caller's pino instance keeps its own settings.
-  const logOpt =
-    isInstance || given === false
-      ? given
-      : { ...(given === true ? {} : (given as object)), serializers: { ...logSerializers, ...(given as { serializers?: object }).serializers }, redact: logRedact };
+  const own = given === true ? {} : (given as { serializers?: object });
+  const logOpt = isInstance || given === false ? given : { ...own, serializers: { ...logSerializers, ...own.serializers }, redact: logRedact };
   const app = Fastify({
     ...(isInstance ? { loggerInstance: logOpt as FastifyBaseLogger } : { logger: logOpt as FastifyServerOptions['logger'] }),
     ...(o.https ? { https: o.https } : {}),
