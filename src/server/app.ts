@@ -10,6 +10,7 @@ import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
 import { fleetPlugin } from './fleet/plugin.js';
 import { logRedact, logSerializers } from './log-redaction.js';
+import { connectionLimits, httpServerOptions, type ConnectionLimits } from './connection-limits.js';
 import { clientErrorHandler, frameworkErrorHandler, installErrorHandlers } from './http-errors.js';
 import { Precomputer } from './precompute.js';
 import { ReleaseCatalog } from './release-catalog.js';
@@ -26,6 +27,8 @@ import './contracts.js';
 
 export interface ServeOptions {
   dataDir: string;
+  /** Connection limits against hostile or broken clients (defaults: CONNECTION_DEFAULTS). */
+  connections?: Partial<ConnectionLimits>;
   adminToken?: string;
   /** Concurrent delta builds (each a child process). Default 1; 0 queues requests but builds nothing. */
   workers?: number;
@@ -95,17 +98,22 @@ async function createServer0(o: ServeOptions, root: string, layout: StoreLayout,
   // Credentials never reach the log (docs/security.md); a caller's pino instance keeps its own settings.
   const own = given === true ? {} : (given as { serializers?: object });
   const logOpt = isInstance || given === false ? given : { ...own, serializers: { ...logSerializers, ...own.serializers }, redact: logRedact };
+  const limits: ConnectionLimits = connectionLimits(o.connections);
   const app = Fastify({
     ...(isInstance ? { loggerInstance: logOpt as FastifyBaseLogger } : { logger: logOpt as FastifyServerOptions['logger'] }),
-    ...(o.https ? { https: o.https } : {}),
+    ...(o.https ? { https: { ...o.https, ...httpServerOptions(limits) } } : { http: httpServerOptions(limits) }),
     ajv: { customOptions: { formats: AJV_FORMATS } },
-    // Chunk and delta downloads can be long; only idle connections get closed on shutdown.
+    // Chunk and delta downloads can be long: no overall request timeout, but idle and silent
+    // connections are closed (src/server/connection-limits.ts).
     requestTimeout: 0,
-    keepAliveTimeout: 65_000,
+    connectionTimeout: limits.idleMs,
+    keepAliveTimeout: limits.keepAliveMs,
     return503OnClosing: true,
     frameworkErrors: frameworkErrorHandler,
     clientErrorHandler,
   }) as unknown as FastifyInstance;
+
+  app.server.maxConnections = limits.maxConnections;
 
   const db = openDb(layout.database);
   try {
