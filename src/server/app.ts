@@ -10,7 +10,8 @@ import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
 import { fleetPlugin } from './fleet/plugin.js';
 import { logRedact, logSerializers } from './log-redaction.js';
-import { connectionLimits, httpServerOptions, type ConnectionLimits } from './connection-limits.js';
+import rateLimit from '@fastify/rate-limit';
+import { connectionLimits, httpServerOptions, rateLimitOptions, type ConnectionLimits } from './connection-limits.js';
 import { clientErrorHandler, frameworkErrorHandler, installErrorHandlers } from './http-errors.js';
 import { Precomputer } from './precompute.js';
 import { ReleaseCatalog } from './release-catalog.js';
@@ -157,6 +158,7 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   chunkRoutes(app, ctx);
   deltaRoutes(app, ctx);
   zfsStreamRoutes(app, ctx);
+  await app.register(rateLimit, rateLimitOptions(connectionLimits(o.connections)));
   await app.register(async (scope) => adminRoutes(scope, ctx));
   if (o.fleet !== false) await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
 

@@ -77,3 +77,32 @@ describe('issue #15 hardening: framework errors, field caps', () => {
     assert.match(msg, /\/v1\/admin\/fleet\/devices\/preauthorize/);
   });
 });
+
+describe('issue #15 hardening: per-client rate limit on unauthenticated routes', () => {
+  const work = tmpDir('ratelimit');
+  let srv: Running;
+  before(async () => {
+    srv = await start({ dataDir: work, adminToken: 'sesame', precompute: 0, fleet: true, connections: { unauthenticatedPerMinute: 20 } });
+  });
+  after(async () => {
+    await srv?.close();
+    await fsp.rm(work, { recursive: true, force: true });
+  });
+
+  it('enrollment and dashboard sign-in answer 429 RATE_LIMITED past the per-client limit', async () => {
+    for (const [url, body] of [
+      [`${srv.url}/v1/devices/enroll`, JSON.stringify({ deviceId: 'nobody' })],
+      [`${srv.url}/dashboard/sign-in`, JSON.stringify({ token: 'guess' })],
+    ] as const) {
+      const statuses: number[] = [];
+      let last: Record<string, unknown> = {};
+      for (let i = 0; i < 40; i++) {
+        const r = await get(url, {}, 'POST', body);
+        statuses.push(r.status);
+        if (r.status === 429) last = r.json();
+      }
+      assert.ok(statuses.includes(429), `${url}: ${statuses.join(',')}`);
+      assert.equal((last.error as { code: string }).code, 'RATE_LIMITED');
+    }
+  });
+});

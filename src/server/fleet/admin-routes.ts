@@ -3,6 +3,7 @@ import { IbuError } from '../../errors.js';
 import type { Fleet } from '../../fleet/fleet.js';
 import type { DeviceRecord, RolloutDevice } from '../../fleet/types.js';
 import { ADMIN_COOKIE, adminAuth, adminTokenCheck } from '../admin-auth.js';
+import { UNAUTHENTICATED_RATE_LIMIT } from '../connection-limits.js';
 import { DASHBOARD_HTML, DASHBOARD_JS, SIGN_IN_HTML } from './dashboard.js';
 import {
   channelParams,
@@ -59,6 +60,7 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
     signIn.post<{ Body: { token?: string } }>(
       '/dashboard/sign-in',
       {
+        config: { rateLimit: UNAUTHENTICATED_RATE_LIMIT },
         schema: {
           body: { type: 'object', properties: { token: { type: 'string', maxLength: 1024 } } },
           response: { 303: { type: 'null' }, 401: text },

@@ -3,6 +3,7 @@ import { IbuError } from '../../errors.js';
 import type { Fleet } from '../../fleet/fleet.js';
 import type { CheckinRequest, DeviceEvent, EnrollRequest } from '../../fleet/protocol.js';
 import { bearerToken } from '../admin-auth.js';
+import { UNAUTHENTICATED_RATE_LIMIT } from '../connection-limits.js';
 import type { FleetMetrics } from './metrics.js';
 import { checkinResponse, deviceErrors, enrollResponse, errorProp, idParams, okSchema, responses, versionProp } from './schemas.js';
 
@@ -11,6 +12,7 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
   app.post<{ Body: EnrollRequest }>(
     '/v1/devices/enroll',
     {
+      config: { rateLimit: UNAUTHENTICATED_RATE_LIMIT },
       schema: {
         body: {
           type: 'object',
