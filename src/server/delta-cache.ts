@@ -86,7 +86,7 @@ export class DeltaCache {
   }
 
   /**
-   * At start: removes temp files a dead process left behind, forgets ready rows whose file is
+   * At start: removes temp files and work directories a dead process left behind, forgets ready rows whose file is
    * gone, and deletes delta files no row knows about.
    */
   async reconcile(): Promise<{ partialsRemoved: number; rowsDropped: number; filesRemoved: number }> {
@@ -95,7 +95,8 @@ export class DeltaCache {
     let partialsRemoved = 0;
     for (const dir of [this.layout.deltasDir, this.layout.imagesDir]) {
       for (const n of await fsp.readdir(dir)) {
-        if (n.endsWith('.partial') || n.endsWith('.tmp')) {
+        // `.ibudelta-work-*`: makeDelta's segment directory (src/delta/make.ts), left by a kill -9.
+        if (n.endsWith('.partial') || n.endsWith('.tmp') || n.startsWith('.ibudelta-work-')) {
           await fsp.rm(path.join(dir, n), { force: true, recursive: true });
           partialsRemoved++;
         }

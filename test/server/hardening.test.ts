@@ -106,3 +106,22 @@ describe('issue #15 hardening: per-client rate limit on unauthenticated routes',
     }
   });
 });
+
+describe('issue #15 hardening: crash leftovers', () => {
+  it('a restart removes every delta work directory a killed build left behind', async () => {
+    const work = tmpDir('leftovers');
+    const deltas = `${work}/cache/deltas`;
+    await fsp.mkdir(`${deltas}/.ibudelta-work-abc123`, { recursive: true });
+    await fsp.writeFile(`${deltas}/.ibudelta-work-abc123/seg-0.zst`, Buffer.alloc(1 << 20, 1));
+    const srv = await start({ dataDir: work, precompute: 0 });
+    try {
+      assert.deepEqual(
+        (await fsp.readdir(deltas)).filter((n) => n.startsWith('.ibudelta-work-')),
+        [],
+      );
+    } finally {
+      await srv.close();
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  });
+});
