@@ -49,7 +49,24 @@ export class DeltaCache {
     return this.jobs.readyBytes();
   }
 
-  /** Evicts LRU deltas until the ready bytes fit the quota. Returns the evicted pairs. */
+  /** Bytes on disk of builds in progress: `.partial` files and makeDelta's `.ibudelta-work-*` directories. */
+  async inProgressBytes(): Promise<number> {
+    let total = 0;
+    const size = async (p: string): Promise<number> => {
+      const st = await fsp.lstat(p).catch(() => undefined);
+      if (!st) return 0;
+      if (!st.isDirectory()) return st.blocks * 512;
+      let n = 0;
+      for (const c of await fsp.readdir(p).catch(() => [] as string[])) n += await size(path.join(p, c));
+      return n;
+    };
+    for (const n of await fsp.readdir(this.layout.deltasDir).catch(() => [] as string[])) {
+      if (n.endsWith('.partial') || n.startsWith('.ibudelta-work-')) total += await size(path.join(this.layout.deltasDir, n));
+    }
+    return total;
+  }
+
+  /** Evicts LRU deltas until the ready bytes (and those of builds in progress) fit the quota. Returns the evicted pairs. */
   evict(keep?: { from: string; to: string }): Promise<Array<{ from: string; to: string; size: number }>> {
     // One pass at a time: two passes reading the same total would evict more than needed.
     const next = this.evicting.then(() => this.evict0(keep));
@@ -61,7 +78,8 @@ export class DeltaCache {
 
   private async evict0(keep?: { from: string; to: string }): Promise<Array<{ from: string; to: string; size: number }>> {
     const evicted: Array<{ from: string; to: string; size: number }> = [];
-    let used = this.jobs.readyBytes();
+    // Builds in progress count too: their work directories and partial files take the same disk.
+    let used = this.jobs.readyBytes() + (await this.inProgressBytes());
     if (used <= this.quotaBytes) return evicted;
     for (const j of this.jobs.readyByLru()) {
       if (used <= this.quotaBytes) break;
