@@ -125,3 +125,20 @@ describe('issue #15 hardening: crash leftovers', () => {
     }
   });
 });
+
+describe('issue #15 hardening: the delta quota counts builds in progress', () => {
+  it('work directories and partial files of running builds add to the used bytes', async () => {
+    const work = tmpDir('inprogress');
+    const srv = await start({ dataDir: work, precompute: 0 });
+    try {
+      const deltas = `${work}/cache/deltas`;
+      await fsp.mkdir(`${deltas}/.ibudelta-work-live`, { recursive: true });
+      await fsp.writeFile(`${deltas}/.ibudelta-work-live/seg-0.zst`, Buffer.alloc(1 << 20, 1));
+      await fsp.writeFile(`${deltas}/1_2.ibudelta.abc.partial`, Buffer.alloc(1 << 20, 2));
+      assert.ok((await srv.ctx.deltas.cache.inProgressBytes()) >= 2 << 20);
+    } finally {
+      await srv.close();
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  });
+});
