@@ -11,6 +11,12 @@ test('versions compare numerically, suffix sorts first', () => {
     ['1.0', '1', 0],
     ['1.4.0-rc1', '1.4.0', -1],
     ['1.4.0-rc2', '1.4.0-rc1', 1],
+    ['2-rc10', '2-rc9', 1],
+    ['3-rc9', '3-rc10', -1],
+    ['2-beta2', '2-rc1', -1],
+    ['2-rc1.10', '2-rc1.9', 1],
+    ['2-rc', '2-rc1', -1],
+    ['2-9', '2-rc', -1],
   ];
   for (const [a, b, want] of cases) assert.equal(compareVersions(a, b), want, `${a} vs ${b}`);
 });

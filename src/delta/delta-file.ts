@@ -39,13 +39,20 @@ function readUpTo(fd: number, len: number, pos: number): Buffer {
 }
 
 function openDelta(path: string): number {
+  let fd: number;
   try {
-    return fs.openSync(path, 'r');
+    fd = fs.openSync(path, 'r');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'ENOENT') throw new IbuError('NOT_FOUND', `The delta ${path} does not exist; check the path.`, { cause: err });
     throw new IbuError('IO_ERROR', `Cannot open the delta ${path}: ${e.message}.`, { cause: err });
   }
+  // A directory opens fine and fails only at the first read (EISDIR): say so up front.
+  if (!fs.fstatSync(fd).isFile()) {
+    fs.closeSync(fd);
+    throw new IbuError('USAGE', `The delta ${path} is a directory or special file, not a delta file; pass the .ibudelta file itself.`);
+  }
+  return fd;
 }
 
 function readHead(fd: number, file: string, size: number): { fixed: FixedHeader; header: DeltaHeader } {

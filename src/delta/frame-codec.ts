@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { compress, decompress } from 'zstd-napi';
+import { compress } from 'zstd-napi';
+import { decompressCapped, OverCap, zstdBinding } from '../chunk/compress.js';
 import { IbuError } from '../errors.js';
 import { ByteReader, ByteWriter, type CursorProblem } from './byte-cursor.js';
 import { deltaInvalid, deltaTruncated } from './delta-errors.js';
@@ -236,10 +237,14 @@ export function decodeOpTable(raw: Buffer, file: string): { ops: DeltaOp[]; segm
   return { ops, segments };
 }
 
+/** The largest op table a reader accepts: ~50 bytes an op, so about a million ops (a 64 GiB image at 64 KiB ranges). */
+export const MAX_OP_TABLE_BYTES = 64 * 1024 * 1024;
+
 export function decompressOpTable(tableZ: Buffer, file: string): Buffer {
   try {
-    return decompress(tableZ);
+    return decompressCapped(new zstdBinding.DCtx(), tableZ, MAX_OP_TABLE_BYTES);
   } catch (err) {
+    if (err instanceof OverCap) throw deltaInvalid(file, `the op table decompresses to more than ${MAX_OP_TABLE_BYTES} bytes`);
     throw deltaInvalid(file, `the op table does not decompress: ${(err as Error).message}`);
   }
 }

@@ -46,6 +46,14 @@ export function validateCounts(header: DeltaHeader, ops: DeltaOp[], segments: Se
  * without gaps or overlaps, every source range lies inside the source image, each segment's
  * first ops come in segment order and their sizes add up to the segment's.
  */
+/**
+ * Apply holds one segment's output and dictionary in memory, so a reader refuses segments over
+ * these (issue #15: bounded memory whatever the delta says). The builder cuts segments at
+ * 32 / 48 MiB (src/delta/plan.ts DEFAULT_LIMITS), well under them.
+ */
+export const MAX_SEGMENT_OUTPUT = 128 << 20;
+export const MAX_SEGMENT_DICT = (128 << 20) + DICT_PREFIX.length;
+
 export function validateOps(header: DeltaHeader, ops: DeltaOp[], segments: Segment[], payloadLength: number, file: string): void {
   const tiles: Array<[number, number]> = [];
   const srcOk = (off: number, len: number): boolean => len > 0 && off + len <= header.source.size;
@@ -94,6 +102,9 @@ export function validateOps(header: DeltaHeader, ops: DeltaOp[], segments: Segme
   segments.forEach((seg, s) => {
     if (segFirst[s] === -1) throw deltaInvalid(file, `segment ${s} has no ops`);
     if (seg.outputLength !== segOut[s] || seg.dictLength !== segDict[s]) throw deltaInvalid(file, `segment ${s} sizes do not match its ops`);
+    if (seg.outputLength > MAX_SEGMENT_OUTPUT || seg.dictLength > MAX_SEGMENT_DICT) {
+      throw deltaInvalid(file, `segment ${s} decodes ${seg.outputLength} bytes with a ${seg.dictLength}-byte dictionary, over the reader's limits`);
+    }
     if (seg.offset !== payloadEnd || seg.compressedLength <= 0) throw deltaInvalid(file, `segment ${s} is not where the payload says`);
     payloadEnd += seg.compressedLength;
   });

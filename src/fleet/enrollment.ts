@@ -79,7 +79,7 @@ export class Enrollment {
         throw new IbuError(
           'UNAUTHORIZED',
           `Device ${req.deviceId} is not pre-authorized and no valid enrollment secret was given; ` +
-            'pre-authorize it (POST /v1/admin/devices/preauthorize) or configure the enrollment secret.',
+            'pre-authorize it (POST /v1/admin/fleet/devices/preauthorize) or configure the enrollment secret.',
         );
       }
       group = req.group ?? this.config.defaultGroup;

@@ -1,4 +1,5 @@
-import { Compressor, Decompressor } from 'zstd-napi';
+import { Compressor } from 'zstd-napi';
+import { decompressCapped, OverCap, zstdBinding } from '../chunk/compress.js';
 import { IbuError, isIbuError } from '../errors.js';
 import { manifestPath, manifestZstPath } from '../store/layout.js';
 import type { Store, WriteStore } from '../store/store.js';
@@ -58,10 +59,9 @@ export async function readManifestBytes(store: Store, version: string, signal?: 
       const z = await store.getFile(manifestZstPath(version), signal);
       let plain: Buffer;
       try {
-        const d = new Decompressor();
-        d.setParameters({ windowLogMax: 27 });
-        plain = d.decompress(z);
+        plain = decompressCapped(new zstdBinding.DCtx(), z, MAX_MANIFEST_BYTES);
       } catch (err) {
+        if (err instanceof OverCap) throw new IbuError('MANIFEST_INVALID', `the manifest of ${version} is larger than ${MAX_MANIFEST_BYTES} bytes`);
         throw new IbuError(
           'MANIFEST_INVALID',
           `${manifestZstPath(version)} in ${store.location} is not a valid zstd frame (${(err as Error).message}); the store copy is damaged`,

@@ -16,7 +16,9 @@ import { runSideJob } from './side-job.js';
 import { loadSigningKey } from './keys.js';
 import { signManifest, writeManifest, ZERO_CHUNK_ID } from './manifest.js';
 import type { ChunkRef, Manifest } from './types.js';
-import { assertVersion } from '../version.js';
+import { assertUnambiguous, assertVersion } from '../version.js';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 
 export interface PublishOptions {
   image: string;
@@ -82,7 +84,11 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
   const store = o.store;
 
   const precheck = async () => {
-    assertNewer(await readChannel(store, channel), version);
+    const ch = await readChannel(store, channel);
+    // A local store lists every release; a remote one only shows the channel's.
+    const published = store instanceof LocalStore ? await readdir(path.join(store.root, 'releases')).catch(() => [] as string[]) : [];
+    assertUnambiguous(version, [...ch.versions, ...published]);
+    assertNewer(ch, version);
     if (
       await store.getFile(manifestPath(version)).then(
         () => true,

@@ -9,7 +9,10 @@ import { DEFAULT_RETRY, DeltaJobs, type RetryPolicy } from './delta-jobs.js';
 import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
 import { fleetPlugin } from './fleet/plugin.js';
-import { installErrorHandlers } from './http-errors.js';
+import { logRedact, logSerializers } from './log-redaction.js';
+import rateLimit from '@fastify/rate-limit';
+import { connectionLimits, httpServerOptions, rateLimitOptions, type ConnectionLimits } from './connection-limits.js';
+import { clientErrorHandler, frameworkErrorHandler, installErrorHandlers } from './http-errors.js';
 import { Precomputer } from './precompute.js';
 import { ReleaseCatalog } from './release-catalog.js';
 import { adminRoutes } from './routes/admin.js';
@@ -25,6 +28,8 @@ import './contracts.js';
 
 export interface ServeOptions {
   dataDir: string;
+  /** Connection limits against hostile or broken clients (defaults: CONNECTION_DEFAULTS). */
+  connections?: Partial<ConnectionLimits>;
   adminToken?: string;
   /** Concurrent delta builds (each a child process). Default 1; 0 queues requests but builds nothing. */
   workers?: number;
@@ -89,17 +94,27 @@ export async function createServer(o: ServeOptions): Promise<IbuServer> {
 }
 
 async function createServer0(o: ServeOptions, root: string, layout: StoreLayout, unlock: () => Promise<void>): Promise<IbuServer> {
-  const logOpt = o.logger ?? false;
-  const isInstance = typeof logOpt === 'object' && logOpt !== null && typeof (logOpt as FastifyBaseLogger).child === 'function';
+  const given = o.logger ?? false;
+  const isInstance = typeof given === 'object' && given !== null && typeof (given as FastifyBaseLogger).child === 'function';
+  // Credentials never reach the log (docs/security.md); a caller's pino instance keeps its own settings.
+  const own = given === true ? {} : (given as { serializers?: object });
+  const logOpt = isInstance || given === false ? given : { ...own, serializers: { ...logSerializers, ...own.serializers }, redact: logRedact };
+  const limits: ConnectionLimits = connectionLimits(o.connections);
   const app = Fastify({
     ...(isInstance ? { loggerInstance: logOpt as FastifyBaseLogger } : { logger: logOpt as FastifyServerOptions['logger'] }),
-    ...(o.https ? { https: o.https } : {}),
+    ...(o.https ? { https: { ...o.https, ...httpServerOptions(limits) } } : { http: httpServerOptions(limits) }),
     ajv: { customOptions: { formats: AJV_FORMATS } },
-    // Chunk and delta downloads can be long; only idle connections get closed on shutdown.
+    // Chunk and delta downloads can be long: no overall request timeout, but idle and silent
+    // connections are closed (src/server/connection-limits.ts).
     requestTimeout: 0,
-    keepAliveTimeout: 65_000,
+    connectionTimeout: limits.idleMs,
+    keepAliveTimeout: limits.keepAliveMs,
     return503OnClosing: true,
+    frameworkErrors: frameworkErrorHandler,
+    clientErrorHandler,
   }) as unknown as FastifyInstance;
+
+  app.server.maxConnections = limits.maxConnections;
 
   const db = openDb(layout.database);
   try {
@@ -143,6 +158,7 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   chunkRoutes(app, ctx);
   deltaRoutes(app, ctx);
   zfsStreamRoutes(app, ctx);
+  await app.register(rateLimit, rateLimitOptions(connectionLimits(o.connections)));
   await app.register(async (scope) => adminRoutes(scope, ctx));
   if (o.fleet !== false) await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
 

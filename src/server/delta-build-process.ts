@@ -4,8 +4,8 @@
  *   delta-build-process image --data DIR --version V --out IMG   reconstruct a release image from the store
  *   delta-build-process delta --from-image A --to-image B --out F  makeDelta A -> B
  *
- * It exits when its parent goes away (the IPC channel closes), so a killed server leaves no
- * orphan writing into the cache. Exit 0 on success; on failure the error is on stderr.
+ * It kills its process group (itself and its zstd children) when its parent goes away (the IPC
+ * channel closes), so a killed server leaves no orphan writing into the cache. Exit 0 on success; on failure the error is on stderr.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -18,7 +18,18 @@ import { VerifyingStore } from '../store/verifying-store.js';
 import { commitFile } from '../util/atomic.js';
 import { makeDelta } from '../delta/index.js';
 
-if (process.send) process.on('disconnect', () => process.exit(1));
+// The server spawns this child as the leader of its own process group (delta-builder.ts), so
+// killing the group also stops the zstd processes makeDelta runs; do the same when the server
+// dies (the IPC channel closes), or they would keep writing for seconds after a kill -9.
+if (process.send) {
+  process.on('disconnect', () => {
+    try {
+      process.kill(-process.pid, 'SIGKILL');
+    } catch {
+      process.exit(1);
+    }
+  });
+}
 
 /**
  * Writes the release image to `out` (sparse: zero runs are holes) from the store's chunks, each

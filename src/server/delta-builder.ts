@@ -36,7 +36,15 @@ export function runChild(cmd: string, args: readonly string[], opts: ChildOption
       reject(new IbuError('INTERNAL', `not started: ${cmd} (shutting down)`));
       return;
     }
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: opts.env ?? process.env });
+    // Its own process group (detached: setsid), so a kill reaches the tools it runs (zstd) too.
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: opts.env ?? process.env, detached: true });
+    const killGroup = (sig: NodeJS.Signals): void => {
+      try {
+        if (child.pid) process.kill(-child.pid, sig);
+      } catch {
+        child.kill(sig); // the group is gone already
+      }
+    };
     const out: Buffer[] = [];
     let err = '';
     child.stdout!.on('data', (d: Buffer) => out.push(d));
@@ -49,8 +57,8 @@ export function runChild(cmd: string, args: readonly string[], opts: ChildOption
     });
     let killTimer: NodeJS.Timeout | undefined;
     const onAbort = (): void => {
-      child.kill('SIGTERM');
-      killTimer = setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs ?? 5000);
+      killGroup('SIGTERM');
+      killTimer = setTimeout(() => killGroup('SIGKILL'), opts.killAfterMs ?? 5000);
       killTimer.unref();
     };
     opts.signal?.addEventListener('abort', onAbort, { once: true });

@@ -49,7 +49,24 @@ export class DeltaCache {
     return this.jobs.readyBytes();
   }
 
-  /** Evicts LRU deltas until the ready bytes fit the quota. Returns the evicted pairs. */
+  /** Bytes on disk of builds in progress: `.partial` files and makeDelta's `.ibudelta-work-*` directories. */
+  async inProgressBytes(): Promise<number> {
+    let total = 0;
+    const size = async (p: string): Promise<number> => {
+      const st = await fsp.lstat(p).catch(() => undefined);
+      if (!st) return 0;
+      if (!st.isDirectory()) return st.blocks * 512;
+      let n = 0;
+      for (const c of await fsp.readdir(p).catch(() => [] as string[])) n += await size(path.join(p, c));
+      return n;
+    };
+    for (const n of await fsp.readdir(this.layout.deltasDir).catch(() => [] as string[])) {
+      if (n.endsWith('.partial') || n.startsWith('.ibudelta-work-')) total += await size(path.join(this.layout.deltasDir, n));
+    }
+    return total;
+  }
+
+  /** Evicts LRU deltas until the ready bytes (and those of builds in progress) fit the quota. Returns the evicted pairs. */
   evict(keep?: { from: string; to: string }): Promise<Array<{ from: string; to: string; size: number }>> {
     // One pass at a time: two passes reading the same total would evict more than needed.
     const next = this.evicting.then(() => this.evict0(keep));
@@ -61,7 +78,8 @@ export class DeltaCache {
 
   private async evict0(keep?: { from: string; to: string }): Promise<Array<{ from: string; to: string; size: number }>> {
     const evicted: Array<{ from: string; to: string; size: number }> = [];
-    let used = this.jobs.readyBytes();
+    // Builds in progress count too: their work directories and partial files take the same disk.
+    let used = this.jobs.readyBytes() + (await this.inProgressBytes());
     if (used <= this.quotaBytes) return evicted;
     for (const j of this.jobs.readyByLru()) {
       if (used <= this.quotaBytes) break;
@@ -86,7 +104,7 @@ export class DeltaCache {
   }
 
   /**
-   * At start: removes temp files a dead process left behind, forgets ready rows whose file is
+   * At start: removes temp files and work directories a dead process left behind, forgets ready rows whose file is
    * gone, and deletes delta files no row knows about.
    */
   async reconcile(): Promise<{ partialsRemoved: number; rowsDropped: number; filesRemoved: number }> {
@@ -95,7 +113,8 @@ export class DeltaCache {
     let partialsRemoved = 0;
     for (const dir of [this.layout.deltasDir, this.layout.imagesDir]) {
       for (const n of await fsp.readdir(dir)) {
-        if (n.endsWith('.partial') || n.endsWith('.tmp')) {
+        // `.ibudelta-work-*`: makeDelta's segment directory (src/delta/make.ts), left by a kill -9.
+        if (n.endsWith('.partial') || n.endsWith('.tmp') || n.startsWith('.ibudelta-work-')) {
           await fsp.rm(path.join(dir, n), { force: true, recursive: true });
           partialsRemoved++;
         }

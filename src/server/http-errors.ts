@@ -1,3 +1,4 @@
+import http from 'node:http';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { IbuError, type ErrorCode } from '../errors.js';
 import { errorBody } from '../http-error-body.js';
@@ -21,6 +22,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   CHUNK_MISSING: 404,
   DEVICE_UNKNOWN: 404,
   CONFLICT: 409,
+  RATE_LIMITED: 429,
   DELTA_NOT_READY: 503,
   NO_SPACE: 507,
   STORE_UNAVAILABLE: 503,
@@ -68,4 +70,35 @@ export function installErrorHandlers(app: FastifyInstance): void {
       .type('application/json')
       .send(errorBody('NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}; see docs/server.md for the API.`));
   });
+}
+
+/**
+ * Errors Fastify raises before routing (a bad `%` escape, a path parameter over the limit):
+ * Fastify's option `frameworkErrors`, answered in the same shape as every other error.
+ */
+export function frameworkErrorHandler(err: FastifyError, _req: FastifyRequest, reply: FastifyReply): void {
+  const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+  void reply.code(status).type('application/json').send(errorBody('BAD_REQUEST', `${err.message}; see docs/server.md for the API.`));
+}
+
+/**
+ * Errors of Node's HTTP parser (a URL or headers over the size limit, garbage, a request timeout):
+ * Fastify's option `clientErrorHandler`. There is no request yet, so the answer goes to the socket.
+ */
+export function clientErrorHandler(err: NodeJS.ErrnoException, socket: import('node:net').Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, message] =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'BAD_REQUEST', 'The request took too long to arrive; send it again.']
+      : err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'BAD_REQUEST', 'The URL or headers are over the size limit (16 KiB); see docs/server.md for the API.']
+        : [400, 'BAD_REQUEST', 'The request is not valid HTTP/1.1.'];
+  const body = JSON.stringify(errorBody(code, message));
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+        `Content-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(err);
 }

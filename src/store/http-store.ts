@@ -1,4 +1,5 @@
-import { Agent, request } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
+import { MAX_CHUNK_BYTES, zstdBinding } from '../chunk/compress.js';
 import { IbuError } from '../errors.js';
 import { assertChunkId, assertRelPath, chunkPath } from './layout.js';
 import type { ChunkId, SizedStore, Store } from './store.js';
@@ -77,11 +78,12 @@ export class HttpStore implements Store, SizedStore {
     return `${this.base}/${relPath}`;
   }
 
-  async getChunk(id: ChunkId, signal?: AbortSignal): Promise<Uint8Array> {
+  async getChunk(id: ChunkId, signal?: AbortSignal, maxBytes = MAX_STORED_CHUNK_BYTES): Promise<Uint8Array> {
     const body = await this.get(
       this.chunkUrl(id),
       signal,
       () => new IbuError('CHUNK_MISSING', `chunk ${id} is missing from ${this.base} (HTTP 404); re-publish the release or check the store URL`),
+      { maxBytes, code: 'CHUNK_INVALID' },
     );
     return body;
   }
@@ -97,23 +99,24 @@ export class HttpStore implements Store, SizedStore {
   }
 
   async getFile(relPath: string, signal?: AbortSignal): Promise<Uint8Array> {
-    return this.get(this.fileUrl(relPath), signal, () => new IbuError('NOT_FOUND', `${relPath} does not exist at ${this.base} (HTTP 404)`));
+    const notFound = () => new IbuError('NOT_FOUND', `${relPath} does not exist at ${this.base} (HTTP 404)`);
+    return this.get(this.fileUrl(relPath), signal, notFound, { maxBytes: MAX_FILE_BYTES, code: 'MANIFEST_INVALID' });
   }
 
   async close(): Promise<void> {
     await this.agent.close();
   }
 
-  private async get(url: string, signal: AbortSignal | undefined, notFound: () => IbuError): Promise<Uint8Array> {
-    const r = await this.send(url, 'GET', signal);
+  private async get(url: string, signal: AbortSignal | undefined, notFound: () => IbuError, cap: BodyCap): Promise<Uint8Array> {
+    const r = await this.send(url, 'GET', signal, cap);
     if (typeof r === 'number') throw notFound();
     return r;
   }
 
   /** GET → body bytes, HEAD → content length; 404 → the number 404 for both. */
-  private async send(url: string, method: 'GET', signal?: AbortSignal): Promise<Uint8Array | 404>;
+  private async send(url: string, method: 'GET', signal: AbortSignal | undefined, cap: BodyCap): Promise<Uint8Array | 404>;
   private async send(url: string, method: 'HEAD', signal?: AbortSignal): Promise<number | 404>;
-  private async send(url: string, method: 'GET' | 'HEAD', signal?: AbortSignal): Promise<Uint8Array | number> {
+  private async send(url: string, method: 'GET' | 'HEAD', signal?: AbortSignal, cap?: BodyCap): Promise<Uint8Array | number> {
     let lastErr: unknown;
     for (let attempt = 0; attempt < this.attempts; attempt++) {
       if (attempt > 0) {
@@ -127,7 +130,7 @@ export class HttpStore implements Store, SizedStore {
             await res.body.dump();
             return Number(res.headers['content-length'] ?? 0);
           }
-          const body = new Uint8Array(await res.body.arrayBuffer());
+          const body = await readCapped(res.body, res.headers['content-length'], url, cap!);
           const len = res.headers['content-length'];
           if (len !== undefined && Number(len) !== body.length) throw new Error(`short body: ${body.length} of ${String(len)} bytes`);
           return body;
@@ -155,6 +158,47 @@ export class HttpStore implements Store, SizedStore {
       { cause: lastErr },
     );
   }
+}
+
+/** The largest stored chunk: zstd's bound for the largest chunk the chunker cuts. */
+const MAX_STORED_CHUNK_BYTES = zstdBinding.compressBound(MAX_CHUNK_BYTES);
+/** The largest release file (manifests are the big ones; see MAX_MANIFEST_BYTES). */
+const MAX_FILE_BYTES = 256 * 1024 * 1024;
+
+interface BodyCap {
+  maxBytes: number;
+  code: 'CHUNK_INVALID' | 'MANIFEST_INVALID';
+}
+
+/**
+ * Reads a response body, refusing it as soon as the Content-Length or the bytes streamed pass
+ * the cap: what the signed metadata allows, so a hostile server cannot fill memory (issue #15).
+ */
+async function readCapped(body: Dispatcher.ResponseData['body'], lengthHeader: string | string[] | undefined, url: string, cap: BodyCap): Promise<Uint8Array> {
+  const tooBig = (n: number) =>
+    new IbuError(cap.code, `GET ${url} sent ${n} bytes or more, over the ${cap.maxBytes} this file can be; the store is damaged or hostile`);
+  const declared = Number(Array.isArray(lengthHeader) ? lengthHeader[0] : lengthHeader);
+  if (Number.isFinite(declared) && declared > cap.maxBytes) {
+    body.destroy();
+    throw tooBig(declared);
+  }
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const part of body as AsyncIterable<Buffer>) {
+    n += part.length;
+    if (n > cap.maxBytes) {
+      body.destroy();
+      throw tooBig(n);
+    }
+    parts.push(part);
+  }
+  const out = new Uint8Array(n); // its own ArrayBuffer, never Buffer's shared pool
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 class HttpStatusError extends Error {

@@ -3,8 +3,11 @@ export type ChunkId = string;
 
 /** A read-only source of chunks and release files (local dir, HTTP, verifying/caching wrappers). */
 export interface Store {
-  /** The stored (compressed) chunk bytes; throws IbuError CHUNK_MISSING when absent. */
-  getChunk(id: ChunkId, signal?: AbortSignal): Promise<Uint8Array>;
+  /**
+   * The stored (compressed) chunk bytes; throws IbuError CHUNK_MISSING when absent. A store that
+   * reads from the network stops at `maxBytes` (CHUNK_INVALID) so a hostile body cannot fill memory.
+   */
+  getChunk(id: ChunkId, signal?: AbortSignal, maxBytes?: number): Promise<Uint8Array>;
   hasChunk(id: ChunkId, signal?: AbortSignal): Promise<boolean>;
   /** A release file relative to the store root (e.g. `releases/<v>/manifest.json`); throws NOT_FOUND. */
   getFile(relPath: string, signal?: AbortSignal): Promise<Uint8Array>;

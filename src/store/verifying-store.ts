@@ -1,4 +1,4 @@
-import { chunkDecompressor } from '../chunk/compress.js';
+import { chunkDecompressor, MAX_CHUNK_BYTES, zstdBinding } from '../chunk/compress.js';
 import { chunkHasher, type ChunkHasher } from '../chunk/hash.js';
 import { IbuError } from '../errors.js';
 import type { ChunkId, Store } from './store.js';
@@ -30,7 +30,8 @@ export class VerifyingStore implements Store {
 
   /** Fetches, decompresses and verifies one chunk. CHUNK_TRUNCATED / CHUNK_INVALID / CHUNK_MISSING. */
   async getChunkData(id: ChunkId, expectedSize?: number, signal?: AbortSignal): Promise<VerifiedChunk> {
-    const stored = await this.inner.getChunk(id, signal);
+    // No valid frame of `expectedSize` plain bytes is longer than zstd's bound for it.
+    const stored = await this.inner.getChunk(id, signal, zstdBinding.compressBound(expectedSize ?? MAX_CHUNK_BYTES));
     return { data: this.verify(id, stored, expectedSize), storedBytes: stored.length };
   }
 
@@ -47,8 +48,8 @@ export class VerifyingStore implements Store {
   }
 
   /** The stored bytes, after the same check (for pass-through consumers such as caches). */
-  async getChunk(id: ChunkId, signal?: AbortSignal): Promise<Uint8Array> {
-    const stored = await this.inner.getChunk(id, signal);
+  async getChunk(id: ChunkId, signal?: AbortSignal, maxBytes?: number): Promise<Uint8Array> {
+    const stored = await this.inner.getChunk(id, signal, maxBytes ?? zstdBinding.compressBound(MAX_CHUNK_BYTES));
     this.verify(id, stored);
     return stored;
   }

@@ -124,6 +124,17 @@ test('publish refuses equal or lower versions on a channel (VERSION_DOWNGRADE), 
   assert.equal(existsSync(path.join(storeDir, 'channels/stable.lock')), false);
 });
 
+test('publish refuses a version equal to a distinct published one (2.0, 02 beside 2) on any channel: VERSION_AMBIGUOUS', async () => {
+  const store = new LocalStore(storeDir);
+  for (const v of ['2.0', '02', '1.0']) {
+    await assert.rejects(
+      publishRelease({ image: imgA, version: v, store, keyFiles: [keyFile], params: PARAMS, channel: 'other' }),
+      (e) => isIbuError(e, 'VERSION_AMBIGUOUS'),
+      v,
+    );
+  }
+});
+
 test('publish without a kernel is IMAGE_NO_KERNEL unless --no-kernel', async () => {
   const img = await buildImage(t.dir, 'nokernel', { files: { 'etc/hostname': 'x\n' }, kernel: false }, 8);
   const store = new LocalStore(d('store-nk'));
@@ -146,6 +157,15 @@ test('a truncated chunk is CHUNK_TRUNCATED', async () => {
   truncateSync(path.join(dir, chunkPath(victim.id)), Math.floor(victim.csize! / 2));
   await assert.rejects(fetchTo('truncated', { store: new LocalStore(dir) }), (e) => isIbuError(e, 'CHUNK_TRUNCATED'));
   assertNothingLeft('truncated', true);
+});
+
+test('a chunk file holding another chunk\'s bytes is CHUNK_INVALID (hash mismatch), not CHUNK_TRUNCATED', async () => {
+  const dir = storeCopy('swapped');
+  const real = m2.chunks.filter((c) => !c.zero && (c.csize ?? 0) > 100).sort((a, b) => b.size - a.size);
+  const [victim, other] = [real[0]!, real[real.length - 1]!];
+  assert.ok(other.size < victim.size);
+  writeFileSync(path.join(dir, chunkPath(victim.id)), readFileSync(path.join(dir, chunkPath(other.id))));
+  await assert.rejects(fetchTo('swapped', { store: new LocalStore(dir) }), (e) => isIbuError(e, 'CHUNK_INVALID') && /does not match/.test((e as Error).message));
 });
 
 test('a missing chunk is CHUNK_MISSING', async () => {

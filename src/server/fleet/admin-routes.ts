@@ -3,7 +3,8 @@ import { IbuError } from '../../errors.js';
 import type { Fleet } from '../../fleet/fleet.js';
 import type { DeviceRecord, RolloutDevice } from '../../fleet/types.js';
 import { ADMIN_COOKIE, adminAuth, adminTokenCheck } from '../admin-auth.js';
-import { DASHBOARD_HTML, DASHBOARD_JS } from './dashboard.js';
+import { UNAUTHENTICATED_RATE_LIMIT } from '../connection-limits.js';
+import { DASHBOARD_HTML, DASHBOARD_JS, SIGN_IN_HTML } from './dashboard.js';
 import {
   channelParams,
   deviceSchema,
@@ -30,7 +31,8 @@ const anyId = { type: 'object', properties: { id: { type: 'string' } }, required
 export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: string | undefined): void {
   const isAdminToken = adminTokenCheck(adminToken);
 
-  // The dashboard: one static page; the token comes once as ?token= and is kept in an HttpOnly cookie.
+  // The dashboard: one static page; the token comes once (the sign-in form, or ?token= kept for
+  // old links, redacted from the log) and is kept in an HttpOnly cookie.
   app.get<{ Querystring: { token?: string } }>(
     '/dashboard',
     {
@@ -39,7 +41,7 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
     async (req, reply) => {
       const q = req.query.token;
       if (q !== undefined) {
-        if (!isAdminToken(q)) return reply.code(401).type('text/plain').send('The admin token is wrong; open /dashboard?token=<admin token>.');
+        if (!isAdminToken(q)) return reply.code(401).type('text/plain').send('The admin token is wrong; sign in at /dashboard/sign-in.');
         reply.header('set-cookie', `${ADMIN_COOKIE}=${encodeURIComponent(q)}; HttpOnly; SameSite=Strict; Path=/`);
         return reply.redirect('/dashboard');
       }
@@ -47,6 +49,31 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
       return reply.type('text/html; charset=utf-8').send(DASHBOARD_HTML);
     },
   );
+  // The sign-in without a secret in any URL: a form POSTs the token, the answer sets the cookie.
+  app.register(async (signIn) => {
+    signIn.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 }, (_req, body, done) => {
+      done(null, Object.fromEntries(new URLSearchParams(String(body))));
+    });
+    signIn.get('/dashboard/sign-in', { schema: { response: { 200: text } } }, async (_req, reply) =>
+      reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(SIGN_IN_HTML),
+    );
+    signIn.post<{ Body: { token?: string } }>(
+      '/dashboard/sign-in',
+      {
+        config: { rateLimit: UNAUTHENTICATED_RATE_LIMIT },
+        schema: {
+          body: { type: 'object', properties: { token: { type: 'string', maxLength: 1024 } } },
+          response: { 303: { type: 'null' }, 401: text },
+        },
+      },
+      async (req, reply) => {
+        const t = req.body?.token;
+        if (!isAdminToken(t)) return reply.code(401).type('text/plain').send('The admin token is wrong; go back to /dashboard/sign-in.');
+        reply.header('set-cookie', `${ADMIN_COOKIE}=${encodeURIComponent(t!)}; HttpOnly; SameSite=Strict; Path=/`);
+        return reply.redirect('/dashboard', 303);
+      },
+    );
+  });
   app.get('/dashboard/app.js', { schema: { response: { 200: text } } }, async (_req, reply) =>
     reply.type('text/javascript; charset=utf-8').header('cache-control', 'no-store').send(DASHBOARD_JS),
   );

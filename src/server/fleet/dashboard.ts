@@ -1,6 +1,6 @@
 /**
  * The fleet dashboard: one static page and one script, no build step and no framework. The
- * script reads /v1/admin/fleet/summary (the admin cookie set by /dashboard?token=... goes along)
+ * script reads /v1/admin/fleet/summary (the admin cookie set by /dashboard/sign-in goes along)
  * and renders with textContent only, since device-reported error messages are untrusted text.
  */
 export const DASHBOARD_HTML = `<!doctype html>
@@ -113,7 +113,7 @@ async function refresh() {
   try {
     const res = await fetch('/v1/admin/fleet/summary', { headers: { accept: 'application/json' } });
     if (!res.ok) {
-      status.textContent = res.status === 401 ? 'not signed in: open /dashboard?token=<admin token>' : 'error ' + res.status;
+      status.textContent = res.status === 401 ? 'not signed in: open /dashboard/sign-in' : 'error ' + res.status;
       status.className = 'err';
       return;
     }
@@ -140,4 +140,18 @@ async function refresh() {
 }
 refresh();
 setInterval(refresh, 5000);
+`;
+
+/** The sign-in page: a plain form, no script, so the token travels in a POST body, never a URL. */
+export const SIGN_IN_HTML = `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>ibu fleet: sign in</title><meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font: 14px/1.4 system-ui, sans-serif; margin: 48px">
+<h1 style="font-size: 18px">ibu fleet</h1>
+<form method="post" action="/dashboard/sign-in">
+  <label>Admin token <input type="password" name="token" autocomplete="current-password" autofocus required></label>
+  <button type="submit">Sign in</button>
+</form>
+</body>
+</html>
 `;

@@ -3,6 +3,7 @@ import { IbuError } from '../../errors.js';
 import type { Fleet } from '../../fleet/fleet.js';
 import type { CheckinRequest, DeviceEvent, EnrollRequest } from '../../fleet/protocol.js';
 import { bearerToken } from '../admin-auth.js';
+import { UNAUTHENTICATED_RATE_LIMIT } from '../connection-limits.js';
 import type { FleetMetrics } from './metrics.js';
 import { checkinResponse, deviceErrors, enrollResponse, errorProp, idParams, okSchema, responses, versionProp } from './schemas.js';
 
@@ -11,11 +12,17 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
   app.post<{ Body: EnrollRequest }>(
     '/v1/devices/enroll',
     {
+      config: { rateLimit: UNAUTHENTICATED_RATE_LIMIT },
       schema: {
         body: {
           type: 'object',
           required: ['deviceId'],
-          properties: { deviceId: { type: 'string' }, enrollmentSecret: { type: 'string' }, group: { type: 'string' }, channel: { type: 'string' } },
+          properties: {
+            deviceId: { type: 'string', maxLength: 128 },
+            enrollmentSecret: { type: 'string', maxLength: 512 },
+            group: { type: 'string', maxLength: 64 },
+            channel: { type: 'string', maxLength: 64 },
+          },
         },
         response: responses({ 200: enrollResponse }, deviceErrors),
       },
@@ -33,7 +40,7 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
           required: ['version', 'state', 'trial'],
           properties: {
             version: versionProp,
-            state: { type: 'string' },
+            state: { type: 'string', maxLength: 64 },
             trial: { type: 'boolean' },
             committedVersion: versionProp,
             preparedVersion: { type: ['string', 'null'], maxLength: 64 },
@@ -66,7 +73,13 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
         body: {
           type: 'object',
           required: ['type', 'fromVersion', 'toVersion'],
-          properties: { type: { type: 'string' }, fromVersion: versionProp, toVersion: versionProp, at: { type: 'string' }, error: errorProp },
+          properties: {
+            type: { type: 'string', maxLength: 64 },
+            fromVersion: versionProp,
+            toVersion: versionProp,
+            at: { type: 'string', maxLength: 64 },
+            error: errorProp,
+          },
         },
         response: responses({ 200: okSchema }, deviceErrors),
       },

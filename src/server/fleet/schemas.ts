@@ -18,7 +18,11 @@ export const rolloutIdParams = { type: 'object', properties: { id: { type: 'stri
 export const channelParams = { type: 'object', properties: { channel: { type: 'string', minLength: 1, maxLength: 64 } }, required: ['channel'] } as const;
 export const nameParams = { type: 'object', properties: { name: { type: 'string', minLength: 1, maxLength: 64 } }, required: ['name'] } as const;
 export const versionProp = { type: 'string', minLength: 1, maxLength: 64 } as const;
-export const errorProp = { type: ['object', 'null'], properties: { code: str, message: str } } as const;
+/** In requests: a device's last error, capped so a report cannot fill the database. */
+export const errorProp = {
+  type: ['object', 'null'],
+  properties: { code: { type: 'string', maxLength: 64 }, message: { type: 'string', maxLength: 4096 } },
+} as const;
 
 const windowSchema = {
   type: ['object', 'null'],

@@ -24,7 +24,7 @@ let app: FastifyInstance;
 let real = false;
 try {
   const { createServer } = await import('../app.js');
-  const srv = await createServer({ dataDir, adminToken, precompute: 0, databaseUrl, logger: false });
+  const srv = await createServer({ dataDir, adminToken, precompute: 0, databaseUrl, logger: false, connections: { unauthenticatedPerMinute: 0 } });
   app = srv.app;
   real = true;
 } catch (err) {
