@@ -78,7 +78,10 @@ export function installErrorHandlers(app: FastifyInstance): void {
  */
 export function frameworkErrorHandler(err: FastifyError, _req: FastifyRequest, reply: FastifyReply): void {
   const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
-  void reply.code(status).type('application/json').send(errorBody('BAD_REQUEST', `${err.message}; see docs/server.md for the API.`));
+  void reply
+    .code(status)
+    .type('application/json')
+    .send(errorBody('BAD_REQUEST', `${err.message}; see docs/server.md for the API.`));
 }
 
 /**

@@ -23,7 +23,17 @@ test('a crafted op table whose segment decodes to 1 GiB (apply would hold it in 
   const { DICT_PREFIX } = await import('../../src/delta/frame-codec.js');
   const size = 1 << 30;
   const facts = { size, sha256: '0'.repeat(64), blockSize: 4096 };
-  const header = { format: 1, fromVersion: '1', toVersion: '2', source: facts, target: facts, opHash: 'blake3-128', opCount: 1, segmentCount: 1, generator: 'x' };
+  const header = {
+    format: 1,
+    fromVersion: '1',
+    toVersion: '2',
+    source: facts,
+    target: facts,
+    opHash: 'blake3-128',
+    opCount: 1,
+    segmentCount: 1,
+    generator: 'x',
+  };
   const ops = [{ type: 'replace', segment: 0, dst: [{ offset: 0, length: size }], dstHash: Buffer.alloc(16), path: '/big' }];
   const segments = [{ offset: 0, compressedLength: 100, outputLength: size, dictLength: DICT_PREFIX.length }];
   assert.throws(

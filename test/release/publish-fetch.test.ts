@@ -159,13 +159,16 @@ test('a truncated chunk is CHUNK_TRUNCATED', async () => {
   assertNothingLeft('truncated', true);
 });
 
-test('a chunk file holding another chunk\'s bytes is CHUNK_INVALID (hash mismatch), not CHUNK_TRUNCATED', async () => {
+test("a chunk file holding another chunk's bytes is CHUNK_INVALID (hash mismatch), not CHUNK_TRUNCATED", async () => {
   const dir = storeCopy('swapped');
   const real = m2.chunks.filter((c) => !c.zero && (c.csize ?? 0) > 100).sort((a, b) => b.size - a.size);
   const [victim, other] = [real[0]!, real[real.length - 1]!];
   assert.ok(other.size < victim.size);
   writeFileSync(path.join(dir, chunkPath(victim.id)), readFileSync(path.join(dir, chunkPath(other.id))));
-  await assert.rejects(fetchTo('swapped', { store: new LocalStore(dir) }), (e) => isIbuError(e, 'CHUNK_INVALID') && /does not match/.test((e as Error).message));
+  await assert.rejects(
+    fetchTo('swapped', { store: new LocalStore(dir) }),
+    (e) => isIbuError(e, 'CHUNK_INVALID') && /does not match/.test((e as Error).message),
+  );
 });
 
 test('a missing chunk is CHUNK_MISSING', async () => {

@@ -60,14 +60,24 @@ describe('issue #15 hardening: framework errors, field caps', () => {
       const r = await get(`${srv.url}/v1/devices/d1/checkin`, { authorization: 'Bearer t' }, 'POST', JSON.stringify(b));
       assert.equal(r.status, 400, JSON.stringify(b).slice(0, 80));
     }
-    const ev = await get(`${srv.url}/v1/devices/d1/events`, { authorization: 'Bearer t' }, 'POST', JSON.stringify({ type: big, fromVersion: '1', toVersion: '2' }));
+    const ev = await get(
+      `${srv.url}/v1/devices/d1/events`,
+      { authorization: 'Bearer t' },
+      'POST',
+      JSON.stringify({ type: big, fromVersion: '1', toVersion: '2' }),
+    );
     assert.equal(ev.status, 400);
     const en = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: big }));
     assert.equal(en.status, 400);
   });
 
   it('versions in reports are checked (a check-in with a bad version is 400)', async () => {
-    const r = await get(`${srv.url}/v1/devices/d1/checkin`, { authorization: 'Bearer t' }, 'POST', JSON.stringify({ version: '../x', state: 'idle', trial: false }));
+    const r = await get(
+      `${srv.url}/v1/devices/d1/checkin`,
+      { authorization: 'Bearer t' },
+      'POST',
+      JSON.stringify({ version: '../x', state: 'idle', trial: false }),
+    );
     assert.equal(r.status, 400);
   });
 

@@ -55,6 +55,13 @@ describe('secrets stay out of the logs', () => {
     await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: 'd', enrollmentSecret: TOKEN }));
     await get(`${srv.url}/v1/devices/d/checkin`, { authorization: `Bearer ${TOKEN}` }, 'POST', JSON.stringify({ version: '1', state: 'x', trial: false }));
     assert.ok(lines.includes('/dashboard'), 'the requests were logged');
-    assert.equal(lines.includes(TOKEN), false, lines.split('\n').filter((l) => l.includes(TOKEN)).join('\n'));
+    assert.equal(
+      lines.includes(TOKEN),
+      false,
+      lines
+        .split('\n')
+        .filter((l) => l.includes(TOKEN))
+        .join('\n'),
+    );
   });
 });

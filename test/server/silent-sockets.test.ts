@@ -37,7 +37,9 @@ test('300 silent sockets against a 128-fd server: a device request still answers
     `const s = await createServer({ dataDir: ${JSON.stringify(data)}, logger: false, rescanIntervalMs: 0, precompute: 0,` +
     ` connections: { idleMs: 2000, headersMs: 2000 } });` +
     `await s.app.listen({ host: '127.0.0.1', port: 0 }); console.log('PORT ' + s.app.server.address().port);`;
-  const child = spawn('sh', ['-c', `ulimit -n 128 && exec "${process.execPath}" --input-type=module -e "$0"`, script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('sh', ['-c', `ulimit -n 128 && exec "${process.execPath}" --input-type=module -e "$0"`, script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const sockets: net.Socket[] = [];
   try {
     const port = await new Promise<number>((resolve, reject) => {
