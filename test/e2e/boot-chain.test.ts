@@ -15,8 +15,7 @@ import { run } from '../../src/util/exec.js';
 import {
   e2eUnavailable,
   bootMedia,
-  stageBusyboxRoot,
-  buildImage,
+  buildBusyboxImage,
   writeGrubCfg,
   createGrubenv,
   makeDisk,
@@ -46,10 +45,8 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
     const stage = path.join(work, 'stage');
     const imgDir = path.join(work, 'variants');
     await fsp.mkdir(imgDir);
-    const make = async (name: string, version: string, variant: string, kernel = true) => {
-      await stageBusyboxRoot(stage, { version, variant, kit, initrd, kernel });
-      variants[name] = path.join(imgDir, `${name}.img`);
-      await buildImage(stage, variants[name], version, IMG_MIB);
+    const make = async (name: string, version: string, variant: string, kernel = true, change?: (stage: string) => Promise<void>) => {
+      variants[name] = await buildBusyboxImage(stage, path.join(imgDir, `${name}.img`), { version, variant, kit, initrd, kernel, sizeMiB: IMG_MIB, change });
     };
     await make('1', '1', 'good');
     await make('2-good', '2', 'good');
@@ -61,10 +58,7 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
     await fsp.copyFile(variants['2-good'], variants['2-truncated']);
     await truncateAfterKernel(variants['2-truncated']);
     // a kernel GRUB cannot load: random bytes in place of /vmlinuz
-    await stageBusyboxRoot(stage, { version: '2', variant: 'good', kit, initrd });
-    await fsp.writeFile(path.join(stage, 'vmlinuz'), randomBytes(2_000_000));
-    variants['2-badkernel'] = path.join(imgDir, '2-badkernel.img');
-    await buildImage(stage, variants['2-badkernel'], '2', IMG_MIB);
+    await make('2-badkernel', '2', 'good', true, (st) => fsp.writeFile(path.join(st, 'vmlinuz'), randomBytes(2_000_000)));
     await fsp.rm(stage, { recursive: true, force: true });
 
     const hostTree = path.join(work, 'host-tree');

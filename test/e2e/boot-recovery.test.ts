@@ -16,8 +16,7 @@ import { run } from '../../src/util/exec.js';
 import {
   e2eUnavailable,
   bootMedia,
-  stageBusyboxRoot,
-  buildImage,
+  buildBusyboxImage,
   writeGrubCfg,
   createGrubenv,
   makeDisk,
@@ -48,11 +47,8 @@ describe('boot recovery: one damaged file never leaves the device stuck', { skip
     const stage = path.join(work, 'stage');
     const dir = path.join(work, 'variants');
     await fsp.mkdir(dir);
-    const make = async (name: string, version: string, damage?: (stage: string) => Promise<void>) => {
-      await stageBusyboxRoot(stage, { version, variant: 'good', kit, initrd });
-      await damage?.(stage);
-      v[name] = path.join(dir, `${name}.img`);
-      await buildImage(stage, v[name], version, IMG_MIB);
+    const make = async (name: string, version: string, change?: (stage: string) => Promise<void>) => {
+      v[name] = await buildBusyboxImage(stage, path.join(dir, `${name}.img`), { version, kit, initrd, sizeMiB: IMG_MIB, change });
     };
     const cutInHalf = async (f: string) => fsp.truncate(f, Math.floor((await fsp.stat(f)).size / 2));
     await make('1', '1');

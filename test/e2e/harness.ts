@@ -164,6 +164,21 @@ export function guestNetArgs(hostPort: number, more: Record<string, number> = {}
  * e2e images are built the way releases are). IBU_E2E_MKE2FS=1 uses plain mke2fs -d instead,
  * which is what the builder wraps (for runs before dist/ is built).
  */
+/**
+ * One busybox test image at `out`: stageBusyboxRoot in `stage`, then `change` (a damage to the
+ * staged tree, if any), then buildImage. The boot-chain and boot-recovery variants are made here.
+ */
+export async function buildBusyboxImage(
+  stage: string,
+  out: string,
+  o: { version: string; variant?: string; kit: KernelKit; initrd: string; kernel?: boolean; sizeMiB: number; change?: (stage: string) => Promise<void> },
+): Promise<string> {
+  await stageBusyboxRoot(stage, { version: o.version, variant: o.variant ?? 'good', kit: o.kit, initrd: o.initrd, kernel: o.kernel });
+  await o.change?.(stage);
+  await buildImage(stage, out, o.version, o.sizeMiB);
+  return out;
+}
+
 export async function buildImage(root: string, out: string, version: string, sizeMiB: number): Promise<void> {
   const cli = path.join(repoRoot(), 'dist/src/cli/ibu.js');
   if (process.env.IBU_E2E_MKE2FS !== '1') {
