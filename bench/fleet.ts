@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Agent, request } from 'undici';
 import { simulate, type SimulateResult } from '../src/fleet/simulator/simulate.js';
+import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 
 const devices = Number(process.env.FLEET_DEVICES ?? 80_000);
 const runs = Number(process.env.FLEET_RUNS ?? 3); // 0: only the capacity and anchor measurements
@@ -151,7 +152,9 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
   for (const v of ['1.0.0', '2.0.0']) await call('POST', '/v1/admin/fleet/releases', { version: v }, 'bench');
   await call('POST', '/v1/admin/fleet/rollouts', { version: '2.0.0', spec: { waves: [10, 100] } }, 'bench');
   const tokens: string[] = [];
-  for (let i = 0; i < 5000; i++) tokens.push((await call('POST', '/v1/devices/enroll', { deviceId: `cap-${i}`, enrollmentSecret: 'bench' })).token!);
+  const key = newDeviceKey();
+  for (let i = 0; i < 5000; i++)
+    tokens.push((await call('POST', '/v1/devices/enroll', signEnrollment(key, { deviceId: `cap-${i}`, enrollmentSecret: 'bench' }))).token!);
   const lat: number[] = [];
   let next = 0;
   const t0 = performance.now();

@@ -37,6 +37,7 @@ import {
 } from '../test/e2e/harness.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from '../test/e2e/upgrade-story.js';
 import { formatBytes } from '../src/util/bytes.js';
+import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
 const t0 = Date.now();
@@ -288,7 +289,8 @@ async function main(): Promise<void> {
     const enr = await fetch(`${base}/v1/devices/enroll`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ deviceId: DEVICE, enrollmentSecret: secret }),
+      // The device's own key signs the request (docs/fleet.md "Enrollment"); the demo's device keeps none afterwards.
+      body: JSON.stringify(signEnrollment(newDeviceKey(), { deviceId: DEVICE, enrollmentSecret: secret })),
     });
     if (enr.status !== 200) throw new DemoError(`enrollment failed with HTTP ${enr.status}: ${await enr.text()}`);
     const { token } = (await enr.json()) as { token: string };

@@ -36,7 +36,8 @@ export interface Inhibitor {
 
 export interface AgentConfig {
   configPath: string;
-  server: { url: string; deviceId: string; token: string | null; tokenFile: string | null } | null;
+  /** keyFile: the device's enrollment key (default: device.key beside the token file). */
+  server: { url: string; deviceId: string; token: string | null; tokenFile: string | null; keyFile: string | null } | null;
   channel: string;
   keyring: string;
   hostMount: string;
@@ -173,7 +174,9 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
     const token = s.token === undefined ? null : str(s, 'token', 'server.');
     // The token file is read when needed (it may appear at enrollment); here only its form is checked.
     const tokenFile = s.tokenFile === undefined ? null : abs(str(s, 'tokenFile', 'server.'), 'server.tokenFile');
-    server = { url: url.replace(/\/+$/, ''), deviceId, token, tokenFile };
+    const keyFile =
+      s.keyFile === undefined ? (tokenFile ? path.join(path.dirname(tokenFile), 'device.key') : null) : abs(str(s, 'keyFile', 'server.'), 'server.keyFile');
+    server = { url: url.replace(/\/+$/, ''), deviceId, token, tokenFile, keyFile };
   }
 
   const channel = str(raw, 'channel', '', 'stable');

@@ -2,7 +2,11 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import { IbuError } from '../errors.js';
 import { errorFromResponse } from '../http-error-body.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { readTextCapped } from '../util/capped-body.js';
 import type { CheckinRequest, CheckinResponse, DeviceEvent, EnrollRequest, EnrollResponse } from '../fleet/protocol.js';
+
+/** Every protocol answer (check-in, enrollment, 202 states, errors) is a few KiB; a body past this is refused. */
+const MAX_ANSWER_BYTES = 1024 * 1024;
 
 /** The agent's side of the wire protocol in src/fleet/protocol.ts, plus the delta route. */
 export class ServerClient {
@@ -28,7 +32,7 @@ export class ServerClient {
     } catch (err) {
       throw new IbuError('HTTP_ERROR', `Cannot reach the server at ${url}: ${(err as Error).message}. Check server.url and the network.`, { cause: err });
     }
-    const text = await res.text();
+    const text = await readTextCapped(res.body, MAX_ANSWER_BYTES, `POST ${url}`);
     if (!res.ok) throw this.refusal(res.status, text, `POST ${route}`);
     try {
       return JSON.parse(text) as T;
@@ -105,7 +109,9 @@ export class ServerClient {
         return false;
       }
       if (res.status === 202) {
-        const info = await res.json().catch(() => ({}) as Record<string, unknown>);
+        const info = await readTextCapped(res.body, MAX_ANSWER_BYTES, `GET ${url}`)
+          .then((t) => JSON.parse(t) as Record<string, unknown>)
+          .catch(() => ({}) as Record<string, unknown>);
         const ra = Number(res.headers.get('retry-after') ?? '5');
         const base = Math.min(Number.isFinite(ra) && ra > 0 ? ra : 5, o.maxRetryAfterSeconds);
         const wait = base * (0.5 + Math.random()); // ±50% jitter
@@ -130,7 +136,7 @@ export class ServerClient {
       }
       if (res.status !== 200 && res.status !== 206) {
         // A 4xx keeps the server's code: only codes that allow a transport fallback go on to chunks.
-        throw this.refusal(res.status, await res.text().catch(() => ''), `GET ${new URL(url).pathname}`);
+        throw this.refusal(res.status, await readTextCapped(res.body, MAX_ANSWER_BYTES, `GET ${url}`).catch(() => ''), `GET ${new URL(url).pathname}`);
       }
       const resumed = res.status === 206;
       const len = Number(res.headers.get('content-length') ?? NaN);

@@ -1,6 +1,10 @@
 import { request } from 'undici';
 import { IbuError } from '../errors.js';
 import { errorFromResponse } from '../http-error-body.js';
+import { readTextCapped } from '../util/capped-body.js';
+
+/** The biggest admin answers (a 100,000-device page, the summary) stay well under this. */
+const MAX_ADMIN_ANSWER_BYTES = 256 * 1024 * 1024;
 
 /**
  * A small client for the fleet admin API (/v1/admin/fleet), used by `ibu rollout` and
@@ -36,7 +40,7 @@ export class FleetAdminClient {
     } catch (err) {
       throw new IbuError('HTTP_ERROR', `Cannot reach ${this.server}: ${(err as Error).message}. Is \`ibu serve\` running there?`, { cause: err });
     }
-    const text = await res.body.text();
+    const text = await readTextCapped(res.body, MAX_ADMIN_ANSWER_BYTES, `${method} ${path}`);
     if (res.statusCode >= 400) {
       const hint = res.statusCode === 401 || res.statusCode === 403 ? 'Check --token (or IBU_ADMIN_TOKEN): it is the token `ibu serve` was started with.' : '';
       throw errorFromResponse(res.statusCode, text, `${method} ${path}`, hint);

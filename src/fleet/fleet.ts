@@ -129,8 +129,9 @@ export class Fleet {
 
   // ---------------------------------------------------------------- devices
 
-  async enroll(req: EnrollRequest): Promise<EnrollResponse> {
-    const res = await this.enrollment.enroll(req);
+  /** `currentToken`: the device's token, if it sent one (binds a key to a device enrolled before keys). */
+  async enroll(req: EnrollRequest, currentToken?: string): Promise<EnrollResponse> {
+    const res = await this.enrollment.enroll(req, currentToken);
     this.counters.enrollments++;
     return res;
   }
@@ -142,6 +143,14 @@ export class Fleet {
 
   preauthorize(ids: string[], group?: string, channel?: string): Promise<number> {
     return this.enrollment.preauthorize(ids, group, channel);
+  }
+
+  importFactorySecrets(devices: Array<{ id: string; secretHash: string }>, group?: string, channel?: string): Promise<number> {
+    return this.enrollment.importFactorySecrets(devices, group, channel);
+  }
+
+  resetIdentity(id: string): Promise<DeviceView> {
+    return this.enrollment.resetIdentity(id);
   }
 
   async checkin(id: string, token: string | undefined, req: CheckinRequest): Promise<CheckinResponse> {

@@ -9,10 +9,20 @@
  */
 export interface EnrollRequest {
   deviceId: string;
-  /** A fleet-wide enrollment secret; not needed for pre-authorized ids. */
+  /**
+   * The device's factory secret when the vendor imported one for this id, else the fleet-wide
+   * enrollment secret; not needed for ids pre-authorized without a secret, nor to re-enroll.
+   */
   enrollmentSecret?: string;
+  /** Honoured only at the first enrollment by the fleet secret; re-enrolling never moves a device. */
   group?: string;
   channel?: string;
+  /** The device's ed25519 public key (raw 32 bytes, base64url); bound to the id at first enrollment. */
+  publicKey: string;
+  /** When the proof was signed (epoch ms, device clock). */
+  at: number;
+  /** ed25519 signature over the id, the public key and `at` (src/fleet/device-proof.ts). */
+  proof: string;
 }
 export interface EnrollResponse {
   deviceId: string;

@@ -1,4 +1,15 @@
-import type { DeviceRecord, DeviceView, GroupRecord, LeaseRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord, WriteOp } from './types.js';
+import type {
+  DeviceRecord,
+  DeviceView,
+  GroupRecord,
+  Preauthorized,
+  LeaseRecord,
+  ParticipationStatus,
+  ReleaseRecord,
+  RolloutDevice,
+  RolloutRecord,
+  WriteOp,
+} from './types.js';
 
 /**
  * Where the fleet lives. One interface, two implementations (SQLite embedded, PostgreSQL), one
@@ -17,8 +28,11 @@ export interface FleetRepository {
   /** Devices whose current participation went bad, or that carry a flag, newest first. */
   problemDevices(limit: number): Promise<DeviceView[]>;
 
-  getPreauthorized(id: string): Promise<{ group: string; channel: string } | undefined>;
-  addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string }>): Promise<void>;
+  getPreauthorized(id: string): Promise<Preauthorized | undefined>;
+  /** Upserts; a row with a secret hash (re)arms that one-time secret. */
+  addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string; secretHash?: string }>): Promise<void>;
+  /** Marks a factory secret used; false when it already was (two enrollments raced for it). */
+  claimFactorySecret(id: string, secretHash: string, at: number): Promise<boolean>;
 
   listReleases(): Promise<ReleaseRecord[]>;
   upsertRelease(r: ReleaseRecord): Promise<void>;

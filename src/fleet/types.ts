@@ -6,7 +6,11 @@ import type { DeviceState, MaintenanceWindow } from './protocol.js';
  */
 export interface DeviceRecord {
   id: string;
-  tokenHash: string; // sha256 hex of the device token; the token itself is never stored
+  tokenHash: string; // sha256 hex of the device token; the token itself is never stored ('' = revoked)
+  /** The device's ed25519 public key bound at enrollment (null: none bound, or reset by an admin). */
+  publicKey: string | null;
+  /** Signing time of the last accepted enrollment proof: an older or equal one is a replay. */
+  keyProofAt: number | null;
   group: string;
   channel: string;
   bucket: number; // 0..9999, stable hash of the id: decides the rollout wave
@@ -25,6 +29,15 @@ export interface DeviceRecord {
   enrolledAt: number;
   /** The rollout this device currently takes part in, if any (its status is in RolloutDevice). */
   rolloutId: number | null;
+}
+
+/** A pre-authorized id: where it joins, and the sha256 of its one-time factory secret if the vendor imported one. */
+export interface Preauthorized {
+  group: string;
+  channel: string;
+  secretHash: string | null;
+  /** When the factory secret was used (it cannot be used twice). */
+  usedAt: number | null;
 }
 
 /** Participation of one device in one rollout. */

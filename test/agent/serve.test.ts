@@ -41,10 +41,18 @@ test('upgrade through the real ibu serve: rollout target, on-demand delta (202 t
     const e = await cli(dev, ['enroll', '--secret', 'enroll-me', '--json']);
     assert.equal(e.code, 0, e.stderr);
     assert.equal(((await fsp.stat(tokenFile)).mode & 0o777).toString(8), '600');
-    // A wrong secret is refused with a clear code.
-    const bad = await cli(dev, ['enroll', '--secret', 'wrong', '--json']);
+    assert.equal(((await fsp.stat(path.join(dev.dir, 'device.key'))).mode & 0o777).toString(8), '600', 'the device key beside the token');
+    // The device re-enrolls on its key alone: no secret, a new token.
+    const token1 = await fsp.readFile(tokenFile, 'utf8');
+    const again = await cli(dev, ['enroll', '--json']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.notEqual(await fsp.readFile(tokenFile, 'utf8'), token1);
+    // Another key claiming the enrolled id is refused with a clear code, even with the fleet secret.
+    await dev.writeConfig({ server: { url, deviceId: 'box-1', tokenFile: path.join(dev.dir, 'token2'), keyFile: path.join(dev.dir, 'other.key') } });
+    const bad = await cli(dev, ['enroll', '--secret', 'enroll-me', '--json']);
     assert.equal(bad.code, 8);
     assert.equal((bad.json!.error as { code: string }).code, 'UNAUTHORIZED');
+    await dev.writeConfig({ server: { url, deviceId: 'box-1', tokenFile }, download: { maxRetryAfterSeconds: 1, deltaWaitSeconds: 300 } });
     await post(`${url}/v1/admin/fleet/releases`, { channel: 'stable', version: '1.0' }, 'admin-token');
     await post(`${url}/v1/admin/fleet/releases`, { channel: 'stable', version: '2.0' }, 'admin-token');
     const ro = await post(`${url}/v1/admin/fleet/rollouts`, { channel: 'stable', version: '2.0', spec: { waves: [100] } }, 'admin-token');

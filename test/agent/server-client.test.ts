@@ -5,8 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { runHealthChecks } from '../../src/agent/health.js';
 import { ServerClient } from '../../src/agent/server-client.js';
 import { IbuError } from '../../src/errors.js';
 import type { CheckinRequest } from '../../src/fleet/protocol.js';
@@ -39,5 +42,58 @@ test('an unknown device token: the 4xx reaches the caller with the server code',
   } finally {
     await s.close();
     await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * A hostile server streams an endless answer. The agent's reads are capped (issue #15): the
+ * client hangs up after about its 1 MiB cap, so the server gets far fewer bytes out than it
+ * offered (before the cap, the client read all 256 MiB into memory).
+ */
+async function endlessServer(): Promise<{ url: string; sent: () => number; close: () => Promise<void> }> {
+  let sent = 0;
+  const block = Buffer.alloc(64 * 1024, 0x7b);
+  const srv = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/json' }); // no Content-Length: chunked, unbounded
+    let left = 4096; // 256 MiB offered
+    const more = (): void => {
+      while (left > 0) {
+        left--;
+        sent += block.length;
+        if (!res.write(block)) return void res.once('drain', more);
+      }
+      res.end();
+    };
+    res.on('error', () => {});
+    res.socket?.on('close', () => (left = 0));
+    more();
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+  return { url, sent: () => sent, close: () => new Promise<void>((r) => (srv.closeAllConnections(), srv.close(() => r()))) };
+}
+
+test('an endless answer to a check-in is refused after the cap, not read into memory', async () => {
+  const s = await endlessServer();
+  try {
+    const client = new ServerClient(s.url, 'dev-x', 'token');
+    await assert.rejects(client.checkin({ version: '1.0.0', state: 'idle', trial: false }), (e) => e instanceof IbuError && e.code === 'HTTP_ERROR');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(s.sent() < 64 * 1024 * 1024, `the server got ${s.sent()} bytes out`);
+  } finally {
+    await s.close();
+  }
+});
+
+test('a health check reads only the status, not an endless body', async () => {
+  const s = await endlessServer();
+  try {
+    const [r] = await runHealthChecks([{ name: 'web', url: s.url, timeoutSeconds: 30 }], 30, 1);
+    assert.equal(r!.ok, true, r!.detail);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(s.sent() < 64 * 1024 * 1024, `the server got ${s.sent()} bytes out`);
+  } finally {
+    await s.close();
   }
 });

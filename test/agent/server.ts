@@ -9,6 +9,7 @@
 import type { AddressInfo } from 'node:net';
 import { createServer, type IbuServer } from '../../src/server/app.js';
 import type { CheckinRequest, DeviceEvent } from '../../src/fleet/protocol.js';
+import { signed } from '../helpers/enroll.js';
 
 export const ADMIN_TOKEN = 'admin-token';
 
@@ -59,7 +60,7 @@ export async function startServer(storeDir: string, o: ServerOptions = {}): Prom
       const res = await fetch(`${t.url}/v1/devices/enroll`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ deviceId, channel: 'stable' }),
+        body: JSON.stringify(signed({ deviceId, channel: 'stable' })),
       });
       const body = (await res.json()) as { token?: string };
       if (!res.ok || !body.token) throw new Error(`enroll ${deviceId}: HTTP ${res.status} ${JSON.stringify(body)}`);

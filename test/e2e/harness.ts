@@ -14,6 +14,7 @@ import { run } from '../../src/util/exec.js';
 import { GrubBootloader } from '../../src/boot/grub-bootloader.js';
 import type { BootState } from '../../src/boot/bootloader.js';
 import { compareVersions } from '../../src/version.js';
+import { signed } from '../helpers/enroll.js';
 
 /** The checkout root (works from test/e2e/*.ts under tsx and from dist/test/e2e/*.js). */
 export function repoRoot(): string {
@@ -702,7 +703,7 @@ export class FleetServer {
 
   /** Enrolls a device with the shared secret; returns its token. */
   async enroll(deviceId: string): Promise<string> {
-    const r = await this.api('POST', '/v1/devices/enroll', { deviceId, enrollmentSecret: FLEET_SECRET });
+    const r = await this.api('POST', '/v1/devices/enroll', signed({ deviceId, enrollmentSecret: FLEET_SECRET }));
     if (r.status !== 200) throw new Error(`enroll ${deviceId}: HTTP ${r.status} ${JSON.stringify(r.json)}`);
     return (r.json as { token: string }).token;
   }

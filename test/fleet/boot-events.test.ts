@@ -6,6 +6,7 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { signed } from '../helpers/enroll.js';
 import { Fleet, hashToken } from '../../src/fleet/fleet.js';
 import type { FleetRepository } from '../../src/fleet/repository.js';
 import { isIbuError } from '../../src/errors.js';
@@ -21,7 +22,7 @@ for (const backend of BACKENDS) {
       ({ repo, cleanup } = await backend.make());
       svc = new Fleet(repo, { enrollmentSecretHash: hashToken('s3cret') });
       await svc.start();
-      token = (await svc.enroll({ deviceId: 'box', enrollmentSecret: 's3cret' })).token;
+      token = (await svc.enroll(signed({ deviceId: 'box', enrollmentSecret: 's3cret' }))).token;
     });
     after(async () => {
       await svc?.close().catch(() => {});

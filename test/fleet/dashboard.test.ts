@@ -1,5 +1,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { signed } from '../helpers/enroll.js';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -39,7 +40,7 @@ async function populate(svc: Fleet): Promise<void> {
   const tokens = new Map<string, string>();
   for (let i = 0; i < 240; i++) {
     const id = `box-${String(i).padStart(3, '0')}`;
-    tokens.set(id, (await svc.enroll({ deviceId: id, enrollmentSecret: 'e', group: i % 4 === 0 ? 'berlin' : 'default' })).token);
+    tokens.set(id, (await svc.enroll(signed({ deviceId: id, enrollmentSecret: 'e', group: i % 4 === 0 ? 'berlin' : 'default' }))).token);
     await svc.checkin(id, tokens.get(id), { version: i < 200 ? '2.0' : '1.0', state: 'committed', trial: false });
   }
   const r1 = await svc.createRollout({ version: '2.0', spec: { waves: [100], successRatio: 0.8 } });
@@ -122,11 +123,19 @@ function suite(backend: (typeof BACKENDS)[number]): void {
         await page.goto(`${base}/dashboard`);
         await page.waitForSelector('#status.err');
         assert.match((await page.textContent('#status')) ?? '', /not signed in/);
-        const bad = await page.goto(`${base}/dashboard?token=wrong`);
-        assert.equal(bad?.status(), 401);
+        // A token in the URL is refused, even the right one, and signs nobody in (issue #15).
+        const inUrl = await page.goto(`${base}/dashboard?token=${ADMIN}`);
+        assert.equal(inUrl?.status(), 400);
+        assert.match((await inUrl?.text()) ?? '', /sign-in/);
 
-        // The token once in the URL; afterwards a cookie, and the URL is clean.
-        await page.goto(`${base}/dashboard?token=${ADMIN}`);
+        // The sign-in form POSTs the token; afterwards a cookie, and the URL is clean.
+        await page.goto(`${base}/dashboard/sign-in`);
+        await page.fill('input[name=token]', 'wrong');
+        await Promise.all([page.waitForNavigation(), page.click('button[type=submit], input[type=submit]')]);
+        assert.doesNotMatch(page.url(), /\/dashboard$/, 'a wrong token does not get in');
+        await page.goto(`${base}/dashboard/sign-in`);
+        await page.fill('input[name=token]', ADMIN);
+        await Promise.all([page.waitForNavigation(), page.click('button[type=submit], input[type=submit]')]);
         await page.waitForSelector('body[data-loaded="true"]');
         assert.equal(new URL(page.url()).search, '');
 

@@ -1,5 +1,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { signed } from '../helpers/enroll.js';
 import { Fleet, hashToken } from '../../src/fleet/fleet.js';
 import type { CheckinRequest, CheckinResponse } from '../../src/fleet/protocol.js';
 import type { FleetRepository } from '../../src/fleet/repository.js';
@@ -27,7 +28,7 @@ for (const backend of BACKENDS) {
     });
 
     const enroll = async (id: string, group = 'default') => {
-      const r = await svc.enroll({ deviceId: id, enrollmentSecret: 's3cret', group });
+      const r = await svc.enroll(signed({ deviceId: id, enrollmentSecret: 's3cret', group }, now));
       tokens.set(id, r.token);
       return r;
     };
@@ -40,15 +41,15 @@ for (const backend of BACKENDS) {
       const d = await repo.getDevice('dev-a');
       assert.equal(d!.tokenHash, hashToken(r.token));
       assert.notEqual(d!.tokenHash, r.token);
-      await assert.rejects(svc.enroll({ deviceId: 'dev-x', enrollmentSecret: 'wrong' }), (e) => isIbuError(e, 'UNAUTHORIZED'));
-      await assert.rejects(svc.enroll({ deviceId: 'dev-x' }), (e) => isIbuError(e, 'UNAUTHORIZED'));
-      await assert.rejects(svc.enroll({ deviceId: '../etc' }), (e) => isIbuError(e, 'BAD_REQUEST'));
+      await assert.rejects(svc.enroll(signed({ deviceId: 'dev-x', enrollmentSecret: 'wrong' }, now)), (e) => isIbuError(e, 'UNAUTHORIZED'));
+      await assert.rejects(svc.enroll(signed({ deviceId: 'dev-x' }, now)), (e) => isIbuError(e, 'UNAUTHORIZED'));
+      await assert.rejects(svc.enroll(signed({ deviceId: '../etc' }, now)), (e) => isIbuError(e, 'BAD_REQUEST'));
       await svc.preauthorize(['pre-1'], 'lab', 'stable');
-      const p = await svc.enroll({ deviceId: 'pre-1', group: 'ignored' });
+      const p = await svc.enroll(signed({ deviceId: 'pre-1', group: 'ignored' }, now));
       tokens.set('pre-1', p.token);
       assert.equal((await repo.getDevice('pre-1'))!.group, 'lab');
       await assert.rejects(svc.checkin('dev-a', 'not-the-token', { version: '1', state: 'idle', trial: false }), (e) => isIbuError(e, 'UNAUTHORIZED'));
-      await assert.rejects(svc.checkin('nobody', 'x', { version: '1', state: 'idle', trial: false }), (e) => isIbuError(e, 'DEVICE_UNKNOWN'));
+      await assert.rejects(svc.checkin('nobody', 'x', { version: '1', state: 'idle', trial: false }), (e) => isIbuError(e, 'UNAUTHORIZED'));
       await assert.rejects(checkin('dev-a', { version: 'x/1' }), (e) => isIbuError(e, 'BAD_REQUEST'));
     });
 
@@ -250,8 +251,8 @@ for (const backend of BACKENDS) {
         rollouts,
       );
       assert.equal(svc.config.checkinIntervalSeconds, 60);
-      await svc.enroll({ deviceId: 'late', enrollmentSecret: 'other' });
-      await assert.rejects(svc.enroll({ deviceId: 'late2', enrollmentSecret: 's3cret' }), (e) => isIbuError(e, 'UNAUTHORIZED'));
+      await svc.enroll(signed({ deviceId: 'late', enrollmentSecret: 'other' }, now));
+      await assert.rejects(svc.enroll(signed({ deviceId: 'late2', enrollmentSecret: 's3cret' }, now)), (e) => isIbuError(e, 'UNAUTHORIZED'));
       assert.equal(svc.activeLeases('racks').length, 1, 'leases are persisted');
     });
 
@@ -291,7 +292,7 @@ test('expired-lease writes that fail are reported', async () => {
   );
   try {
     await svc.start();
-    const { token } = await svc.enroll({ deviceId: 'd1', enrollmentSecret: 's' });
+    const { token } = await svc.enroll(signed({ deviceId: 'd1', enrollmentSecret: 's' }, now));
     assert.equal((await svc.checkin('d1', token, { version: '1', state: 'prepared', trial: false, wantRebootLease: true })).rebootLease.granted, true);
     now += 3600_000;
     failDeletes = true;

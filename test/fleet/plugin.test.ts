@@ -1,5 +1,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -10,6 +11,7 @@ import { main } from '../../src/cli/ibu.js';
 import { EXIT } from '../../src/cli/exit-codes.js';
 import '../../src/server/contracts.js';
 import { BACKENDS } from './backends.js';
+import { signed } from '../helpers/enroll.js';
 
 let dir: string;
 let app: FastifyInstance;
@@ -89,10 +91,10 @@ function suite(backend: (typeof BACKENDS)[number]): void {
   let token = '';
 
   test('device protocol over HTTP: enroll, check in, events, errors with codes', async () => {
-    let r = await call('POST', '/v1/devices/enroll', { deviceId: 'box-1', enrollmentSecret: 'wrong' });
+    let r = await call('POST', '/v1/devices/enroll', signed({ deviceId: 'box-1', enrollmentSecret: 'wrong' }));
     assert.equal(r.status, 401);
     assert.equal(r.json.error.code, 'UNAUTHORIZED');
-    r = await call('POST', '/v1/devices/enroll', { deviceId: 'box-1', enrollmentSecret: 'enroll-me', group: 'lab' });
+    r = await call('POST', '/v1/devices/enroll', signed({ deviceId: 'box-1', enrollmentSecret: 'enroll-me', group: 'lab' }));
     assert.equal(r.status, 200);
     token = r.json.token;
     r = await call('POST', '/v1/devices/box-1/checkin', { version: '1', state: 'idle', trial: false, freeBytes: 1e9 }, token);
@@ -104,9 +106,10 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.ok(r.json.nextCheckinSeconds > 0);
     r = await call('POST', '/v1/devices/box-1/checkin', { version: '1', state: 'idle', trial: false }, 'bad-token');
     assert.equal(r.status, 401);
+    const wrongToken = r.json;
     r = await call('POST', '/v1/devices/nobody/checkin', { version: '1', state: 'idle', trial: false }, token);
-    assert.equal(r.status, 404);
-    assert.equal(r.json.error.code, 'DEVICE_UNKNOWN');
+    assert.equal(r.status, 401);
+    assert.deepEqual(r.json, wrongToken, 'an unknown id and a wrong token get the same answer');
     r = await call('POST', '/v1/devices/box-1/checkin', { version: '../1', state: 'idle', trial: false }, token);
     assert.equal(r.status, 400);
     assert.equal(r.json.error.code, 'BAD_REQUEST');
@@ -141,7 +144,7 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.equal(r.json.error.code, 'CONFIG_INVALID');
     r = await call('POST', '/v1/admin/fleet/devices/preauthorize', { ids: ['pre-9'], group: 'lab' }, ADMIN);
     assert.deepEqual(r.json, { added: 1 });
-    r = await call('POST', '/v1/devices/enroll', { deviceId: 'pre-9' });
+    r = await call('POST', '/v1/devices/enroll', signed({ deviceId: 'pre-9' }));
     assert.equal(r.status, 200);
     const t9 = r.json.token;
     r = await call('POST', '/v1/devices/pre-9/checkin', { version: '1', state: 'prepared', preparedVersion: '2', trial: false, wantRebootLease: true }, t9);
@@ -190,6 +193,25 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.equal((await ibu('rollout', 'list', '--token', ADMIN, '--server', 'not a url')).code, EXIT.USAGE);
     r = await ibu('fleet', 'status', ...srv);
     assert.match(r.out, /2 devices enrolled/);
+    // Factory secrets from the vendor's list (hashes only), then one device enrolls with its own secret, once.
+    const list = path.join(dir, 'secrets.txt');
+    writeFileSync(list, `# id sha256(secret)\nfac-1 ${createHash('sha256').update('f1').digest('hex')}\n`);
+    r = await ibu('fleet', 'factory-secrets', list, '--group', 'lab', ...srv, '--json');
+    assert.deepEqual(JSON.parse(r.out), { added: 1 });
+    writeFileSync(list, 'fac-2 not-a-hash\n');
+    assert.equal((await ibu('fleet', 'factory-secrets', list, ...srv)).code, EXIT.USAGE);
+    let e = await call('POST', '/v1/devices/enroll', signed({ deviceId: 'fac-1', enrollmentSecret: 'enroll-me' }));
+    assert.equal(e.status, 401, 'the fleet secret cannot claim an id with a factory secret');
+    e = await call('POST', '/v1/devices/enroll', signed({ deviceId: 'fac-1', enrollmentSecret: 'f1' }));
+    assert.equal(e.status, 200);
+    const facToken = e.json.token;
+    r = await ibu('fleet', 'reset-identity', 'fac-1', ...srv, '--json');
+    assert.equal(JSON.parse(r.out).tokenRevoked, true, r.out);
+    assert.equal(JSON.parse(r.out).publicKey, null);
+    e = await call('POST', '/v1/devices/fac-1/checkin', { version: '1', state: 'idle', trial: false }, facToken);
+    assert.equal(e.status, 401, 'the reset revoked the token');
+    e = await call('POST', '/v1/devices/enroll', signed({ deviceId: 'fac-1', enrollmentSecret: 'f1' }));
+    assert.equal(e.status, 401, 'a used factory secret does not enroll again');
     r = await ibu('fleet', 'group', 'lab', '--max-reboots', '4', ...srv, '--json');
     assert.equal(JSON.parse(r.out).maxConcurrentReboots, 4);
     assert.equal(JSON.parse(r.out).window.timeZone, 'UTC', 'a partial update keeps the window');
@@ -200,7 +222,7 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     assert.equal(r.status, 200);
     assert.match(r.headers['content-type'] as string, /text\/plain/);
     assert.match(r.json, /ibu_fleet_checkins_total\{result="ok"\} \d+/);
-    assert.match(r.json, /ibu_fleet_checkins_total\{result="UNAUTHORIZED"\} 1/);
+    assert.match(r.json, /ibu_fleet_checkins_total\{result="UNAUTHORIZED"\} 3/);
     assert.match(r.json, /ibu_fleet_checkin_duration_seconds_bucket\{le="0.05"\} \d+/);
     assert.match(r.json, /ibu_fleet_devices\{version="1"\} 2/);
     assert.match(r.json, /ibu_fleet_rollout_state\{rollout="1",channel="stable",version="3",state="aborted"\} 1/);

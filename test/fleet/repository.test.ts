@@ -25,6 +25,8 @@ const device = (id: string, over: Partial<DeviceRecord> = {}): DeviceRecord => (
   flags: [],
   enrolledAt: 1_764_000_000_000,
   rolloutId: null,
+  publicKey: 'k'.repeat(43),
+  keyProofAt: 1_764_000_000_000,
   ...over,
 });
 
@@ -167,8 +169,17 @@ for (const backend of BACKENDS) {
         { id: 'p1', group: 'g', channel: 'beta' },
         { id: 'p1', group: 'h', channel: 'beta' },
       ]);
-      assert.deepEqual(await repo.getPreauthorized('p1'), { group: 'h', channel: 'beta' });
+      assert.deepEqual(await repo.getPreauthorized('p1'), { group: 'h', channel: 'beta', secretHash: null, usedAt: null });
       assert.equal(await repo.getPreauthorized('p2'), undefined);
+      // A factory secret is claimed once; a plain re-authorization keeps it, a new import re-arms it.
+      await repo.addPreauthorized([{ id: 'f1', group: 'g', channel: 'beta', secretHash: 'aa'.repeat(32) }]);
+      assert.equal(await repo.claimFactorySecret('f1', 'bb'.repeat(32), 5), false, 'another secret');
+      assert.equal(await repo.claimFactorySecret('f1', 'aa'.repeat(32), 5), true);
+      assert.equal(await repo.claimFactorySecret('f1', 'aa'.repeat(32), 6), false, 'used');
+      await repo.addPreauthorized([{ id: 'f1', group: 'h', channel: 'beta' }]);
+      assert.deepEqual(await repo.getPreauthorized('f1'), { group: 'h', channel: 'beta', secretHash: 'aa'.repeat(32), usedAt: 5 });
+      await repo.addPreauthorized([{ id: 'f1', group: 'h', channel: 'beta', secretHash: 'cc'.repeat(32) }]);
+      assert.deepEqual(await repo.getPreauthorized('f1'), { group: 'h', channel: 'beta', secretHash: 'cc'.repeat(32), usedAt: null });
       await repo.putSetting('k', { a: [1, 2] });
       await repo.putSetting('k', { a: [3] });
       assert.deepEqual(await repo.getSetting('k'), { a: [3] });

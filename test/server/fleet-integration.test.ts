@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { runChild, type DeltaBuilder } from '../../src/server/delta-builder.js';
 import { get, publisher, start, tmpDir, waitFor, type Publisher, type Running } from './helpers.js';
 import { BACKENDS } from '../fleet/backends.js';
+import { signed } from '../helpers/enroll.js';
 
 const builder: DeltaBuilder = async ({ out, signal }) => {
   await runChild('sh', ['-c', 'head -c 1000 /dev/urandom > "$1"', 'sh', out], { signal });
@@ -59,7 +60,12 @@ for (const backend of BACKENDS) {
         ['dev-c', '1.0.2'],
       ];
       for (const [id, version] of devices) {
-        const e = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: id, enrollmentSecret: 'enroll-me', channel: 'stable' }));
+        const e = await get(
+          `${srv.url}/v1/devices/enroll`,
+          {},
+          'POST',
+          JSON.stringify(signed({ deviceId: id, enrollmentSecret: 'enroll-me', channel: 'stable' })),
+        );
         assert.equal(e.status, 200, e.body.toString());
         const token = String(e.json().token);
         const c = await get(

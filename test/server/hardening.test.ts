@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import { get, start, tmpDir, type Running } from './helpers.js';
+import { signed } from '../helpers/enroll.js';
 
 /** Raw HTTP/1.1 exchange, so requests undici would refuse to send (bad escapes, huge URLs) reach the server. */
 function raw(url: string, text: string): Promise<{ status: number; body: string }> {
@@ -82,7 +83,7 @@ describe('issue #15 hardening: framework errors, field caps', () => {
   });
 
   it('the enroll refusal names the preauthorize route that exists', async () => {
-    const r = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: 'nobody' }));
+    const r = await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify(signed({ deviceId: 'nobody' })));
     const msg = String((r.json().error as { message: string }).message);
     assert.match(msg, /\/v1\/admin\/fleet\/devices\/preauthorize/);
   });

@@ -4,6 +4,7 @@ import { promises as fsp } from 'node:fs';
 import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { get, start, tmpDir, type Running } from './helpers.js';
+import { signed } from '../helpers/enroll.js';
 
 // Issue #15 item 3: no credential reaches the request log, and the dashboard signs in without one in the URL.
 describe('secrets stay out of the logs', () => {
@@ -52,7 +53,7 @@ describe('secrets stay out of the logs', () => {
   it('tokens in the query, the Authorization header and bodies are redacted from the log', async () => {
     await get(`${srv.url}/dashboard?token=${TOKEN}`);
     await get(`${srv.url}/v1/admin/fleet/summary?token=${TOKEN}`, { authorization: `Bearer ${TOKEN}` });
-    await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify({ deviceId: 'd', enrollmentSecret: TOKEN }));
+    await get(`${srv.url}/v1/devices/enroll`, {}, 'POST', JSON.stringify(signed({ deviceId: 'd', enrollmentSecret: TOKEN })));
     await get(`${srv.url}/v1/devices/d/checkin`, { authorization: `Bearer ${TOKEN}` }, 'POST', JSON.stringify({ version: '1', state: 'x', trial: false }));
     assert.ok(lines.includes('/dashboard'), 'the requests were logged');
     assert.equal(

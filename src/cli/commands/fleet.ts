@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
+import { promises as fsp } from 'node:fs';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
+import { parseFactorySecrets } from '../../fleet/factory-secrets.js';
 import { simulate } from '../../fleet/simulator/simulate.js';
 import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
 
@@ -103,6 +105,35 @@ export function registerFleetCommands(program: Command): void {
         : `${g.name}: window ${g.window ? JSON.stringify(g.window) : 'any time'}, ` +
           `max reboots ${g.maxConcurrentReboots || 'unlimited'}, lease ${g.leaseTtlSeconds} s`) + '\n',
     );
+  });
+
+  common(
+    fleet
+      .command('factory-secrets')
+      .argument('<file>', 'lines of "<device id> <sha256 hex of its secret>"')
+      .description('import per-device one-time factory secrets (only their hashes): each id may enroll once with its own secret')
+      .option('--group <name>', 'group the devices join (default: the fleet default)')
+      .option('--channel <name>', 'channel the devices join (default: the fleet default)'),
+  ).action(async (file: string, o: Common & { group?: string; channel?: string }) => {
+    const devices = parseFactorySecrets(await fsp.readFile(file, 'utf8'));
+    const client = FleetAdminClient.fromOptions(o);
+    let added = 0;
+    for (let i = 0; i < devices.length; i += 50_000) {
+      const part = devices.slice(i, i + 50_000);
+      added += (await client.call<{ added: number }>('POST', '/v1/admin/fleet/devices/factory-secrets', { devices: part, group: o.group, channel: o.channel }))
+        .added;
+    }
+    process.stdout.write((o.json ? JSON.stringify({ added }) : `${added} factory secrets imported`) + '\n');
+  });
+
+  common(
+    fleet
+      .command('reset-identity')
+      .argument('<id>', 'device id')
+      .description("forget a device's key and revoke its token (replaced disk, stolen device); it enrolls again like a new device"),
+  ).action(async (id: string, o: Common) => {
+    const d = await FleetAdminClient.fromOptions(o).call<{ id: string }>('POST', `/v1/admin/fleet/devices/${encodeURIComponent(id)}/reset-identity`);
+    process.stdout.write((o.json ? JSON.stringify(d) : `${d.id}: key forgotten, token revoked; it must enroll again`) + '\n');
   });
 
   fleet

@@ -26,6 +26,9 @@ import {
   rowToRelease,
   rowToRollout,
   schemaSql,
+  addedColumns,
+  PREAUTH_UPSERT,
+  rowToPreauthorized,
   type Row,
 } from './rows.js';
 
@@ -54,6 +57,7 @@ export class PostgresFleetRepository implements FleetRepository {
       try {
         await c.query('SELECT pg_advisory_lock(7141)');
         await c.query(schemaSql('postgres'));
+        for (const a of addedColumns('postgres')) await c.query(`ALTER TABLE ${a.table} ADD COLUMN IF NOT EXISTS ${a.column} ${a.type}`);
       } finally {
         await c.query('SELECT pg_advisory_unlock(7141)').catch(() => {});
         c.release();
@@ -157,21 +161,26 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async getPreauthorized(id: string) {
-    const [r] = await this.q('SELECT grp, channel FROM preauthorized WHERE id = $1', [id]);
-    return r ? { group: String(r.grp), channel: String(r.channel) } : undefined;
+    const [r] = await this.q('SELECT * FROM preauthorized WHERE id = $1', [id]);
+    return r ? rowToPreauthorized(r) : undefined;
   }
 
-  async addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string }>): Promise<void> {
+  async addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string; secretHash?: string }>): Promise<void> {
     const dedup = new Map(rows.map((r) => [r.id, r]));
     await this.transaction((c) =>
       upsertMany(
         c,
         'preauthorized',
-        ['id', 'grp', 'channel'],
-        [...dedup.values()].map((r) => [r.id, r.group, r.channel]),
-        'ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel',
+        ['id', 'grp', 'channel', 'secret_hash', 'used_at'],
+        [...dedup.values()].map((r) => [r.id, r.group, r.channel, r.secretHash ?? null, null]),
+        PREAUTH_UPSERT,
       ),
     );
+  }
+
+  async claimFactorySecret(id: string, secretHash: string, at: number): Promise<boolean> {
+    const r = await this.pool.query('UPDATE preauthorized SET used_at = $1 WHERE id = $2 AND secret_hash = $3 AND used_at IS NULL', [at, id, secretHash]);
+    return r.rowCount === 1;
   }
 
   async listReleases(): Promise<ReleaseRecord[]> {

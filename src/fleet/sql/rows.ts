@@ -1,4 +1,4 @@
-import type { DeviceRecord, DeviceView, GroupRecord, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord } from '../types.js';
+import type { DeviceRecord, DeviceView, GroupRecord, Preauthorized, ParticipationStatus, ReleaseRecord, RolloutDevice, RolloutRecord } from '../types.js';
 import type { DeviceState } from '../protocol.js';
 
 /**
@@ -30,6 +30,8 @@ export const DEVICE_COLUMNS = [
   'flags',
   'enrolled_at',
   'rollout_id',
+  'public_key',
+  'key_proof_at',
 ] as const;
 
 export function deviceToRow(d: DeviceRecord): unknown[] {
@@ -53,6 +55,8 @@ export function deviceToRow(d: DeviceRecord): unknown[] {
     d.flags.join(','),
     d.enrolledAt,
     d.rolloutId,
+    d.publicKey,
+    d.keyProofAt,
   ];
 }
 
@@ -77,6 +81,8 @@ export function rowToDevice(r: Row): DeviceRecord {
     flags: r.flags ? String(r.flags).split(',').filter(Boolean) : [],
     enrolledAt: Number(r.enrolled_at),
     rolloutId: num(r.rollout_id),
+    publicKey: str(r.public_key),
+    keyProofAt: num(r.key_proof_at),
   };
 }
 
@@ -167,10 +173,13 @@ export function schemaSql(dialect: 'sqlite' | 'postgres'): string {
     id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, grp TEXT NOT NULL, channel TEXT NOT NULL, bucket INTEGER NOT NULL,
     version TEXT, state TEXT, trial INTEGER NOT NULL DEFAULT 0, committed_version TEXT, max_committed TEXT,
     prepared_version TEXT, free_bytes ${big}, last_error_code TEXT, last_error_message TEXT, last_checkin ${big},
-    checkins ${big} NOT NULL DEFAULT 0, flags TEXT NOT NULL DEFAULT '', enrolled_at ${big} NOT NULL, rollout_id ${big}
+    checkins ${big} NOT NULL DEFAULT 0, flags TEXT NOT NULL DEFAULT '', enrolled_at ${big} NOT NULL, rollout_id ${big},
+    public_key TEXT, key_proof_at ${big}
   );
   CREATE INDEX IF NOT EXISTS devices_channel_version ON devices (channel, version, bucket, grp);
-  CREATE TABLE IF NOT EXISTS preauthorized (id TEXT PRIMARY KEY, grp TEXT NOT NULL, channel TEXT NOT NULL);
+  CREATE TABLE IF NOT EXISTS preauthorized (
+    id TEXT PRIMARY KEY, grp TEXT NOT NULL, channel TEXT NOT NULL, secret_hash TEXT, used_at ${big}
+  );
   CREATE TABLE IF NOT EXISTS releases (
     channel TEXT NOT NULL, version TEXT NOT NULL, mandatory INTEGER NOT NULL DEFAULT 0, manifest_url TEXT NOT NULL,
     created_at ${big} NOT NULL, source TEXT NOT NULL, PRIMARY KEY (channel, version)
@@ -197,4 +206,25 @@ export function schemaSql(dialect: 'sqlite' | 'postgres'): string {
   CREATE INDEX IF NOT EXISTS events_device ON events (device_id, at);
   CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
   `;
+}
+
+/** Upserting a pre-authorization keeps its factory secret unless a new one is given, which re-arms it. */
+export const PREAUTH_UPSERT = `ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel,
+  secret_hash = coalesce(excluded.secret_hash, preauthorized.secret_hash),
+  used_at = CASE WHEN excluded.secret_hash IS NULL THEN preauthorized.used_at ELSE NULL END`;
+
+/** Columns added after the first schema: created on databases that predate them. */
+export function addedColumns(dialect: 'sqlite' | 'postgres'): Array<{ table: string; column: string; type: string }> {
+  const big = dialect === 'sqlite' ? 'INTEGER' : 'BIGINT';
+  return [
+    { table: 'devices', column: 'public_key', type: 'TEXT' },
+    { table: 'devices', column: 'key_proof_at', type: big },
+    { table: 'preauthorized', column: 'secret_hash', type: 'TEXT' },
+    { table: 'preauthorized', column: 'used_at', type: big },
+  ];
+}
+
+/** A pre-authorization: the group and channel an id joins, and its one-time factory secret if imported. */
+export function rowToPreauthorized(r: Row): Preauthorized {
+  return { group: String(r.grp), channel: String(r.channel), secretHash: str(r.secret_hash), usedAt: num(r.used_at) };
 }

@@ -28,6 +28,9 @@ import {
   rowToRelease,
   rowToRollout,
   schemaSql,
+  addedColumns,
+  PREAUTH_UPSERT,
+  rowToPreauthorized,
   type Row,
 } from './rows.js';
 
@@ -69,6 +72,10 @@ export class SqliteFleetRepository implements FleetRepository {
 
   async init(): Promise<void> {
     this.db.exec(schemaSql('sqlite'));
+    for (const c of addedColumns('sqlite')) {
+      const cols = this.db.prepare(`PRAGMA table_info(${c.table})`).all() as Row[];
+      if (!cols.some((r) => r.name === c.column)) this.db.exec(`ALTER TABLE ${c.table} ADD COLUMN ${c.column} ${c.type}`);
+    }
     this.st = this.prepare();
     if (this.opts.offloadReads !== false && !this.reader) this.startReader();
   }
@@ -142,10 +149,9 @@ export class SqliteFleetRepository implements FleetRepository {
       deleteLease: db.prepare('DELETE FROM leases WHERE device_id = ?'),
       listDevices: db.prepare('SELECT * FROM devices WHERE id > ? ORDER BY id LIMIT ?'),
       deviceCount: db.prepare('SELECT count(*) AS n FROM devices'),
-      getPreauth: db.prepare('SELECT grp, channel FROM preauthorized WHERE id = ?'),
-      addPreauth: db.prepare(
-        'INSERT INTO preauthorized (id, grp, channel) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET grp = excluded.grp, channel = excluded.channel',
-      ),
+      getPreauth: db.prepare('SELECT * FROM preauthorized WHERE id = ?'),
+      addPreauth: db.prepare(`INSERT INTO preauthorized (id, grp, channel, secret_hash, used_at) VALUES (?, ?, ?, ?, NULL) ${PREAUTH_UPSERT}`),
+      claimSecret: db.prepare('UPDATE preauthorized SET used_at = ? WHERE id = ? AND secret_hash = ? AND used_at IS NULL'),
       listReleases: db.prepare('SELECT * FROM releases'),
       upsertRelease: db.prepare(
         `INSERT INTO releases (channel, version, mandatory, manifest_url, created_at, source) VALUES (?, ?, ?, ?, ?, ?)
@@ -232,13 +238,17 @@ export class SqliteFleetRepository implements FleetRepository {
 
   async getPreauthorized(id: string) {
     const r = this.st.getPreauth.get(id) as Row | undefined;
-    return r ? { group: String(r.grp), channel: String(r.channel) } : undefined;
+    return r ? rowToPreauthorized(r) : undefined;
   }
 
-  async addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string }>): Promise<void> {
+  async addPreauthorized(rows: ReadonlyArray<{ id: string; group: string; channel: string; secretHash?: string }>): Promise<void> {
     this.db.transaction(() => {
-      for (const r of rows) this.st.addPreauth.run(r.id, r.group, r.channel);
+      for (const r of rows) this.st.addPreauth.run(r.id, r.group, r.channel, r.secretHash ?? null);
     })();
+  }
+
+  async claimFactorySecret(id: string, secretHash: string, at: number): Promise<boolean> {
+    return this.st.claimSecret.run(at, id, secretHash).changes === 1;
   }
 
   async listReleases(): Promise<ReleaseRecord[]> {

@@ -31,19 +31,19 @@ const anyId = { type: 'object', properties: { id: { type: 'string' } }, required
 export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: string | undefined): void {
   const isAdminToken = adminTokenCheck(adminToken);
 
-  // The dashboard: one static page; the token comes once (the sign-in form, or ?token= kept for
-  // old links, redacted from the log) and is kept in an HttpOnly cookie.
+  // The dashboard: one static page; the token comes once, by the sign-in form, and is kept in an
+  // HttpOnly cookie. A token in the URL is refused, never honoured: URLs end up in logs and histories.
   app.get<{ Querystring: { token?: string } }>(
     '/dashboard',
     {
-      schema: { querystring: { type: 'object', properties: { token: text } }, response: { 200: text, 302: { type: 'null' }, 401: text } },
+      schema: { querystring: { type: 'object', properties: { token: text } }, response: { 200: text, 400: text } },
     },
     async (req, reply) => {
-      const q = req.query.token;
-      if (q !== undefined) {
-        if (!isAdminToken(q)) return reply.code(401).type('text/plain').send('The admin token is wrong; sign in at /dashboard/sign-in.');
-        reply.header('set-cookie', `${ADMIN_COOKIE}=${encodeURIComponent(q)}; HttpOnly; SameSite=Strict; Path=/`);
-        return reply.redirect('/dashboard');
+      if (req.query.token !== undefined) {
+        return reply
+          .code(400)
+          .type('text/plain')
+          .send('Tokens are not accepted in URLs (they end up in logs and browser histories); sign in at /dashboard/sign-in.');
       }
       reply.header('cache-control', 'no-store').header('content-security-policy', "default-src 'self'; style-src 'self' 'unsafe-inline'");
       return reply.type('text/html; charset=utf-8').send(DASHBOARD_HTML);
@@ -241,6 +241,33 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
       },
       async (req) => ({ added: await service.preauthorize(req.body.ids, req.body.group, req.body.channel) }),
     );
+    admin.post<{ Body: { devices: Array<{ id: string; secretHash: string }>; group?: string; channel?: string } }>(
+      '/v1/admin/fleet/devices/factory-secrets',
+      {
+        schema: {
+          body: {
+            type: 'object',
+            required: ['devices'],
+            properties: {
+              devices: {
+                type: 'array',
+                maxItems: 100_000,
+                items: { type: 'object', required: ['id', 'secretHash'], properties: { id: text, secretHash: text } },
+              },
+              group: text,
+              channel: text,
+            },
+          },
+          response: responses({ 200: { type: 'object', properties: { added: { type: 'integer' } }, required: ['added'] } }),
+        },
+      },
+      async (req) => ({ added: await service.importFactorySecrets(req.body.devices, req.body.group, req.body.channel) }),
+    );
+    admin.post<{ Params: { id: string } }>(
+      '/v1/admin/fleet/devices/:id/reset-identity',
+      { schema: { params: anyId, response: responses({ 200: deviceSchema }) } },
+      async (req) => publicDevice(await service.resetIdentity(req.params.id)),
+    );
     admin.get<{ Querystring: { after?: string; limit?: string } }>(
       '/v1/admin/fleet/devices',
       {
@@ -275,9 +302,10 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
 
 /** A device as the admin API shows it: never the token hash. */
 function publicDevice(d: DeviceRecord & { participation?: RolloutDevice | null }) {
-  const { tokenHash: _t, ...rest } = d;
+  const { tokenHash, keyProofAt: _k, ...rest } = d;
   return {
     ...rest,
+    tokenRevoked: tokenHash === '',
     lastCheckin: d.lastCheckin ? new Date(d.lastCheckin).toISOString() : null,
     enrolledAt: new Date(d.enrolledAt).toISOString(),
   };

@@ -16,18 +16,21 @@ export function deviceRoutes(app: FastifyInstance, service: Fleet, metrics: Flee
       schema: {
         body: {
           type: 'object',
-          required: ['deviceId'],
+          required: ['deviceId', 'publicKey', 'at', 'proof'],
           properties: {
             deviceId: { type: 'string', maxLength: 128 },
             enrollmentSecret: { type: 'string', maxLength: 512 },
             group: { type: 'string', maxLength: 64 },
             channel: { type: 'string', maxLength: 64 },
+            publicKey: { type: 'string', maxLength: 64 },
+            at: { type: 'integer' },
+            proof: { type: 'string', maxLength: 128 },
           },
         },
         response: responses({ 200: enrollResponse }, deviceErrors),
       },
     },
-    async (req) => service.enroll(req.body),
+    async (req) => service.enroll(req.body, bearerToken(req)),
   );
 
   app.post<{ Params: { id: string }; Body: CheckinRequest }>(

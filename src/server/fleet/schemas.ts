@@ -58,7 +58,18 @@ export const rolloutViewSchema = obj(
 );
 export const groupSchema = obj({ name: str, window: windowSchema, maxConcurrentReboots: int, leaseTtlSeconds: num }, ['name']);
 export const deviceSchema = obj(
-  { id: str, group: str, channel: str, version: strOrNull, state: strOrNull, lastCheckin: strOrNull, enrolledAt: str, flags: { type: 'array', items: str } },
+  {
+    id: str,
+    group: str,
+    channel: str,
+    version: strOrNull,
+    state: strOrNull,
+    lastCheckin: strOrNull,
+    enrolledAt: str,
+    flags: { type: 'array', items: str },
+    publicKey: strOrNull,
+    tokenRevoked: bool,
+  },
   ['id'],
 );
 export const versionCountsSchema = { type: 'array', items: obj({ version: str, devices: int }, ['version', 'devices']) } as const;

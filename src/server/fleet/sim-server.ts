@@ -9,6 +9,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fleetPlugin } from './plugin.js';
+import { connectionLimits, httpServerOptions } from '../connection-limits.js';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -30,7 +31,10 @@ try {
 } catch (err) {
   // The release/delta side failed to start here: serve the fleet alone rather than not at all.
   process.stderr.write(`sim-server: createServer failed (${(err as Error).message}); serving the fleet plugin alone\n`);
-  app = Fastify({ logger: false });
+  // The same connection limits as `ibu serve`: silent sockets are closed here too.
+  const l = connectionLimits({});
+  app = Fastify({ logger: false, http: httpServerOptions(l), connectionTimeout: l.idleMs, keepAliveTimeout: l.keepAliveMs });
+  app.server.maxConnections = l.maxConnections;
 }
 if (!app.fleet) await app.register(fleetPlugin, { dataDir, adminToken, databaseUrl, storeSyncMs: 1000 });
 await app.listen({ host: '127.0.0.1', port });
