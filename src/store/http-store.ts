@@ -179,6 +179,7 @@ async function readCapped(body: Dispatcher.ResponseData['body'], lengthHeader: s
     new IbuError(cap.code, `GET ${url} sent ${n} bytes or more, over the ${cap.maxBytes} this file can be; the store is damaged or hostile`);
   const declared = Number(Array.isArray(lengthHeader) ? lengthHeader[0] : lengthHeader);
   if (Number.isFinite(declared) && declared > cap.maxBytes) {
+    body.on('error', () => {}); // destroying an unread body emits an abort error nobody else listens for
     body.destroy();
     throw tooBig(declared);
   }

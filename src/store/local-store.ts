@@ -38,11 +38,17 @@ export class LocalStore implements WriteStore, FlushableStore, SizedStore {
     this.durability = opts.durability ?? 'batch';
   }
 
-  async getChunk(id: ChunkId): Promise<Uint8Array> {
+  async getChunk(id: ChunkId, _signal?: AbortSignal, maxBytes?: number): Promise<Uint8Array> {
     const file = path.join(this.root, chunkPath(id));
     try {
+      // A damaged store (or a hostile one on a shared mount) cannot make the reader load a huge file whole.
+      if (maxBytes !== undefined) {
+        const size = (await fsp.stat(file)).size;
+        if (size > maxBytes) throw new IbuError('CHUNK_INVALID', `chunk ${id} in ${this.root} is ${size} bytes, over the ${maxBytes} it can be; the store is damaged`);
+      }
       return await fsp.readFile(file);
     } catch (err) {
+      if (err instanceof IbuError) throw err;
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new IbuError('CHUNK_MISSING', `chunk ${id} is missing from the store ${this.root}; re-publish the release or use a complete store`);
       }

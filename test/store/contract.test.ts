@@ -109,6 +109,15 @@ test('LocalStore writes chunks at content-addressed paths, atomically, and putCh
   assert.deepEqual(leftovers, []);
 });
 
+test('every store refuses a chunk larger than the caller allows, before reading it (issue #15)', async () => {
+  for (const s of stores) {
+    const store = await s.open();
+    await assert.rejects(store.getChunk(id, undefined, stored.length - 1), (e) => isIbuError(e, 'CHUNK_INVALID'), s.name);
+    assert.deepEqual(Buffer.from(await store.getChunk(id, undefined, stored.length)), stored, s.name);
+    await (store as { close?: () => Promise<void> }).close?.();
+  }
+});
+
 test('HttpStore retries 503 with backoff and then succeeds', async () => {
   const s = await serveDir(root, { fail503: 2 });
   const store = new HttpStore(s.url, { backoffMs: 5 });
