@@ -102,9 +102,7 @@ export class DeltaJobs {
   ) {
     this.q = {
       get: db.prepare<[string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? AND to_version = ?'),
-      insert: db.prepare(
-        "INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at, client) VALUES (?, ?, 'queued', ?, ?, ?)",
-      ),
+      insert: db.prepare("INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at, client) VALUES (?, ?, 'queued', ?, ?, ?)"),
       bump: db.prepare("UPDATE delta_jobs SET priority = ? WHERE from_version = ? AND to_version = ? AND state = 'queued' AND priority > ?"),
       revive: db.prepare(
         `UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ?, client = ?

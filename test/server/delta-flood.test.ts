@@ -41,8 +41,7 @@ function getFrom(base: string, route: string, localAddress: string): Promise<Ans
 /** Every ordered pair of published versions except `skip`: 55 of them (the issue saw 54 in 141 ms). */
 function floodPairs(skip: Array<[string, string]>): Array<[string, string]> {
   const out: Array<[string, string]> = [];
-  for (const a of VERSIONS)
-    for (const b of VERSIONS) if (a !== b && !skip.some(([f, t]) => f === a && t === b)) out.push([a, b]);
+  for (const a of VERSIONS) for (const b of VERSIONS) if (a !== b && !skip.some(([f, t]) => f === a && t === b)) out.push([a, b]);
   return out;
 }
 
@@ -133,7 +132,7 @@ describe('delta admission: a flood does not push the pairs devices need back (is
     assert.ok(queued(s) <= limits.maxQueued);
   });
 
-  it('without a fleet: pairs into a channel\'s newest release go first, others are capped per address', async () => {
+  it("without a fleet: pairs into a channel's newest release go first, others are capped per address", async () => {
     const s = await fresh(false);
     const offPath = floodPairs([]).filter(([, t]) => t !== NEWEST);
     const flood = await Promise.all(offPath.map(([f, t]) => getFrom(s.url, `/v1/deltas/${f}/${t}`, '127.0.0.1')));
