@@ -51,10 +51,15 @@ export class DeltaDemand {
     }
   }
 
+  /** Whether a check-in named from→to within the TTL (one indexed read). */
+  noted(from: string, to: string, now = Date.now()): boolean {
+    const row = this.q.get.get(from, to);
+    return row !== undefined && now - row.noted_at < this.ttlMs;
+  }
+
   /** Why from→to is wanted (`from` without the ZFS job prefix: a stream serves the same hop). */
   async of(from: string, to: string, now = Date.now()): Promise<Demand> {
-    const noted = this.q.get.get(from, to);
-    if (noted && now - noted.noted_at < this.ttlMs) return 'device';
+    if (this.noted(from, to, now)) return 'device';
     if (this.hasFleet()) return 'none';
     const channels: string[][] = [];
     for (const name of await this.catalog.channels()) {

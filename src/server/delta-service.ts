@@ -80,9 +80,12 @@ export class DeltaServiceImpl implements DeltaService {
     let r: ReturnType<DeltaJobs['request']>;
     if (o.client === undefined) r = this.jobs.request(from, to, o.priority ?? PRIORITY.device);
     else {
-      // Known pairs cost no admission: polls of a queued, building or built pair are one read.
+      // Known pairs cost no admission: a poll of a building or built pair is one read. A queued
+      // one moves up only when a check-in named it since (a ZFS stream: the check-in raised the
+      // ibu delta's job only); the published path is read for new jobs alone (it reads files).
       const seen = this.jobs.get(from, to);
-      if (seen && (seen.state === 'building' || seen.state === 'ready' || (seen.state === 'queued' && seen.priority <= PRIORITY.device))) return seen;
+      if (seen && (seen.state === 'building' || seen.state === 'ready')) return seen;
+      if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !this.demand.noted(o.pairFrom ?? from, to))) return seen;
       const demand = await this.demand.of(o.pairFrom ?? from, to);
       const priority = demand === 'none' ? PRIORITY.unneeded : PRIORITY.device;
       const a = this.jobs.admitRequest(from, to, priority, Date.now(), { client: o.client, admit: (facts) => admit(demand, facts, this.limits) });
