@@ -37,11 +37,14 @@ export class DeltaDemand {
     };
   }
 
-  /** An enrolled device's next hop is from→to. Cheap when repeated: one map look-up. */
-  note(from: string, to: string, now = Date.now()): void {
+  /**
+   * An enrolled device's next hop is from→to. Cheap when repeated: one map look-up. True when
+   * the pair was written (new, or refreshed), false when it was noted a moment ago.
+   */
+  note(from: string, to: string, now = Date.now()): boolean {
     const key = `${from}\u0000${to}`;
     const last = this.written.get(key);
-    if (last !== undefined && now - last < REWRITE_MS) return;
+    if (last !== undefined && now - last < REWRITE_MS) return false;
     if (this.written.size > 100_000) this.written.clear();
     this.written.set(key, now);
     this.q.note.run(from, to, now);
@@ -49,6 +52,7 @@ export class DeltaDemand {
       this.prunedAt = now;
       this.q.prune.run(now - this.ttlMs);
     }
+    return true;
   }
 
   /** Whether a check-in named from→to within the TTL (one indexed read). */
@@ -61,11 +65,20 @@ export class DeltaDemand {
   async of(from: string, to: string, now = Date.now()): Promise<Demand> {
     if (this.noted(from, to, now)) return 'device';
     if (this.hasFleet()) return 'none';
-    const channels: string[][] = [];
+    return onPublishedPath(await this.channelLists(now), from, to) ? 'path' : 'none';
+  }
+
+  /** The channels' version lists, read at most once a second (a flood of new pairs asks for them on every request). */
+  private async channelLists(now: number): Promise<string[][]> {
+    if (this.channels && now - this.channels.at < 1000) return this.channels.lists;
+    const lists: string[][] = [];
     for (const name of await this.catalog.channels()) {
       const listing = await this.catalog.channel(name).catch(() => undefined);
-      if (listing) channels.push(listing.releases.map((r) => r.version));
+      if (listing) lists.push(listing.releases.map((r) => r.version));
     }
-    return onPublishedPath(channels, from, to) ? 'path' : 'none';
+    this.channels = { at: now, lists };
+    return lists;
   }
+
+  private channels: { at: number; lists: string[][] } | undefined;
 }

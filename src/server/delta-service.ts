@@ -77,30 +77,33 @@ export class DeltaServiceImpl implements DeltaService {
   }
 
   private async request0(from: string, to: string, o: LookupOptions): Promise<DeltaJob> {
-    let r: ReturnType<DeltaJobs['request']>;
-    if (o.client === undefined) r = this.jobs.request(from, to, o.priority ?? PRIORITY.device);
-    else {
-      // Known pairs cost no admission: a poll of a building or built pair is one read. A queued
-      // one moves up only when a check-in named it since (a ZFS stream: the check-in raised the
-      // ibu delta's job only); the published path is read for new jobs alone (it reads files).
-      const seen = this.jobs.get(from, to);
-      if (seen && (seen.state === 'building' || seen.state === 'ready')) return seen;
-      if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !this.demand.noted(o.pairFrom ?? from, to))) return seen;
-      const demand = await this.demand.of(o.pairFrom ?? from, to);
-      const priority = demand === 'none' ? PRIORITY.unneeded : PRIORITY.device;
-      const a = this.jobs.admitRequest(from, to, priority, Date.now(), { client: o.client, admit: (facts) => admit(demand, facts, this.limits) });
-      if ('refused' in a) {
-        const queued = this.jobs.counts().queued;
-        throw new IbuError(a.refused.code, a.refused.message, { details: { retryAfter: this.retryAfterFor(queued + 1), from, to } });
-      }
-      if (a.evicted) this.log.info({ from: a.evicted.from, to: a.evicted.to, client: a.evicted.client }, 'queued delta job nobody needed displaced');
-      r = a;
-    }
+    const r = o.client === undefined ? this.jobs.request(from, to, o.priority ?? PRIORITY.device) : await this.admitted(from, to, o.client, o);
+    if (!('created' in r)) return r;
     if (r.created) {
       this.pool.kick();
       return this.jobs.get(from, to) ?? r.job; // the kick may have claimed it
     }
     return r.job;
+  }
+
+  /** A client's request: the known job as it is, or the queue's answer after admission (src/server/delta-admission.ts). */
+  private async admitted(from: string, to: string, client: string, o: LookupOptions): Promise<DeltaJob | { job: DeltaJob; created: boolean }> {
+    const pairFrom = o.pairFrom ?? from;
+    // Known pairs cost no admission: a poll of a building or built pair is one read. A queued
+    // one moves up only when a check-in named it since (a ZFS stream: the check-in raised the
+    // ibu delta's job only); the published path is read for new jobs alone (it reads files).
+    const seen = this.jobs.get(from, to);
+    if (seen && (seen.state === 'building' || seen.state === 'ready')) return seen;
+    if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !this.demand.noted(pairFrom, to))) return seen;
+    const demand = await this.demand.of(pairFrom, to);
+    const priority = demand === 'none' ? PRIORITY.unneeded : PRIORITY.device;
+    const a = this.jobs.admitRequest(from, to, priority, Date.now(), { client, admit: (facts) => admit(demand, facts, this.limits) });
+    if ('refused' in a) {
+      const retryAfter = this.retryAfterFor(this.jobs.counts().queued + 1);
+      throw new IbuError(a.refused.code, a.refused.message, { details: { retryAfter, from, to } });
+    }
+    if (a.evicted) this.log.info({ from: a.evicted.from, to: a.evicted.to, client: a.evicted.client }, 'queued delta job nobody needed displaced');
+    return a;
   }
 
   /**
@@ -109,10 +112,10 @@ export class DeltaServiceImpl implements DeltaService {
    */
   async deviceNeeds(from: string, to: string): Promise<DeltaStatus> {
     // Only published pairs: a device may report any version string, and the table must stay small.
-    if (from !== to && (await this.exists(from)) && (await this.exists(to))) {
-      this.demand.note(from, to);
-      this.jobs.raise(from, to, PRIORITY.device); // a ZFS stream's job moves up when the device asks for it
-    }
+    // Written (and the queue touched) once per pair every few minutes, not on every check-in; a
+    // ZFS stream's job moves up when the device asks for it (its key differs).
+    const known = from !== to && (await this.exists(from)) && (await this.exists(to));
+    if (known && this.demand.note(from, to)) this.jobs.raise(from, to, PRIORITY.device);
     return this.status(from, to);
   }
 
