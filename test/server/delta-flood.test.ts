@@ -139,6 +139,10 @@ describe('delta admission: a flood does not push the pairs devices need back (is
     assert.equal(flood.filter((a) => a.status === 202).length, limits.perClient);
     assert.ok(flood.filter((a) => a.status !== 202).every((a) => a.status === 429 && code(a) === 'DELTA_CLIENT_LIMIT'));
     assert.equal(queued(s), limits.perClient);
+    // The operator sees who queued them.
+    const cache = (await get(`${s.url}/v1/admin/cache`, { authorization: 'Bearer tok' })).json();
+    const held = (cache.deltas as Array<{ client: string | null }>).filter((j) => j.client === '127.0.0.1');
+    assert.equal(held.length, limits.perClient);
     // The upgrade a device without a fleet makes: from what it runs to the channel's newest.
     const d = await getFrom(s.url, `/v1/deltas/1.0.3/${NEWEST}`, '127.0.0.1');
     assert.equal(d.status, 202, JSON.stringify(d.body));
