@@ -55,8 +55,9 @@ export class DeltaDemand {
     return true;
   }
 
-  /** Whether a check-in named from→to within the TTL (one indexed read). */
+  /** Whether a check-in named from→to within the TTL (one indexed read; none without a fleet). */
   noted(from: string, to: string, now = Date.now()): boolean {
+    if (!this.hasFleet()) return false;
     const row = this.q.get.get(from, to);
     return row !== undefined && now - row.noted_at < this.ttlMs;
   }
