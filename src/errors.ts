@@ -45,6 +45,8 @@ export const ERROR_CODES = [
   'DELTA_WRONG_PAIR',
   'DELTA_SOURCE_MODIFIED',
   'DELTA_NOT_READY',
+  'DELTA_QUEUE_FULL',
+  'DELTA_CLIENT_LIMIT',
   // server and network
   'HTTP_ERROR',
   'UNAUTHORIZED',
@@ -103,6 +105,9 @@ const TRAITS: Partial<Record<ErrorCode, CodeTraits>> = {
   DELTA_WRONG_PAIR: FALLBACK,
   DELTA_SOURCE_MODIFIED: FALLBACK,
   DELTA_NOT_READY: FALLBACK,
+  // The server refused to queue the build (docs/server.md "Admission"): chunks always work.
+  DELTA_QUEUE_FULL: FALLBACK,
+  DELTA_CLIENT_LIMIT: FALLBACK,
   HTTP_ERROR: FALLBACK,
   ZFS_FAILED: FALLBACK,
   ZFS_BASE_MISSING: FALLBACK,

@@ -4,7 +4,9 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServ
 import { lockDataDir } from './data-lock.js';
 import { openDb, type Db } from './db.js';
 import type { DeltaBuilder } from './delta-builder.js';
+import { ADMISSION_DEFAULTS, type AdmissionLimits } from './delta-admission.js';
 import { DeltaCache } from './delta-cache.js';
+import { DeltaDemand } from './delta-demand.js';
 import { DEFAULT_RETRY, DeltaJobs, type RetryPolicy } from './delta-jobs.js';
 import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
@@ -43,6 +45,8 @@ export interface ServeOptions {
   rescanIntervalMs?: number;
   /** Base Retry-After for 202 answers. Default 5 s. */
   retryAfterSeconds?: number;
+  /** Bounds on what clients may queue (src/server/delta-admission.ts; defaults ADMISSION_DEFAULTS). */
+  admission?: Partial<AdmissionLimits>;
   retry?: Partial<RetryPolicy>;
   /** Replaces the default builder (tests). */
   builder?: DeltaBuilder;
@@ -144,7 +148,18 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
     o.zfsBuilder,
   );
   const pool = new DeltaWorkerPool(jobs, cache, layout, builder, Math.max(0, o.workers ?? DEFAULTS.workers), app.log);
-  const deltas = new DeltaServiceImpl(jobs, cache, pool, layout, o.retryAfterSeconds ?? DEFAULTS.retryAfterSeconds, (v) => catalog.hasRelease(v));
+  const demand = new DeltaDemand(db, catalog, () => app.fleet !== undefined);
+  const deltas = new DeltaServiceImpl(
+    jobs,
+    cache,
+    pool,
+    layout,
+    o.retryAfterSeconds ?? DEFAULTS.retryAfterSeconds,
+    (v) => catalog.hasRelease(v),
+    demand,
+    { ...ADMISSION_DEFAULTS, ...o.admission },
+    app.log,
+  );
   const precompute = new Precomputer(db, catalog, deltas, () => app.fleet, o.precompute ?? DEFAULTS.precompute, app.log);
   const ctx: ServerContext = { layout, catalog, deltas, precompute, adminToken: o.adminToken };
   // ZFS streams (docs/zfs.md) are precomputed beside each ibu delta when the release signs one.

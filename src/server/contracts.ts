@@ -10,6 +10,12 @@ export interface DeltaService {
   status(from: string, to: string): Promise<DeltaStatus>;
   /** Queue a build if none exists (idempotent). */
   request(from: string, to: string): Promise<DeltaStatus>;
+  /**
+   * An enrolled device's check-in made from→to its next hop: remember the pair as needed (its
+   * build goes first and is never refused for a client cap; docs/server.md "Admission"), and
+   * return its state.
+   */
+  deviceNeeds(from: string, to: string): Promise<DeltaStatus>;
 }
 
 export interface FleetService {

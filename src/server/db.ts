@@ -4,7 +4,7 @@ export type Db = Database.Database;
 
 /**
  * The server's own SQLite file (`<data>/server.sqlite`): the delta job queue, the delta cache
- * index and the releases already seen by the precompute scanner. WAL so status reads never wait
+ * index, the pairs devices need and the releases already seen by the precompute scanner. WAL so status reads never wait
  * for a writer; a busy timeout so a second process on the same directory waits instead of failing.
  */
 const MIGRATIONS: string[] = [
@@ -34,6 +34,16 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (channel, version)
    );
    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);`,
+  // Delta admission (src/server/delta-admission.ts): who queued a job nobody needed, and the
+  // pairs enrolled devices were told to upgrade along (their check-ins), kept across restarts.
+  `ALTER TABLE delta_jobs ADD COLUMN client TEXT;
+   CREATE INDEX delta_jobs_client ON delta_jobs (client, state);
+   CREATE TABLE delta_demand (
+     from_version TEXT NOT NULL,
+     to_version TEXT NOT NULL,
+     noted_at INTEGER NOT NULL,
+     PRIMARY KEY (from_version, to_version)
+   );`,
 ];
 
 export function openDb(file: string): Db {

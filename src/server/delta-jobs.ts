@@ -17,10 +17,28 @@ export interface DeltaJob {
   sha256: string | null;
   lastAccessAt: number | null;
   builds: number;
+  /** The client address that queued a job nobody needed (src/server/delta-admission.ts), else null. */
+  client: string | null;
 }
 
-/** Lower runs first: a device waiting beats a precompute guess. */
-export const PRIORITY = { device: 0, admin: 0, precompute: 10 } as const;
+/**
+ * Lower runs first: a device waiting beats a precompute guess, and both beat a pair nobody is
+ * known to need (src/server/delta-admission.ts).
+ */
+export const PRIORITY = { device: 0, admin: 0, precompute: 10, unneeded: 20 } as const;
+
+/** What an admission decision reads about the queue (src/server/delta-admission.ts). */
+export interface QueueFacts {
+  /** Jobs in state 'queued'. */
+  queued: number;
+  /** This client's jobs nobody is known to need (priority `unneeded`), queued or building. */
+  clientHeld: number;
+  /** A queued job nobody is known to need exists, which a needed pair may displace. */
+  evictable: boolean;
+}
+
+/** An admission answer as the queue needs it: admitted (at this priority, maybe displacing one) or refused. */
+export type AdmitAnswer<R> = { admit: true; priority: number; evict: boolean } | R;
 
 export interface RetryPolicy {
   maxAttempts: number;
@@ -48,6 +66,7 @@ interface Row {
   sha256: string | null;
   last_access_at: number | null;
   builds: number;
+  client: string | null;
 }
 
 function toJob(r: Row): DeltaJob {
@@ -66,6 +85,7 @@ function toJob(r: Row): DeltaJob {
     sha256: r.sha256,
     lastAccessAt: r.last_access_at,
     builds: r.builds,
+    client: r.client,
   };
 }
 
@@ -82,11 +102,18 @@ export class DeltaJobs {
   ) {
     this.q = {
       get: db.prepare<[string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? AND to_version = ?'),
-      insert: db.prepare("INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at) VALUES (?, ?, 'queued', ?, ?)"),
+      insert: db.prepare("INSERT OR IGNORE INTO delta_jobs (from_version, to_version, state, priority, requested_at, client) VALUES (?, ?, 'queued', ?, ?, ?)"),
       bump: db.prepare("UPDATE delta_jobs SET priority = ? WHERE from_version = ? AND to_version = ? AND state = 'queued' AND priority > ?"),
       revive: db.prepare(
-        `UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ?
+        `UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = ?, requested_at = ?, client = ?
            WHERE from_version = ? AND to_version = ? AND state = 'failed'`,
+      ),
+      queued: db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM delta_jobs WHERE state = 'queued'"),
+      held: db.prepare<[string, number], { n: number }>(
+        "SELECT COUNT(*) AS n FROM delta_jobs WHERE client = ? AND priority >= ? AND state IN ('queued', 'building')",
+      ),
+      newestUnneeded: db.prepare<[number], Row>(
+        "SELECT * FROM delta_jobs WHERE state = 'queued' AND priority >= ? ORDER BY requested_at DESC, rowid DESC LIMIT 1",
       ),
       position: db.prepare<[{ p: number; t: number; from: string; to: string }], { n: number }>(
         `SELECT COUNT(*) AS n FROM delta_jobs WHERE state = 'queued' AND (priority < @p OR (priority = @p AND (requested_at < @t
@@ -131,22 +158,63 @@ export class DeltaJobs {
    * requester moves up; a failed job asked for again after the cool-down is queued afresh.
    */
   request(from: string, to: string, priority: number, now = Date.now()): { job: DeltaJob; created: boolean } {
+    const r = this.admitRequest<{ admit: false }>(from, to, priority, now, {});
+    if ('refused' in r) throw new Error('unreachable: a request without admission is never refused');
+    return r;
+  }
+
+  /**
+   * `request` for a client: a request that would add a job (none yet, or a failed one past its
+   * cool-down) first asks `admit`, in the same transaction as the insert, so the queue bound holds
+   * however requests interleave. Refused, nothing is written; with `evict`, the newest queued job
+   * nobody needed is dropped to make room.
+   */
+  admitRequest<R extends { admit: false }>(
+    from: string,
+    to: string,
+    priority: number,
+    now: number,
+    o: { client?: string; admit?: (facts: QueueFacts) => AdmitAnswer<R> },
+  ): { job: DeltaJob; created: boolean; evicted?: DeltaJob } | { refused: R } {
     // The hot path (a device polling a known pair) is one read, no write transaction.
     const seen = this.get(from, to);
     if (seen && (seen.state === 'building' || seen.state === 'ready' || (seen.state === 'queued' && seen.priority <= priority)))
       return { job: seen, created: false };
     return this.db.transaction(() => {
-      const ins = this.q.insert.run(from, to, priority, now);
-      if (ins.changes === 0) {
-        const cur = this.get(from, to)!;
-        if (cur.state === 'queued') this.q.bump.run(priority, from, to, priority);
-        else if (cur.state === 'failed' && now - (cur.finishedAt ?? 0) >= this.retry.failedCooldownMs) {
-          this.q.revive.run(priority, now, from, to);
-          return { job: this.get(from, to)!, created: true };
+      const cur = this.get(from, to);
+      const adds = !cur || (cur.state === 'failed' && now - (cur.finishedAt ?? 0) >= this.retry.failedCooldownMs);
+      let evicted: DeltaJob | undefined;
+      if (adds && o.admit) {
+        const decision = o.admit({
+          queued: this.q.queued.get()!.n,
+          clientHeld: this.q.held.get(o.client ?? '', PRIORITY.unneeded)!.n,
+          evictable: this.q.newestUnneeded.get(PRIORITY.unneeded) !== undefined,
+        });
+        if (!decision.admit) return { refused: decision };
+        priority = decision.priority;
+        if (decision.evict) {
+          const r = this.q.newestUnneeded.get(PRIORITY.unneeded)!;
+          this.q.del.run(r.from_version, r.to_version);
+          evicted = toJob(r);
         }
       }
-      return { job: this.get(from, to)!, created: ins.changes > 0 };
+      // Only a job nobody is known to need keeps its client: it is what the per-client cap counts.
+      const client = priority >= PRIORITY.unneeded ? (o.client ?? null) : null;
+      const ins = this.q.insert.run(from, to, priority, now, client);
+      if (ins.changes === 0) {
+        if (cur?.state === 'queued') this.q.bump.run(priority, from, to, priority);
+        else if (adds) {
+          this.q.revive.run(priority, now, client, from, to);
+          return { job: this.get(from, to)!, created: true, evicted };
+        }
+      }
+      return { job: this.get(from, to)!, created: ins.changes > 0, evicted };
     })();
+  }
+
+  /** Moves a queued job up to `priority` (a device's check-in named the pair); no job, no change. */
+  raise(from: string, to: string, priority: number): void {
+    this.q.bump.run(priority, from, to, priority);
   }
 
   /** How many queued jobs run before this one (0 = next). */
@@ -184,7 +252,7 @@ export class DeltaJobs {
 
   /** An operator's retry: a failed pair goes back to the queue at once with fresh attempts. */
   retryNow(from: string, to: string, now = Date.now()): void {
-    this.q.revive.run(PRIORITY.admin, now, from, to);
+    this.q.revive.run(PRIORITY.admin, now, null, from, to);
   }
 
   /** A build stopped by shutdown goes back to the queue without counting as an attempt. */

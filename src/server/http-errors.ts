@@ -23,7 +23,9 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   DEVICE_UNKNOWN: 404,
   CONFLICT: 409,
   RATE_LIMITED: 429,
+  DELTA_CLIENT_LIMIT: 429,
   DELTA_NOT_READY: 503,
+  DELTA_QUEUE_FULL: 503,
   NO_SPACE: 507,
   STORE_UNAVAILABLE: 503,
 };
@@ -38,7 +40,10 @@ export { errorBody } from '../http-error-body.js';
 export function httpErrorHandler(err: FastifyError | IbuError, req: FastifyRequest, reply: FastifyReply): FastifyReply {
   if (err instanceof IbuError) {
     const status = httpStatusFor(err.code);
-    if (status >= 500) req.log.error({ err }, 'request failed');
+    // A refusal that passes (a full delta queue, a client's cap) says when to come back.
+    const retryAfter = err.details?.retryAfter;
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(Math.ceil(retryAfter)));
+    if (status >= 500 && err.code !== 'DELTA_QUEUE_FULL') req.log.error({ err }, 'request failed');
     return reply.code(status).type('application/json').send(errorBody(err.code, err.message));
   }
   const fe = err as FastifyError;

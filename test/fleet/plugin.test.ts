@@ -32,10 +32,8 @@ function suite(backend: (typeof BACKENDS)[number]): void {
     writeFileSync(path.join(dir, 'channels', 'stable.json'), JSON.stringify({ channel: 'stable', versions: ['1', '2'], latest: '2' }));
     app = Fastify();
     // The delta side is another module (src/server); here a stand-in says which pairs are built.
-    app.decorate('deltas', {
-      status: async (from: string, to: string) => (from === '1' && to === '2' ? 'ready' : 'none'),
-      request: async () => 'queued' as const,
-    });
+    const status = async (from: string, to: string) => (from === '1' && to === '2' ? 'ready' : 'none');
+    app.decorate('deltas', { status, deviceNeeds: status, request: async () => 'queued' as const });
     await app.register(fleetPlugin, { dataDir: dir, adminToken: ADMIN, enrollmentSecret: 'enroll-me', storeSyncMs: 0, repository: made.repo });
     await app.listen({ host: '127.0.0.1', port: 0 });
     const a = app.server.address();

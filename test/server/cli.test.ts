@@ -68,11 +68,26 @@ describe('ibu serve command: options, TLS, graceful shutdown', () => {
   });
 
   it('reports every bad option at once with exit status 2', async () => {
-    const p = startCli(['serve', '--data', store, '--listen', 'nope', '--workers', '-1', '--delta-quota', 'lots', '--tls-cert', 'x.pem']);
+    const p = startCli([
+      'serve',
+      '--data',
+      store,
+      '--listen',
+      'nope',
+      '--workers',
+      '-1',
+      '--delta-quota',
+      'lots',
+      '--tls-cert',
+      'x.pem',
+      '--max-queued-deltas',
+      '0',
+    ]);
     children.push(p.child);
     assert.equal(await p.exit, 2);
     const out = p.out();
-    for (const what of ['--listen', '--workers', 'not a size', '--tls-key']) assert.ok(out.includes(what), `missing '${what}' in: ${out}`);
+    for (const what of ['--listen', '--workers', 'not a size', '--tls-key', '--max-queued-deltas'])
+      assert.ok(out.includes(what), `missing '${what}' in: ${out}`);
   });
 
   it('serves HTTPS and, on SIGTERM, finishes the download in flight, then exits 0', async () => {

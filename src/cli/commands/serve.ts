@@ -13,6 +13,8 @@ interface ServeCliOptions {
   deltaQuota?: string;
   imageCache?: string;
   precompute: string;
+  maxQueuedDeltas: string;
+  deltasPerClient: string;
   rescanInterval: string;
   databaseUrl?: string;
   logLevel: string;
@@ -56,6 +58,8 @@ export function registerServeCommands(program: Command): void {
     .option('--delta-quota <bytes>', 'disk quota for built deltas (e.g. 20G)')
     .option('--image-cache <bytes>', 'disk quota for release images reconstructed to build deltas (e.g. 8G)')
     .option('--precompute <k>', 'deltas built ahead per new release (0 = off)', '3')
+    .option('--max-queued-deltas <n>', 'delta jobs waiting at most; clients are refused past it (503 DELTA_QUEUE_FULL)', '256')
+    .option('--deltas-per-client <n>', 'builds of pairs no device needs one client address may have queued (429 past it)', '4')
     .option('--rescan-interval <seconds>', 'how often to rescan channels besides watching them', '30')
     .option('--database-url <url>', 'fleet database: postgres://... (default SQLite in the data dir)')
     .option('--log-level <level>', 'pino log level', 'info')
@@ -76,6 +80,8 @@ export function registerServeCommands(program: Command): void {
       const workers = attempt(() => int('--workers', opts.workers, 0));
       const precompute = attempt(() => int('--precompute', opts.precompute, 0));
       const rescan = attempt(() => int('--rescan-interval', opts.rescanInterval, 0));
+      const maxQueued = attempt(() => int('--max-queued-deltas', opts.maxQueuedDeltas, 1));
+      const perClient = attempt(() => int('--deltas-per-client', opts.deltasPerClient, 0));
       const deltaQuotaBytes = opts.deltaQuota ? attempt(() => parseSize(opts.deltaQuota!)) : undefined;
       const imageCacheBytes = opts.imageCache ? attempt(() => parseSize(opts.imageCache!)) : undefined;
       if (problems.length > 0) throw new IbuError('USAGE', problems.join('; '));
@@ -87,6 +93,7 @@ export function registerServeCommands(program: Command): void {
         adminToken: adminToken || undefined,
         workers,
         precompute,
+        admission: { maxQueued: maxQueued!, perClient: perClient! },
         rescanIntervalMs: rescan! * 1000,
         deltaQuotaBytes,
         imageCacheBytes,

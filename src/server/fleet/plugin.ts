@@ -49,7 +49,8 @@ async function fleetPluginImpl(app: FastifyInstance, o: FleetPluginOptionsExt): 
   const service = new Fleet(
     repo,
     { ...o.config, ...(secret ? { enrollmentSecretHash: hashToken(secret) } : {}) },
-    (from, to) => (app.deltas ? app.deltas.status(from, to) : Promise.resolve('none')),
+    // The fleet asks about a device's next hop only: that is the pair the delta side counts as needed.
+    (from, to) => (app.deltas ? app.deltas.deviceNeeds(from, to) : Promise.resolve('none')),
     Date.now,
     (err, what) => app.log.error({ err }, `fleet: ${what} failed`),
   );

@@ -36,6 +36,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
                 properties: { queued: { type: 'integer' }, building: { type: 'integer' }, ready: { type: 'integer' }, failed: { type: 'integer' } },
               },
               images: { type: 'object', properties: { count: { type: 'integer' }, bytes: { type: 'integer' } } },
+              admission: { type: 'object', properties: { maxQueued: { type: 'integer' }, perClient: { type: 'integer' } } },
               deltas: {
                 type: 'array',
                 items: {
@@ -44,6 +45,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
                     from: { type: 'string' },
                     to: { type: 'string' },
                     state: { type: 'string' },
+                    priority: { type: 'integer' },
+                    client: { type: ['string', 'null'] },
                     size: { type: ['integer', 'null'] },
                     attempts: { type: 'integer' },
                     lastAccessAt: { type: ['string', 'null'] },
@@ -82,10 +85,13 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
         buildsStarted: d.pool.buildsStarted,
         jobs: d.jobs.counts(),
         images: { count, bytes },
+        admission: d.limits,
         deltas: d.jobs.all().map((j) => ({
           from: j.from,
           to: j.to,
           state: j.state,
+          priority: j.priority,
+          client: j.client,
           size: j.size,
           attempts: j.attempts,
           lastAccessAt: j.lastAccessAt ? new Date(j.lastAccessAt).toISOString() : null,

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { IbuError } from '../../errors.js';
 import type { ServerContext } from '../context.js';
+import { clientKey } from '../delta-admission.js';
 import type { DeltaLookup } from '../delta-service.js';
 import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
 import { sendFile } from '../send-file.js';
@@ -45,14 +46,18 @@ export const pairRouteSchema = {
     400: errorSchema,
     404: errorSchema,
     416: errorSchema,
+    429: errorSchema,
     500: deltaStateSchema,
+    503: errorSchema,
   },
 } as const;
 
 /**
  * Serves the artifact the delta service builds under job key (`key`, `to`): the file when ready
  * (Range/If-Range, ETag, pinned against eviction while streaming), else 202 + Retry-After while
- * queued or building, 500 once failed after every retry (the device then fetches chunks).
+ * queued or building, 500 once failed after every retry (the device then fetches chunks). A
+ * request that would queue a new build is admitted first (src/server/delta-admission.ts):
+ * refused, it is 429 DELTA_CLIENT_LIMIT or 503 DELTA_QUEUE_FULL with Retry-After.
  */
 export async function serveBuilt(
   ctx: ServerContext,
@@ -60,7 +65,8 @@ export async function serveBuilt(
   reply: FastifyReply,
   o: { key: string; from: string; to: string; contentType: string; what: string },
 ): Promise<unknown> {
-  const l = await ctx.deltas.lookup(o.key, o.to, { create: true });
+  const asked = { create: true, client: clientKey(req.ip), pairFrom: o.from };
+  const l = await ctx.deltas.lookup(o.key, o.to, asked);
   if (l.state === 'ready') {
     const unpin = ctx.deltas.cache.pin(o.key, o.to);
     if (req.method === 'GET') ctx.deltas.jobs.touch(o.key, o.to);
@@ -74,7 +80,7 @@ export async function serveBuilt(
     });
     if (ok) return reply;
     // Evicted between lookup and open: report it as queued again.
-    const again = await ctx.deltas.lookup(o.key, o.to, { create: true });
+    const again = await ctx.deltas.lookup(o.key, o.to, asked);
     if (again.state === 'ready') throw new IbuError('INTERNAL', `${o.what} ${o.from} -> ${o.to} vanished while being served; retry.`);
     return sendState(again);
   }
