@@ -7,9 +7,23 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import fc from 'fast-check';
 import { GRUBENV_SIGNATURE, GRUBENV_SIZE, formatEnvBlock, parseEnvBlock, type EnvVars } from '../../src/boot/grubenv.js';
 import { isIbuError } from '../../src/errors.js';
+import { run } from '../../src/util/exec.js';
+
+async function editenvList(file: string): Promise<EnvVars> {
+  const { stdout } = await run('grub-editenv', [file, 'list']);
+  const out: EnvVars = {};
+  for (const line of stdout.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  return out;
+}
 
 function parseOrInvalid(buf: Uint8Array): EnvVars | null {
   try {
@@ -94,6 +108,33 @@ test('every env the writer accepts reads back the same; what it refuses is BOOTE
     }),
     { numRuns: 2000 },
   );
+});
+
+test('grub-editenv, the real tool, reads our blocks as we do and we read its blocks as it does', async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-grubenv-fuzz-'));
+  try {
+    const file = path.join(dir, 'env');
+    // Printable values: `grub-editenv list` prints a value raw, so a newline in it could not be told apart.
+    const printable = fc.string({ unit: fc.constantFrom('\\', '=', '#', ' ', 'a', 'Z', '0', '-', '.', '"', "'", '$'), maxLength: 30 });
+    await fc.assert(
+      fc.asyncProperty(fc.dictionary(name, printable, { maxKeys: 6 }), fc.boolean(), async (vars, ours) => {
+        let theirs: EnvVars;
+        if (ours) {
+          await fsp.writeFile(file, formatEnvBlock(vars));
+          theirs = await editenvList(file);
+        } else {
+          await fsp.rm(file, { force: true });
+          await run('grub-editenv', [file, 'create']);
+          if (Object.keys(vars).length > 0) await run('grub-editenv', [file, 'set', ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)]);
+          theirs = parseEnvBlock(await fsp.readFile(file));
+        }
+        assert.deepEqual(theirs, vars);
+      }),
+      { numRuns: 60 },
+    );
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('the writer refuses a block that does not fit and fills one that just fits', () => {
