@@ -3,7 +3,16 @@ import * as fs from 'node:fs';
 import fc from 'fast-check';
 import { compress } from 'zstd-napi';
 import { decompressCapped, zstdBinding } from '../../src/chunk/compress.js';
-import { FIXED_HEADER_BYTES, FORMAT_VERSION, TRAILER_BYTES, decodeFixedHeader, encodeFixedHeader, trailer } from '../../src/delta/frame-codec.js';
+import {
+  FIXED_HEADER_BYTES,
+  FORMAT_VERSION,
+  TRAILER_BYTES,
+  decodeFixedHeader,
+  decodeOpTable,
+  encodeFixedHeader,
+  encodeOpTable,
+  trailer,
+} from '../../src/delta/frame-codec.js';
 import { applyDelta, readDelta } from '../../src/delta/index.js';
 import { IbuError } from '../../src/errors.js';
 
@@ -98,7 +107,9 @@ export type Edit =
   | { in: 'table'; kind: 'u32' | 'u64'; at: number; v: number }
   | { in: 'table' | 'payload'; kind: 'cut'; at: number; v: number }
   | { in: 'table'; kind: 'splice'; at: number; v: number }
-  | { in: 'json'; path: string[]; value: unknown };
+  | { in: 'json'; path: string[]; value: unknown }
+  /** On the decoded table: one number of one op or segment changed, or ops reordered, dropped or repeated; counts kept in step. */
+  | { in: 'ops'; kind: 'field' | 'nudge' | 'swap' | 'drop' | 'repeat'; at: number; field: number; v: number };
 
 const jsonValue: fc.Arbitrary<unknown> = fc.oneof(
   fc.jsonValue({ maxDepth: 2 }),
@@ -124,7 +135,63 @@ export const editArb: fc.Arbitrary<Edit> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ in: fc.constant('payload' as const), kind: fc.constant('byte' as const), at: fc.nat(), v: fc.nat({ max: 255 }) }) },
   { weight: 1, arbitrary: fc.record({ in: fc.constant('json-bytes' as const), kind: fc.constant('byte' as const), at: fc.nat(), v: fc.nat({ max: 255 }) }) },
   { weight: 2, arbitrary: fc.record({ in: fc.constant('json' as const), path: fc.constantFrom(...HEADER_PATHS), value: jsonValue }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      in: fc.constant('ops' as const),
+      kind: fc.constantFrom('field' as const, 'nudge' as const, 'swap' as const, 'drop' as const, 'repeat' as const),
+      at: fc.nat(),
+      field: fc.nat(),
+      v: fc.oneof(fc.constantFrom(...INTERESTING), fc.integer({ min: -4096, max: 4096 })),
+    }),
+  },
 );
+
+/** The numbers of an op or segment as [object, key] pairs, ranges included: what an 'ops' edit can change. */
+function numberSlots(x: object): Array<[Record<string, number>, string]> {
+  const out: Array<[Record<string, number>, string]> = [];
+  for (const [k, v] of Object.entries(x)) {
+    if (typeof v === 'number') out.push([x as Record<string, number>, k]);
+    else if (Array.isArray(v)) for (const r of v) out.push(...numberSlots(r as object));
+  }
+  return out;
+}
+
+/** Applies an 'ops' edit to the decoded table and re-encodes it; the header's counts follow. */
+function editOps(p: DeltaParts, e: Extract<Edit, { in: 'ops' }>): void {
+  let t: ReturnType<typeof decodeOpTable>;
+  let h: Record<string, unknown>;
+  try {
+    t = decodeOpTable(p.table, 'fuzz');
+    h = JSON.parse(p.json.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    return; // an earlier edit broke the table or the header: nothing to decode
+  }
+  const items: object[] = [...t.ops, ...t.segments];
+  if (items.length === 0 || !h || typeof h !== 'object') return;
+  const i = e.at % t.ops.length || 0;
+  if (e.kind === 'field' || e.kind === 'nudge') {
+    const slots = numberSlots(items[e.at % items.length]!);
+    if (slots.length === 0) return;
+    const [obj, key] = slots[e.field % slots.length]!;
+    // Never negative or past 2^53: the writer cannot encode those (the reader would never see them).
+    const v = e.kind === 'field' ? e.v : obj[key]! + e.v;
+    obj[key] = Math.min(Math.max(0, v), 2 ** 53 - 1);
+  } else if (e.kind === 'swap') {
+    const j = e.field % t.ops.length;
+    [t.ops[i], t.ops[j]] = [t.ops[j]!, t.ops[i]!];
+  } else if (e.kind === 'drop') {
+    t.ops.splice(i, 1);
+  } else {
+    t.ops.splice(i, 0, structuredClone(t.ops[i]!));
+  }
+  // Segment and op indexes in u32 fields are written with writeUInt32LE: keep them in range.
+  for (const op of t.ops) if ('segment' in op) op.segment = Math.min(op.segment, 2 ** 32 - 1);
+  h.opCount = t.ops.length;
+  h.segmentCount = t.segments.length;
+  p.table = encodeOpTable(t.ops, t.segments);
+  p.json = Buffer.from(JSON.stringify(h));
+}
 
 function setPath(obj: Record<string, unknown>, p: string[], value: unknown): void {
   let at = obj;
@@ -139,6 +206,10 @@ function setPath(obj: Record<string, unknown>, p: string[], value: unknown): voi
 export function editParts(orig: DeltaParts, edits: Edit[]): DeltaParts {
   const p = { json: Buffer.from(orig.json), table: Buffer.from(orig.table), payload: Buffer.from(orig.payload) };
   for (const e of edits) {
+    if (e.in === 'ops') {
+      editOps(p, e);
+      continue;
+    }
     if (e.in === 'json') {
       let h: Record<string, unknown>;
       try {
