@@ -25,18 +25,28 @@ async function editenvList(file: string): Promise<EnvVars> {
   return out;
 }
 
+/** Parses, or returns null on BOOTENV_INVALID; what parses is written again and reads back the same. */
 function parseOrInvalid(buf: Uint8Array): EnvVars | null {
+  let vars: EnvVars;
   try {
-    const vars = parseEnvBlock(buf);
-    for (const [k, v] of Object.entries(vars)) {
-      assert.match(k, /^[A-Za-z_][A-Za-z0-9_]*$/);
-      assert.equal(typeof v, 'string');
-    }
-    return vars;
+    vars = parseEnvBlock(buf);
   } catch (err) {
     if (isIbuError(err, 'BOOTENV_INVALID')) return null;
     throw err;
   }
+  for (const [k, v] of Object.entries(vars)) {
+    assert.match(k, /^[A-Za-z_][A-Za-z0-9_]*$/);
+    assert.equal(typeof v, 'string');
+  }
+  let again: Buffer | null = null;
+  try {
+    again = formatEnvBlock(vars);
+  } catch (err) {
+    // Only by growing: a lone backslash at the very end reads as itself and is written escaped.
+    assert.ok(isIbuError(err, 'BOOTENV_INVALID') && /needs \d+ bytes/.test((err as Error).message), String(err));
+  }
+  if (again) assert.deepEqual(parseEnvBlock(again), vars);
+  return vars;
 }
 
 /** A block: the signature, `text` as latin1 bytes, '#' padding; cut or padded to 1024 bytes. */
