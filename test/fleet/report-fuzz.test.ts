@@ -148,6 +148,7 @@ function suite(backend: (typeof BACKENDS)[number]): void {
       logger: false,
       ...(made.url ? { databaseUrl: made.url } : {}),
     });
+    await srv.app.listen({ host: '127.0.0.1', port: 0 });
     const pre = await call('POST', '/v1/admin/fleet/devices/preauthorize', JSON.stringify({ ids: ['d1'], channel: 'stable' }));
     assert.equal(pre.status, 200, pre.body);
     const en = await call('POST', '/v1/devices/enroll', JSON.stringify({ deviceId: 'd1', channel: 'stable' }));
@@ -171,8 +172,15 @@ function suite(backend: (typeof BACKENDS)[number]): void {
 
   /** After the fuzzing: a valid check-in still answers, the row is sane, the admin views serialize. */
   async function assertSane(): Promise<void> {
-    const ok = await call('POST', '/v1/devices/d1/checkin', JSON.stringify(VALID_CHECKIN), token);
-    assert.equal(ok.status, 200, ok.body);
+    // Over a real socket too, not only through inject.
+    const a = srv.app.server.address();
+    const port = typeof a === 'object' && a ? a.port : 0;
+    const ok = await fetch(`http://127.0.0.1:${port}/v1/devices/d1/checkin`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify(VALID_CHECKIN),
+    });
+    assert.equal(ok.status, 200, await ok.text());
     const dev = await call('GET', '/v1/admin/fleet/devices/d1');
     assert.equal(dev.status, 200, dev.body);
     const d = JSON.parse(dev.body) as Record<string, unknown> & { device?: Record<string, unknown> };
