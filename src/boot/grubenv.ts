@@ -24,14 +24,34 @@ export function parseEnvBlock(buf: Uint8Array, where = 'grubenv'): EnvVars {
     throw new IbuError('BOOTENV_INVALID', `${where} does not start with the GRUB environment signature: it is corrupt.`);
   }
   const vars: EnvVars = {};
-  // GRUB reads lines up to the padding; a line starting with '#' is a comment or padding.
-  for (const line of text.slice(GRUBENV_SIGNATURE.length).split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const eq = line.indexOf('=');
-    if (eq <= 0) throw new IbuError('BOOTENV_INVALID', `${where} has a malformed line '${line.slice(0, 40)}': it is corrupt.`);
-    const name = line.slice(0, eq);
+  // GRUB reads lines up to the padding; a line starting with '#' is a comment or padding. A
+  // value ends at the first newline not escaped by a backslash (grub-core/lib/envblk.c).
+  let at = GRUBENV_SIGNATURE.length;
+  while (at < text.length) {
+    if (text[at] === '\n') {
+      at++;
+      continue;
+    }
+    const eol = text.indexOf('\n', at);
+    if (text[at] === '#') {
+      at = eol === -1 ? text.length : eol + 1;
+      continue;
+    }
+    const eq = text.indexOf('=', at);
+    if (eq === -1 || (eol !== -1 && eol < eq) || eq === at) {
+      const line = text.slice(at, eol === -1 ? text.length : eol);
+      throw new IbuError('BOOTENV_INVALID', `${where} has a malformed line '${line.slice(0, 40)}': it is corrupt.`);
+    }
+    const name = text.slice(at, eq);
     if (!NAME_RE.test(name)) throw new IbuError('BOOTENV_INVALID', `${where} has an invalid variable name '${name.slice(0, 40)}': it is corrupt.`);
-    vars[name] = unescapeValue(line.slice(eq + 1));
+    let value = '';
+    for (at = eq + 1; at < text.length && text[at] !== '\n'; at++) {
+      if (text[at] === '\\' && at + 1 < text.length) at++;
+      value += text[at];
+    }
+    at++;
+    // Defined, not assigned: a variable named __proto__ must stay a variable.
+    Object.defineProperty(vars, name, { value, enumerable: true, writable: true, configurable: true });
   }
   return vars;
 }
@@ -41,6 +61,8 @@ export function formatEnvBlock(vars: EnvVars): Buffer {
   let body = GRUBENV_SIGNATURE;
   for (const [name, value] of Object.entries(vars)) {
     if (!NAME_RE.test(name)) throw new IbuError('BOOTENV_INVALID', `'${name}' is not a valid GRUB variable name.`);
+    // GRUB's env is bytes, read back as latin1: a wider character would come back as another one.
+    if (/[\u0100-\uffff]/.test(value)) throw new IbuError('BOOTENV_INVALID', `the value of ${name} has a character that is not one byte (latin1).`);
     body += `${name}=${escapeValue(value)}\n`;
   }
   const bytes = Buffer.from(body, 'latin1');
@@ -58,9 +80,6 @@ export function formatEnvBlock(vars: EnvVars): Buffer {
 // grub-editenv escapes backslash and newline with a backslash.
 function escapeValue(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\\n');
-}
-function unescapeValue(v: string): string {
-  return v.replace(/\\(.)/g, '$1');
 }
 
 /** Reads one env file; returns the parsed vars or the reason it is unusable. */

@@ -17,6 +17,11 @@ export function validateCheckin(req: CheckinRequest): void {
   for (const k of ['committedVersion', 'preparedVersion'] as const) {
     if (req[k] !== undefined && req[k] !== null && !isValidVersion(String(req[k]))) problems.push(`${k} '${String(req[k])}' is not a valid version`);
   }
+  // Stored as a BIGINT (PostgreSQL refuses 0.5 or 2^63 there): bytes are a whole number within 2^53.
+  const free = req.freeBytes as unknown;
+  if (free !== undefined && free !== null && !(Number.isSafeInteger(free) && (free as number) >= 0)) {
+    problems.push(`freeBytes ${String(free)} is not a whole number of bytes`);
+  }
   if (problems.length) throw new IbuError('BAD_REQUEST', `The check-in is invalid: ${problems.join('; ')}.`, { details: { problems } });
 }
 

@@ -116,7 +116,29 @@ function parseJson(bytes: Uint8Array, what: string): Record<string, unknown> {
     throw new IbuError('MANIFEST_INVALID', `${what} is not JSON (${(err as Error).message}); the store copy is damaged`, { cause: err });
   }
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new IbuError('MANIFEST_INVALID', `${what} is not a JSON object`);
+  const problem = jsonProblem(raw);
+  if (problem) throw new IbuError('MANIFEST_INVALID', `${what} holds ${problem}; the store copy is damaged or was not written by ibu`);
   return raw as Record<string, unknown>;
+}
+
+/** Deeper than any manifest field needs (files[].extents[][] is four levels down). */
+const MAX_JSON_DEPTH = 64;
+
+/**
+ * What canonical JSON (recursive, and the signature check runs it before anything else) cannot
+ * take: nesting past MAX_JSON_DEPTH, which would overflow the stack, or a number JSON.parse
+ * read as Infinity (1e999). Walks with its own stack, so hostile nesting cannot overflow it.
+ */
+function jsonProblem(root: unknown): string | null {
+  const stack: Array<[unknown, number]> = [[root, 0]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (typeof v === 'number' && !Number.isFinite(v)) return 'a number out of range';
+    if (v === null || typeof v !== 'object') continue;
+    if (depth >= MAX_JSON_DEPTH) return `values nested deeper than ${MAX_JSON_DEPTH} levels`;
+    for (const x of Object.values(v)) stack.push([x, depth + 1]);
+  }
+  return null;
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
