@@ -44,7 +44,9 @@ export class LocalStore implements WriteStore, FlushableStore, SizedStore {
       // A damaged store (or a hostile one on a shared mount) cannot make the reader load a huge file whole.
       if (maxBytes !== undefined) {
         const size = (await fsp.stat(file)).size;
-        if (size > maxBytes) throw new IbuError('CHUNK_INVALID', `chunk ${id} in ${this.root} is ${size} bytes, over the ${maxBytes} it can be; the store is damaged`);
+        if (size > maxBytes) {
+          throw new IbuError('CHUNK_INVALID', `chunk ${id} in ${this.root} is ${size} bytes, over the ${maxBytes} it can be; the store is damaged`);
+        }
       }
       return await fsp.readFile(file);
     } catch (err) {
