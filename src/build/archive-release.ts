@@ -19,7 +19,12 @@ export function parseReleaseFields(text: string): ReleaseFields {
 
 /** apt's list file prefix for a mirror (URItoFileName): scheme dropped, `/` becomes `_`. */
 export function aptListPrefix(uri: string): string {
-  return uri.replace(/^[a-z+]+:\/\//, '').replace(/\/+$/, '').replace(/\//g, '_') + '_dists_';
+  return (
+    uri
+      .replace(/^[a-z+]+:\/\//, '')
+      .replace(/\/+$/, '')
+      .replace(/\//g, '_') + '_dists_'
+  );
 }
 
 /** The mirror a list file came from: the longest matching prefix (debian vs debian-security). */

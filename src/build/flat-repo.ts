@@ -34,10 +34,14 @@ export async function makeFlatRepo(dir: string, entries: readonly RepoEntry[], s
   const env = { ...process.env, LC_ALL: 'C' };
   const pk = await run('apt-ftparchive', ['packages', '.', override], { cwd: dir, env });
   await fsp.writeFile(path.join(dir, 'Packages'), pk.stdout);
-  const rel = await run('apt-ftparchive', ['-o', `APT::FTPArchive::Release::Suite=${suite}`, '-o', `APT::FTPArchive::Release::Codename=${suite}`, 'release', '.'], {
-    cwd: dir,
-    env,
-  });
+  const rel = await run(
+    'apt-ftparchive',
+    ['-o', `APT::FTPArchive::Release::Suite=${suite}`, '-o', `APT::FTPArchive::Release::Codename=${suite}`, 'release', '.'],
+    {
+      cwd: dir,
+      env,
+    },
+  );
   await fsp.writeFile(path.join(dir, 'Release'), rel.stdout);
 }
 

@@ -28,7 +28,14 @@ export interface VendorDeb {
 
 /** What the lock depends on in the spec: a change here means the lock must be made again. */
 export function specDigest(spec: ProductSpec): string {
-  const pin = { suite: spec.suite, architecture: spec.architecture, variant: spec.variant, mirrors: spec.mirrors, packages: spec.packages, kernel: spec.kernel };
+  const pin = {
+    suite: spec.suite,
+    architecture: spec.architecture,
+    variant: spec.variant,
+    mirrors: spec.mirrors,
+    packages: spec.packages,
+    kernel: spec.kernel,
+  };
   return createHash('sha256').update(JSON.stringify(pin)).digest('hex');
 }
 
@@ -92,7 +99,11 @@ export async function resolveLock(o: LockOptions): Promise<ProductLock> {
     if (vendor.length > 0) {
       const repo = path.join(work, 'vendor');
       // No override: apt sees the vendor's own Priority/Section, as the build's repo will show it.
-      await makeFlatRepo(repo, vendor.map((v) => ({ ...v, priority: undefined, section: undefined })), spec.suite);
+      await makeFlatRepo(
+        repo,
+        vendor.map((v) => ({ ...v, priority: undefined, section: undefined })),
+        spec.suite,
+      );
       sources.push(`deb [trusted=yes] copy://${repo} ./`);
     }
     const argv = mmdebstrapArgv(spec, {
@@ -120,7 +131,18 @@ async function collect(spec: ProductSpec, facts: string, debs: string, vendor: V
     const local = path.join(debs, debFileName(name!, version!, arch!));
     if (v) {
       await pool.put(v.file, v.sha256);
-      packages.push({ name: name!, version: version!, architecture: arch!, size: v.size, sha256: v.sha256, origin: 'vendor', uri: null, filename: null, priority: v.priority, section: v.section });
+      packages.push({
+        name: name!,
+        version: version!,
+        architecture: arch!,
+        size: v.size,
+        sha256: v.sha256,
+        origin: 'vendor',
+        uri: null,
+        filename: null,
+        priority: v.priority,
+        section: v.section,
+      });
       continue;
     }
     const row = archive.find((r) => r[1] === name && r[2] === version && (r[3] === arch || r[3] === 'all') && mirrorOfListFile(r[0]!, spec.mirrors));

@@ -77,7 +77,9 @@ export async function buildProduct(o: ProductBuildOptions): Promise<ProductBuild
     const hookLogs = spec.hooks.map((h, i) => path.join(work, `${String(i + 1).padStart(2, '0')}-${path.basename(h)}.log`));
     const customize = [
       `${shq(configure)} "$1"`,
-      ...spec.hooks.map((h, i) => `cd ${shq(o.specDir)} && ${shq(path.join(HOOK_DIR, 'run-hook.sh'))} ${shq(hookLogs[i]!)} ${shq(path.resolve(o.specDir, h))} "$1"`),
+      ...spec.hooks.map(
+        (h, i) => `cd ${shq(o.specDir)} && ${shq(path.join(HOOK_DIR, 'run-hook.sh'))} ${shq(hookLogs[i]!)} ${shq(path.resolve(o.specDir, h))} "$1"`,
+      ),
       `${shq(path.join(HOOK_DIR, 'scrub.sh'))} "$1"`,
       `dpkg-query --admindir="$1"/var/lib/dpkg -W -f='\${Package}\\t\${Architecture}\\t\${Version}\\n' | LC_ALL=C sort > ${shq(path.join(work, 'installed.tsv'))}`,
     ];

@@ -113,7 +113,7 @@ export function registerBuildCommands(program: Command): void {
 
   build
     .command('pool')
-    .description("put every package of a lock into the pool (downloads what is missing from its mirror; offline builds follow)")
+    .description('put every package of a lock into the pool (downloads what is missing from its mirror; offline builds follow)')
     .requiredOption('--lock <file>', 'lock file')
     .option('--pool <dir>', 'package pool (default $IBU_BUILD_POOL or /var/cache/ibu-build/pool)')
     .action(async (f: { lock: string; pool?: string }) => {
