@@ -81,7 +81,8 @@ export async function buildProduct(o: ProductBuildOptions): Promise<ProductBuild
         (h, i) => `cd ${shq(o.specDir)} && ${shq(path.join(HOOK_DIR, 'run-hook.sh'))} ${shq(hookLogs[i]!)} ${shq(path.resolve(o.specDir, h))} "$1"`,
       ),
       `${shq(path.join(HOOK_DIR, 'scrub.sh'))} "$1"`,
-      `dpkg-query --admindir="$1"/var/lib/dpkg -W -f='\${Package}\\t\${Architecture}\\t\${Version}\\n' | LC_ALL=C sort > ${shq(path.join(work, 'installed.tsv'))}`,
+      `dpkg-query --admindir="$1"/var/lib/dpkg -W -f='\${Package}\\t\${Architecture}\\t\${Version}\\n' | LC_ALL=C sort > ` +
+        shq(path.join(work, 'installed.tsv')),
     ];
     const root = path.join(work, 'root');
     const argv = mmdebstrapArgv(spec, { target: root, sources: [`deb [trusted=yes] copy://${repo} ./`], extra: ['--format=directory'], customize });
