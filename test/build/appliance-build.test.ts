@@ -168,7 +168,7 @@ test('bad input: each a stable code and no image file in the output', () => {
   };
   // a typo in the spec
   ibuFails(
-    args(variant('typo.yaml', (t) => t.replace('packages:', 'pakages:'))),
+    args(variant('typo.yaml', (t) => t.replace('\npackages:', '\npakages:'))),
     'SPEC_INVALID',
     2,
     /line \d+: pakages: unknown key \(did you mean 'packages'\?\)/,
