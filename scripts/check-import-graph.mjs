@@ -11,7 +11,20 @@ import ts from 'typescript';
 // Floors, lowest first. A folder imports only folders on lower floors (the ground floor's two
 // members may import each other as long as that makes no cycle). server and agent share a floor
 // and never import each other: they are two consumers of the same library.
-export const FLOORS = [['(root)', 'util'], ['image'], ['chunk'], ['store'], ['release'], ['delta'], ['zfs'], ['boot'], ['fleet'], ['server', 'agent'], ['cli']];
+export const FLOORS = [
+  ['(root)', 'util'],
+  ['image'],
+  ['chunk'],
+  ['store'],
+  ['release'],
+  ['delta'],
+  ['zfs'],
+  ['boot'],
+  ['build'],
+  ['fleet'],
+  ['server', 'agent'],
+  ['cli'],
+];
 const GROUND = 0;
 
 /** Relative imports of every .ts file under root, type-only and dynamic ones included. */

@@ -11,6 +11,7 @@ PKGS=(
   xdelta3              # delta benchmark anchor
   casync               # chunking benchmark anchor
   debootstrap          # Debian roots for benchmarks and e2e images
+  mmdebstrap apt-utils # ibu build: roots from locked packages (apt-ftparchive indexes the pool); test/build
   busybox-static       # initramfs and test images
   cpio                 # initramfs archives
   initramfs-tools-core # mkinitramfs: e2e proof of assets/initramfs-tools (hook + boot=ibu)

@@ -73,6 +73,16 @@ export const ERROR_CODES = [
   'ZFS_POOL_CORRUPT',
   'ZFS_WRONG_BASE',
   'ZFS_STREAM_TRUNCATED',
+  // ibu build (product spec, lock, pool, rootfs)
+  'SPEC_INVALID',
+  'LOCK_INVALID',
+  'LOCK_MISMATCH',
+  'PACKAGE_UNKNOWN',
+  'PACKAGE_MISSING',
+  'PACKAGE_HASH_MISMATCH',
+  'VENDOR_DEB_INVALID',
+  'MIRROR_UNREACHABLE',
+  'HOOK_FAILED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -95,6 +105,7 @@ const POLICY: CodeTraits = { policyAnswer: true };
 const TRAITS: Partial<Record<ErrorCode, CodeTraits>> = {
   USAGE: POLICY,
   CONFIG_INVALID: POLICY,
+  SPEC_INVALID: POLICY,
   NOT_IN_WINDOW: POLICY,
   INHIBITED: POLICY,
   NOTHING_TO_DO: POLICY,

@@ -9,6 +9,7 @@ import { registerServeCommands } from './commands/serve.js';
 import { registerFleetCommands } from './commands/fleet.js';
 import { registerRolloutCommands } from './commands/rollout.js';
 import { registerZfsCommands } from './commands/zfs.js';
+import { registerBuildCommands } from './commands/build.js';
 
 export function buildProgram(): Command {
   const program = new Command('ibu')
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerFleetCommands(program);
   registerRolloutCommands(program);
   registerZfsCommands(program);
+  registerBuildCommands(program);
   return program;
 }
 

@@ -21,6 +21,7 @@ import { adminRoutes } from './routes/admin.js';
 import { chunkRoutes } from './routes/chunks.js';
 import { deltaRoutes } from './routes/deltas.js';
 import { releaseRoutes } from './routes/releases.js';
+import { releaseChangesRoutes } from './routes/release-changes.js';
 import { AJV_FORMATS } from './schemas.js';
 import { StoreLayout } from './store-layout.js';
 import { storeDeltaBuilder } from './store-delta-builder.js';
@@ -170,6 +171,7 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   app.decorate('deltas', deltas);
   installErrorHandlers(app);
   releaseRoutes(app, ctx);
+  releaseChangesRoutes(app, ctx);
   chunkRoutes(app, ctx);
   deltaRoutes(app, ctx);
   zfsStreamRoutes(app, ctx);

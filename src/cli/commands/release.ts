@@ -15,6 +15,7 @@ import type { Store } from '../../store/store.js';
 import { formatBytes } from '../../util/bytes.js';
 import { fetchFrame, ProgressBar } from '../../util/progress-bar.js';
 import { parseSize } from '../run.js';
+import { registerReleaseDiff } from './release-diff.js';
 
 const collect = (v: string, acc: string[]) => [...acc, v];
 
@@ -207,6 +208,7 @@ export function registerReleaseCommands(program: Command): void {
         if (store instanceof HttpStore) await store.close();
       }
     });
+  registerReleaseDiff(release);
 }
 
 function openStoreArg(from: string, connections: number, layout?: HttpLayout): Store {

@@ -35,7 +35,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 <main>
   <section><h2>Versions</h2><table id="versions"><thead><tr><th>version</th><th>devices</th><th></th></tr></thead><tbody></tbody></table></section>
   <section><h2>Releases</h2><table id="releases">
-    <thead><tr><th>channel</th><th>version</th><th>mandatory</th><th>source</th></tr></thead><tbody></tbody>
+    <thead><tr><th>channel</th><th>version</th><th>mandatory</th><th>source</th><th>package changes</th></tr></thead><tbody></tbody>
   </table></section>
   <section class="wide"><h2>Rollouts</h2><div id="rollouts"></div></section>
   <section class="wide"><h2>Problems: failed, rolled back, silent, boot fallback, boot env repaired, downgraded</h2><table id="problems">
@@ -108,6 +108,28 @@ function rolloutBlock(r) {
   box.append(head, t, counts);
   return box;
 }
+// Package changes of a release against the one before it (GET /v1/releases/:v/changes), fetched
+// once per version: a published release never changes.
+const changes = new Map();
+function packageChanges(version) {
+  const cell = el('span', changes.get(version) || '…', 'muted');
+  cell.dataset.changes = version;
+  if (!changes.has(version)) {
+    changes.set(version, '…');
+    fetch('/v1/releases/' + encodeURIComponent(version) + '/changes', { headers: { accept: 'application/json' } })
+      .then((res) => (res.ok ? res.json() : null))
+      .then((d) => {
+        const p = d && d.packages;
+        const text = !d ? 'n/a' : !p ? 'no package list'
+          : p.upgraded.length + ' upgraded, ' + p.added.length + ' added, ' + p.removed.length + ' removed' +
+            (p.upgraded.length ? ': ' + p.upgraded.slice(0, 5).map((c) => c.name + ' ' + c.to).join(', ') + (p.upgraded.length > 5 ? ', …' : '') : '');
+        changes.set(version, text);
+        document.querySelectorAll('[data-changes="' + CSS.escape(version) + '"]').forEach((n) => { n.textContent = text; });
+      })
+      .catch(() => changes.delete(version));
+  }
+  return cell;
+}
 async function refresh() {
   const status = document.getElementById('status');
   try {
@@ -121,7 +143,7 @@ async function refresh() {
     document.getElementById('totals').textContent = s.enrolled + ' devices enrolled · ' + s.releases.length + ' releases · ' + s.rollouts.length + ' rollouts';
     const max = Math.max(1, ...s.versions.map((v) => v.devices));
     fill('versions', s.versions.map((v) => row([v.version, v.devices, bar(v.devices, max)])));
-    fill('releases', s.releases.map((r) => row([r.channel, r.version, r.mandatory ? 'yes' : '', r.source])));
+    fill('releases', s.releases.map((r) => row([r.channel, r.version, r.mandatory ? 'yes' : '', r.source, packageChanges(r.version)])));
     document.getElementById('rollouts').replaceChildren(...(s.rollouts.length ? s.rollouts.map(rolloutBlock) : [el('p', 'No rollouts yet.', 'muted')]));
     fill('problems', s.problems.map((d) => {
       const p = d.participation;
