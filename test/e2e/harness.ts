@@ -4,6 +4,7 @@
  * time-stamped log. Nothing here is mocked: real kernel (Debian's linux-image .deb), real GRUB,
  * real e2fsprogs. No top-level side effects: node --test may load this file on its own.
  */
+import { randomBytes } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import Database from 'better-sqlite3';
@@ -281,7 +282,8 @@ export class HostFs {
     return res.stdout;
   }
   async readFile(p: string): Promise<Buffer | null> {
-    const tmp = path.join(this.scratch, `dump-${process.pid}-${Date.now()}`);
+    // Unique per call: two reads in the same millisecond (envBlocks reads both copies at once) must not share a file.
+    const tmp = path.join(this.scratch, `dump-${process.pid}-${randomBytes(6).toString('hex')}`);
     await this.debugfs(`dump ${p} ${tmp}`);
     try {
       return await fsp.readFile(tmp);
