@@ -24,6 +24,9 @@ for (const backend of BACKENDS) {
           failRatio: 0.005,
           rollbackRatio: 0.005,
           silentRatio: 0.005,
+          // Generous: CI runs this beside mmdebstrap and QEMU on 2 cores; a wave that opens late is
+          // not a failure here (speed is bench/fleet.ts's business), a rollout that never completes is.
+          timeoutSeconds: 900,
           log: process.env.IBU_SIM_LOG ? (m) => process.stderr.write(`simulate: ${m}\n`) : undefined,
         });
         assert.equal(r.devices, 2000);
