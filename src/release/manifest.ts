@@ -150,7 +150,7 @@ export function validateManifest(raw: Record<string, unknown>, what = 'the manif
     throw new IbuError('MANIFEST_INVALID', `${what} is malformed: ${why}`);
   };
   const m = raw as unknown as Manifest;
-  if (m.format !== 1) bad(`format ${String(m.format)} is not supported by this ibu (knows format 1); upgrade ibu`);
+  if (m.format !== 1) bad(`format ${shown(m.format)} is not supported by this ibu (knows format 1); upgrade ibu`);
   if (typeof m.version !== 'string' || !isValidVersion(m.version)) bad(`invalid version ${JSON.stringify(m.version)}`);
   if (typeof m.channel !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(m.channel)) bad('invalid channel');
   if (typeof m.createdAt !== 'string') bad('createdAt is missing');
@@ -159,13 +159,13 @@ export function validateManifest(raw: Record<string, unknown>, what = 'the manif
   const c = m.chunking;
   if (!c || c.algorithm !== 'fastcdc' || !isInt(c.min, 1) || !isInt(c.avg, 1) || !isInt(c.max, 1) || c.compression !== 'zstd')
     bad('chunking parameters are invalid');
-  if (!(CHUNK_HASHES as readonly string[]).includes(c.hash)) bad(`unknown chunk hash '${String(c.hash)}'`);
+  if (!(CHUNK_HASHES as readonly string[]).includes(c.hash)) bad(`unknown chunk hash '${shown(c.hash)}'`);
   if (!Array.isArray(m.chunks)) bad('chunks is not a list');
   let off = 0;
   for (let i = 0; i < m.chunks.length; i++) {
     const r = m.chunks[i]!;
     if (!r || typeof r !== 'object' || typeof r.id !== 'string' || !HEX64.test(r.id)) bad(`chunk ${i} has no valid id`);
-    if (r.offset !== off) bad(`chunk ${i} starts at ${String(r.offset)}, expected ${off} (chunks must tile the image)`);
+    if (r.offset !== off) bad(`chunk ${i} starts at ${shown(r.offset)}, expected ${off} (chunks must tile the image)`);
     if (!isInt(r.size, 1)) bad(`chunk ${i} has an invalid size`);
     if (r.zero !== undefined && r.zero !== true) bad(`chunk ${i} has an invalid zero flag`);
     if (!r.zero && r.size > c.max) bad(`chunk ${i} is larger than the maximum chunk size`);
@@ -176,4 +176,13 @@ export function validateManifest(raw: Record<string, unknown>, what = 'the manif
   if (!Array.isArray(m.files)) bad('files is not a list');
   if (typeof m.kernel !== 'string' || typeof m.initrd !== 'string') bad('kernel and initrd must be strings');
   return m;
+}
+
+/** A value from an untrusted manifest, for a message: JSON, never its own toString (which may be anything, or throw). */
+function shown(v: unknown): string {
+  try {
+    return (JSON.stringify(v) ?? typeof v).slice(0, 100);
+  } catch {
+    return typeof v;
+  }
 }

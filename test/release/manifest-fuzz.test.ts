@@ -240,4 +240,15 @@ describe('manifest parser fuzzing', () => {
     const b = serializeManifest(signManifest(m, [key]));
     assert.equal(parseAndVerifyManifest(b, keyring).manifest.files[0], null);
   });
+
+  it('regression: a format that is an object whose toString is not a function is MANIFEST_INVALID, not a TypeError', () => {
+    const m = sampleManifest() as unknown as Record<string, unknown>;
+    m.format = { toString: false };
+    const b = serializeManifest(signManifest(m as unknown as ReturnType<typeof sampleManifest>, [key]));
+    expectParsedOrCoded(() => parseAndVerifyManifest(b, keyring));
+    assert.throws(
+      () => parseAndVerifyManifest(b, keyring),
+      (e) => e instanceof IbuError && e.code === 'MANIFEST_INVALID',
+    );
+  });
 });
