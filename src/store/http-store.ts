@@ -3,6 +3,7 @@ import { MAX_CHUNK_BYTES, zstdBinding } from '../chunk/compress.js';
 import { IbuError } from '../errors.js';
 import { assertChunkId, assertRelPath, chunkPath } from './layout.js';
 import type { ChunkId, SizedStore, Store } from './store.js';
+import { readBytesCapped } from '../util/capped-body.js';
 
 export type HttpLayout = 'static' | 'api';
 
@@ -183,23 +184,7 @@ async function readCapped(body: Dispatcher.ResponseData['body'], lengthHeader: s
     body.destroy();
     throw tooBig(declared);
   }
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const part of body as AsyncIterable<Buffer>) {
-    n += part.length;
-    if (n > cap.maxBytes) {
-      body.destroy();
-      throw tooBig(n);
-    }
-    parts.push(part);
-  }
-  const out = new Uint8Array(n); // its own ArrayBuffer, never Buffer's shared pool
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return readBytesCapped(body as AsyncIterable<Uint8Array>, cap.maxBytes, tooBig);
 }
 
 class HttpStatusError extends Error {
