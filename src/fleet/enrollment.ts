@@ -68,7 +68,7 @@ function refused(): IbuError {
 const NO_DEVICE_HASH = hashToken('no such device');
 
 /** What an enrollment may do, decided from the stored rows (pure; the effects are in Enrollment). */
-export type EnrollDecision = { ok: false } | { ok: true; kind: 'first' | 'rebind' | 'reenroll'; group: string; channel: string; claimSecret?: string };
+export type EnrollDecision = { ok: false } | { ok: true; group: string; channel: string; claimSecret?: string };
 
 export interface EnrollFacts {
   req: EnrollRequest;
@@ -97,9 +97,9 @@ export function decideEnrollment(f: EnrollFacts): EnrollDecision {
   if (!verifyEnrollment(req) || Math.abs(req.at - f.now) > ENROLL_PROOF_WINDOW_MS) return { ok: false };
   if (existing?.publicKey) {
     if (existing.publicKey !== req.publicKey || req.at <= (existing.keyProofAt ?? 0)) return { ok: false };
-    return { ok: true, kind: 'reenroll', group: existing.group, channel: existing.channel };
+    return { ok: true, group: existing.group, channel: existing.channel };
   }
-  if (existing && f.tokenValid) return { ok: true, kind: 'rebind', group: existing.group, channel: existing.channel };
+  if (existing && f.tokenValid) return { ok: true, group: existing.group, channel: existing.channel };
   // Enrolled before keys and still holding a token: only that token may bind a key to it.
   if (existing && existing.tokenHash !== '') return { ok: false };
   const place = (group: string, channel: string) => (existing ? { group: existing.group, channel: existing.channel } : { group, channel });
@@ -107,12 +107,12 @@ export function decideEnrollment(f: EnrollFacts): EnrollDecision {
     // An id with a factory secret enrolls with that secret only, once; the fleet secret cannot claim it.
     const given = typeof req.enrollmentSecret === 'string' ? hashToken(req.enrollmentSecret) : '';
     if (pre.usedAt !== null || !sameHash(given, pre.secretHash)) return { ok: false };
-    return { ok: true, kind: existing ? 'rebind' : 'first', ...place(pre.group, pre.channel), claimSecret: pre.secretHash };
+    return { ok: true, ...place(pre.group, pre.channel), claimSecret: pre.secretHash };
   }
-  if (pre) return { ok: true, kind: existing ? 'rebind' : 'first', ...place(pre.group, pre.channel) };
+  if (pre) return { ok: true, ...place(pre.group, pre.channel) };
   const want = f.fleetSecretHash;
   if (!want || typeof req.enrollmentSecret !== 'string' || !sameHash(hashToken(req.enrollmentSecret), want)) return { ok: false };
-  return { ok: true, kind: existing ? 'rebind' : 'first', ...place(req.group ?? f.defaults.group, req.channel ?? f.defaults.channel) };
+  return { ok: true, ...place(req.group ?? f.defaults.group, req.channel ?? f.defaults.channel) };
 }
 
 /**
