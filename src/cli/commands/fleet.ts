@@ -171,6 +171,7 @@ export function registerFleetCommands(program: Command): void {
           `devices            ${result.devices}`,
           `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
           `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
+          ...result.phases.map((p) => `  ${p.phase.padEnd(26)} ${p.checkins} check-ins, p50 ${p.p50Ms} ms, p99 ${p.p99Ms} ms, max ${p.maxMs} ms`),
           `sustained          slowest 10 s window ${result.windows.minPerSec}/s, median ${result.windows.medianPerSec}/s`,
           `event-loop delay   p99 simulator ${result.clientLagP99Ms} ms, server ${result.serverLag.p99Ms} ms (max ${result.serverLag.maxMs} ms)`,
           `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,

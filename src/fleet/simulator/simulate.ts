@@ -117,11 +117,14 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
 
     // --- the operator: restart midway, then a bad release -----------------------------------
     let serverRestarted = false;
+    m.setPhase('rollout 1, wave 0');
     const r1 = await watchRollout(ctx, rollout1, Date.now() + (o.timeoutSeconds ?? Math.max(300, interval * 25)) * 1000, async (r) => {
+      if (!(m.disturbedUntil > performance.now())) m.setPhase(r.state === 'running' ? `rollout 1, wave ${r.wave}` : 'after rollout 1');
       if (serverRestarted || !(o.restart ?? true) || r.wave < 3) return;
       log(`rollout ${r.id} at wave ${r.wave}: restarting the server`);
       m.disturbedUntil = Number.POSITIVE_INFINITY;
       m.disturbedFrom = performance.now();
+      m.setPhase('restart (+5 s)');
       await server.stop();
       await server.start();
       m.disturbedUntil = performance.now() + 5000;
@@ -134,6 +137,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     let rolloutPausedCorrectly = false;
     let pauseReason: string | null = null;
     if (rolloutCompleted) {
+      m.setPhase('rollout 2 (bad release)');
       const r2 = await rollOutBadRelease(ctx, silentAfter, Date.now() + Math.max(300, interval * 20) * 1000);
       pauseReason = r2.reason;
       // Correct: it paused by itself, inside its first wave, and not before devices went bad.
