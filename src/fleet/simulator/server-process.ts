@@ -75,6 +75,16 @@ export class ServerProcess {
     this.child?.kill('SIGUSR2');
   }
 
+  /** SIGKILL: the process dies as in a crash (nothing flushed, its database sessions end with it). */
+  async kill(): Promise<void> {
+    const c = this.child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const exited = new Promise<void>((r) => c.once('exit', () => r()));
+    c.kill('SIGKILL');
+    await exited;
+    this.child = null;
+  }
+
   /** SIGTERM (requests in flight finish, the group commit flushes), SIGKILL after 30 s. */
   async stop(): Promise<void> {
     const c = this.child;
