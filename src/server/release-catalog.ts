@@ -37,6 +37,17 @@ export class ReleaseCatalog {
     if (seen !== undefined && now - seen < 1000) return true;
     const missed = this.absent.get(version);
     if (missed !== undefined && now - missed < MISS_MS) return false;
+    // One look at a time per version: on a loaded machine a stat waits in libuv's pool longer than
+    // the memo lasts, and every check-in meanwhile would start its own.
+    let look = this.looking.get(version);
+    if (!look) {
+      look = this.look(version).finally(() => this.looking.delete(version));
+      this.looking.set(version, look);
+    }
+    return look;
+  }
+
+  private async look(version: string): Promise<boolean> {
     let ok = false;
     try {
       ok = (await fsp.stat(this.layout.manifest(version))).isFile();
@@ -45,7 +56,7 @@ export class ReleaseCatalog {
     }
     const memo = ok ? this.present : this.absent;
     if (memo.size > 10_000) memo.clear();
-    memo.set(version, now);
+    memo.set(version, Date.now());
     if (ok) this.absent.delete(version);
     return ok;
   }
@@ -56,6 +67,7 @@ export class ReleaseCatalog {
 
   private readonly present = new Map<string, number>();
   private readonly absent = new Map<string, number>();
+  private readonly looking = new Map<string, Promise<boolean>>();
 
   async channels(): Promise<string[]> {
     let names: string[];
