@@ -148,12 +148,15 @@ export function registerFleetCommands(program: Command): void {
       128,
     )
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
+    .option('--replicas <n>', 'server processes on the one PostgreSQL database (needs --database-url); devices spread over them', int('--replicas', 1), 1)
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
     .option('--json', 'print the result as one JSON object')
-    .action(async (o: { devices: number; rate: number; concurrency: number; databaseUrl?: string; restart: boolean; keep?: boolean; json?: boolean }) => {
+    .action(
+      async (o: { devices: number; rate: number; concurrency: number; databaseUrl?: string; replicas: number; restart: boolean; keep?: boolean; json?: boolean }) => {
       const result = await simulate({
         devices: o.devices,
+        replicas: o.replicas,
         rate: o.rate,
         concurrency: o.concurrency,
         databaseUrl: o.databaseUrl,
@@ -182,5 +185,6 @@ export function registerFleetCommands(program: Command): void {
         ].join('\n') + '\n',
       );
       if (!result.rolloutCompleted || !result.rolloutPausedCorrectly || result.lostUpdates > 0) process.exitCode = 1;
-    });
+      },
+    );
 }

@@ -112,7 +112,7 @@ export interface SimulateResult {
   finalVersions: Array<{ version: string; devices: number }>;
   cpu: { serverSeconds: number; clientSeconds: number; wallSeconds: number };
   realServer: boolean;
-  config: { checkinIntervalSeconds: number; activeCheckinIntervalSeconds: number; rate: number; concurrency: number; maxConcurrentReboots: number };
+  config: { replicas: number; checkinIntervalSeconds: number; activeCheckinIntervalSeconds: number; rate: number; concurrency: number; maxConcurrentReboots: number };
 }
 
 /** The result's timing part, from the measurements at the end of the traffic phase. */

@@ -21,6 +21,10 @@ export class ServerProcess {
 
   constructor(private readonly o: { dataDir: string; adminToken: string; databaseUrl?: string }) {}
 
+  get dataDir(): string {
+    return this.o.dataDir;
+  }
+
   get origin(): string {
     return `http://127.0.0.1:${this.port}`;
   }
