@@ -210,7 +210,14 @@ for (let i = 0; i < runs; i++) {
   const loadBefore = load();
   const started = new Date().toISOString();
   const databaseUrl = adminDatabaseUrl ? await freshDatabase(adminDatabaseUrl, `ibu_bench_fleet_${process.pid}_${i}`) : undefined;
-  const r = await simulate({ devices, rate, concurrency, databaseUrl, replicas, log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`) });
+  const r = await simulate({
+    devices,
+    rate,
+    concurrency,
+    databaseUrl,
+    replicas,
+    log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`),
+  });
   const loadAfter = load();
   const anchor = await openLoopFloor(r.checkinsPerSec || rate, 20);
   results.push(r);

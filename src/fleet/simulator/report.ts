@@ -112,7 +112,14 @@ export interface SimulateResult {
   finalVersions: Array<{ version: string; devices: number }>;
   cpu: { serverSeconds: number; clientSeconds: number; wallSeconds: number };
   realServer: boolean;
-  config: { replicas: number; checkinIntervalSeconds: number; activeCheckinIntervalSeconds: number; rate: number; concurrency: number; maxConcurrentReboots: number };
+  config: {
+    replicas: number;
+    checkinIntervalSeconds: number;
+    activeCheckinIntervalSeconds: number;
+    rate: number;
+    concurrency: number;
+    maxConcurrentReboots: number;
+  };
 }
 
 /** The result's timing part, from the measurements at the end of the traffic phase. */
@@ -124,7 +131,13 @@ export function timings(m: Measurements, trafficSeconds: number, trafficCheckins
     p99Ms: m.lat.quantile(0.99),
     maxMs: Math.round(m.lat.max * 10) / 10,
     p99MsAll: m.latAll.quantile(0.99),
-    phases: [...m.phases].map(([phase, h]) => ({ phase, checkins: h.count, p50Ms: h.quantile(0.5), p99Ms: h.quantile(0.99), maxMs: Math.round(h.max * 10) / 10 })),
+    phases: [...m.phases].map(([phase, h]) => ({
+      phase,
+      checkins: h.count,
+      p50Ms: h.quantile(0.5),
+      p99Ms: h.quantile(0.99),
+      maxMs: Math.round(h.max * 10) / 10,
+    })),
     windows: { minPerSec: rates[0] ?? 0, medianPerSec: rates[Math.floor(rates.length / 2)] ?? 0, maxPerSec: rates[rates.length - 1] ?? 0, count: rates.length },
   };
 }

@@ -85,7 +85,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   // Replica i > 0 gets its own data dir (one server per directory); the releases reach it through the database.
   const servers = Array.from(
     { length: replicas },
-    (_, i) => new ServerProcess({ dataDir: i === 0 ? dataDir : mkdtempSync(path.join(os.tmpdir(), `ibu-fleet-sim-r${i}-`)), adminToken, databaseUrl: o.databaseUrl }),
+    (_, i) =>
+      new ServerProcess({ dataDir: i === 0 ? dataDir : mkdtempSync(path.join(os.tmpdir(), `ibu-fleet-sim-r${i}-`)), adminToken, databaseUrl: o.databaseUrl }),
   );
   const server = servers[0]!;
   let turn = 0;
@@ -104,7 +105,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
 
   try {
     await Promise.all(servers.map((s) => s.start()));
-    log(`${replicas > 1 ? `${replicas} replicas, first ` : ''}server on ${server.origin} (data ${dataDir}); ${n} devices, idle interval ${interval.toFixed(1)} s, active ${active.toFixed(1)} s`);
+    const where = `${replicas > 1 ? `${replicas} replicas, first ` : ''}server on ${server.origin} (data ${dataDir})`;
+    log(`${where}; ${n} devices, idle interval ${interval.toFixed(1)} s, active ${active.toFixed(1)} s`);
     await setUpFleet(ctx, { interval, active, maxReboots });
     // Every replica must have heard the set-up (its last write is the default group) before devices enroll anywhere.
     for (const s of servers.slice(1)) {

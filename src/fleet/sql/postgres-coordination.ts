@@ -107,10 +107,7 @@ export class PostgresCoordination implements ReplicaCoordination {
         r.version,
       ]);
       if (prev.rows.length) {
-        throw new IbuError(
-          'CONFLICT',
-          `Release ${r.version} already has rollout ${prev.rows[0].id} (${prev.rows[0].state}); pause, resume or abort that one.`,
-        );
+        throw new IbuError('CONFLICT', `Release ${r.version} already has rollout ${prev.rows[0].id} (${prev.rows[0].state}); pause, resume or abort that one.`);
       }
       const ins = await c.query(
         `INSERT INTO rollouts (channel, version, spec, state, wave, wave_started_at, created_at, updated_at, reason, baseline_bad, baseline_started)
