@@ -127,11 +127,6 @@ export class Fleet {
       .catch((err: unknown) => this.onBackgroundError(err, `reloading ${topic} after a change notice`));
   }
 
-  /** Resolves when the change notices received so far are applied (tests). */
-  settled(): Promise<void> {
-    return this.reloading;
-  }
-
   /** Validates and applies run-time settings, then stores them so a restart keeps them. */
   async updateSettings(patch: FleetSettings): Promise<SettingsView> {
     validateSettings(patch, this.config.rolloutDefaults);
