@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Agent, request } from 'undici';
+import pg from 'pg';
 import { simulate, type SimulateResult } from '../src/fleet/simulator/simulate.js';
 import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 
@@ -24,6 +25,23 @@ const devices = Number(process.env.FLEET_DEVICES ?? 80_000);
 const runs = Number(process.env.FLEET_RUNS ?? 3); // 0: only the capacity and anchor measurements
 const rate = Number(process.env.FLEET_RATE ?? 1000);
 const concurrency = Number(process.env.FLEET_CONCURRENCY ?? 128);
+// FLEET_DATABASE_URL=postgres://... runs the server on PostgreSQL: each run gets a fresh database made (and
+// dropped) through that URL; FLEET_REPLICAS=2 with it spreads the devices over two server processes (the
+// restart kills one of them).
+const adminDatabaseUrl = process.env.FLEET_DATABASE_URL || undefined;
+const replicas = Number(process.env.FLEET_REPLICAS ?? 1);
+
+/** A new, empty database beside the one `url` names; returns its URL. */
+async function freshDatabase(url: string, name: string): Promise<string> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await c.query(`CREATE DATABASE ${name}`);
+  await c.end();
+  const u = new URL(url);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -191,7 +209,15 @@ console.log(
 for (let i = 0; i < runs; i++) {
   const loadBefore = load();
   const started = new Date().toISOString();
-  const r = await simulate({ devices, rate, concurrency, log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`) });
+  const databaseUrl = adminDatabaseUrl ? await freshDatabase(adminDatabaseUrl, `ibu_bench_fleet_${process.pid}_${i}`) : undefined;
+  const r = await simulate({
+    devices,
+    rate,
+    concurrency,
+    databaseUrl,
+    replicas,
+    log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`),
+  });
   const loadAfter = load();
   const anchor = await openLoopFloor(r.checkinsPerSec || rate, 20);
   results.push(r);
@@ -208,6 +234,7 @@ for (let i = 0; i < runs; i++) {
       p99Ms: r.p99Ms,
       p99MsAll: r.p99MsAll,
       maxMs: r.maxMs,
+      phases: r.phases,
       clientLagP99Ms: r.clientLagP99Ms,
       serverLag: r.serverLag,
       checkins: r.checkins,

@@ -7,6 +7,8 @@
 #   e2e       the QEMU boots of test/e2e (npm run test:e2e)
 #   e2e-full  long QEMU scenarios that do not fit CI; today the same files as e2e (npm run test:e2e:full)
 #   zfs       the ZFS guest tests (npm run test:zfs)
+#   scale     replicas on one PostgreSQL (npm run test:scale; also part of all): the lease hammer
+#             with two server processes and the release day with two replicas, one killed midway
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Test files that boot a QEMU guest outside test/e2e (test/zfs/zfs-units.test.ts does not).
@@ -20,5 +22,6 @@ case "${1:-all}" in
     ;;
   e2e | e2e-full) find dist/test/e2e -name '*.test.js' | sort ;;
   zfs) find dist/test/zfs -name '*.test.js' | sort ;;
-  *) echo "usage: $0 all|unit|e2e|e2e-full|zfs" >&2; exit 2 ;;
+  scale) printf '%s\n' dist/test/fleet/replicas.test.js dist/test/fleet/simulate.test.js ;;
+  *) echo "usage: $0 all|unit|e2e|e2e-full|zfs|scale" >&2; exit 2 ;;
 esac

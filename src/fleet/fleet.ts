@@ -14,7 +14,7 @@ import {
   type EnrollResponse,
   type MaintenanceWindow,
 } from './protocol.js';
-import type { FleetRepository } from './repository.js';
+import type { FleetRepository, ReplicaCoordination } from './repository.js';
 import { offeredBy } from './rollout-policy.js';
 import { Releases, type ChannelPolicy, type ReleaseInput } from './releases.js';
 import { Rollouts, type RolloutView } from './rollouts.js';
@@ -56,9 +56,13 @@ export type DeltaStatusFn = (from: string, to: string) => Promise<string>;
  * changes (checkin.ts), participation transitions (participation.ts), the lease table
  * (lease-table.ts), settings (settings.ts), releases (releases.ts) and rollouts (rollouts.ts,
  * deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a thin shell around it.
- * Small, hot state (releases, rollouts, groups, leases) lives in memory and is written through;
- * devices are read from the repository on every check-in and written by group commit. One server
- * process owns a fleet database at a time (leases are counted in memory).
+ * Small, hot state (releases, rollouts, groups) is cached in memory and written through; devices
+ * are read from the repository on every check-in and written by group commit. On SQLite one server
+ * process owns the fleet database and reboot leases are counted in memory (lease-table.ts). On a
+ * repository with `coordination` (PostgreSQL) any number of processes serve one fleet: leases are
+ * granted in the database under a lock on their group, a change notice from any process reloads
+ * the cached parts, one process at a time evaluates rollouts, and rollout writes are conditional
+ * (src/fleet/sql/postgres-coordination.ts; docs/deployment.md).
  */
 export class Fleet {
   readonly config: FleetConfig;
@@ -69,7 +73,11 @@ export class Fleet {
   private readonly enrollment: Enrollment;
   private committer: GroupCommitter;
   private evaluating: Promise<void> | null = null;
-  private readonly counters = { checkins: 0, events: 0, enrollments: 0, downgrades: 0 };
+  private readonly counters = { checkins: 0, events: 0, enrollments: 0, downgrades: 0, reloads: 0 };
+  private readonly coord: ReplicaCoordination | undefined;
+  /** Change notices are applied one at a time, in order. */
+  private reloading: Promise<void> = Promise.resolve();
+  private evaluator = false;
 
   constructor(
     readonly repo: FleetRepository,
@@ -80,6 +88,7 @@ export class Fleet {
     private readonly onBackgroundError: (err: unknown, what: string) => void = () => {},
   ) {
     this.config = { ...DEFAULT_FLEET_CONFIG, ...config };
+    this.coord = repo.coordination;
     this.committer = new GroupCommitter((ops) => repo.writeBatch(ops), this.config.batchMaxOps);
     this.enrollment = new Enrollment(repo, this.committer, this.config, clock);
     this.releases = new Releases(repo, clock);
@@ -87,7 +96,7 @@ export class Fleet {
   }
 
   /** Counters for /metrics. */
-  get stats(): { checkins: number; events: number; enrollments: number; downgrades: number; pauses: number } {
+  get stats(): { checkins: number; events: number; enrollments: number; downgrades: number; reloads: number; pauses: number } {
     return { ...this.counters, pauses: this.rollouts.pauses };
   }
 
@@ -96,7 +105,26 @@ export class Fleet {
     const saved = await loadSettings(this.repo);
     if (saved) applySettings(this.config, saved);
     await this.reload();
-    await this.rollouts.extendDeadlines(this.clock());
+    // With replicas a process starting says nothing about downtime: the evaluator extends deadlines when it takes over (evaluate).
+    if (this.coord) await this.coord.listen((topic) => this.onChangeNotice(topic));
+    else await this.rollouts.extendDeadlines(this.clock());
+  }
+
+  /** Another process (or this one) changed cached state: reload that part. '*': notices may have been missed. */
+  private onChangeNotice(topic: string): void {
+    this.reloading = this.reloading
+      .then(async () => {
+        if (topic === 'releases') await this.releases.load();
+        else if (topic === 'rollouts') await this.rollouts.load();
+        else if (topic === 'groups') this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
+        else if (topic === 'settings' || topic === '*') {
+          const saved = await loadSettings(this.repo);
+          if (saved) applySettings(this.config, saved);
+          if (topic === '*') await this.reload();
+        }
+        this.counters.reloads++;
+      })
+      .catch((err: unknown) => this.onBackgroundError(err, `reloading ${topic} after a change notice`));
   }
 
   /** Validates and applies run-time settings, then stores them so a restart keeps them. */
@@ -115,7 +143,7 @@ export class Fleet {
     await this.releases.load();
     await this.rollouts.load();
     this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
-    this.leases.load(await this.repo.listLeases());
+    if (!this.coord) this.leases.load(await this.repo.listLeases());
   }
 
   async close(): Promise<void> {
@@ -189,7 +217,7 @@ export class Fleet {
     const window = group?.window ?? null;
     let lease: CheckinResponse['rebootLease'] = { granted: false };
     if (req.wantRebootLease) {
-      lease = this.grantLease(d, group, now, ops);
+      lease = await this.grantLease(d, group, now, ops);
       if (lease.granted && part && hop && this.rollouts.find(part.rolloutId)?.version === hop.version) {
         const next = participationFromLease(part, this.silentMs(part.rolloutId), now);
         if (next !== part) {
@@ -198,7 +226,7 @@ export class Fleet {
         }
       }
     } else {
-      const held = this.leases.held(id, now);
+      const held = this.coord ? await this.coord.heldLease(id, now) : this.leases.held(id, now);
       if (held) lease = { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
     }
 
@@ -234,21 +262,28 @@ export class Fleet {
     return this.rollouts.governing(channel, version);
   }
 
-  private grantLease(d: DeviceRecord, group: GroupRecord | undefined, now: number, ops: WriteOp[]): CheckinResponse['rebootLease'] {
-    const held = this.leases.held(d.id, now);
+  private async grantLease(d: DeviceRecord, group: GroupRecord | undefined, now: number, ops: WriteOp[]): Promise<CheckinResponse['rebootLease']> {
+    const held = this.coord ? undefined : this.leases.held(d.id, now);
     if (held) return { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
     if (!inWindow(group?.window ?? null, new Date(now))) return { granted: false };
     const max = group ? group.maxConcurrentReboots : this.config.defaultMaxConcurrentReboots;
     const ttl = (group?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds) * 1000;
-    const lease = this.leases.grant(d.id, d.group, max, ttl, now, ops);
+    const lease = this.coord
+      ? await this.coord.acquireLease({ deviceId: d.id, group: d.group, expiresAt: now + ttl }, max, now)
+      : this.leases.grant(d.id, d.group, max, ttl, now, ops);
     return lease ? { granted: true, expiresAt: new Date(lease.expiresAt).toISOString() } : { granted: false };
   }
 
   async releaseLease(id: string, token: string | undefined): Promise<void> {
     await this.authenticate(id, token);
     const ops: WriteOp[] = [];
-    this.leases.drop(id, ops);
+    this.dropLease(id, ops);
     await this.committer.submit(ops);
+  }
+
+  private dropLease(id: string, ops: WriteOp[]): void {
+    if (this.coord) ops.push({ kind: 'lease-delete', deviceId: id });
+    else this.leases.drop(id, ops);
   }
 
   async event(id: string, token: string | undefined, ev: DeviceEvent): Promise<void> {
@@ -284,7 +319,7 @@ export class Fleet {
       }
     }
     if (part) ops.push({ kind: 'participation', row: participationFromEvent(part, ev, this.silentMs(part.rolloutId), now) });
-    if (ev.type !== 'apply-started' && !bootEvent) this.leases.drop(id, ops);
+    if (ev.type !== 'apply-started' && !bootEvent) this.dropLease(id, ops);
     if (ev.error) {
       d.lastErrorCode = ev.error.code;
       d.lastErrorMessage = ev.error.message;
@@ -363,6 +398,22 @@ export class Fleet {
       try {
         await this.committer.flush();
         const now = this.clock();
+        if (this.coord) {
+          if (!(await this.coord.isEvaluator())) {
+            this.evaluator = false;
+            return;
+          }
+          // What other processes changed must be seen before deciding (notices may still be in flight).
+          await this.rollouts.load();
+          if (!this.evaluator) {
+            // Taking over: the last evaluator may have been down a while; silence counts afresh.
+            this.evaluator = true;
+            await this.rollouts.extendDeadlines(now);
+          }
+          await this.rollouts.evaluate(now);
+          await this.coord.expireLeases(now);
+          return;
+        }
         await this.rollouts.evaluate(now);
         this.expireLeases(now);
       } finally {
@@ -385,8 +436,13 @@ export class Fleet {
     this.committer.submit(ops).catch((err: unknown) => this.onBackgroundError(err, `writing ${ops.length} expired reboot leases`));
   }
 
-  activeLeases(group?: string): LeaseRecord[] {
-    return this.leases.active(this.clock(), group);
+  async activeLeases(group?: string): Promise<LeaseRecord[]> {
+    return this.coord ? this.coord.activeLeases(this.clock(), group) : this.leases.active(this.clock(), group);
+  }
+
+  /** Whether this process evaluates rollouts (always, without replicas). */
+  get isEvaluator(): boolean {
+    return !this.coord || this.evaluator;
   }
 
   // ---------------------------------------------------------------- groups, admin reads

@@ -18,6 +18,12 @@ import type {
  */
 export interface FleetRepository {
   readonly kind: 'sqlite' | 'postgres';
+  /**
+   * Present when several server processes may share this database (PostgreSQL): the fleet then
+   * keeps nothing authoritative in memory (src/fleet/sql/postgres-coordination.ts). Absent for
+   * SQLite, whose file one process owns (src/server/data-lock.ts): leases are counted in memory.
+   */
+  readonly coordination?: ReplicaCoordination;
   init(): Promise<void>;
   close(): Promise<void>;
 
@@ -60,4 +66,28 @@ export interface FleetRepository {
 
   getSetting(key: string): Promise<unknown>;
   putSetting(key: string, value: unknown): Promise<void>;
+}
+
+/** What replicas on one database share beyond storage; see PostgresCoordination for how. */
+export interface ReplicaCoordination {
+  /**
+   * Grants `lease` unless its group already has `max` unexpired leases (0 = unlimited), atomically
+   * across processes; a lease the device still holds is returned as it is.
+   */
+  acquireLease(lease: LeaseRecord, max: number, now: number): Promise<LeaseRecord | undefined>;
+  heldLease(deviceId: string, now: number): Promise<LeaseRecord | undefined>;
+  activeLeases(now: number, group?: string): Promise<LeaseRecord[]>;
+  /** Deletes the leases that ran out by `now`. */
+  expireLeases(now: number): Promise<number>;
+  /** Inserts a rollout unless its release already has one that is not aborted (CONFLICT), atomically across processes. */
+  insertRolloutIfNone(r: Omit<RolloutRecord, 'id'>): Promise<number>;
+  /** Writes `r` only if the stored row still is `prev` (state, wave, updatedAt); false when another process changed it. */
+  updateRolloutIf(r: RolloutRecord, prev: RolloutRecord): Promise<boolean>;
+  /** Tells every process that `topic` changed. */
+  notify(topic: string): Promise<void>;
+  /** `fn` hears every change notice ('releases', 'rollouts', 'groups', 'settings'; '*' after missed ones). */
+  listen(fn: (topic: string) => void): Promise<void>;
+  /** Whether this process is the one that evaluates rollouts (held until the process or its connection dies). */
+  isEvaluator(): Promise<boolean>;
+  close(): Promise<void>;
 }

@@ -86,7 +86,8 @@ export class Rollouts {
       baselineBad: 0,
       baselineStarted: 0,
     };
-    const id = await this.repo.insertRollout(rec);
+    const coord = this.repo.coordination;
+    const id = coord ? await coord.insertRolloutIfNone(rec) : await this.repo.insertRollout(rec);
     const full = { ...rec, id };
     this.rollouts.set(id, full);
     return full;
@@ -95,7 +96,7 @@ export class Rollouts {
   async pause(id: number, reason = 'paused by an operator'): Promise<RolloutRecord> {
     const r = this.get(id);
     if (r.state !== 'running') throw new IbuError('CONFLICT', `Rollout ${id} is ${r.state}; only a running rollout can be paused.`);
-    return this.save({ ...r, state: 'paused', reason, updatedAt: this.clock() });
+    return this.save({ ...r, state: 'paused', reason, updatedAt: this.clock() }, r);
   }
 
   async resume(id: number): Promise<RolloutRecord> {
@@ -103,13 +104,13 @@ export class Rollouts {
     if (r.state !== 'paused') throw new IbuError('CONFLICT', `Rollout ${id} is ${r.state}; only a paused rollout can be resumed.`);
     // The bad outcomes seen so far were looked at by whoever resumes; thresholds count from here.
     const { bad, started } = badAndStarted(await this.repo.participationCounts(id));
-    return this.save({ ...r, state: 'running', reason: null, baselineBad: bad, baselineStarted: started, updatedAt: this.clock() });
+    return this.save({ ...r, state: 'running', reason: null, baselineBad: bad, baselineStarted: started, updatedAt: this.clock() }, r);
   }
 
   async abort(id: number, reason = 'aborted by an operator'): Promise<RolloutRecord> {
     const r = this.get(id);
     if (r.state === 'aborted' || r.state === 'completed') throw new IbuError('CONFLICT', `Rollout ${id} is already ${r.state}.`);
-    return this.save({ ...r, state: 'aborted', reason, updatedAt: this.clock() });
+    return this.save({ ...r, state: 'aborted', reason, updatedAt: this.clock() }, r);
   }
 
   /** A rollout with its waves' progress, read from the repository (flush pending writes first). */
@@ -135,16 +136,31 @@ export class Rollouts {
       const wave = effectiveWaves(r.spec)[r.wave]!;
       const { devices, done } = await this.waveProgress(r, wave.bucketBelow, wave.groups);
       const d = decide(r, { byStatus: await this.repo.participationCounts(r.id), waveDevices: devices, waveDone: done, now });
-      if (d.kind === 'pause') {
-        this.pauses++;
-        await this.save({ ...r, state: 'paused', reason: d.reason, updatedAt: now });
-      } else if (d.kind === 'advance') await this.save({ ...r, wave: d.wave, waveStartedAt: now, updatedAt: now });
-      else if (d.kind === 'complete') await this.save({ ...r, state: 'completed', reason: d.reason, updatedAt: now });
+      try {
+        if (d.kind === 'pause') {
+          await this.save({ ...r, state: 'paused', reason: d.reason, updatedAt: now }, r);
+          this.pauses++;
+        } else if (d.kind === 'advance') await this.save({ ...r, wave: d.wave, waveStartedAt: now, updatedAt: now }, r);
+        else if (d.kind === 'complete') await this.save({ ...r, state: 'completed', reason: d.reason, updatedAt: now }, r);
+      } catch (err) {
+        // An operator changed it on another server meanwhile: the next round decides on the new row.
+        if (!(err instanceof IbuError && err.code === 'CONFLICT')) throw err;
+      }
     }
   }
 
-  private async save(r: RolloutRecord): Promise<RolloutRecord> {
-    await this.repo.updateRollout(r);
+  /**
+   * Writes a rollout read as `prev`. With replicas the write holds only if nobody changed the row
+   * since (else CONFLICT, and the cache is reloaded): a pause on one server and a wave advance on
+   * another cannot overwrite each other.
+   */
+  private async save(r: RolloutRecord, prev: RolloutRecord): Promise<RolloutRecord> {
+    const coord = this.repo.coordination;
+    if (!coord) await this.repo.updateRollout(r);
+    else if (!(await coord.updateRolloutIf(r, prev))) {
+      await this.load();
+      throw new IbuError('CONFLICT', `Rollout ${r.id} was changed by another server meanwhile; look at it again (ibu rollout status ${r.id}) and retry.`);
+    }
     this.rollouts.set(r.id, r);
     return r;
   }

@@ -119,7 +119,7 @@ for (const backend of BACKENDS) {
         await svc.event(id, tokens.get(id), { type: 'upgrade-succeeded', fromVersion: '4', toVersion: '5' });
         await checkin(id, { version: '5', state: 'committed' });
       }
-      assert.equal(svc.activeLeases().length, 0, 'success returns the lease');
+      assert.equal((await svc.activeLeases()).length, 0, 'success returns the lease');
       await svc.evaluate();
       let view = await svc.rolloutView(ro.id);
       assert.equal(view.wave, 1);
@@ -210,7 +210,7 @@ for (const backend of BACKENDS) {
       assert.equal((await want('r3')).rebootLease.granted, true, 'released early, given to the next');
       now += 301_000;
       await svc.evaluate();
-      assert.equal(svc.activeLeases('racks').length, 0, 'leases expire after their TTL');
+      assert.equal((await svc.activeLeases('racks')).length, 0, 'leases expire after their TTL');
       // A full group is remembered until its first lease expires; expiry frees a slot without an evaluation.
       assert.equal((await want('r1')).rebootLease.granted, true);
       assert.equal((await want('r2')).rebootLease.granted, true);
@@ -219,7 +219,7 @@ for (const backend of BACKENDS) {
       now += 301_000;
       assert.equal((await want('r3')).rebootLease.granted, true, 'the expired leases made room before any evaluation');
       assert.deepEqual(
-        svc.activeLeases('racks').map((l) => l.deviceId),
+        (await svc.activeLeases('racks')).map((l) => l.deviceId),
         ['r3'],
       );
       await svc.releaseLease('r3', tokens.get('r3'));
@@ -253,7 +253,7 @@ for (const backend of BACKENDS) {
       assert.equal(svc.config.checkinIntervalSeconds, 60);
       await svc.enroll(signed({ deviceId: 'late', enrollmentSecret: 'other' }, now));
       await assert.rejects(svc.enroll(signed({ deviceId: 'late2', enrollmentSecret: 's3cret' }, now)), (e) => isIbuError(e, 'UNAUTHORIZED'));
-      assert.equal(svc.activeLeases('racks').length, 1, 'leases are persisted');
+      assert.equal((await svc.activeLeases('racks')).length, 1, 'leases are persisted');
     });
 
     // Reopens a repository on the same database (a server restart).
@@ -301,7 +301,7 @@ test('expired-lease writes that fail are reported', async () => {
     assert.equal(reported.length, 1);
     assert.match(reported[0]!.what, /1 expired reboot lease/);
     assert.equal((reported[0]!.err as Error).message, 'disk gone');
-    assert.equal(svc.activeLeases().length, 0, 'the slot is free in memory all the same');
+    assert.equal((await svc.activeLeases()).length, 0, 'the slot is free in memory all the same');
   } finally {
     failDeletes = false;
     await svc.close().catch(() => {});

@@ -7,9 +7,12 @@ import { BACKENDS } from './backends.js';
 // server in a child process, through a staged rollout with injected failures, rollbacks and
 // silent devices, a server restart midway, and a bad release that must pause itself. Counts
 // only: timings depend on the machine and are measured in bench/fleet.ts instead.
-for (const backend of BACKENDS) {
+// On PostgreSQL also with two replicas: devices spread over both, and one is killed (SIGKILL)
+// mid-rollout and started again while the other serves.
+const CASES = [...BACKENDS.map((backend) => ({ backend, replicas: 1 })), { backend: BACKENDS.find((b) => b.name === 'postgres')!, replicas: 2 }];
+for (const { backend, replicas } of CASES) {
   test(
-    `fleet simulation on ${backend.name}: rollout completes across a restart, a bad release pauses itself, nothing lost`,
+    `fleet simulation on ${backend.name}${replicas > 1 ? ` with ${replicas} replicas, one killed midway` : ''}: rollout completes across a restart, a bad release pauses itself, nothing lost`,
     { timeout: 1_200_000, skip: backend.skip },
     async () => {
       // PostgreSQL: a fresh database by URL (the simulated server opens it); SQLite: in the server's data dir.
@@ -18,6 +21,7 @@ for (const backend of BACKENDS) {
       try {
         const r = await simulate({
           databaseUrl: made.url,
+          replicas,
           devices: 2000,
           rate: 1000,
           concurrency: 64,
@@ -32,6 +36,7 @@ for (const backend of BACKENDS) {
         assert.equal(r.devices, 2000);
         assert.equal(r.config.maxConcurrentReboots, 200, 'a tenth of the fleet may reboot at once');
         assert.equal(r.serverRestarted, true);
+        assert.equal(r.config.replicas, replicas);
         assert.equal(r.rolloutCompleted, true, `the first rollout completed: ${JSON.stringify(r.rollout1)}`);
         assert.equal(r.rolloutPausedCorrectly, true, `the bad release paused itself in its first wave: ${r.pauseReason}`);
         assert.match(r.pauseReason ?? '', /failure ratio/);

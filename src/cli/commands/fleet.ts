@@ -148,38 +148,52 @@ export function registerFleetCommands(program: Command): void {
       128,
     )
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
+    .option('--replicas <n>', 'server processes on the one PostgreSQL database (needs --database-url); devices spread over them', int('--replicas', 1), 1)
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
     .option('--json', 'print the result as one JSON object')
-    .action(async (o: { devices: number; rate: number; concurrency: number; databaseUrl?: string; restart: boolean; keep?: boolean; json?: boolean }) => {
-      const result = await simulate({
-        devices: o.devices,
-        rate: o.rate,
-        concurrency: o.concurrency,
-        databaseUrl: o.databaseUrl,
-        restart: o.restart,
-        keep: o.keep,
-        log: o.json ? undefined : (m) => process.stderr.write(`fleet simulate: ${m}\n`),
-      });
-      if (o.json) {
-        process.stdout.write(JSON.stringify(result) + '\n');
-        return;
-      }
-      const ok = (b: boolean) => (b ? 'yes' : 'NO');
-      process.stdout.write(
-        [
-          `devices            ${result.devices}`,
-          `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
-          `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
-          `sustained          slowest 10 s window ${result.windows.minPerSec}/s, median ${result.windows.medianPerSec}/s`,
-          `event-loop delay   p99 simulator ${result.clientLagP99Ms} ms, server ${result.serverLag.p99Ms} ms (max ${result.serverLag.maxMs} ms)`,
-          `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,
-          `bad release paused ${ok(result.rolloutPausedCorrectly)}${result.pauseReason ? ` (${result.pauseReason})` : ''}`,
-          `lost updates       ${result.lostUpdates}`,
-          `injected           ${JSON.stringify(result.injected)}`,
-          `cpu                server ${result.cpu.serverSeconds} s, simulator ${result.cpu.clientSeconds} s, wall ${result.cpu.wallSeconds} s`,
-        ].join('\n') + '\n',
-      );
-      if (!result.rolloutCompleted || !result.rolloutPausedCorrectly || result.lostUpdates > 0) process.exitCode = 1;
-    });
+    .action(
+      async (o: {
+        devices: number;
+        rate: number;
+        concurrency: number;
+        databaseUrl?: string;
+        replicas: number;
+        restart: boolean;
+        keep?: boolean;
+        json?: boolean;
+      }) => {
+        const result = await simulate({
+          devices: o.devices,
+          replicas: o.replicas,
+          rate: o.rate,
+          concurrency: o.concurrency,
+          databaseUrl: o.databaseUrl,
+          restart: o.restart,
+          keep: o.keep,
+          log: o.json ? undefined : (m) => process.stderr.write(`fleet simulate: ${m}\n`),
+        });
+        if (o.json) {
+          process.stdout.write(JSON.stringify(result) + '\n');
+          return;
+        }
+        const ok = (b: boolean) => (b ? 'yes' : 'NO');
+        process.stdout.write(
+          [
+            `devices            ${result.devices}`,
+            `check-ins          ${result.checkins} in ${result.durationSeconds} s = ${result.checkinsPerSec}/s (events ${result.events})`,
+            `latency            p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms, max ${result.maxMs} ms (p99 with the restart: ${result.p99MsAll} ms)`,
+            ...result.phases.map((p) => `  ${p.phase.padEnd(26)} ${p.checkins} check-ins, p50 ${p.p50Ms} ms, p99 ${p.p99Ms} ms, max ${p.maxMs} ms`),
+            `sustained          slowest 10 s window ${result.windows.minPerSec}/s, median ${result.windows.medianPerSec}/s`,
+            `event-loop delay   p99 simulator ${result.clientLagP99Ms} ms, server ${result.serverLag.p99Ms} ms (max ${result.serverLag.maxMs} ms)`,
+            `rollout completed  ${ok(result.rolloutCompleted)} (server restarted midway: ${ok(result.serverRestarted)})`,
+            `bad release paused ${ok(result.rolloutPausedCorrectly)}${result.pauseReason ? ` (${result.pauseReason})` : ''}`,
+            `lost updates       ${result.lostUpdates}`,
+            `injected           ${JSON.stringify(result.injected)}`,
+            `cpu                server ${result.cpu.serverSeconds} s, simulator ${result.cpu.clientSeconds} s, wall ${result.cpu.wallSeconds} s`,
+          ].join('\n') + '\n',
+        );
+        if (!result.rolloutCompleted || !result.rolloutPausedCorrectly || result.lostUpdates > 0) process.exitCode = 1;
+      },
+    );
 }

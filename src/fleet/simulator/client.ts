@@ -29,14 +29,21 @@ export class SimClient {
     return this.agent.close();
   }
 
-  private async send(method: Method, p: string, body: unknown, token: string | null): Promise<{ status: number; text: string }> {
-    const res = await request(this.origin() + p, {
+  private async send(method: Method, p: string, body: unknown, token: string | null, origin = this.origin()): Promise<{ status: number; text: string }> {
+    const res = await request(origin + p, {
       method,
       dispatcher: this.agent,
       headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     return { status: res.statusCode, text: await res.body.text() };
+  }
+
+  /** One admin GET on one server (replicas: what that one serves). */
+  async adminOn<T>(origin: string, p: string): Promise<T> {
+    const r = await this.send('GET', p, undefined, this.adminToken, origin);
+    if (r.status !== 200) throw errorFromResponse(r.status, r.text, `GET ${p}`);
+    return JSON.parse(r.text) as T;
   }
 
   /** An admin API call; server errors and refused connections are retried for about 10 s. */

@@ -28,6 +28,10 @@ export class LatencyHistogram {
 export class Measurements {
   readonly lat = new LatencyHistogram();
   readonly latAll = new LatencyHistogram();
+  /** Latency per phase of the release day (which wave is open, the restart, the bad release), by the phase a check-in was due in. */
+  readonly phases = new Map<string, LatencyHistogram>();
+  private phase = 'enrollment';
+  private phaseAt: Array<{ at: number; name: string }> = [];
   readonly perWindow: number[] = [];
   trafficT0 = 0;
   disturbedFrom = Number.POSITIVE_INFINITY;
@@ -36,10 +40,27 @@ export class Measurements {
   events = 0;
   retries = 0;
 
+  /** From now on check-ins count in phase `name` (the operator's view: a wave opened, the restart began). */
+  setPhase(name: string, at = performance.now()): void {
+    if (name === this.phase) return;
+    this.phase = name;
+    this.phaseAt.push({ at, name });
+  }
+
+  /** The phase a time falls in (a check-in belongs to the phase it was due in, not the one it was answered in). */
+  private phaseOf(t: number): string {
+    for (let i = this.phaseAt.length - 1; i >= 0; i--) if (this.phaseAt[i]!.at <= t) return this.phaseAt[i]!.name;
+    return 'enrollment';
+  }
+
   /** A check-in answered at t1 that was due at t0 (performance.now() times). */
   checkinAnswered(t0: number, t1: number): void {
     const ms = t1 - t0;
     this.latAll.add(ms);
+    const name = this.phaseOf(t0);
+    let h = this.phases.get(name);
+    if (!h) this.phases.set(name, (h = new LatencyHistogram()));
+    h.add(ms);
     if (t0 > this.disturbedUntil) this.lat.add(ms);
     if (this.trafficT0 > 0) {
       const w = Math.floor((t1 - this.trafficT0) / 10_000);
@@ -73,6 +94,8 @@ export interface SimulateResult {
   p99MsAll: number;
   /** Check-ins per second in 10 s windows of the traffic phase, outside the restart: the slowest, the median and the busiest window. */
   windows: { minPerSec: number; medianPerSec: number; maxPerSec: number; count: number };
+  /** Latency from due time per phase of the release day, in the order the phases came (restart window included in its own phase). */
+  phases: Array<{ phase: string; checkins: number; p50Ms: number; p99Ms: number; maxMs: number }>;
   /** How late the simulator's own timers fired (p99, ms): the part of the latency that is the client's. */
   clientLagP99Ms: number;
   /** How late the server's event loop ran (the worse of its two lives around the restart): stalls there delay every request. */
@@ -89,7 +112,14 @@ export interface SimulateResult {
   finalVersions: Array<{ version: string; devices: number }>;
   cpu: { serverSeconds: number; clientSeconds: number; wallSeconds: number };
   realServer: boolean;
-  config: { checkinIntervalSeconds: number; activeCheckinIntervalSeconds: number; rate: number; concurrency: number; maxConcurrentReboots: number };
+  config: {
+    replicas: number;
+    checkinIntervalSeconds: number;
+    activeCheckinIntervalSeconds: number;
+    rate: number;
+    concurrency: number;
+    maxConcurrentReboots: number;
+  };
 }
 
 /** The result's timing part, from the measurements at the end of the traffic phase. */
@@ -101,6 +131,13 @@ export function timings(m: Measurements, trafficSeconds: number, trafficCheckins
     p99Ms: m.lat.quantile(0.99),
     maxMs: Math.round(m.lat.max * 10) / 10,
     p99MsAll: m.latAll.quantile(0.99),
+    phases: [...m.phases].map(([phase, h]) => ({
+      phase,
+      checkins: h.count,
+      p50Ms: h.quantile(0.5),
+      p99Ms: h.quantile(0.99),
+      maxMs: Math.round(h.max * 10) / 10,
+    })),
     windows: { minPerSec: rates[0] ?? 0, medianPerSec: rates[Math.floor(rates.length / 2)] ?? 0, maxPerSec: rates[rates.length - 1] ?? 0, count: rates.length },
   };
 }

@@ -21,6 +21,10 @@ export class ServerProcess {
 
   constructor(private readonly o: { dataDir: string; adminToken: string; databaseUrl?: string }) {}
 
+  get dataDir(): string {
+    return this.o.dataDir;
+  }
+
   get origin(): string {
     return `http://127.0.0.1:${this.port}`;
   }
@@ -73,6 +77,16 @@ export class ServerProcess {
   /** The traffic phase begins: the server's event-loop delay counts from here (not enrollment). */
   markTrafficStart(): void {
     this.child?.kill('SIGUSR2');
+  }
+
+  /** SIGKILL: the process dies as in a crash (nothing flushed, its database sessions end with it). */
+  async kill(): Promise<void> {
+    const c = this.child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const exited = new Promise<void>((r) => c.once('exit', () => r()));
+    c.kill('SIGKILL');
+    await exited;
+    this.child = null;
   }
 
   /** SIGTERM (requests in flight finish, the group commit flushes), SIGKILL after 30 s. */

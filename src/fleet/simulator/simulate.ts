@@ -39,6 +39,12 @@ export interface SimulateOptions {
   /** HTTP connections to the server (requests beyond them wait in the client, and that wait counts in the latency). Default 128. */
   concurrency?: number;
   databaseUrl?: string;
+  /**
+   * Server processes on the one database (PostgreSQL only): each device request goes to the next
+   * in turn, as a balancer would send it, and the restart midway becomes one replica killed
+   * (SIGKILL) and started again while the others serve. Default 1.
+   */
+  replicas?: number;
   /** Injected failure shares among devices upgrading to the good release. */
   failRatio?: number;
   rollbackRatio?: number;
@@ -59,6 +65,10 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const n = o.devices;
   if (!Number.isInteger(n) || n < 10) throw new IbuError('USAGE', 'The simulation needs at least 10 devices (--devices N).');
   const rate = o.rate ?? 1000;
+  const replicas = o.replicas ?? 1;
+  if (!Number.isInteger(replicas) || replicas < 1) throw new IbuError('USAGE', '--replicas needs a whole number of server processes, 1 or more.');
+  if (replicas > 1 && !o.databaseUrl)
+    throw new IbuError('USAGE', 'Replicas share one fleet through PostgreSQL: give --database-url postgres://... with --replicas.');
   const concurrency = o.concurrency ?? 128;
   const interval = Math.max(1, n / rate);
   const active = Math.max(0.5, Math.min(5, interval / 10));
@@ -72,8 +82,15 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   lag.enable();
   const m = new Measurements();
   const naps = new Naps();
-  const server = new ServerProcess({ dataDir, adminToken, databaseUrl: o.databaseUrl });
-  const client = new SimClient(() => server.origin, adminToken, concurrency, naps, m);
+  // Replica i > 0 gets its own data dir (one server per directory); the releases reach it through the database.
+  const servers = Array.from(
+    { length: replicas },
+    (_, i) =>
+      new ServerProcess({ dataDir: i === 0 ? dataDir : mkdtempSync(path.join(os.tmpdir(), `ibu-fleet-sim-r${i}-`)), adminToken, databaseUrl: o.databaseUrl }),
+  );
+  const server = servers[0]!;
+  let turn = 0;
+  const client = new SimClient(() => servers[turn++ % servers.length]!.origin, adminToken, concurrency, naps, m);
   const model = new DeviceModel(client, naps, m, {
     interval,
     active,
@@ -87,9 +104,15 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const wall0 = Date.now();
 
   try {
-    await server.start();
-    log(`server on ${server.origin} (data ${dataDir}); ${n} devices, idle interval ${interval.toFixed(1)} s, active ${active.toFixed(1)} s`);
+    await Promise.all(servers.map((s) => s.start()));
+    const where = `${replicas > 1 ? `${replicas} replicas, first ` : ''}server on ${server.origin} (data ${dataDir})`;
+    log(`${where}; ${n} devices, idle interval ${interval.toFixed(1)} s, active ${active.toFixed(1)} s`);
     await setUpFleet(ctx, { interval, active, maxReboots });
+    // Every replica must have heard the set-up (its last write is the default group) before devices enroll anywhere.
+    for (const s of servers.slice(1)) {
+      while (!(await client.adminOn<{ groups: Array<{ name: string }> }>(s.origin, '/v1/admin/fleet/summary')).groups.some((g) => g.name === 'default'))
+        await unrefSleep(5);
+    }
 
     // --- enrollment --------------------------------------------------------------------------
     const devices: SimDevice[] = [];
@@ -111,18 +134,22 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     m.trafficT0 = performance.now();
     // Event-loop delay of both processes counts from here: enrollment is a flood on purpose.
     lag.reset();
-    server.markTrafficStart();
+    for (const s of servers) s.markTrafficStart();
     const checkins0 = m.checkins;
     const loops = devices.map((d) => model.run(d).catch((err) => log(`device ${d.id} stopped: ${(err as Error).message}`)));
 
     // --- the operator: restart midway, then a bad release -----------------------------------
     let serverRestarted = false;
+    m.setPhase('rollout 1, wave 0');
     const r1 = await watchRollout(ctx, rollout1, Date.now() + (o.timeoutSeconds ?? Math.max(300, interval * 25)) * 1000, async (r) => {
+      if (!(m.disturbedUntil > performance.now())) m.setPhase(r.state === 'running' ? `rollout 1, wave ${r.wave}` : 'after rollout 1');
       if (serverRestarted || !(o.restart ?? true) || r.wave < 3) return;
-      log(`rollout ${r.id} at wave ${r.wave}: restarting the server`);
+      log(`rollout ${r.id} at wave ${r.wave}: ${replicas > 1 ? 'killing one replica and starting it again' : 'restarting the server'}`);
       m.disturbedUntil = Number.POSITIVE_INFINITY;
       m.disturbedFrom = performance.now();
-      await server.stop();
+      m.setPhase('restart (+5 s)');
+      if (replicas > 1) await server.kill();
+      else await server.stop();
       await server.start();
       m.disturbedUntil = performance.now() + 5000;
       serverRestarted = true;
@@ -134,6 +161,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     let rolloutPausedCorrectly = false;
     let pauseReason: string | null = null;
     if (rolloutCompleted) {
+      m.setPhase('rollout 2 (bad release)');
       const r2 = await rollOutBadRelease(ctx, silentAfter, Date.now() + Math.max(300, interval * 20) * 1000);
       pauseReason = r2.reason;
       // Correct: it paused by itself, inside its first wave, and not before devices went bad.
@@ -149,7 +177,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     await Promise.race([Promise.all(loops), unrefSleep(60_000)]);
     const lostUpdates = await countLostUpdates(ctx, devices);
     const finalVersions = await client.admin<Array<{ version: string; devices: number }>>('GET', '/v1/admin/fleet/versions');
-    await server.stop();
+    await Promise.all(servers.map((s) => s.stop()));
     const cpu = process.cpuUsage(cpu0);
     return {
       devices: n,
@@ -157,7 +185,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       events: m.events,
       ...timings(m, trafficSeconds, trafficCheckins, rates),
       clientLagP99Ms,
-      serverLag: server.lag,
+      serverLag: { p99Ms: Math.max(...servers.map((s) => s.lag.p99Ms)), maxMs: Math.max(...servers.map((s) => s.lag.maxMs)) },
       rolloutCompleted,
       rollout1: { state: r1.state, wave: r1.wave, reason: r1.reason },
       rolloutPausedCorrectly,
@@ -168,18 +196,18 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       injected: model.injected,
       finalVersions,
       cpu: {
-        serverSeconds: Math.round(server.cpuSeconds * 10) / 10,
+        serverSeconds: Math.round(servers.reduce((n, s) => n + s.cpuSeconds, 0) * 10) / 10,
         clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10,
         wallSeconds: Math.round((Date.now() - wall0) / 100) / 10,
       },
       realServer: server.realServer,
-      config: { checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency, maxConcurrentReboots: maxReboots },
+      config: { replicas, checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency, maxConcurrentReboots: maxReboots },
     };
   } finally {
     naps.stopping = true;
     lag.disable();
-    await server.stop().catch(() => {});
+    await Promise.all(servers.map((s) => s.stop().catch(() => {})));
     await client.close().catch(() => {});
-    if (!o.keep) rmSync(dataDir, { recursive: true, force: true });
+    if (!o.keep) for (const s of servers) rmSync(s.dataDir, { recursive: true, force: true });
   }
 }

@@ -13,6 +13,7 @@ import type {
 } from '../types.js';
 import { emptyStatusCounts } from '../rollout-policy.js';
 import { IbuError } from '../../errors.js';
+import { PostgresCoordination } from './postgres-coordination.js';
 import {
   DEVICE_COLUMNS,
   DEVICE_VIEW_SELECT,
@@ -45,9 +46,11 @@ const types = {
 export class PostgresFleetRepository implements FleetRepository {
   readonly kind = 'postgres' as const;
   private pool: pg.Pool;
+  readonly coordination: PostgresCoordination;
 
   constructor(url: string, opts: { max?: number } = {}) {
     this.pool = new pg.Pool({ connectionString: url, max: opts.max ?? 8, types });
+    this.coordination = new PostgresCoordination(this.pool, url);
   }
 
   async init(): Promise<void> {
@@ -72,6 +75,7 @@ export class PostgresFleetRepository implements FleetRepository {
   }
 
   async close(): Promise<void> {
+    await this.coordination.close();
     await this.pool.end();
   }
 
@@ -193,6 +197,7 @@ export class PostgresFleetRepository implements FleetRepository {
        ON CONFLICT (channel, version) DO UPDATE SET mandatory = excluded.mandatory, manifest_url = excluded.manifest_url, source = excluded.source`,
       [r.channel, r.version, r.mandatory ? 1 : 0, r.manifestUrl, r.createdAt, r.source],
     );
+    await this.coordination.notify('releases');
   }
 
   async listRollouts(): Promise<RolloutRecord[]> {
@@ -214,6 +219,7 @@ export class PostgresFleetRepository implements FleetRepository {
        WHERE id = $9`,
       [JSON.stringify(r.spec), r.state, r.wave, r.waveStartedAt, r.updatedAt, r.reason, r.baselineBad, r.baselineStarted, r.id],
     );
+    await this.coordination.notify('rollouts');
   }
 
   async getParticipation(rolloutId: number, deviceId: string): Promise<RolloutDevice | undefined> {
@@ -274,6 +280,7 @@ export class PostgresFleetRepository implements FleetRepository {
        ON CONFLICT (name) DO UPDATE SET win = excluded.win, max_reboots = excluded.max_reboots, lease_ttl_seconds = excluded.lease_ttl_seconds`,
       [g.name, g.window ? JSON.stringify(g.window) : null, g.maxConcurrentReboots, g.leaseTtlSeconds],
     );
+    await this.coordination.notify('groups');
   }
 
   async listLeases(): Promise<LeaseRecord[]> {
@@ -287,6 +294,7 @@ export class PostgresFleetRepository implements FleetRepository {
 
   async putSetting(key: string, value: unknown): Promise<void> {
     await this.q('INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, JSON.stringify(value)]);
+    await this.coordination.notify('settings');
   }
 }
 

@@ -199,6 +199,7 @@ export function schemaSql(dialect: 'sqlite' | 'postgres'): string {
     name TEXT PRIMARY KEY, win TEXT, max_reboots INTEGER NOT NULL, lease_ttl_seconds INTEGER NOT NULL
   );
   CREATE TABLE IF NOT EXISTS leases (device_id TEXT PRIMARY KEY, grp TEXT NOT NULL, expires_at ${big} NOT NULL);
+  CREATE INDEX IF NOT EXISTS leases_group ON leases (grp, expires_at);
   CREATE TABLE IF NOT EXISTS events (
     id ${serial}, device_id TEXT NOT NULL, type TEXT NOT NULL, from_version TEXT, to_version TEXT, at ${big} NOT NULL,
     error_code TEXT, error_message TEXT

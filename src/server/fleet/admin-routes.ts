@@ -98,9 +98,9 @@ export function adminRoutes(app: FastifyInstance, service: Fleet, adminToken: st
         releases: service.releasesOf(),
         rollouts,
         problems: problems.map(publicDevice),
-        leases: service.activeLeases().map((l) => ({ deviceId: l.deviceId, group: l.group, expiresAt: new Date(l.expiresAt).toISOString() })),
+        leases: (await service.activeLeases()).map((l) => ({ deviceId: l.deviceId, group: l.group, expiresAt: new Date(l.expiresAt).toISOString() })),
         groups: service.listGroups(),
-        stats: { ...service.stats, ...service.commitStats },
+        stats: { ...service.stats, ...service.commitStats, evaluator: service.isEvaluator },
       };
     });
     admin.get<{ Querystring: { channel?: string } }>(

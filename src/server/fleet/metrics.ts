@@ -76,10 +76,11 @@ export class FleetMetrics {
       help: 'Reboot leases held, by group.',
       labelNames: ['group'],
       registers,
-      collect() {
+      async collect() {
+        const leases = await service.activeLeases();
         this.reset();
         const by = new Map<string, number>();
-        for (const l of service.activeLeases()) by.set(l.group, (by.get(l.group) ?? 0) + 1);
+        for (const l of leases) by.set(l.group, (by.get(l.group) ?? 0) + 1);
         for (const [group, n] of by) this.set({ group }, n);
       },
     });
