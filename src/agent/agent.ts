@@ -20,6 +20,7 @@ import { runHealthChecks } from './health.js';
 import { ImagesDir } from './images-dir.js';
 import { JournalFile, withFailed, type Journal } from './journal.js';
 import { ManifestCache } from './manifest-cache.js';
+import { upgradeEtc } from './etc-upgrade.js';
 import { migrateTree, unmountStale, withImageMounted } from './migration.js';
 import { reboot } from './reboot.js';
 import { runningVersion, trialBoot } from './running-version.js';
@@ -278,7 +279,29 @@ export class Agent {
     }
     let changed: NonNullable<Journal['migration']>['changed'] = [];
     const mnt = this.ctx.dir.mount;
-    if (this.cfg.migration.length > 0) {
+    const etc = await upgradeEtc({
+      dir: this.ctx.dir,
+      systemRoot: this.cfg.systemRoot,
+      rules: this.cfg.etc.rules,
+      running: f.running,
+      installed: f.installed,
+      target,
+    }).catch((err) => {
+      throw withContext(err, `merging /etc into ${target}`, 'MIGRATION_FAILED');
+    });
+    if (etc) {
+      // a read-only image: /etc is its overlay layer, written by the merge; the migration rules are for writable images
+      changed = etc.changed;
+      for (const c of changed) this.log(`etc ${c.path} (${c.strategy}): ${c.action} — ${c.detail}`);
+      if (!etc.threeWay) this.log(`etc: ${f.running} is not a read-only image; the device's /etc was kept wherever it differs from ${target}'s`);
+      if (etc.conflicts.length > 0) {
+        const lines = etc.conflicts.map((c) => `/etc/${c.path} (${c.conflict!.rule}): ${c.conflict!.detail}`);
+        const aside = etc.saved.length > 0 ? ` The device's losing entries are saved in ${this.ctx.dir.etcLayer(target).aside}.` : '';
+        let message = `${etc.conflicts.length} path(s) of /etc changed on the device and in ${target}: ${lines.join('; ')}.${aside}`;
+        if (message.length > 3800) message = `${message.slice(0, 3700)}… (${etc.conflicts.length} in all; upgradectl status lists them)`;
+        this.queueEvent('etc-conflict', f.running, target, { code: 'ETC_CONFLICT', message });
+      }
+    } else if (this.cfg.migration.length > 0) {
       changed = await withImageMounted(this.ctx.dir.image(target), mnt, (root) => migrateTree(this.cfg.migration, this.cfg.systemRoot, root));
       for (const c of changed) this.log(`migrate ${c.path} (${c.strategy}): ${c.action}${c.detail ? ` — ${c.detail}` : ''}`);
     } else {

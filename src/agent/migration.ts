@@ -70,6 +70,9 @@ export function mergeAccountFile(oldText: string, newText: string, kind: string)
   return { text: out.join('\n') + '\n', added, conflicts };
 }
 
+/** Present in an image built with `readonly: true` (product spec): its root is mounted read-only, /etc and /var are overlays (docs/boot.md). */
+export const READONLY_MARKER = 'usr/lib/ibu/readonly';
+
 /** The file kind a merge rule applies to, from its basename. */
 export function accountKind(p: string): string | null {
   const b = path.basename(p).replace(/-$/, '');
@@ -175,10 +178,11 @@ export async function unmountStale(mnt: string): Promise<boolean> {
  * Loop-mounts the new image read-write at `mnt`, runs `fn` on it, unmounts. `mount -o loop`
  * sets autoclear, so the loop device goes away with the unmount. Needs root.
  */
-export async function withImageMounted<T>(image: string, mnt: string, fn: (root: string) => Promise<T>): Promise<T> {
+export async function withImageMounted<T>(image: string, mnt: string, fn: (root: string) => Promise<T>, mode: 'rw' | 'ro' = 'rw'): Promise<T> {
   await fsp.mkdir(mnt, { recursive: true });
   await unmountStale(mnt);
-  await run('mount', ['-o', 'loop,rw', '-t', 'ext4', image, mnt]).catch((err) => {
+  // ro,noload: a read-only image is never written, not even by a journal replay
+  await run('mount', ['-o', mode === 'rw' ? 'loop,rw' : 'loop,ro,noload', '-t', 'ext4', image, mnt]).catch((err) => {
     throw withContext(err, `mounting ${image} to migrate configuration (needs root)`, 'MIGRATION_FAILED');
   });
   try {
