@@ -17,6 +17,8 @@ import { compareVersions, isValidVersion } from '../version.js';
  *   .ibu/etc/<v>/upper, work                   the /etc overlay of read-only image <v> (docs/boot.md)
  *   .ibu/etc/<v>/aside                         the device's entries that lost the /etc merge into <v>
  *   .ibu/var/upper, work                       the /var overlay of read-only images, kept across versions
+ *   .ibu/verity/<v>                            "<root hash> <hash offset>" of image v from its signed manifest,
+ *                                              written at apply: what the initramfs opens dm-verity with
  */
 export class ImagesDir {
   constructor(readonly root: string) {}
@@ -52,6 +54,9 @@ export class ImagesDir {
   }
   get mount(): string {
     return path.join(this.ibu, 'mnt');
+  }
+  verityRecord(v: string): string {
+    return path.join(this.ibu, 'verity', v);
   }
   get mountOld(): string {
     return path.join(this.ibu, 'mnt-old');
