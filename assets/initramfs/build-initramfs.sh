@@ -52,7 +52,7 @@ if [ -n "$VERITY" ]; then
   VS=$(command -v veritysetup) || die "--verity needs veritysetup on this machine (package cryptsetup-bin)"
   # a dynamic binary: copy it with every library ldd names, and the loader, at their own paths
   cp "$VS" "$ROOT/bin/veritysetup"
-  for lib in $(ldd "$VS" | awk '/=> \//{print $3} /^\s*\/lib/{print $1}'); do
+  for lib in $(ldd "$VS" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}'); do
     mkdir -p "$ROOT$(dirname "$lib")"
     cp -L "$lib" "$ROOT$lib"
   done

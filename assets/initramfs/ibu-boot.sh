@@ -165,6 +165,8 @@ ibu_mount_image() {
 	_opts=$IBU_RO
 	if [ -n "$IBU_VERITY" ]; then
 		modprobe -q dm_verity 2>/dev/null
+		command -v veritysetup >/dev/null 2>&1 ||
+			ibu_fatal "$IBU_LOOP has a verity record but this initramfs has no veritysetup (install cryptsetup-bin and rebuild it; busybox flavour: --verity)"
 		# no udev in the busybox flavour: libdevmapper then makes /dev/mapper nodes itself
 		command -v udevadm >/dev/null 2>&1 || export DM_DISABLE_UDEV=1
 		veritysetup open "$IBU_LOOPDEV" ibu-root "$IBU_LOOPDEV" "$_hash" --hash-offset="$_off" ||
@@ -177,6 +179,14 @@ ibu_mount_image() {
 	mount -t "$IBU_LOOPFSTYPE" -o "$_opts" "$_dev" "$2" ||
 		ibu_fatal "cannot mount image $IBU_LOOP ($IBU_LOOPFSTYPE, $_opts) from $_dev"
 	ibu_log "mounted $IBU_LOOP on $2 via $_dev ($_opts, trial=$IBU_TRIAL)"
+	if [ -n "$IBU_VERITY" ]; then
+		# GRUB loaded kernel and initrd from the file without verity: read them back through it,
+		# so a rotten region is caught now and the device falls back instead of running on it
+		for _f in vmlinuz initrd.img; do
+			[ -e "$2/$_f" ] || continue
+			cat "$2/$_f" > /dev/null || ibu_fatal "dm-verity: /$_f of $IBU_LOOP fails verification (I/O error): the image is damaged"
+		done
+	fi
 	ibu_mount_state "$1" "$2"
 }
 
