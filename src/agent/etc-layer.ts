@@ -13,7 +13,7 @@ import { IbuError, withContext } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
 import { run } from '../util/exec.js';
 import type { EtcDecision, EtcEntry, EtcPlan, EtcTree } from './etc-merge.js';
-import { accountKind } from './migration.js';
+import { accountKind } from './account-merge.js';
 
 /** Account files are read as text for the line merge; larger ones are not account files. */
 const MAX_TEXT = 4 * 1024 * 1024;

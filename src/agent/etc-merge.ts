@@ -16,7 +16,7 @@
  * directory became a file) is saved aside by the executor and named in the conflict; a vendor
  * entry that loses stays readable in the new image.
  */
-import { mergeAccountFile, accountKind } from './migration.js';
+import { accountKind, mergeAccountFile } from './account-merge.js';
 
 export type EtcEntry =
   | { type: 'file'; hash: string; mode: number; uid: number; gid: number; text?: string }
