@@ -3,7 +3,8 @@
  * apply writes the new image's /etc overlay layer from the three-way merge (the running image's
  * defaults read from its file, the new image's, the device's /etc at apply) and queues one
  * etc-conflict event naming every path changed on both sides. Real ext4 images, real loop mounts
- * (root), the real CLI; the reboot is faked as in every agent test (device.ts).
+ * (root), the real CLI; the reboot is faked as in every agent test (device.ts). 2.0 is published
+ * with --verity: prepare checks its tree against the signed root hash, apply writes the verity record.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,6 +25,7 @@ test(
         { version: '1.0', files: { ...RO, '/etc/app/settings.conf': 'retention=7\n', '/etc/motd': 'v1\n', '/etc/app/vendor.conf': 'a=1\n' } },
         {
           version: '2.0',
+          verity: true,
           files: {
             ...RO,
             '/etc/app/settings.conf': 'retention=14\n',
@@ -70,6 +72,12 @@ test(
         changed.some((c) => c.path === '/etc/late.conf' && c.action === 'kept-device'),
         JSON.stringify(changed),
       );
+
+      // 2.0 carries a dm-verity tree: prepare checked it against the signed root hash, apply wrote the record the initramfs opens it with
+      const manifest = JSON.parse(await fsp.readFile(path.join(dev.storeDir, 'releases/2.0/manifest.json'), 'utf8')) as {
+        verity: { rootHash: string; hashOffset: number };
+      };
+      assert.equal(await fsp.readFile(path.join(dev.images, '.ibu/verity/2.0'), 'utf8'), `${manifest.verity.rootHash} ${manifest.verity.hashOffset}\n`);
 
       const journal = JSON.parse(await fsp.readFile(path.join(dev.images, '.ibu/state.json'), 'utf8')) as {
         pendingEvents: Array<{ type: string; error?: { code: string; message: string } }>;
