@@ -113,7 +113,8 @@ describe('dm-verity root and read-only image in QEMU (busybox initramfs)', { ski
   });
 
   async function bootAndExpect(name: string, patterns: RegExp[]): Promise<BootResult> {
-    const res = await boot({ disk, logFile: path.join(work, `${name}.log`) });
+    // two boots in one run (a failed trial, then the fallback) on a loaded 2-core machine under TCG
+    const res = await boot({ disk, logFile: path.join(work, `${name}.log`), timeoutMs: 1_200_000 });
     console.log(`${name}: ${timeline(res.log)}`);
     for (const l of res.log.split('\n')) if (/HEALTH OK|mounted \/images|switch_root/.test(l)) console.log(`${name}: ${l.trim()}`);
     const tail = res.log.split('\n').slice(-60).join('\n');
