@@ -169,8 +169,12 @@ ibu_mount_image() {
 			ibu_fatal "$IBU_LOOP has a verity record but this initramfs has no veritysetup (install cryptsetup-bin and rebuild it; busybox flavour: --verity)"
 		# no udev in the busybox flavour: libdevmapper then makes /dev/mapper nodes itself
 		command -v udevadm >/dev/null 2>&1 || export DM_DISABLE_UDEV=1
-		veritysetup open "$IBU_LOOPDEV" ibu-root "$IBU_LOOPDEV" "$_hash" --hash-offset="$_off" ||
+		# open checks the superblock, not the root hash: the first read does (the tree's top block
+		# is hashed against it), so read one block now and name the failure for what it is
+		if ! veritysetup open "$IBU_LOOPDEV" ibu-root "$IBU_LOOPDEV" "$_hash" --hash-offset="$_off" ||
+			! dd if=/dev/mapper/ibu-root of=/dev/null bs=4096 count=1 2>/dev/null; then
 			ibu_fatal "dm-verity: $IBU_LOOP does not match the root hash the agent recorded ($_hash): the image is damaged or tampered with"
+		fi
 		_dev=/dev/mapper/ibu-root
 		_opts=ro
 		ibu_log "dm-verity: $IBU_LOOP verified by root hash $_hash (tree at byte $_off)"

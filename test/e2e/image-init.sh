@@ -39,6 +39,22 @@ if [ "$variant" = verity ]; then
   echo "IBU-E2E rootwrite: $(touch /ibu-rw-test 2>&1 && echo written)"
   echo "$version" >> /etc/ibu-e2e/boots && echo "IBU-E2E etcwrite: ok"
   mkdir -p /var/lib/ibu-e2e && echo "$version" >> /var/lib/ibu-e2e/boots && echo "IBU-E2E varwrite: $(cat /var/lib/ibu-e2e/boots | tr '\n' ' ')"
+  if [ -f /host/ibu-e2e/bench-verity ]; then
+    # bench/verity.ts: the same 32 MiB read through dm-verity and straight from its loop device,
+    # alternating, page cache dropped before each (dm-bufio keeps the hash blocks it has read)
+    lo=$(ls /sys/block/dm-0/slaves 2>/dev/null | head -n 1)
+    lo=${lo:-$(ls /sys/block | grep '^loop' | head -n 1)}
+    for i in 1 2 3 4 5; do
+      for dev in /dev/mapper/ibu-root /dev/$lo; do
+        [ -b "$dev" ] || continue
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        read -r b0 _ < /proc/uptime
+        dd if="$dev" of=/dev/null bs=1M count=32 2>/dev/null
+        read -r b1 _ < /proc/uptime
+        echo "IBU-E2E BENCH run=$i dev=$dev start=$b0 end=$b1"
+      done
+    done
+  fi
   read -r t0 _ < /proc/uptime
   if out=$(dd if=/usr/share/ibu-e2e/payload.bin of=/dev/null bs=1M 2>&1); then
     read -r t1 _ < /proc/uptime
