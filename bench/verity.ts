@@ -62,8 +62,15 @@ async function main(): Promise<void> {
     const disk = path.join(work, 'disk.img');
     const offset = await makeDisk({ efi, hostTree, hostMiB: 256, out: disk });
     const host = new HostFs(disk, offset, work);
-    console.log(`tree: ${v.treeBytes} bytes for a ${IMG_MIB} MiB image = ${((100 * v.treeBytes) / v.hashOffset).toFixed(3)} % (veritysetup format ${formatMs.toFixed(0)} ms)`);
-    console.log(`load before the boots: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} (${os.cpus().length} cores)`);
+    console.log(
+      `tree: ${v.treeBytes} bytes for a ${IMG_MIB} MiB image = ${((100 * v.treeBytes) / v.hashOffset).toFixed(3)} % (veritysetup format ${formatMs.toFixed(0)} ms)`,
+    );
+    console.log(
+      `load before the boots: ${os
+        .loadavg()
+        .map((x) => x.toFixed(1))
+        .join(' ')} (${os.cpus().length} cores)`,
+    );
 
     const results: Record<string, { boot: number; steps: string; reads: Record<string, number[]> }> = {};
     for (const [name, verity] of [
@@ -90,9 +97,16 @@ async function main(): Promise<void> {
       results[name] = { boot: sw - start, steps, reads };
       console.log(`${name}: initramfs start → switch_root ${(sw - start).toFixed(2)} s (${steps}); qemu exit ${res.code}`);
       for (const [dev, xs] of Object.entries(reads))
-        console.log(`  32 MiB read ${dev}: median ${median(xs).toFixed(2)} s = ${(32 / median(xs)).toFixed(1)} MiB/s (runs: ${xs.map((x) => x.toFixed(2)).join(' ')})`);
+        console.log(
+          `  32 MiB read ${dev}: median ${median(xs).toFixed(2)} s = ${(32 / median(xs)).toFixed(1)} MiB/s (runs: ${xs.map((x) => x.toFixed(2)).join(' ')})`,
+        );
     }
-    console.log(`load after: ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+    console.log(
+      `load after: ${os
+        .loadavg()
+        .map((x) => x.toFixed(1))
+        .join(' ')}`,
+    );
   } finally {
     if (process.env.IBU_BENCH_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
     else console.log(`kept ${work}`);
