@@ -12,6 +12,7 @@ PKGS=(
   casync               # chunking benchmark anchor
   debootstrap          # Debian roots for benchmarks and e2e images
   mmdebstrap apt-utils # ibu build: roots from locked packages (apt-ftparchive indexes the pool); test/build
+  cryptsetup-bin       # veritysetup: dm-verity trees at publish (--verity), opened by both initramfs flavours
   busybox-static       # initramfs and test images
   cpio                 # initramfs archives
   initramfs-tools-core # mkinitramfs: e2e proof of assets/initramfs-tools (hook + boot=ibu)

@@ -60,6 +60,7 @@ export const ERROR_CODES = [
   'INHIBITED',
   'HEALTH_CHECK_FAILED',
   'MIGRATION_FAILED',
+  'VERITY_MISMATCH',
   'IMAGE_IN_USE',
   'NOTHING_TO_DO',
   // fleet

@@ -10,6 +10,11 @@ R="$1"
 rm -f "$R/etc/apt/sources.list" "$R"/etc/apt/sources.list.d/*
 mkdir -p "$R/etc/apt/sources.list.d"
 cp "$IBU_SOURCES" "$R/etc/apt/sources.list.d/debian.sources"; chmod 0644 "$R/etc/apt/sources.list.d/debian.sources"
+# 1b. a read-only image (readonly: true): the marker the initramfs and the agent look for
+if [ "${IBU_READONLY:-0}" = 1 ]; then
+  mkdir -p "$R/usr/lib/ibu"
+  printf 'readonly\n' > "$R/usr/lib/ibu/readonly"; chmod 0644 "$R/usr/lib/ibu/readonly"
+fi
 # 2. host leaks: mmdebstrap copies the build host's /etc/hostname and /etc/resolv.conf
 printf '%s\n' "$IBU_HOSTNAME" > "$R/etc/hostname"; chmod 0644 "$R/etc/hostname"
 rm -f "$R/etc/resolv.conf"

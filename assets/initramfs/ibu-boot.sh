@@ -21,6 +21,19 @@
 #   ibu.attempt=V ibu.tally=x.. ibu.bad=,A,B   set by GRUB on every boot in that same mode: the
 #                        boot counters GRUB could not write (assets/grub/10_ibu); written here
 #   panic=N              seconds before the reboot that follows a fatal error
+#   ibu.verity=required  refuse to boot an image without a verity record (see below)
+#
+# dm-verity (docs/boot.md "Verity"): when <images dir>/.ibu/verity/<V> exists (the agent writes
+# "<root hash> <hash offset>" there at apply, from the signed manifest), the image file is opened
+# read-only through dm-verity (veritysetup, tree appended to the file) and the verified device is
+# mounted as root, read-only: a block that does not match reads as an I/O error, a tree that does
+# not match the root hash does not open (fatal -> reboot -> GRUB falls back). No fsck of such an
+# image: it is never written, and verity checks every block it reads.
+#
+# Read-only images (usr/lib/ibu/readonly in the image, from `readonly: true` in the product spec):
+# /etc is an overlay over the image's /etc with the upper dir on the host, per version
+# (<images dir>/.ibu/etc/<V>/upper: the agent writes it at apply, merged three ways), and /var an
+# overlay whose upper dir (<images dir>/.ibu/var/upper) is kept across versions.
 #
 # fsck policy (e2fsck exit codes: 0 clean, 1/2 repaired, 4 uncorrected, 8 operational error):
 #   host fs      : -p; on 4 once more with -y (an appliance has no operator; the host only
@@ -31,8 +44,8 @@
 
 IBU_ROOT= IBU_ROOTFSTYPE=ext4 IBU_ROOTDELAY=10 IBU_LOOP= IBU_LOOPFSTYPE=ext4 IBU_LOOPFLAGS=
 IBU_RO=ro IBU_FSCK=auto IBU_FSCKREPAIR=preen IBU_TRIAL=0 IBU_TRYCLEAR=0 IBU_PANIC=5
-IBU_ATTEMPT= IBU_TALLY= IBU_BAD=
-IBU_LOOPDEV= IBU_HOSTDEV=
+IBU_ATTEMPT= IBU_TALLY= IBU_BAD= IBU_VERITY_REQUIRED=0
+IBU_LOOPDEV= IBU_HOSTDEV= IBU_VERITY=
 
 ibu_parse_cmdline() {
 	for x in $(cat /proc/cmdline); do
@@ -55,6 +68,7 @@ ibu_parse_cmdline() {
 		ibu.tally=*)   IBU_TALLY=${x#ibu.tally=} ;;
 		ibu.bad=*)     IBU_BAD=$(echo "${x#ibu.bad=}" | tr ',' ' ') ;;
 		panic=*)       IBU_PANIC=${x#panic=} ;;
+		ibu.verity=required) IBU_VERITY_REQUIRED=1 ;;
 		esac
 	done
 	case "$IBU_ROOTDELAY" in ''|*[!0-9]*) IBU_ROOTDELAY=10 ;; esac
@@ -124,16 +138,78 @@ ibu_mount_image() {
 	[ -n "$IBU_LOOP" ] || ibu_fatal "no loop= on the kernel command line: name the image file, e.g. loop=/images/1.img"
 	_img="$1/${IBU_LOOP#/}"
 	[ -f "$_img" ] || ibu_fatal "image file $IBU_LOOP not found on the host partition $IBU_HOSTDEV (have: $(ls "$1/images" 2>/dev/null | tr '\n' ' '))"
-	_retry=yes; [ "$IBU_TRIAL" = 1 ] && _retry=no
-	ibu_check_fs "image $IBU_LOOP" "$IBU_LOOPFSTYPE" "$_img" $_retry
+	_v=$(basename "$IBU_LOOP" .img)
+	_rec="$(dirname "$_img")/.ibu/verity/$_v"
+	_hash= _off=
+	if [ -f "$_rec" ]; then
+		read -r _hash _off < "$_rec"
+		# strict forms: the record is data from the host fs, never shell
+		case "$_hash" in *[!0-9a-f]*|'') ibu_fatal "verity record $_rec is malformed (root hash '$_hash')" ;; esac
+		case "$_off" in *[!0-9]*|'') ibu_fatal "verity record $_rec is malformed (hash offset '$_off')" ;; esac
+		[ ${#_hash} -eq 64 ] || ibu_fatal "verity record $_rec is malformed (root hash of ${#_hash} characters)"
+		IBU_VERITY=1
+	elif [ "$IBU_VERITY_REQUIRED" = 1 ]; then
+		ibu_fatal "no verity record for $IBU_LOOP ($_rec) and ibu.verity=required: refusing an unverified root"
+	fi
+	if [ -n "$IBU_VERITY" ]; then
+		ibu_log "fsck image $IBU_LOOP skipped: dm-verity checks every block it reads"
+	else
+		_retry=yes; [ "$IBU_TRIAL" = 1 ] && _retry=no
+		ibu_check_fs "image $IBU_LOOP" "$IBU_LOOPFSTYPE" "$_img" $_retry
+	fi
 	IBU_LOOPDEV=$(losetup -f 2>/dev/null)
 	[ -n "$IBU_LOOPDEV" ] || ibu_fatal "no free loop device (is the loop module loaded?)"
-	_lo_ro=; [ "$IBU_RO" = ro ] && _lo_ro=-r
+	_lo_ro=; { [ "$IBU_RO" = ro ] || [ -n "$IBU_VERITY" ]; } && _lo_ro=-r
 	losetup $_lo_ro "$IBU_LOOPDEV" "$_img" || ibu_fatal "losetup $_lo_ro $IBU_LOOPDEV $_img failed"
-	_opts=$IBU_RO; [ -n "$IBU_LOOPFLAGS" ] && _opts="$_opts,$IBU_LOOPFLAGS"
-	mount -t "$IBU_LOOPFSTYPE" -o "$_opts" "$IBU_LOOPDEV" "$2" ||
-		ibu_fatal "cannot mount image $IBU_LOOP ($IBU_LOOPFSTYPE, $_opts) from $IBU_LOOPDEV"
-	ibu_log "mounted $IBU_LOOP on $2 via $IBU_LOOPDEV ($_opts, trial=$IBU_TRIAL)"
+	_dev=$IBU_LOOPDEV
+	_opts=$IBU_RO
+	if [ -n "$IBU_VERITY" ]; then
+		modprobe -q dm_verity 2>/dev/null
+		command -v veritysetup >/dev/null 2>&1 ||
+			ibu_fatal "$IBU_LOOP has a verity record but this initramfs has no veritysetup (install cryptsetup-bin and rebuild it; busybox flavour: --verity)"
+		# no udev in the busybox flavour: libdevmapper then makes /dev/mapper nodes itself
+		command -v udevadm >/dev/null 2>&1 || export DM_DISABLE_UDEV=1
+		# open checks the superblock, not the root hash: the first read does (the tree's top block
+		# is hashed against it), so read one block now and name the failure for what it is
+		if ! veritysetup open "$IBU_LOOPDEV" ibu-root "$IBU_LOOPDEV" "$_hash" --hash-offset="$_off" ||
+			! dd if=/dev/mapper/ibu-root of=/dev/null bs=4096 count=1 2>/dev/null; then
+			ibu_fatal "dm-verity: $IBU_LOOP does not match the root hash the agent recorded ($_hash): the image is damaged or tampered with"
+		fi
+		_dev=/dev/mapper/ibu-root
+		_opts=ro
+		ibu_log "dm-verity: $IBU_LOOP verified by root hash $_hash (tree at byte $_off)"
+	fi
+	[ -n "$IBU_LOOPFLAGS" ] && _opts="$_opts,$IBU_LOOPFLAGS"
+	mount -t "$IBU_LOOPFSTYPE" -o "$_opts" "$_dev" "$2" ||
+		ibu_fatal "cannot mount image $IBU_LOOP ($IBU_LOOPFSTYPE, $_opts) from $_dev"
+	ibu_log "mounted $IBU_LOOP on $2 via $_dev ($_opts, trial=$IBU_TRIAL)"
+	if [ -n "$IBU_VERITY" ]; then
+		# GRUB loaded kernel and initrd from the file without verity: read them back through it,
+		# so a rotten region is caught now and the device falls back instead of running on it
+		for _f in vmlinuz initrd.img; do
+			[ -e "$2/$_f" ] || continue
+			cat "$2/$_f" > /dev/null || ibu_fatal "dm-verity: /$_f of $IBU_LOOP fails verification (I/O error): the image is damaged"
+		done
+	fi
+	ibu_mount_state "$1" "$2"
+}
+
+# ibu_mount_state HOSTMNT ROOTMNT: a read-only image (usr/lib/ibu/readonly) gets its /etc and
+# /var as overlays whose upper dirs are on the host fs (see the top of this file).
+ibu_mount_state() {
+	[ -e "$2/usr/lib/ibu/readonly" ] || return 0
+	_v=$(basename "$IBU_LOOP" .img)
+	_s="$(dirname "$1/${IBU_LOOP#/}")/.ibu"
+	modprobe -q overlay 2>/dev/null
+	mkdir -p "$_s/etc/$_v/upper" "$_s/etc/$_v/work" || ibu_fatal "cannot create the /etc overlay dirs in $_s/etc/$_v"
+	mount -t overlay overlay -o "lowerdir=$2/etc,upperdir=$_s/etc/$_v/upper,workdir=$_s/etc/$_v/work" "$2/etc" ||
+		ibu_fatal "cannot mount the /etc overlay of $IBU_LOOP (upper $_s/etc/$_v/upper)"
+	if [ -d "$2/var" ]; then
+		mkdir -p "$_s/var/upper" "$_s/var/work" || ibu_fatal "cannot create the /var overlay dirs in $_s/var"
+		mount -t overlay overlay -o "lowerdir=$2/var,upperdir=$_s/var/upper,workdir=$_s/var/work" "$2/var" ||
+			ibu_fatal "cannot mount the /var overlay of $IBU_LOOP (upper $_s/var/upper)"
+	fi
+	ibu_log "read-only image $IBU_LOOP: /etc and /var are overlays on the host ($_s/etc/$_v, $_s/var)"
 }
 
 # ibu_handover_host HOSTMNT ROOTMNT: the running image sees the host fs at /host when the image
@@ -149,7 +225,12 @@ ibu_handover_host() {
 # ibu_release: undo the mounts before a reboot, so the host fs is clean for GRUB and fsck.
 ibu_release() {
 	sync
-	[ -n "$2" ] && umount "$2" 2>/dev/null
+	if [ -n "$2" ]; then
+		umount "$2/var" 2>/dev/null
+		umount "$2/etc" 2>/dev/null
+		umount "$2" 2>/dev/null
+	fi
+	[ -n "$IBU_VERITY" ] && veritysetup close ibu-root 2>/dev/null
 	[ -n "$IBU_LOOPDEV" ] && losetup -d "$IBU_LOOPDEV" 2>/dev/null
 	[ -n "$1" ] && umount "$1" 2>/dev/null
 	sync

@@ -1,4 +1,6 @@
 import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../util/atomic.js';
 import { IbuError, isIbuError, isPolicyAnswer, withContext } from '../errors.js';
 import type { Bootloader, BootState } from '../boot/bootloader.js';
 import type { CheckinResponse, DeviceEventType } from '../fleet/protocol.js';
@@ -20,6 +22,7 @@ import { runHealthChecks } from './health.js';
 import { ImagesDir } from './images-dir.js';
 import { JournalFile, withFailed, type Journal } from './journal.js';
 import { ManifestCache } from './manifest-cache.js';
+import { upgradeEtc } from './etc-upgrade.js';
 import { migrateTree, unmountStale, withImageMounted } from './migration.js';
 import { reboot } from './reboot.js';
 import { runningVersion, trialBoot } from './running-version.js';
@@ -278,13 +281,56 @@ export class Agent {
     }
     let changed: NonNullable<Journal['migration']>['changed'] = [];
     const mnt = this.ctx.dir.mount;
-    if (this.cfg.migration.length > 0) {
+    const etc = await upgradeEtc({
+      dir: this.ctx.dir,
+      systemRoot: this.cfg.systemRoot,
+      rules: this.cfg.etc.rules,
+      running: f.running,
+      installed: f.installed,
+      target,
+    }).catch((err) => {
+      throw withContext(err, `merging /etc into ${target}`, 'MIGRATION_FAILED');
+    });
+    if (etc) {
+      // a read-only image: /etc is its overlay layer, written by the merge; the migration rules are for writable images
+      changed = etc.changed;
+      for (const c of changed) this.log(`etc ${c.path} (${c.strategy}): ${c.action} — ${c.detail}`);
+      if (!etc.threeWay) this.log(`etc: ${f.running} is not a read-only image; the device's /etc was kept wherever it differs from ${target}'s`);
+      if (etc.conflicts.length > 0) {
+        const lines = etc.conflicts.map((c) => `/etc/${c.path} (${c.conflict!.rule}): ${c.conflict!.detail}`);
+        const aside = etc.saved.length > 0 ? ` The device's losing entries are saved in ${this.ctx.dir.etcLayer(target).aside}.` : '';
+        let message = `${etc.conflicts.length} path(s) of /etc changed on the device and in ${target}: ${lines.join('; ')}.${aside}`;
+        if (message.length > 3800) message = `${message.slice(0, 3700)}… (${etc.conflicts.length} in all; upgradectl status lists them)`;
+        this.queueEvent('etc-conflict', f.running, target, { code: 'ETC_CONFLICT', message });
+      }
+    } else if (this.cfg.migration.length > 0 && (await this.ctx.manifests.get(target)).verity) {
+      // a verity image file is immutable: writing migrated files into it would fail its tree at boot
+      this.log(`migration rules not applied: ${target} is verified by dm-verity; build it with readonly: true to keep /etc on the host`);
+    } else if (this.cfg.migration.length > 0) {
       changed = await withImageMounted(this.ctx.dir.image(target), mnt, (root) => migrateTree(this.cfg.migration, this.cfg.systemRoot, root));
       for (const c of changed) this.log(`migrate ${c.path} (${c.strategy}): ${c.action}${c.detail ? ` — ${c.detail}` : ''}`);
     } else {
       await unmountStale(mnt).catch(() => false);
     }
+    await this.writeVerityRecord(target);
     await this.record({ step: 'migrate', migration: { changed } });
+  }
+
+  /**
+   * The boot environment's verity record of `v` (ImagesDir.verityRecord): root hash and hash
+   * offset from the signed manifest, which the initramfs opens dm-verity with. Written before
+   * set-try, so the trial boot already runs verified; removed for an image without a tree.
+   */
+  private async writeVerityRecord(v: string): Promise<void> {
+    const m = await this.ctx.manifests.get(v);
+    const file = this.ctx.dir.verityRecord(v);
+    if (!m.verity) {
+      await fsp.rm(file, { force: true });
+      return;
+    }
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    await writeFileAtomic(file, `${m.verity.rootHash} ${m.verity.hashOffset}\n`);
+    this.log(`verity: ${v} boots through dm-verity, root hash ${m.verity.rootHash}`);
   }
 
   // ---- confirm / rollback ------------------------------------------------------------------

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { IbuError } from '../errors.js';
 import type { MaintenanceWindow } from '../fleet/protocol.js';
 import { isValidVersion } from '../version.js';
+import type { EtcRule } from './etc-merge.js';
 import { parseTransport, type Transport, type ZfsAgentConfig } from './zfs-config.js';
 
 /** Default location of the device config. */
@@ -55,6 +56,8 @@ export interface AgentConfig {
   download: { deltaWaitSeconds: number; maxRetryAfterSeconds: number; useDelta: boolean; store: string | null };
   space: { reserveBytes: number; keepImages: number };
   migration: MigrationRule[];
+  /** The three-way /etc merge between read-only images (etc-merge.ts): rules for paths changed on both sides, first match wins. */
+  etc: { rules: EtcRule[] };
   health: { deadlineSeconds: number; checks: HealthCheck[] };
   window: MaintenanceWindow | null;
   inhibitors: Inhibitor[];
@@ -113,6 +116,7 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
     'download',
     'space',
     'migration',
+    'etc',
     'health',
     'window',
     'inhibitors',
@@ -240,6 +244,22 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
       });
   }
 
+  const et = obj('etc');
+  const etcRules: EtcRule[] = [];
+  if (et.rules !== undefined) {
+    if (!Array.isArray(et.rules)) p('etc.rules must be an array of {path, rule}');
+    else
+      et.rules.forEach((x: unknown, i: number) => {
+        const where = `etc.rules[${i}].`;
+        const xx = (x ?? {}) as Json;
+        const rp = str(xx, 'path', where);
+        if (rp && (rp.startsWith('/') || rp.split('/').includes('..')))
+          p(`${where}path must be a path below /etc without a leading '/' or '..' (e.g. 'ssh/sshd_config', 'app/', 'ssh/ssh_host_*'), got '${rp}'`);
+        if (xx.rule !== 'device' && xx.rule !== 'vendor' && xx.rule !== 'merge') p(`${where}rule must be 'device', 'vendor' or 'merge'`);
+        etcRules.push({ path: rp, rule: xx.rule as EtcRule['rule'] });
+      });
+  }
+
   const h = obj('health');
   const checks: HealthCheck[] = [];
   if (h.checks !== undefined) {
@@ -327,6 +347,7 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
     download,
     space,
     migration,
+    etc: { rules: etcRules },
     health,
     window,
     inhibitors,

@@ -13,6 +13,12 @@ import { compareVersions, isValidVersion } from '../version.js';
  *   .ibu/staging/<from>_<to>.ibudelta[.etag]   a delta download in progress
  *   .ibu/staging/zfs+<from>_<to>.ibudelta      a ZFS stream download ('+' never occurs in a version)
  *   .ibu/mnt                                   where migration mounts the target image
+ *   .ibu/mnt-old                               where the /etc merge mounts the running image (read-only)
+ *   .ibu/etc/<v>/upper, work                   the /etc overlay of read-only image <v> (docs/boot.md)
+ *   .ibu/etc/<v>/aside                         the device's entries that lost the /etc merge into <v>
+ *   .ibu/var/upper, work                       the /var overlay of read-only images, kept across versions
+ *   .ibu/verity/<v>                            "<root hash> <hash offset>" of image v from its signed manifest,
+ *                                              written at apply: what the initramfs opens dm-verity with
  */
 export class ImagesDir {
   constructor(readonly root: string) {}
@@ -48,6 +54,17 @@ export class ImagesDir {
   }
   get mount(): string {
     return path.join(this.ibu, 'mnt');
+  }
+  verityRecord(v: string): string {
+    return path.join(this.ibu, 'verity', v);
+  }
+  get mountOld(): string {
+    return path.join(this.ibu, 'mnt-old');
+  }
+  /** The /etc overlay of read-only image v; the initramfs mounts it (assets/initramfs/ibu-boot.sh names the same paths). */
+  etcLayer(v: string): { upper: string; work: string; aside: string } {
+    const d = path.join(this.ibu, 'etc', v);
+    return { upper: path.join(d, 'upper'), work: path.join(d, 'work'), aside: path.join(d, 'aside') };
   }
 
   /** Installed versions, oldest first. */

@@ -6,75 +6,14 @@ import { run } from '../util/exec.js';
 import { parseMountInfo } from '../boot/env-location.js';
 import type { MigrationRule } from './config.js';
 import type { MigrationSummary } from './journal.js';
+import { accountKind, mergeAccountFile } from './account-merge.js';
 
 export type MigrationChange = MigrationSummary['changed'][number];
 
-/**
- * Merges colon-separated account files (passwd, group, shadow, gshadow, subuid) keyed by the
- * first field, so accounts added on either side survive:
- *  - entries only in the new image (new system users) are kept, in the new image's order;
- *  - entries only on the running system (local users) are appended;
- *  - entries on both sides keep the running system's line (its password hash, shell, home),
- *    except the member list of group/gshadow lines, which is the union of both.
- * Returns the merged text and the conflicts worth reporting (same id, different names).
- */
-export function mergeAccountFile(oldText: string, newText: string, kind: string): { text: string; added: string[]; conflicts: string[] } {
-  const parse = (t: string): Array<[string, string]> =>
-    t
-      .split('\n')
-      .filter((l) => l.trim() !== '' && !l.startsWith('#'))
-      .map((l) => [l.slice(0, l.indexOf(':') < 0 ? l.length : l.indexOf(':')), l]);
-  const oldEntries = parse(oldText);
-  const newEntries = parse(newText);
-  const oldMap = new Map(oldEntries);
-  const newNames = new Set(newEntries.map(([n]) => n));
-  const isGroup = kind === 'group' || kind === 'gshadow';
-  const memberField = kind === 'group' ? 3 : kind === 'gshadow' ? 3 : -1;
-  const out: string[] = [];
-  for (const [name, line] of newEntries) {
-    const old = oldMap.get(name);
-    if (old === undefined) {
-      out.push(line);
-      continue;
-    }
-    if (isGroup && memberField >= 0) {
-      const o = old.split(':');
-      const n = line.split(':');
-      const members = new Set([...(o[memberField] ?? '').split(','), ...(n[memberField] ?? '').split(',')].filter(Boolean));
-      while (o.length <= memberField) o.push('');
-      o[memberField] = [...members].join(',');
-      out.push(o.join(':'));
-    } else {
-      out.push(old);
-    }
-  }
-  const added: string[] = [];
-  for (const [name, line] of oldEntries) {
-    if (newNames.has(name)) continue;
-    out.push(line);
-    added.push(name);
-  }
-  // uid/gid collisions between a local account and a new system account: reported, not renumbered.
-  const conflicts: string[] = [];
-  if (kind === 'passwd' || kind === 'group') {
-    const byId = new Map<string, string>();
-    for (const l of out) {
-      const f = l.split(':');
-      const id = f[2];
-      if (id === undefined) continue;
-      const prev = byId.get(id);
-      if (prev !== undefined && prev !== f[0]) conflicts.push(`${kind} id ${id} is used by both ${prev} and ${f[0]}`);
-      else byId.set(id, f[0]!);
-    }
-  }
-  return { text: out.join('\n') + '\n', added, conflicts };
-}
+export { accountKind, mergeAccountFile } from './account-merge.js';
 
-/** The file kind a merge rule applies to, from its basename. */
-export function accountKind(p: string): string | null {
-  const b = path.basename(p).replace(/-$/, '');
-  return ['passwd', 'group', 'shadow', 'gshadow', 'subuid', 'subgid'].includes(b) ? b : null;
-}
+/** Present in an image built with `readonly: true` (product spec): its root is mounted read-only, /etc and /var are overlays (docs/boot.md). */
+export const READONLY_MARKER = 'usr/lib/ibu/readonly';
 
 async function lstatOrNull(p: string): Promise<import('node:fs').Stats | null> {
   return fsp.lstat(p).catch(() => null);
@@ -175,10 +114,11 @@ export async function unmountStale(mnt: string): Promise<boolean> {
  * Loop-mounts the new image read-write at `mnt`, runs `fn` on it, unmounts. `mount -o loop`
  * sets autoclear, so the loop device goes away with the unmount. Needs root.
  */
-export async function withImageMounted<T>(image: string, mnt: string, fn: (root: string) => Promise<T>): Promise<T> {
+export async function withImageMounted<T>(image: string, mnt: string, fn: (root: string) => Promise<T>, mode: 'rw' | 'ro' = 'rw'): Promise<T> {
   await fsp.mkdir(mnt, { recursive: true });
   await unmountStale(mnt);
-  await run('mount', ['-o', 'loop,rw', '-t', 'ext4', image, mnt]).catch((err) => {
+  // ro,noload: a read-only image is never written, not even by a journal replay
+  await run('mount', ['-o', mode === 'rw' ? 'loop,rw' : 'loop,ro,noload', '-t', 'ext4', image, mnt]).catch((err) => {
     throw withContext(err, `mounting ${image} to migrate configuration (needs root)`, 'MIGRATION_FAILED');
   });
   try {

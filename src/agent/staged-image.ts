@@ -1,3 +1,4 @@
+import { verifyVerityTree } from '../image/verity.js';
 import { promises as fsp } from 'node:fs';
 import { IbuError } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
@@ -23,6 +24,14 @@ export async function verifyStaged(ctx: AgentContext): Promise<void> {
       `The downloaded image ${target} does not match its signed manifest (sha256 ${sum}, expected ${m.image.sha256}); ` +
         'it was deleted and will be downloaded again on the next run.',
     );
+  }
+  // The sha256 above binds the appended tree to the signed manifest; this checks that the tree
+  // and the signed root hash agree, so a bad publish is caught here and not at the trial boot.
+  if (m.verity) {
+    await verifyVerityTree(file, m.verity).catch(async (err) => {
+      await fsp.rm(file, { force: true });
+      throw err;
+    });
   }
   await ctx.journal.record({ step: 'verify' });
 }

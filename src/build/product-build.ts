@@ -95,6 +95,7 @@ export async function buildProduct(o: ProductBuildOptions): Promise<ProductBuild
       IBU_HOSTNAME: spec.hostname,
       IBU_SOURCES: sources,
       IBU_KERNEL: spec.kernel ? '1' : '0',
+      IBU_READONLY: spec.readonly ? '1' : '0',
     };
     log(`installing ${lock.packages.length} locked packages from the pool with mmdebstrap (SOURCE_DATE_EPOCH=${epoch})`);
     await runMmdebstrap(argv, { env, logFile: path.join(work, 'mmdebstrap.log'), hookLogs });

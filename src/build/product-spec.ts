@@ -28,6 +28,12 @@ export interface ProductSpec {
   users: UserSpec[];
   systemd: { enable: string[]; mask: string[] };
   hostname: string;
+  /**
+   * A read-only image (docs/boot.md "Read-only root"): the build marks it (usr/lib/ibu/readonly),
+   * the initramfs mounts its root read-only with /etc and /var as overlays on the host, and the
+   * agent merges /etc three ways on upgrade.
+   */
+  readonly: boolean;
   image: { size: number };
   /** Every timestamp in the root and the image; null: the newest archive Release date in the lock. */
   sourceDateEpoch: number | null;
@@ -78,6 +84,7 @@ const TOP_KEYS = [
   'users',
   'systemd',
   'hostname',
+  'readonly',
   'image',
   'source-date-epoch',
 ] as const;
@@ -129,6 +136,7 @@ export function parseProductSpec(text: string, file = 'product.yaml'): ProductSp
   const users = parseUsers(get('users'), p);
   const systemd = parseSystemd(get('systemd'), p);
   const hostname = str(get('hostname'), 'hostname', p, { def: 'debian', re: HOSTNAME, hint: 'lower-case letters, digits and -' });
+  const readonly = bool(get('readonly'), 'readonly', p);
   const image = parseImage(get('image'), p);
   const sde = get('source-date-epoch');
   const sourceDateEpoch = sde === undefined ? null : int(sde, 'source-date-epoch', p, { min: 0, max: 2 ** 33 });
@@ -158,6 +166,7 @@ export function parseProductSpec(text: string, file = 'product.yaml'): ProductSp
     users,
     systemd,
     hostname: hostname!,
+    readonly,
     image,
     sourceDateEpoch: sourceDateEpoch ?? null,
   };

@@ -1,12 +1,20 @@
 import { IbuError } from '../errors.js';
 import { compareVersions, isValidVersion } from '../version.js';
-import { BOOT_EVENT_TYPES, type CheckinRequest, type DeviceEvent, type DeviceEventType, type DeviceState } from './protocol.js';
+import { BOOT_EVENT_TYPES, NOTE_EVENT_TYPES, type CheckinRequest, type DeviceEvent, type DeviceEventType, type DeviceState } from './protocol.js';
 import type { DeviceRecord, FleetEvent, RolloutDevice } from './types.js';
 
 /** What a device reports, checked, and what a report changes on its record. Pure. */
 
 const STATES: readonly DeviceState[] = ['idle', 'preparing', 'prepared', 'applying', 'trial', 'committed', 'rolled-back', 'failed'];
-const EVENT_TYPES: readonly DeviceEventType[] = ['prepare-failed', 'apply-started', 'upgrade-succeeded', 'upgrade-failed', 'rolled-back', ...BOOT_EVENT_TYPES];
+const EVENT_TYPES: readonly DeviceEventType[] = [
+  'prepare-failed',
+  'apply-started',
+  'upgrade-succeeded',
+  'upgrade-failed',
+  'rolled-back',
+  ...BOOT_EVENT_TYPES,
+  ...NOTE_EVENT_TYPES,
+];
 
 export function validateCheckin(req: CheckinRequest): void {
   const problems: string[] = [];

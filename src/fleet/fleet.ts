@@ -7,6 +7,7 @@ import { NAME_RE } from './names.js';
 import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
 import {
   BOOT_EVENT_TYPES,
+  NOTE_EVENT_TYPES,
   type CheckinRequest,
   type CheckinResponse,
   type DeviceEvent,
@@ -309,8 +310,9 @@ export class Fleet {
     const bootEvent = BOOT_EVENT_TYPES.includes(ev.type);
     if (bootEvent && !d.flags.includes(ev.type)) d.flags = [...d.flags, ev.type];
     if (ev.type === 'upgrade-succeeded') d.flags = d.flags.filter((f) => f !== 'bootenv-repaired');
+    const note = NOTE_EVENT_TYPES.includes(ev.type);
     let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
-    if (bootEvent) part = null;
+    if (bootEvent || note) part = null;
     else if (!part) {
       const rollout = this.rollouts.governing(d.channel, ev.toVersion);
       if (rollout) {
@@ -319,8 +321,8 @@ export class Fleet {
       }
     }
     if (part) ops.push({ kind: 'participation', row: participationFromEvent(part, ev, this.silentMs(part.rolloutId), now) });
-    if (ev.type !== 'apply-started' && !bootEvent) this.dropLease(id, ops);
-    if (ev.error) {
+    if (ev.type !== 'apply-started' && !bootEvent && !note) this.dropLease(id, ops);
+    if (ev.error && !note) {
       d.lastErrorCode = ev.error.code;
       d.lastErrorMessage = ev.error.message;
     }

@@ -66,10 +66,15 @@ export type DeviceEventType =
   /** The device booted an image other than its committed one (error.message says why; docs/boot.md). */
   | 'boot-fallback'
   /** A damaged or lost boot environment copy was rewritten by the agent. */
-  | 'bootenv-repaired';
+  | 'bootenv-repaired'
+  /** The /etc merge of an upgrade found paths changed on both sides (error.message lists them and what was kept). */
+  | 'etc-conflict';
 
 /** Events about the boot itself, not about an upgrade: they flag the device, not a rollout participation. */
 export const BOOT_EVENT_TYPES: readonly DeviceEventType[] = ['boot-fallback', 'bootenv-repaired'];
+
+/** Events that are only recorded: no step of an upgrade, no flag. */
+export const NOTE_EVENT_TYPES: readonly DeviceEventType[] = ['etc-conflict'];
 
 export interface DeviceEvent {
   type: DeviceEventType;

@@ -175,6 +175,27 @@ export function validateManifest(raw: Record<string, unknown>, what = 'the manif
   if (off !== m.image.size) bad(`chunks cover ${off} bytes but the image has ${m.image.size}`);
   if (!Array.isArray(m.files)) bad('files is not a list');
   if (typeof m.kernel !== 'string' || typeof m.initrd !== 'string') bad('kernel and initrd must be strings');
+  if (m.verity !== undefined) {
+    // these values end up in the boot environment a shell script reads: strict forms only
+    const v = m.verity;
+    if (
+      !v ||
+      typeof v !== 'object' ||
+      v.format !== 1 ||
+      v.hashAlgorithm !== 'sha256' ||
+      !isInt(v.dataBlockSize, 512) ||
+      !isInt(v.hashBlockSize, 512) ||
+      !isInt(v.dataBlocks, 1) ||
+      !isInt(v.treeBytes, 1) ||
+      v.hashOffset !== v.dataBlocks * v.dataBlockSize ||
+      v.hashOffset + v.treeBytes !== m.image.size ||
+      typeof v.rootHash !== 'string' ||
+      !HEX64.test(v.rootHash) ||
+      typeof v.salt !== 'string' ||
+      !/^[0-9a-f]{2,512}$/.test(v.salt)
+    )
+      bad('verity {format, hashAlgorithm, block sizes, dataBlocks, hashOffset, treeBytes, salt, rootHash} is invalid or does not match the image size');
+  }
   return m;
 }
 

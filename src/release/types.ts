@@ -1,3 +1,4 @@
+import type { VerityInfo } from '../image/verity.js';
 import type { ChunkId } from '../store/store.js';
 
 /**
@@ -51,6 +52,8 @@ export interface Manifest {
   initrd: string;
   /** Extra signed artifacts (e.g. zfs streams) by name → sha256. */
   artifacts?: Record<string, { sha256: string; size: number }>;
+  /** The dm-verity tree appended to the image file (src/image/verity.ts, docs/boot.md "Verity"). */
+  verity?: VerityInfo;
   /** Present when the release is also kept as a ZFS zvol snapshot (src/zfs, docs/zfs.md). */
   zfs?: ManifestZfs;
   signatures: Signature[];

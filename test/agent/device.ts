@@ -26,6 +26,8 @@ export interface ImageSpec {
   /** Random incompressible payload so downloads take some chunks. */
   payloadBytes?: number;
   sizeMiB?: number;
+  /** Publish with the dm-verity tree appended (publishRelease's verity). */
+  verity?: boolean;
 }
 
 /** Base account files of a "distribution" image. */
@@ -132,6 +134,7 @@ export async function makeDevice(o: { running: string; releases: ImageSpec[]; in
       requireKernel: false,
       fileMap: false,
       params: { min: 4096, avg: 16384, max: 65536 },
+      verity: spec.verity === true,
     });
     if ((o.installed ?? [o.running]).includes(spec.version)) await run('cp', ['--sparse=always', img, path.join(images, `${spec.version}.img`)]);
   }

@@ -36,6 +36,12 @@ test('a minimal spec gets the Debian mirror, main, minbase and the arch kernel',
   assert.equal(spec.kernel, 'linux-image-amd64');
   assert.equal(spec.hostname, 'debian');
   assert.deepEqual(parseProductSpec(MIN + 'kernel: null\n').kernel, null);
+  assert.equal(spec.readonly, false);
+});
+
+test('readonly: true marks a read-only image; anything but a boolean is a problem with its line', () => {
+  assert.equal(parseProductSpec(MIN + 'readonly: true\n').readonly, true);
+  assert.deepEqual(problems(MIN + 'readonly: yes please\n'), ['line 5: readonly: must be true or false']);
 });
 
 test('every problem is listed at once, each with its line, unknown keys and typos included', () => {

@@ -92,9 +92,10 @@ export async function bootMedia(work: string): Promise<{ kit: KernelKit; initrd:
   return { kit, initrd, efi };
 }
 
-export async function buildInitramfs(kit: KernelKit, out: string, extraModules: string[] = []): Promise<void> {
+export async function buildInitramfs(kit: KernelKit, out: string, extraModules: string[] = [], o: { verity?: boolean } = {}): Promise<void> {
   const args = [path.join(repoRoot(), 'assets/initramfs/build-initramfs.sh'), '--modules-dir', kit.modulesDir, '--e2fsck', kit.e2fsckStatic, '--out', out];
   if (extraModules.length) args.push('--extra-modules', extraModules.join(' '));
+  if (o.verity) args.push('--verity');
   await run('bash', args);
 }
 

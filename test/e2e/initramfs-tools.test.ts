@@ -2,7 +2,9 @@
  * The initramfs-tools flavour (Debian/Ubuntu devices): an initramfs made by Debian's own
  * mkinitramfs with assets/initramfs-tools/hooks/ibu and scripts/ibu boots the image file through
  * boot=ibu loop=..., and its fatal path (a truncated trial image: e2fsck rc 4 -> initramfs-tools'
- * panic -> reboot -f after panic=5) brings the committed image back in the same QEMU run.
+ * panic -> reboot -f after panic=5) brings the committed image back in the same QEMU run. And
+ * issue #22 in this flavour: a read-only image 3 with its dm-verity tree and the agent's record
+ * boots through veritysetup (copied by the hook) with /etc and /var overlays on the host.
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -26,6 +28,7 @@ import {
   truncateAfterKernel,
   repoRoot,
 } from './harness.js';
+import { appendVerityTree } from '../../src/image/verity.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync('/usr/sbin/mkinitramfs') ? null : 'mkinitramfs is missing: install initramfs-tools-core');
 
@@ -34,6 +37,7 @@ describe('initramfs-tools hook and boot=ibu script', { skip: unavailable ?? fals
   let disk = '';
   let host: HostFs;
   let image2Bad = '';
+  let rootHash3 = '';
 
   before(async () => {
     work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-itools-'));
@@ -51,6 +55,18 @@ describe('initramfs-tools hook and boot=ibu script', { skip: unavailable ?? fals
     image2Bad = path.join(work, '2-truncated.img');
     await buildImage(stage, image2Bad, '2', 48);
     await truncateAfterKernel(image2Bad);
+    // image 3: read-only, verified (test/e2e/verity.test.ts has the busybox flavour's failure cases)
+    await stageBusyboxRoot(stage, { version: '3', variant: 'verity', kit, initrd });
+    await fsp.mkdir(path.join(stage, 'usr/lib/ibu'), { recursive: true });
+    await fsp.writeFile(path.join(stage, 'usr/lib/ibu/readonly'), 'readonly\n');
+    await fsp.mkdir(path.join(stage, 'usr/share/ibu-e2e'), { recursive: true });
+    await fsp.writeFile(path.join(stage, 'usr/share/ibu-e2e/payload.bin'), Buffer.alloc(4 * 1024 * 1024, 7));
+    await fsp.mkdir(path.join(stage, 'var/lib'), { recursive: true });
+    await buildImage(stage, path.join(hostTree, 'images/3.img'), '3', 48);
+    const v3 = await appendVerityTree(path.join(hostTree, 'images/3.img'), { product: 'ibu', version: '3' });
+    rootHash3 = v3.rootHash;
+    await fsp.mkdir(path.join(hostTree, 'images/.ibu/verity'), { recursive: true });
+    await fsp.writeFile(path.join(hostTree, 'images/.ibu/verity/3'), `${v3.rootHash} ${v3.hashOffset}\n`);
     await fsp.rm(stage, { recursive: true, force: true });
     await writeGrubCfg(hostTree);
     await createGrubenv(hostTree, '1');
@@ -103,5 +119,29 @@ describe('initramfs-tools hook and boot=ibu script', { skip: unavailable ?? fals
     assert.equal(st.defaultImage, '1');
     assert.equal(st.tryImage, null);
     assert.equal((await host.fsck()).code, 0, 'host fs clean after the reboot');
+  });
+
+  test('a read-only verity image boots through dm-verity in initramfs-tools, /etc and /var on the host', async () => {
+    await host.editEnv((bl) => bl.setTry('3'));
+    const res = await boot({ disk, logFile: path.join(work, 'itools-3.log'), timeoutMs: 900_000 });
+    const tail = res.log.split('\n').slice(-60).join('\n');
+    assert.equal(res.timedOut || res.stuck !== null, false, `the guest did not power off\n${tail}`);
+    const miss = missingInOrder(res.log, [
+      /ibu: booting image 3 \(trial=1\)/,
+      /ibu-initramfs .* fsck image \/images\/3\.img skipped: dm-verity/,
+      new RegExp(`ibu-initramfs .* dm-verity: /images/3\\.img verified by root hash ${rootHash3}`),
+      /ibu-initramfs .* mounted \/images\/3\.img on \/root via \/dev\/mapper\/ibu-root \(ro, trial=1\)/,
+      /ibu-initramfs .* read-only image \/images\/3\.img: \/etc and \/var are overlays on the host/,
+      /IBU-E2E RUNNING version=3 trial=1/,
+      /IBU-E2E root: \/dev\/(mapper\/ibu-root|dm-0) \/ ext4 ro/,
+      /IBU-E2E etc: overlay \/etc overlay .*upperdir=\/host\/images\/\.ibu\/etc\/3\/upper/,
+      /IBU-E2E rootwrite: .*Read-only file system/,
+      /IBU-E2E etcwrite: ok/,
+      /IBU-E2E HEALTH OK version=3/,
+      /IBU-E2E POWEROFF version=3/,
+    ]);
+    assert.equal(miss, null, `${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
+    assert.equal(await host.needsRecovery(), false, 'host fs left with needs_recovery');
+    assert.equal((await host.readFile('/images/.ibu/etc/3/upper/ibu-e2e/boots'))?.toString(), '3\n');
   });
 });

@@ -2,7 +2,8 @@
  * The fleet side of issue #14: a device's boot-fallback and bootenv-repaired events flag it for
  * the dashboard's problems (they are about the boot, not a step of an upgrade: no rollout
  * participation changes), the fallback flag clears when the device is back on its committed
- * image, the repair flag at its next successful upgrade. On SQLite and a real PostgreSQL.
+ * image, the repair flag at its next successful upgrade. An etc-conflict event (issue #22) is only
+ * recorded. On SQLite and a real PostgreSQL.
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -59,6 +60,20 @@ for (const backend of BACKENDS) {
       await assert.rejects(svc.event('box', token, { type: 'boot-exploded' as 'boot-fallback', fromVersion: '2', toVersion: '1' }), (e) =>
         isIbuError(e, 'BAD_REQUEST'),
       );
+    });
+
+    test('etc-conflict (issue #22) is recorded and changes neither flags, last error, nor rollout state', async () => {
+      const before = await svc.device('box');
+      await svc.event('box', token, {
+        type: 'etc-conflict',
+        fromVersion: '2',
+        toVersion: '3',
+        error: { code: 'ETC_CONFLICT', message: "1 path(s) of /etc changed on the device and in 3: /etc/app.conf (device): kept the device's." },
+      });
+      const d = await svc.device('box');
+      assert.deepEqual(d.flags, before.flags);
+      assert.equal(d.lastErrorCode, before.lastErrorCode);
+      assert.equal(d.rolloutId, before.rolloutId);
     });
   });
 }

@@ -39,6 +39,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--hash <name>', `chunk id hash (${CHUNK_HASHES.join(', ')})`, 'blake3')
     .option('--level <n>', 'zstd level', '3')
     .option('--no-kernel', 'allow an image without /vmlinuz and /initrd.img')
+    .option('--verity', 'append the dm-verity hash tree to the image file (in place) and sign its root hash (veritysetup; docs/boot.md)')
     .option('--threads <n>', 'zstd worker threads (default: cores - 1; 0 = compress in the main thread)')
     .option('--durability <mode>', "'batch' (default: one filesystem sync before the manifest, crash repair by marker) or 'fsync' (each chunk)", 'batch')
     .option('--json', 'print the result as JSON')
@@ -54,6 +55,7 @@ export function registerReleaseCommands(program: Command): void {
         hash: string;
         level: string;
         kernel: boolean;
+        verity?: boolean;
         threads?: string;
         durability: string;
         json?: boolean;
@@ -74,6 +76,7 @@ export function registerReleaseCommands(program: Command): void {
           hash: opts.hash as ChunkHashName,
           level: parseInt(opts.level, 10),
           requireKernel: opts.kernel,
+          verity: opts.verity === true,
           threads: opts.threads !== undefined ? parseInt(opts.threads, 10) : undefined,
           onProgress: tty ? (p) => process.stderr.write(`\rpublishing ${pct(p.bytesDone, p.bytesTotal)}`) : undefined,
         });
@@ -84,7 +87,9 @@ export function registerReleaseCommands(program: Command): void {
             `published ${r.version} on '${r.channel}': ${formatBytes(r.imageSize)} image, ` +
               `${r.chunks} chunks (${r.zeroChunks} zero runs, ${formatBytes(r.zeroBytes)}), ` +
               `${r.newChunks} new chunks stored (${formatBytes(r.newStoredBytes)}) in ${r.seconds.toFixed(1)} s ` +
-              `(${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)\n`,
+              `(${(r.imageSize / 1048576 / r.seconds).toFixed(0)} MiB/s)` +
+              (r.verity ? `; dm-verity tree ${formatBytes(r.verity.treeBytes)} appended, root hash ${r.verity.rootHash}` : '') +
+              '\n',
           );
         }
       },
