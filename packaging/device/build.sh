@@ -81,8 +81,6 @@ install -D -m 0755 "$repo/assets/initramfs-tools/hooks/ibu" "$root/usr/share/ini
 install -D -m 0644 "$repo/assets/initramfs-tools/scripts/ibu" "$root/usr/share/initramfs-tools/scripts/ibu"
 install -D -m 0644 "$repo/assets/initramfs/ibu-boot.sh" "$root/usr/share/ibu/ibu-boot.sh"
 install -D -m 0755 "$repo/assets/grub/10_ibu" "$root/etc/grub.d/10_ibu"
-# The initramfs moves the host partition here when the image has the directory.
-mkdir -p "$root/host"
 
 # --- systemd units and the default config ---
 # debhelper 13.11 (Debian 12) looks for units in lib/systemd/system; rules moves them to usr/lib.
