@@ -79,7 +79,11 @@ let deb10 = '';
 let deb11 = '';
 before(() => {
   const out = path.join(work, 'debs');
-  const build = (v: string): string => sh('bash', [path.join(repo, 'packaging/device/build.sh'), '--out', out, '--version', v]).trim().split('\n').pop()!;
+  const build = (v: string): string =>
+    sh('bash', [path.join(repo, 'packaging/device/build.sh'), '--out', out, '--version', v])
+      .trim()
+      .split('\n')
+      .pop()!;
   deb10 = build('1.0');
   deb11 = build('1.1');
   fs.mkdirSync(root);
