@@ -104,14 +104,16 @@ export function registerDeltaCommands(program: Command): void {
     .requiredOption('--out <A-B.ibudelta>', 'delta file to write (through OUT.partial, fsync, rename)')
     .option('--level <n>', 'zstd level of the payload (1-22)', '12')
     .option('--jobs <n>', 'zstd processes at once')
+    .option('--recompress', 'send changed xz/gzip files uncompressed; the device compresses them again (needs the same xz/gzip there)')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { from: string; to: string; out: string; level: string; jobs?: string; json?: boolean }) => {
+    .action(async (opts: { from: string; to: string; out: string; level: string; jobs?: string; recompress?: boolean; json?: boolean }) => {
       const r = await makeDelta({
         fromImage: opts.from,
         toImage: opts.to,
         out: opts.out,
         level: parseInt10(opts.level, '--level'),
         jobs: opts.jobs === undefined ? undefined : parseInt10(opts.jobs, '--jobs'),
+        recompress: opts.recompress === true,
         onProgress: progressLine(!opts.json && process.stderr.isTTY),
       });
       if (!opts.json && process.stderr.isTTY) process.stderr.write('\n');
@@ -120,7 +122,7 @@ export function registerDeltaCommands(program: Command): void {
       } else {
         process.stdout.write(
           `delta ${r.fromVersion} → ${r.toVersion}: ${opts.out} ${mib(r.bytes)} ` +
-            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ${r.ops.zero} zero ops; ` +
+            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ${r.ops.recompress ? `${r.ops.recompress} recompress, ` : ''}${r.ops.zero} zero ops; ` +
             `${r.files.patched} files patched, ${r.files.replaced} replaced) in ${r.seconds.toFixed(1)} s\n`,
         );
       }
