@@ -24,15 +24,18 @@ export function renderDeltaInfo(file: string, i: DeltaInfo): string {
     `sections: payload ${formatBytes(s.payload)}, op table ${formatBytes(s.opTable)}, ` +
     `header ${formatBytes(s.fixedHeader + s.headerJson)}, trailer ${formatBytes(s.trailer)}\n` +
     `by op kind:\n${head}`;
-  for (const k of ['zero', 'copy', 'patch', 'replace'] as const) out += row(k.toUpperCase(), i.byKind[k]);
-  out += `metadata and file data (PATCH/REPLACE only):\n${head}`;
+  for (const k of ['zero', 'copy', 'patch', 'replace', 'recompress'] as const) {
+    if (k !== 'recompress' || i.byKind[k].ops > 0) out += row(k.toUpperCase(), i.byKind[k]);
+  }
+  out += `metadata and file data (PATCH/REPLACE${i.byKind.recompress.ops > 0 ? '/RECOMPRESS' : ''} only):\n${head}`;
   out += row('metadata, directories', i.metadata) + row('file data', i.fileData);
   out += `file data by top-level directory:\n${head}`;
   for (const d of i.byDirectory) out += row(d.directory, d);
   if (i.largestFiles.length > 0) {
     out += `largest files by payload:\n`;
     for (const f of i.largestFiles) {
-      const how = f.type === 'patch' ? (f.srcPath === f.path ? 'patched' : `patched against ${f.srcPath}`) : 'replaced (no source file)';
+      const verb = f.type === 'recompress' ? 'recompressed' : 'patched';
+      const how = f.type !== 'replace' ? (f.srcPath === f.path ? verb : `${verb} against ${f.srcPath}`) : 'replaced (no source file)';
       out += `  ${formatBytes(f.payloadBytes).padStart(11)}  ${f.path}  ${how}\n`;
     }
   }
