@@ -30,8 +30,12 @@ export const CODEC_OF_ID: Record<number, Codec | undefined> = { 1: 'xz', 2: 'gzi
 
 const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 const XZ_CHECK_NAME: Record<number, string> = { 0: 'none', 1: 'crc32', 4: 'crc64', 10: 'sha256' };
-/** Apply holds an encoder of this dictionary in a child process: refuse more than kbuild or `xz -9` ever use. */
-export const MAX_XZ_DICT = 64 << 20;
+/**
+ * Apply runs an encoder with this dictionary in a child process, which needs ~11× the
+ * dictionary per thread (~94 MiB at 8 MiB): refuse more than `xz -6` (the default) uses.
+ * kbuild uses 1 MiB. A hostile delta cannot make a device's encoder take more.
+ */
+export const MAX_XZ_DICT = 8 << 20;
 const MIN_XZ_DICT = 4096;
 
 /** The codec a file's first bytes announce, if any. */

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
-import { encoderArgs, type Codec, type EncoderParams } from './compressed-stream.js';
+import { encoderArgs, MAX_XZ_DICT, type Codec, type EncoderParams } from './compressed-stream.js';
 
 /**
  * The encoders behind RECOMPRESS ops: the system `xz` and `gzip`, whose exact versions the
@@ -15,6 +15,8 @@ import { encoderArgs, type Codec, type EncoderParams } from './compressed-stream
  */
 
 const versions = new Map<Codec, string>();
+/** xz needs about the dictionary size to decode; MAX_XZ_DICT plus room. */
+const DECODE_MEMLIMIT = MAX_XZ_DICT + (16 << 20);
 
 /** The encoder's version (`5.4.1` for `xz (XZ Utils) 5.4.1`), or TOOL_MISSING when it is not installed. */
 export function encoderVersion(codec: Codec): string {
@@ -48,12 +50,18 @@ export function checkEncoders(wanted: Partial<Record<Codec, string>>, delta: str
   }
 }
 
-function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cwd?: string): Promise<Buffer> {
+/** Runs a tool; its stdout is collected up to `maxOut` bytes (more kills it: a decompression bomb from a hostile delta). */
+function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cwd?: string, maxOut = Infinity): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'], cwd });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    let outBytes = 0;
+    child.stdout!.on('data', (d: Buffer) => {
+      outBytes += d.length;
+      if (outBytes > maxOut) child.kill('SIGKILL');
+      else out.push(d);
+    });
     child.stderr!.on('data', (d: Buffer) => err.push(d));
     child.on('error', (e: NodeJS.ErrnoException) =>
       reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `${cmd}: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
@@ -86,13 +94,14 @@ export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: 
       }
     });
   }
+  const total = rawLengths.reduce((a, b) => a + b, 0);
   let all: Buffer | undefined;
   try {
-    all = await spawnBuffers('xz', ['-dcq'], Buffer.concat(files));
+    // The memory limit refuses streams that would need a larger dictionary than any encoder setting a delta may name.
+    all = await spawnBuffers('xz', ['-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`], Buffer.concat(files), undefined, total);
   } catch (err) {
     if (err instanceof IbuError && err.code === 'TOOL_MISSING') throw err;
   }
-  const total = rawLengths.reduce((a, b) => a + b, 0);
   if (all === undefined || all.length !== total) {
     // Find which: each file on its own.
     if (files.length === 1) return [undefined];

@@ -263,6 +263,8 @@ export function editParts(orig: DeltaParts, edits: Edit[]): DeltaParts {
 
 /** Codes a damaged or hostile delta may give; anything else (or no IbuError) is a bug. */
 export const DELTA_CODES = new Set([
+  // A header naming another xz/gzip version than the one installed: refused before any output.
+  'TOOL_MISSING',
   'DELTA_INVALID',
   'DELTA_TRUNCATED',
   'DELTA_WRONG_SOURCE',

@@ -67,6 +67,7 @@ describe('compressed-stream: settings from the stream headers', () => {
   it('refuses what it cannot describe: a BCJ filter, two streams, a gzip name, other formats', () => {
     assert.equal(xzFacts(xz(raw, ['--x86', '--lzma2'])), undefined);
     assert.equal(xzFacts(Buffer.concat([xz(raw), xz(raw)])), undefined);
+    assert.equal(xzFacts(xz(raw, ['-T2', '-9'])), undefined, 'a 64 MiB dictionary: more than a device should spend');
     assert.equal(xzFacts(xz(raw).subarray(0, 100)), undefined);
     assert.equal(gzipFacts(gzipNamed(text(3, 1000))), undefined);
     assert.equal(gzipFacts(gzip(text(3, 1000)))?.params.level, 9);
@@ -78,7 +79,7 @@ describe('compressed-stream: settings from the stream headers', () => {
   it('refuses encoder settings a hostile delta could name', () => {
     const ok = { codec: 'xz' as const, level: 6, check: 1, dict: 1 << 20, threads: 2 };
     assert.ok(paramsValid(ok));
-    for (const bad of [{ level: 0 }, { level: 10 }, { check: 3 }, { dict: 1 << 30 }, { dict: 100 }, { threads: 0 }, { threads: 3 }, { level: 1.5 }]) {
+    for (const bad of [{ level: 0 }, { level: 10 }, { check: 3 }, { dict: 1 << 30 }, { dict: 64 << 20 }, { dict: 100 }, { threads: 0 }, { threads: 3 }, { level: 1.5 }]) {
       assert.equal(paramsValid({ ...ok, ...bad }), false, JSON.stringify(bad));
     }
     assert.equal(paramsValid({ codec: 'gzip', level: 9, check: 0, dict: 0, threads: 0 }), true);
@@ -104,8 +105,8 @@ describe('delta make --recompress / apply', () => {
       'usr/share/doc/pkg/changelog.Debian.gz': gzip(v === 'a' ? docA : Buffer.concat([text(8, 3000), docA])),
       // A gzip that stored a file name: gzip -n cannot reproduce it, so it stays a PATCH.
       'usr/share/doc/pkg/named.gz': gzipNamed(v === 'a' ? docA : mutate(docA, 9)),
-      // xz -9e: the headers show a 64 MiB dictionary but not the extreme flag, so recompression does not reproduce it.
-      'usr/share/big.xz': xz(v === 'a' ? bigA : mutate(bigA, 10), ['-T2', '-9e']),
+      // xz -6e: the headers show the dictionary but not the extreme flag, so recompression does not reproduce it.
+      'usr/share/big.xz': xz(v === 'a' ? bigA : mutate(bigA, 10), ['-T2', '-6e']),
     };
     modA.forEach((m, i) => {
       // A new kernel ABI: every module moves to a new directory, with a few bytes changed inside.
