@@ -12,7 +12,7 @@ import { fillFromStore } from './fallback.js';
 import { readDelta } from './delta-file.js';
 import { DICT_PREFIX } from './frame-codec.js';
 import { opStart, rangesBytes } from './op-ranges.js';
-import { checkEncoders, compressMany, decompressMany } from './recompressor.js';
+import { checkEncoders, compressMany, decompressInto } from './recompressor.js';
 import { versionOfImage } from './image-version.js';
 import { OpHasher } from './op-hash.js';
 import type { ApplyResult, DeltaFile, DeltaOp, FailedOp, PatchOp, ProgressEvent, Range, RecompressOp, ReplaceOp } from './types.js';
@@ -366,15 +366,20 @@ async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: Segme
     for (const codec of ['xz', 'gzip'] as const) {
       const mine = packed.filter((x) => x.op.params.codec === codec);
       if (mine.length === 0) continue;
-      const raws = await decompressMany(
+      // Straight into the dictionary: the segment's memory is all apply holds.
+      const ok = await decompressInto(
         codec,
         mine.map((x) => x.bytes),
-        mine.map((x) => x.op.srcRawLength),
+        mine.map((x) => dict!.subarray(x.at, x.at + x.op.srcRawLength)),
       );
       mine.forEach((x, k) => {
-        // Its bytes hashed right, so make decoded the same bytes: a failure here is the decoder's.
-        if (!raws[k]) throw new IbuError('TOOL_FAILED', `${codec} could not decode ${x.op.srcPath}, whose bytes match the release; check the ${codec} installation.`);
-        raws[k].copy(dict!, x.at);
+        // Its bytes hashed right, so they are what make decoded: a size that does not match is the delta's.
+        if (!ok[k]) {
+          throw new IbuError(
+            'DELTA_INVALID',
+            `Op ${x.i} (${x.op.path}): the old file ${x.op.srcPath} does not decode to the ${x.op.srcRawLength} bytes the delta says; download or build the delta again.`,
+          );
+        }
       });
     }
   }

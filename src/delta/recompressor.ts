@@ -78,44 +78,69 @@ function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cw
 }
 
 /**
- * Decodes whole compressed files. gzip in-process (any inflate gives the same bytes); xz
- * through one `xz -dc` over the files back to back (concatenated streams decode to the
- * concatenated contents), cut at the lengths expected. A file that does not decode to its
- * expected length gives `undefined` in its place (xz: the whole batch, as it cannot be cut).
+ * Decodes whole compressed files, each into its buffer (whose length is the size expected).
+ * gzip in-process (any inflate gives the same bytes); xz through one `xz -dc` fed the files
+ * back to back (concatenated streams decode to the concatenated contents), its output copied
+ * straight into the buffers, so nothing is held twice. Returns which files decoded to exactly
+ * their expected size; when an xz batch fails, each file is tried alone to find which.
  */
-export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: number[]): Promise<Array<Buffer | undefined>> {
+export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer[]): Promise<boolean[]> {
   if (codec === 'gzip') {
     return files.map((f, i) => {
       try {
-        const raw = gunzipSync(f, { maxOutputLength: rawLengths[i]! + 1 });
-        return raw.length === rawLengths[i] ? raw : undefined;
+        const raw = gunzipSync(f, { maxOutputLength: into[i]!.length + 1 });
+        return raw.length === into[i]!.length && raw.copy(into[i]!) === raw.length;
       } catch {
-        return undefined;
+        return false;
       }
     });
   }
-  const total = rawLengths.reduce((a, b) => a + b, 0);
-  let all: Buffer | undefined;
-  try {
+  const total = into.reduce((a, b) => a + b.length, 0);
+  const ok = await new Promise<boolean>((resolve, reject) => {
     // The memory limit refuses streams that would need a larger dictionary than any encoder setting a delta may name.
-    all = await spawnBuffers('xz', ['-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`], Buffer.concat(files), undefined, total);
-  } catch (err) {
-    if (err instanceof IbuError && err.code === 'TOOL_MISSING') throw err;
-  }
-  if (all === undefined || all.length !== total) {
-    // Find which: each file on its own.
-    if (files.length === 1) return [undefined];
-    const out: Array<Buffer | undefined> = [];
-    for (let i = 0; i < files.length; i++) out.push(...(await decompressMany(codec, [files[i]!], [rawLengths[i]!])));
-    return out;
-  }
-  const out: Buffer[] = [];
-  let at = 0;
-  for (const n of rawLengths) {
-    out.push(all.subarray(at, at + n));
-    at += n;
-  }
+    const child = spawn('xz', ['-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let k = 0;
+    let at = 0;
+    let over = false;
+    child.stdout.on('data', (d: Buffer) => {
+      for (let p = 0; p < d.length && !over;) {
+        while (k < into.length && at === into[k]!.length) {
+          k++;
+          at = 0;
+        }
+        if (k === into.length) {
+          over = true; // more output than expected: a decompression bomb or the wrong files
+          child.kill('SIGKILL');
+          break;
+        }
+        const n = d.copy(into[k]!, at, p);
+        at += n;
+        p += n;
+      }
+    });
+    child.on('error', (e: NodeJS.ErrnoException) =>
+      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `xz: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
+    );
+    child.on('close', (code) => {
+      const filled = into.slice(0, k).reduce((a, b) => a + b.length, 0) + at;
+      resolve(code === 0 && !over && filled === total);
+    });
+    child.stdin.on('error', () => {});
+    for (const f of files) child.stdin.write(f);
+    child.stdin.end();
+  });
+  if (ok) return files.map(() => true);
+  if (files.length === 1) return [false];
+  const out: boolean[] = [];
+  for (let i = 0; i < files.length; i++) out.push(...(await decompressInto(codec, [files[i]!], [into[i]!])));
   return out;
+}
+
+/** `decompressInto` into new buffers; `undefined` for a file that did not decode to its expected size. */
+export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: number[]): Promise<Array<Buffer | undefined>> {
+  const into = rawLengths.map((n) => Buffer.allocUnsafe(n));
+  const ok = await decompressInto(codec, files, into);
+  return into.map((b, i) => (ok[i] ? b : undefined));
 }
 
 /**
