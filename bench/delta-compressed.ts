@@ -60,7 +60,11 @@ function timed(cmd: string, args: string[]): Timed {
 }
 
 const size = (p: string): number => fs.statSync(p).size;
-const load = (): string => os.loadavg().map((x) => x.toFixed(1)).join(' ');
+const load = (): string =>
+  os
+    .loadavg()
+    .map((x) => x.toFixed(1))
+    .join(' ');
 
 /** Changed files of B against A (by content; matched like `ibu delta make` does), summed two ways. */
 function changedFiles(a: string, b: string): { files: number; rawBytes: number; tarZst: number; perFile: number } {

@@ -218,7 +218,18 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
         written += op.length;
         if (!hasher.digest().equals(op.hash)) failed.push({ index: i, type: 'copy', path: '', dst: dstRanges(op), reason: 'source' });
       } else {
-        written += await decodeSegment(d, op.segment, segOps[op.segment]!, { sfd, dfd, ofd, buf, dctx, failed, sourceImage: opts.sourceImage, seg, work, jobs });
+        written += await decodeSegment(d, op.segment, segOps[op.segment]!, {
+          sfd,
+          dfd,
+          ofd,
+          buf,
+          dctx,
+          failed,
+          sourceImage: opts.sourceImage,
+          seg,
+          work,
+          jobs,
+        });
         for (const j of segOps[op.segment]!) done[j] = 1;
       }
       done[i] = 1;
@@ -377,7 +388,8 @@ async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: Segme
         if (!ok[k]) {
           throw new IbuError(
             'DELTA_INVALID',
-            `Op ${x.i} (${x.op.path}): the old file ${x.op.srcPath} does not decode to the ${x.op.srcRawLength} bytes the delta says; download or build the delta again.`,
+            `Op ${x.i} (${x.op.path}): the old file ${x.op.srcPath} does not decode to the ${x.op.srcRawLength} bytes the delta says; ` +
+              'download or build the delta again.',
           );
         }
       });
@@ -437,7 +449,8 @@ async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: Segme
       if (srcFailed.size === 0)
         throw new IbuError(
           'DELTA_INVALID',
-          `Op ${i} (${op.path || 'metadata'}) ${op.type === 'recompress' ? 'recompresses' : 'decodes'} to bytes that do not match its hash; download or build the delta again.`,
+          `Op ${i} (${op.path || 'metadata'}) ${op.type === 'recompress' ? 'recompresses' : 'decodes'} to bytes that do not match its hash; ` +
+            'download or build the delta again.',
         );
       io.failed.push({ index: i, type: op.type, path: op.path, dst: op.dst, reason: srcFailed.has(i) ? 'source' : 'output' });
       continue;

@@ -131,7 +131,9 @@ export function gzipFacts(file: Buffer): { params: EncoderParams; rawLengthMod32
 export function paramsValid(p: EncoderParams): boolean {
   if (!Number.isInteger(p.level) || p.level < 1 || p.level > 9) return false;
   if (p.codec === 'gzip') return p.check === 0 && p.dict === 0 && p.threads === 0;
-  return XZ_CHECK_NAME[p.check] !== undefined && Number.isInteger(p.dict) && p.dict >= MIN_XZ_DICT && p.dict <= MAX_XZ_DICT && (p.threads === 1 || p.threads === 2);
+  return (
+    XZ_CHECK_NAME[p.check] !== undefined && Number.isInteger(p.dict) && p.dict >= MIN_XZ_DICT && p.dict <= MAX_XZ_DICT && (p.threads === 1 || p.threads === 2)
+  );
 }
 
 /** The encoder's command line for these settings (compressing to stdout, or to `file.xz` / `file.gz` with -k). */

@@ -94,7 +94,8 @@ export function decodeFixedHeader(head: Buffer, file: string, fileSize: number):
     if (name === 'version' && !FORMAT_VERSIONS.includes(f.version)) {
       throw new IbuError(
         'DELTA_INVALID',
-        `The delta ${file} has format version ${f.version}; this ibu reads versions ${FORMAT_VERSIONS.join(' and ')}. Upgrade ibu or build the delta with this one.`,
+        `The delta ${file} has format version ${f.version}; this ibu reads versions ${FORMAT_VERSIONS.join(' and ')}. ` +
+          'Upgrade ibu or build the delta with this one.',
       );
     }
   }

@@ -67,7 +67,8 @@ function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cw
       reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `${cmd}: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
     );
     child.on('close', (code) => {
-      if (code !== 0) reject(new IbuError('TOOL_FAILED', `${cmd} ${args.slice(0, 6).join(' ')} failed (exit ${code}): ${Buffer.concat(err).toString().trim().slice(-500)}`));
+      if (code !== 0)
+        reject(new IbuError('TOOL_FAILED', `${cmd} ${args.slice(0, 6).join(' ')} failed (exit ${code}): ${Buffer.concat(err).toString().trim().slice(-500)}`));
       else resolve(Buffer.concat(out));
     });
     if (input) {

@@ -102,8 +102,15 @@ export function validateOps(header: DeltaHeader, ops: DeltaOp[], segments: Segme
         if (op.type === 'recompress') {
           // Its share of the segment is the uncompressed content; the encoder must be one the header names.
           if (header.format !== 2) throw deltaInvalid(file, `op ${i} is a RECOMPRESS op in a format ${header.format} delta`);
-          if (!paramsValid(op.params) || header.encoders?.[op.params.codec] === undefined) throw deltaInvalid(file, `op ${i} names encoder settings this reader refuses`);
-          if (!Number.isSafeInteger(op.rawLength) || !Number.isSafeInteger(op.srcRawLength) || op.rawLength <= 0 || op.srcRawLength <= 0 || op.src.length === 0) {
+          if (!paramsValid(op.params) || header.encoders?.[op.params.codec] === undefined)
+            throw deltaInvalid(file, `op ${i} names encoder settings this reader refuses`);
+          if (
+            !Number.isSafeInteger(op.rawLength) ||
+            !Number.isSafeInteger(op.srcRawLength) ||
+            op.rawLength <= 0 ||
+            op.srcRawLength <= 0 ||
+            op.src.length === 0
+          ) {
             throw deltaInvalid(file, `op ${i} has impossible sizes`);
           }
           segOut[s]! += op.rawLength;

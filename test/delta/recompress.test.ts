@@ -79,7 +79,17 @@ describe('compressed-stream: settings from the stream headers', () => {
   it('refuses encoder settings a hostile delta could name', () => {
     const ok = { codec: 'xz' as const, level: 6, check: 1, dict: 1 << 20, threads: 2 };
     assert.ok(paramsValid(ok));
-    for (const bad of [{ level: 0 }, { level: 10 }, { check: 3 }, { dict: 1 << 30 }, { dict: 64 << 20 }, { dict: 100 }, { threads: 0 }, { threads: 3 }, { level: 1.5 }]) {
+    for (const bad of [
+      { level: 0 },
+      { level: 10 },
+      { check: 3 },
+      { dict: 1 << 30 },
+      { dict: 64 << 20 },
+      { dict: 100 },
+      { threads: 0 },
+      { threads: 3 },
+      { level: 1.5 },
+    ]) {
       assert.equal(paramsValid({ ...ok, ...bad }), false, JSON.stringify(bad));
     }
     assert.equal(paramsValid({ codec: 'gzip', level: 9, check: 0, dict: 0, threads: 0 }), true);

@@ -125,7 +125,8 @@ export function registerDeltaCommands(program: Command): void {
       } else {
         process.stdout.write(
           `delta ${r.fromVersion} → ${r.toVersion}: ${opts.out} ${mib(r.bytes)} ` +
-            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ${r.ops.recompress ? `${r.ops.recompress} recompress, ` : ''}${r.ops.zero} zero ops; ` +
+            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ` +
+            `${r.ops.recompress ? `${r.ops.recompress} recompress, ` : ''}${r.ops.zero} zero ops; ` +
             `${r.files.patched} files patched, ${r.files.replaced} replaced) in ${r.seconds.toFixed(1)} s\n`,
         );
       }
