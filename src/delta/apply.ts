@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { IbuError, withContext } from '../errors.js';
 import type { Manifest } from '../release/types.js';
 import type { Store } from '../store/store.js';
@@ -9,10 +11,11 @@ import { preadFull, pwriteFull } from '../util/full-io.js';
 import { fillFromStore } from './fallback.js';
 import { readDelta } from './delta-file.js';
 import { DICT_PREFIX } from './frame-codec.js';
-import { opStart } from './op-ranges.js';
+import { opStart, rangesBytes } from './op-ranges.js';
+import { checkEncoders, compressMany, decompressInto } from './recompressor.js';
 import { versionOfImage } from './image-version.js';
 import { OpHasher } from './op-hash.js';
-import type { ApplyResult, DeltaFile, DeltaOp, FailedOp, PatchOp, ProgressEvent, Range, ReplaceOp } from './types.js';
+import type { ApplyResult, DeltaFile, DeltaOp, FailedOp, PatchOp, ProgressEvent, Range, RecompressOp, ReplaceOp } from './types.js';
 
 type Binding = typeof import('zstd-napi/binding.js');
 const binding = createRequire(import.meta.url)('zstd-napi/binding.js') as Binding;
@@ -152,6 +155,11 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
   const d = readDelta(opts.delta, (done, total) => progress?.({ phase: 'verify-delta', done, total }));
   checkPair(d, opts);
   const h = d.header;
+  if (h.encoders) checkEncoders(h.encoders, opts.delta);
+  // RECOMPRESS ops run encoders on files in a scratch directory beside the output.
+  let scratch: string | undefined;
+  const work = (): string => (scratch ??= fs.mkdtempSync(path.join(path.dirname(path.resolve(opts.out)), '.ibudelta-apply-')));
+  const jobs = Math.max(1, os.availableParallelism());
   let sfd: number;
   try {
     sfd = fs.openSync(opts.sourceImage, 'r');
@@ -175,7 +183,7 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
     const done = new Uint8Array(d.ops.length);
     const segOps: number[][] = d.segments.map(() => []);
     d.ops.forEach((op, i) => {
-      if (op.type === 'patch' || op.type === 'replace') segOps[op.segment]!.push(i);
+      if (op.type === 'patch' || op.type === 'replace' || op.type === 'recompress') segOps[op.segment]!.push(i);
     });
     const dctx = new binding.DCtx();
     // One set of segment buffers, reused: allocating per segment lets external memory pile up
@@ -210,7 +218,18 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
         written += op.length;
         if (!hasher.digest().equals(op.hash)) failed.push({ index: i, type: 'copy', path: '', dst: dstRanges(op), reason: 'source' });
       } else {
-        written += decodeSegment(d, op.segment, segOps[op.segment]!, { sfd, dfd, ofd, buf, dctx, failed, sourceImage: opts.sourceImage, seg });
+        written += await decodeSegment(d, op.segment, segOps[op.segment]!, {
+          sfd,
+          dfd,
+          ofd,
+          buf,
+          dctx,
+          failed,
+          sourceImage: opts.sourceImage,
+          seg,
+          work,
+          jobs,
+        });
         for (const j of segOps[op.segment]!) done[j] = 1;
       }
       done[i] = 1;
@@ -303,6 +322,7 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
     if (ofd !== undefined) fs.closeSync(ofd);
     if (dfd !== undefined) fs.closeSync(dfd);
     fs.closeSync(sfd);
+    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   }
 }
 
@@ -321,10 +341,13 @@ interface SegmentIo {
   dctx: InstanceType<Binding['DCtx']>;
   failed: FailedOp[];
   sourceImage: string;
+  /** A scratch directory for the encoders (made on first use, removed by the caller). */
+  work: () => string;
+  jobs: number;
 }
 
 /** Decodes one segment and writes every op of it whose output hash checks; returns bytes written. */
-function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo): number {
+async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo): Promise<number> {
   const seg = d.segments[s]!;
   const frame = io.seg.frame.subarray(0, seg.compressedLength);
   preadFull(io.dfd, frame, d.payloadOffset + seg.offset, sourceShort('The delta'));
@@ -334,17 +357,42 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
     dict = io.seg.dict.subarray(0, seg.dictLength);
     DICT_PREFIX.copy(dict, 0);
     let at = DICT_PREFIX.length;
+    // RECOMPRESS ops: their old file is read whole and decoded, all of one codec at once.
+    const packed: Array<{ i: number; at: number; bytes: Buffer; op: RecompressOp }> = [];
     for (const i of opIdx) {
       const op = d.ops[i]!;
-      if (op.type !== 'patch') continue;
-      const h = new OpHasher();
-      for (const r of op.src) {
-        const piece = dict.subarray(at, at + r.length);
-        preadFull(io.sfd, piece, r.offset, sourceShort(io.sourceImage));
-        h.update(piece);
-        at += r.length;
+      if (op.type === 'recompress') {
+        const bytes = Buffer.allocUnsafe(rangesBytes(op.src));
+        if (!readHashed(io.sfd, op.src, bytes, io.sourceImage).equals(op.srcHash)) srcFailed.add(i);
+        else packed.push({ i, at, bytes, op });
+        dict.fill(0, at, at + op.srcRawLength);
+        at += op.srcRawLength;
+        continue;
       }
-      if (!h.digest().equals(op.srcHash)) srcFailed.add(i);
+      if (op.type !== 'patch') continue;
+      const piece = dict.subarray(at, at + rangesBytes(op.src));
+      if (!readHashed(io.sfd, op.src, piece, io.sourceImage).equals(op.srcHash)) srcFailed.add(i);
+      at += piece.length;
+    }
+    for (const codec of ['xz', 'gzip'] as const) {
+      const mine = packed.filter((x) => x.op.params.codec === codec);
+      if (mine.length === 0) continue;
+      // Straight into the dictionary: the segment's memory is all apply holds.
+      const ok = await decompressInto(
+        codec,
+        mine.map((x) => x.bytes),
+        mine.map((x) => dict!.subarray(x.at, x.at + x.op.srcRawLength)),
+      );
+      mine.forEach((x, k) => {
+        // Its bytes hashed right, so they are what make decoded: a size that does not match is the delta's.
+        if (!ok[k]) {
+          throw new IbuError(
+            'DELTA_INVALID',
+            `Op ${x.i} (${x.op.path}): the old file ${x.op.srcPath} does not decode to the ${x.op.srcRawLength} bytes the delta says; ` +
+              'download or build the delta again.',
+          );
+        }
+      });
     }
   }
   const out = io.seg.out.subarray(0, seg.outputLength);
@@ -359,27 +407,50 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
     }
     // A modified dictionary can make a frame undecodable: every op of the segment must come from elsewhere.
     for (const i of opIdx) {
-      const op = d.ops[i] as PatchOp | ReplaceOp;
+      const op = d.ops[i] as PatchOp | ReplaceOp | RecompressOp;
       io.failed.push({ index: i, type: op.type, path: op.path, dst: op.dst, reason: srcFailed.has(i) ? 'source' : 'output' });
     }
     return 0;
   }
   if (n !== seg.outputLength)
     throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta decodes to ${n} bytes instead of ${seg.outputLength}; download or build the delta again.`);
+  // Cut the output into the ops' parts; RECOMPRESS parts go through their encoder first.
+  const parts: Array<{ i: number; op: PatchOp | ReplaceOp | RecompressOp; bytes: Buffer }> = [];
   let at = 0;
-  let written = 0;
   for (const i of opIdx) {
-    const op = d.ops[i] as PatchOp | ReplaceOp;
-    const len = op.dst.reduce((x, r) => x + r.length, 0);
-    const bytes = out.subarray(at, at + len);
+    const op = d.ops[i] as PatchOp | ReplaceOp | RecompressOp;
+    const len = op.type === 'recompress' ? op.rawLength : rangesBytes(op.dst);
+    parts.push({ i, op, bytes: out.subarray(at, at + len) });
     at += len;
-    const ok = new OpHasher().update(bytes).digest().equals(op.dstHash);
+  }
+  const groups = new Map<string, typeof parts>();
+  for (const p of parts) {
+    if (p.op.type !== 'recompress') continue;
+    const key = JSON.stringify(p.op.params);
+    groups.set(key, [...(groups.get(key) ?? []), p]);
+  }
+  for (const g of groups.values()) {
+    const packed = await compressMany(
+      (g[0]!.op as RecompressOp).params,
+      g.map((p) => p.bytes),
+      io.work(),
+      io.jobs,
+    );
+    g.forEach((p, k) => {
+      p.bytes = packed[k]!;
+    });
+  }
+  let written = 0;
+  for (const { i, op, bytes } of parts) {
+    const len = rangesBytes(op.dst);
+    const ok = bytes.length === len && new OpHasher().update(bytes).digest().equals(op.dstHash);
     if (!ok) {
       // Wrong output with intact sources in the segment means the payload itself is bad.
       if (srcFailed.size === 0)
         throw new IbuError(
           'DELTA_INVALID',
-          `Op ${i} (${op.path || 'metadata'}) decodes to bytes that do not match its hash; download or build the delta again.`,
+          `Op ${i} (${op.path || 'metadata'}) ${op.type === 'recompress' ? 'recompresses' : 'decodes'} to bytes that do not match its hash; ` +
+            'download or build the delta again.',
         );
       io.failed.push({ index: i, type: op.type, path: op.path, dst: op.dst, reason: srcFailed.has(i) ? 'source' : 'output' });
       continue;
@@ -393,6 +464,19 @@ function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo):
     written += len;
   }
   return written;
+}
+
+/** Reads ranges of the source image into `into` (exactly their size) and returns their op hash. */
+function readHashed(fd: number, ranges: Range[], into: Buffer, what: string): Buffer {
+  const h = new OpHasher();
+  let at = 0;
+  for (const r of ranges) {
+    const piece = into.subarray(at, at + r.length);
+    preadFull(fd, piece, r.offset, sourceShort(what));
+    h.update(piece);
+    at += r.length;
+  }
+  return h.digest();
 }
 
 /** sha256 of the output in target order; ZERO ranges are fed as zeros without reading the holes. */

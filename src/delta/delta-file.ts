@@ -67,6 +67,7 @@ function readHead(fd: number, file: string, size: number): { fixed: FixedHeader;
   checkFixedHeader(head, fixed, json, file);
   const header = decodeHeaderJson(json, file);
   validateHeader(header, file);
+  if (header.format !== fixed.version) throw deltaInvalid(file, `the header says format ${header.format}, the fixed header ${fixed.version}`);
   if (size < fixed.totalLength) throw deltaTruncated(file, size, fixed.totalLength);
   if (size > fixed.totalLength) throw deltaInvalid(file, `it has ${size - fixed.totalLength} bytes after its end`);
   return { fixed, header };

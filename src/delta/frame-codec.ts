@@ -3,6 +3,7 @@ import { compress } from 'zstd-napi';
 import { decompressCapped, OverCap, zstdBinding } from '../chunk/compress.js';
 import { IbuError } from '../errors.js';
 import { ByteReader, ByteWriter, type CursorProblem } from './byte-cursor.js';
+import { CODEC_ID, CODEC_OF_ID } from './compressed-stream.js';
 import { deltaInvalid, deltaTruncated } from './delta-errors.js';
 import type { DeltaHeader, DeltaOp, Range, Segment } from './types.js';
 
@@ -20,7 +21,9 @@ import type { DeltaHeader, DeltaOp, Range, Segment } from './types.js';
  */
 export const MAGIC = Buffer.from('IBUDELTA', 'latin1');
 export const TRAILER_MAGIC = Buffer.from('IBUDEND1', 'latin1');
-export const FORMAT_VERSION = 1;
+/** Format 2 adds the RECOMPRESS op; a delta without one is still written as format 1, which older readers read. */
+export const FORMAT_VERSION = 2;
+const FORMAT_VERSIONS: readonly number[] = [1, 2];
 export const FIXED_HEADER_BYTES = 64;
 export const TRAILER_BYTES = 40;
 export const OP_HASH_BYTES = 16;
@@ -50,7 +53,7 @@ const HEADER_CHECK_BYTES = 8;
 
 export type FixedHeader = { [K in (typeof FIXED_FIELDS)[number][0]]: number };
 
-const OP_CODE = { zero: 0, copy: 1, patch: 2, replace: 3 } as const;
+const OP_CODE = { zero: 0, copy: 1, patch: 2, replace: 3, recompress: 4 } as const;
 const SEGMENT_RECORD_BYTES = 32;
 const RANGE_RECORD_BYTES = 16;
 const MAX_HEADER_JSON = 1 << 20;
@@ -88,10 +91,11 @@ export function decodeFixedHeader(head: Buffer, file: string, fileSize: number):
   for (const [name, kind] of FIXED_FIELDS) {
     f[name] = r[kind]();
     // The version decides how the rest is read, so it is judged before the rest.
-    if (name === 'version' && f.version !== FORMAT_VERSION) {
+    if (name === 'version' && !FORMAT_VERSIONS.includes(f.version)) {
       throw new IbuError(
         'DELTA_INVALID',
-        `The delta ${file} has format version ${f.version}; this ibu reads version ${FORMAT_VERSION}. Upgrade ibu or build the delta with this one.`,
+        `The delta ${file} has format version ${f.version}; this ibu reads versions ${FORMAT_VERSIONS.join(' and ')}. ` +
+          'Upgrade ibu or build the delta with this one.',
       );
     }
   }
@@ -178,6 +182,22 @@ export function encodeOpTable(ops: DeltaOp[], segments: Segment[]): Buffer {
         w.bytes(op.dstHash);
         writePath(w, op.path);
         break;
+      case 'recompress':
+        w.u32(op.segment);
+        writeRanges(w, op.dst);
+        writeRanges(w, op.src);
+        w.bytes(op.srcHash);
+        w.bytes(op.dstHash);
+        w.u64(op.srcRawLength);
+        w.u64(op.rawLength);
+        w.u8(CODEC_ID[op.params.codec]);
+        w.u8(op.params.level);
+        w.u8(op.params.check);
+        w.u8(op.params.threads);
+        w.u32(op.params.dict);
+        writePath(w, op.path);
+        writePath(w, op.srcPath);
+        break;
     }
   }
   return w.done();
@@ -229,6 +249,21 @@ export function decodeOpTable(raw: Buffer, file: string): { ops: DeltaOp[]; segm
         ops.push({ type: 'replace', segment, dst, dstHash: r.bytes(OP_HASH_BYTES), path: r.str16() });
         break;
       }
+      case OP_CODE.recompress: {
+        const segment = r.u32();
+        const dst = readRanges(r, file);
+        const src = readRanges(r, file);
+        const srcHash = r.bytes(OP_HASH_BYTES);
+        const dstHash = r.bytes(OP_HASH_BYTES);
+        const srcRawLength = r.u64();
+        const rawLength = r.u64();
+        const codecId = r.u8();
+        const codec = CODEC_OF_ID[codecId];
+        if (!codec) throw deltaInvalid(file, `op ${i} names the unknown codec ${codecId}`);
+        const params = { codec, level: r.u8(), check: r.u8(), threads: r.u8(), dict: r.u32() };
+        ops.push({ type: 'recompress', segment, dst, src, srcHash, dstHash, srcRawLength, rawLength, params, path: r.str16(), srcPath: r.str16() });
+        break;
+      }
       default:
         throw deltaInvalid(file, `op ${i} has the unknown type ${code}`);
     }
@@ -265,7 +300,7 @@ export function encodeHead(header: DeltaHeader, ops: DeltaOp[], segments: Segmen
   const payloadOffset = opTableOffset + table.length;
   const totalLength = payloadOffset + payloadLength + TRAILER_BYTES;
   const fixed = encodeFixedHeader(
-    { version: FORMAT_VERSION, flags: 0, jsonLength: json.length, totalLength, opTableOffset, opTableLength: table.length, payloadOffset, payloadLength },
+    { version: header.format, flags: 0, jsonLength: json.length, totalLength, opTableOffset, opTableLength: table.length, payloadOffset, payloadLength },
     json,
   );
   return { head: Buffer.concat([fixed, json, table]), payloadOffset, totalLength };

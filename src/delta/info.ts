@@ -22,7 +22,7 @@ export interface ByteTally {
 
 export interface FileTally extends ByteTally {
   path: string;
-  type: 'patch' | 'replace';
+  type: 'patch' | 'replace' | 'recompress';
   /** The source file a PATCH was diffed against. */
   srcPath?: string;
 }
@@ -69,10 +69,11 @@ export function payloadShares(d: Pick<DeltaFile, 'ops' | 'segments'>): number[] 
   const shares = new Array<number>(d.ops.length).fill(0);
   const done = new Array<number>(d.segments.length).fill(0);
   d.ops.forEach((op, i) => {
-    if (op.type !== 'patch' && op.type !== 'replace') return;
+    if (op.type !== 'patch' && op.type !== 'replace' && op.type !== 'recompress') return;
     const seg = d.segments[op.segment]!;
     const before = done[op.segment]!;
-    const after = before + opTargetBytes(op);
+    // A RECOMPRESS op's share of its segment is its uncompressed content.
+    const after = before + (op.type === 'recompress' ? op.rawLength : opTargetBytes(op));
     done[op.segment] = after;
     shares[i] = Math.round((seg.compressedLength * after) / seg.outputLength) - Math.round((seg.compressedLength * before) / seg.outputLength);
   });
@@ -80,7 +81,7 @@ export function payloadShares(d: Pick<DeltaFile, 'ops' | 'segments'>): number[] 
 }
 
 export function describeDelta(d: DeltaFile): DeltaInfo {
-  const byKind: Record<OpType, ByteTally> = { zero: tally(), copy: tally(), patch: tally(), replace: tally() };
+  const byKind: Record<OpType, ByteTally> = { zero: tally(), copy: tally(), patch: tally(), replace: tally(), recompress: tally() };
   const dirs = new Map<string, ByteTally>();
   const files = new Map<string, FileTally>();
   const metadata = tally();
@@ -90,7 +91,7 @@ export function describeDelta(d: DeltaFile): DeltaInfo {
     const target = opTargetBytes(op);
     const payload = shares[i]!;
     add(byKind[op.type], target, payload);
-    if (op.type !== 'patch' && op.type !== 'replace') return;
+    if (op.type !== 'patch' && op.type !== 'replace' && op.type !== 'recompress') return;
     if (isMetadataPath(op.path)) {
       add(metadata, target, payload);
       return;
@@ -101,7 +102,7 @@ export function describeDelta(d: DeltaFile): DeltaInfo {
     add(dirs.get(dir)!, target, payload);
     let f = files.get(op.path);
     if (!f) {
-      f = { path: op.path, type: op.type, ...(op.type === 'patch' ? { srcPath: op.srcPath } : {}), ...tally() };
+      f = { path: op.path, type: op.type, ...(op.type !== 'replace' ? { srcPath: op.srcPath } : {}), ...tally() };
       files.set(op.path, f);
     }
     add(f, target, payload);

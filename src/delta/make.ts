@@ -14,7 +14,8 @@ import { opTargetBytes } from './op-ranges.js';
 import { scanImages } from './image-scan.js';
 import { versionOf } from './image-version.js';
 import { OpHasher } from './op-hash.js';
-import { plan, type PlanFile, type PlanLimits, type PlannedSegment } from './plan.js';
+import { DEFAULT_LIMITS, plan, type PlanFile, type PlanLimits, type PlannedSegment } from './plan.js';
+import { scanRecompressible, type RecompressedFile, type RecompressScan } from './recompress-scan.js';
 import type { DeltaHeader, DeltaOp, DeltaStats, OpType, ProgressEvent, Range, Segment } from './types.js';
 
 export interface MakeDeltaOptions {
@@ -26,6 +27,12 @@ export interface MakeDeltaOptions {
   /** zstd processes run at once (default: the number of CPUs, at most 4). */
   jobs?: number;
   limits?: Partial<PlanLimits>;
+  /**
+   * Send changed xz and gzip files uncompressed, for the device to compress again (RECOMPRESS
+   * ops, format 2): much smaller deltas of compressed files, but make and apply run the
+   * encoder on every such file, and apply needs the same `xz`/`gzip` versions.
+   */
+  recompress?: boolean;
   onProgress?: (e: ProgressEvent) => void;
 }
 
@@ -112,20 +119,38 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
     const sourceFiles = filesOf(ra);
     const matcher = new SourceMatcher(sourceFiles);
     const targetFiles: PlanFile[] = filesOf(rb).map((f) => ({ ...f, extents: rb.extents(f.ino) }));
-    const p = plan({
-      scan,
-      targetFiles,
-      match: (t) => matcher.match(t),
-      sourceExtents: (f) => ra.extents(f.ino),
-      limits: opts.limits,
-    });
-    progress?.({ phase: 'plan', done: 1, total: 1 });
 
     const workDir = fs.mkdtempSync(path.join(path.dirname(path.resolve(opts.out)), '.ibudelta-work-'));
     work = workDir;
     const sfd = fs.openSync(opts.fromImage, 'r');
     const tfd = fs.openSync(opts.toImage, 'r');
     try {
+      let rc: RecompressScan | undefined;
+      if (opts.recompress) {
+        rc = await scanRecompressible({
+          targets: targetFiles,
+          match: (t) => matcher.match(t)?.file,
+          sourceExtents: (f) => ra.extents(f.ino),
+          kind: scan.kind,
+          blockSize: bs,
+          sfd,
+          tfd,
+          work: workDir,
+          jobs,
+          limits: { ...DEFAULT_LIMITS, ...opts.limits },
+          onProgress: (done, total) => progress?.({ phase: 'recompress', done, total }),
+        });
+      }
+      const p = plan({
+        scan,
+        targetFiles,
+        match: (t) => matcher.match(t),
+        sourceExtents: (f) => ra.extents(f.ino),
+        limits: opts.limits,
+        recompress: rc ? (t) => rc.files.get(t.ino) : undefined,
+      });
+      progress?.({ phase: 'plan', done: 1, total: 1 });
+
       const buf = Buffer.allocUnsafe(IO_BYTES);
       // COPY ops: hash the source bytes they read (identical to the target bytes they write).
       for (const op of p.ops) {
@@ -134,12 +159,19 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         pumpRanges(sfd, [{ offset: op.src, length: op.length }], buf, h);
         op.hash = h.digest();
       }
-      const segments = await compressSegments(p.ops, p.segments, { sfd, tfd, work: workDir, level, jobs, buf, progress });
+      // Where each RECOMPRESS op's uncompressed contents wait (by target path: the plan names a file by its first path).
+      const raw = new Map<string, RecompressedFile>();
+      for (const f of targetFiles) {
+        const r = rc?.files.get(f.ino);
+        if (r && !raw.has(f.path)) raw.set(f.path, r);
+      }
+      const segments = await compressSegments(p.ops, p.segments, { sfd, tfd, work: workDir, level, jobs, buf, progress, raw });
 
       // Assemble: fixed header, JSON, op table, payload, trailer.
       const payloadLength = segments.reduce((n, s) => n + s.compressedLength, 0);
+      const recompressed = p.ops.some((op) => op.type === 'recompress');
       const header: DeltaHeader = {
-        format: 1,
+        format: recompressed ? 2 : 1,
         fromVersion,
         toVersion,
         source: { size: scan.sourceSize, sha256: scan.sourceSha256, blockSize: ra.blockSize },
@@ -148,6 +180,7 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         opCount: p.ops.length,
         segmentCount: segments.length,
         generator: GENERATOR,
+        ...(recompressed && rc ? { encoders: rc.encoders } : {}),
       };
       const layout = encodeHead(header, p.ops, segments, payloadLength);
       writeDeltaFile(
@@ -158,8 +191,8 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
       );
       await commitFile(partial, opts.out);
 
-      const opsCount: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0 };
-      const targetBytes: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0 };
+      const opsCount: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0, recompress: 0 };
+      const targetBytes: Record<OpType, number> = { zero: 0, copy: 0, patch: 0, replace: 0, recompress: 0 };
       for (const op of p.ops) {
         opsCount[op.type]++;
         targetBytes[op.type] += opTargetBytes(op);
@@ -176,6 +209,7 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         segments: segments.length,
         payloadBytes: payloadLength,
         files: p.files,
+        ...(rc ? { recompress: { candidates: rc.candidates, reproduced: rc.files.size, notReproduced: rc.notReproduced } } : {}),
         seconds: (performance.now() - t0) / 1000,
       };
     } finally {
@@ -210,6 +244,21 @@ function writeSegmentInputs(ops: DeltaOp[], seg: PlannedSegment, ctx: SegmentCon
         pumpRanges(ctx.tfd, op.dst, ctx.buf, dh, inFd);
         op.dstHash = dh.digest();
       }
+      if (op.type === 'recompress') {
+        // Hashes over the compressed bytes; the segment carries the uncompressed contents.
+        const r = ctx.raw.get(op.path);
+        if (!r) throw new IbuError('INTERNAL', `no uncompressed content kept for ${op.path}`);
+        const sh = new OpHasher();
+        pumpRanges(ctx.sfd, op.src, ctx.buf, sh);
+        op.srcHash = sh.digest();
+        const dh = new OpHasher();
+        pumpRanges(ctx.tfd, op.dst, ctx.buf, dh);
+        op.dstHash = dh.digest();
+        fs.writeSync(dictFd, fs.readFileSync(r.srcRawPath));
+        fs.writeSync(inFd, fs.readFileSync(r.rawPath));
+        fs.rmSync(r.srcRawPath);
+        fs.rmSync(r.rawPath);
+      }
     }
   } finally {
     fs.closeSync(dictFd);
@@ -229,6 +278,7 @@ interface SegmentContext {
   jobs: number;
   buf: Buffer;
   progress?: (e: ProgressEvent) => void;
+  raw: Map<string, RecompressedFile>;
 }
 
 /**

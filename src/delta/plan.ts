@@ -3,7 +3,8 @@ import { DICT_PREFIX } from './frame-codec.js';
 import { opStart, rangesBytes } from './op-ranges.js';
 import type { Match, MatchFile, MatchKind } from './file-match.js';
 import { BLOCK, type ImageScan } from './image-scan.js';
-import type { CopyOp, DeltaOp, PatchOp, Range, ReplaceOp, ZeroOp } from './types.js';
+import type { EncoderParams } from './compressed-stream.js';
+import type { CopyOp, DeltaOp, PatchOp, Range, RecompressOp, ReplaceOp, ZeroOp } from './types.js';
 
 /**
  * The pure half of `makeDelta`: from the block classification of both images and the file
@@ -35,6 +36,18 @@ export interface PlanFile extends MatchFile {
   extents: PhysicalExtent[];
 }
 
+/**
+ * A changed compressed file that make found to recompress bit-exactly: it travels as its
+ * uncompressed content, diffed against the old file's (`RecompressOp`). make has checked that
+ * the file's blocks hold it whole from logical block 0 and that the rest of its last block is zero.
+ */
+export interface RecompressFacts {
+  source: MatchFile;
+  params: EncoderParams;
+  rawLength: number;
+  srcRawLength: number;
+}
+
 export interface PlanInput {
   scan: Pick<ImageScan, 'blockSize' | 'sourceSize' | 'targetSize' | 'kind' | 'from' | 'sourceZero'>;
   /** Regular files and directories of the target, with their extents. */
@@ -42,6 +55,8 @@ export interface PlanInput {
   match: (t: MatchFile) => Match | undefined;
   sourceExtents: (f: MatchFile) => PhysicalExtent[];
   limits?: Partial<PlanLimits>;
+  /** Changed compressed files to send uncompressed (make --recompress). */
+  recompress?: (t: PlanFile) => RecompressFacts | undefined;
 }
 
 export interface PlannedSegment {
@@ -53,7 +68,19 @@ export interface PlannedSegment {
 export interface Plan {
   ops: DeltaOp[];
   segments: PlannedSegment[];
-  files: { patched: number; replaced: number; byPath: number; byRename: number; byBasename: number };
+  files: { patched: number; replaced: number; byPath: number; byRename: number; byBasename: number; recompressed: number };
+}
+
+/** The first `n` bytes of a list of ranges. */
+export function clipRanges(rs: Range[], n: number): Range[] {
+  const out: Range[] = [];
+  for (const r of rs) {
+    if (n <= 0) break;
+    const length = Math.min(r.length, n);
+    out.push({ offset: r.offset, length });
+    n -= length;
+  }
+  return out;
 }
 
 const NO_HASH = Buffer.alloc(0);
@@ -98,7 +125,7 @@ export function plan(input: PlanInput): Plan {
   const sBlocks = sourceZero.length;
   const claimed = new Uint8Array(tBlocks);
   const ops: DeltaOp[] = [];
-  const files = { patched: 0, replaced: 0, byPath: 0, byRename: 0, byBasename: 0 };
+  const files = { patched: 0, replaced: 0, byPath: 0, byRename: 0, byBasename: 0, recompressed: 0 };
   const byKind: Record<MatchKind, 'byPath' | 'byRename' | 'byBasename'> = { path: 'byPath', rename: 'byRename', basename: 'byBasename' };
   const seenIno = new Set<number>();
   const maxOutBlocks = Math.max(1, Math.floor(lim.maxSegmentOutput / bs));
@@ -111,6 +138,32 @@ export function plan(input: PlanInput): Plan {
     seenIno.add(f.ino);
     const blocks = fileBlocks(f.extents, tBlocks).filter((b) => claimed[b] === 0);
     if (!blocks.some((b) => kind[b] === BLOCK.literal)) continue;
+    const rc = input.recompress?.(f);
+    if (rc) {
+      // The whole file, recompressed on the device; the rest of its last block stays zero.
+      for (const b of blocks) claimed[b] = 1;
+      const all = blocksToRanges(blocks, bs, targetSize);
+      const dst = clipRanges(all, f.size);
+      const src = clipRanges(blocksToRanges(fileBlocks(input.sourceExtents(rc.source), sBlocks), bs, sourceSize), rc.source.size);
+      ops.push({
+        type: 'recompress',
+        segment: -1,
+        dst,
+        src,
+        srcHash: NO_HASH,
+        dstHash: NO_HASH,
+        srcRawLength: rc.srcRawLength,
+        rawLength: rc.rawLength,
+        params: rc.params,
+        path: opPath(f),
+        srcPath: opPath(rc.source),
+      } satisfies RecompressOp);
+      const tail = rangesBytes(all) - f.size;
+      if (tail > 0) ops.push({ type: 'zero', dst: blocks[blocks.length - 1]! * bs + (bs - tail), length: tail } satisfies ZeroOp);
+      files.patched++;
+      files.recompressed++;
+      continue;
+    }
     const include: number[] = [];
     const logical: number[] = []; // index in the file's block list, to place source windows
     for (let i = 0; i < blocks.length;) {
@@ -219,9 +272,9 @@ export function plan(input: PlanInput): Plan {
   const segments: PlannedSegment[] = [];
   let cur: PlannedSegment | undefined;
   ops.forEach((op, i) => {
-    if (op.type !== 'patch' && op.type !== 'replace') return;
-    const out = rangesBytes(op.dst);
-    const dict = op.type === 'patch' ? rangesBytes(op.src) : 0;
+    if (op.type !== 'patch' && op.type !== 'replace' && op.type !== 'recompress') return;
+    const out = op.type === 'recompress' ? op.rawLength : rangesBytes(op.dst);
+    const dict = op.type === 'patch' ? rangesBytes(op.src) : op.type === 'recompress' ? op.srcRawLength : 0;
     if (!cur || cur.outputLength + out > lim.maxSegmentOutput || cur.dictLength + dict > lim.maxSegmentDict + DICT_PREFIX.length) {
       cur = { ops: [], outputLength: 0, dictLength: DICT_PREFIX.length };
       segments.push(cur);

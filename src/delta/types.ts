@@ -1,3 +1,5 @@
+import type { EncoderParams } from './compressed-stream.js';
+
 /**
  * The shapes of a delta (docs/delta-format.md has the byte layout). A delta is a list of
  * operations that together cover the target image exactly once, in target order.
@@ -47,7 +49,29 @@ export interface ReplaceOp {
   path: string;
 }
 
-export type DeltaOp = ZeroOp | CopyOp | PatchOp | ReplaceOp;
+/**
+ * Target ranges ← a compressed file rebuilt on the device: the segment decodes the file's
+ * *uncompressed* content (its dictionary holds the old file's uncompressed content, decoded
+ * from the source ranges), then the encoder named by `params` compresses it to exactly the
+ * target bytes. Format 2 only.
+ */
+export interface RecompressOp {
+  type: 'recompress';
+  segment: number;
+  dst: Range[];
+  src: Range[];
+  /** Hashes of the compressed bytes read and written, like a PATCH's. */
+  srcHash: Buffer;
+  dstHash: Buffer;
+  /** Uncompressed bytes of the old file (its share of the dictionary) and of the new one (its share of the segment output). */
+  srcRawLength: number;
+  rawLength: number;
+  params: EncoderParams;
+  path: string;
+  srcPath: string;
+}
+
+export type DeltaOp = ZeroOp | CopyOp | PatchOp | ReplaceOp | RecompressOp;
 export type OpType = DeltaOp['type'];
 
 /** One zstd frame of the payload: its output is the concatenation of its ops' target ranges. */
@@ -68,7 +92,8 @@ export interface ImageFacts {
 
 /** The JSON header of a delta. */
 export interface DeltaHeader {
-  format: 1;
+  /** 1, or 2 when the delta has RECOMPRESS ops. */
+  format: 1 | 2;
   fromVersion: string; // 'unknown' when the image has no /etc/ibu/image.json
   toVersion: string;
   source: ImageFacts;
@@ -78,6 +103,8 @@ export interface DeltaHeader {
   opCount: number;
   segmentCount: number;
   generator: string;
+  /** Format 2: the encoder versions RECOMPRESS ops need on the device (`{ "xz": "5.4.1" }`). */
+  encoders?: Partial<Record<'xz' | 'gzip', string>>;
 }
 
 export interface DeltaFile {
@@ -106,12 +133,14 @@ export interface DeltaStats {
   /** Bytes of compressed PATCH/REPLACE data. */
   payloadBytes: number;
   /** Target files whose content had to be sent, by how they were matched to a source file. */
-  files: { patched: number; replaced: number; byPath: number; byRename: number; byBasename: number };
+  files: { patched: number; replaced: number; byPath: number; byRename: number; byBasename: number; recompressed: number };
+  /** With `recompress`: compressed files tried, and those whose recompression did not reproduce the target (sent as PATCH instead). */
+  recompress?: { candidates: number; reproduced: number; notReproduced: number };
   seconds: number;
 }
 
 export interface ProgressEvent {
-  phase: 'scan-source' | 'scan-target' | 'plan' | 'compress' | 'verify-delta' | 'check-source' | 'apply' | 'fallback' | 'verify';
+  phase: 'scan-source' | 'scan-target' | 'recompress' | 'plan' | 'compress' | 'verify-delta' | 'check-source' | 'apply' | 'fallback' | 'verify';
   done: number;
   total: number;
 }

@@ -1,6 +1,7 @@
 import { deltaInvalid } from './delta-errors.js';
+import { paramsValid } from './compressed-stream.js';
 import { DICT_PREFIX } from './frame-codec.js';
-import { opStart } from './op-ranges.js';
+import { opStart, rangesBytes } from './op-ranges.js';
 import type { DeltaHeader, DeltaOp, Segment } from './types.js';
 
 /**
@@ -22,7 +23,8 @@ export function validateHeader(h: DeltaHeader, file: string): void {
   };
   if (
     !h ||
-    h.format !== 1 ||
+    (h.format !== 1 && h.format !== 2) ||
+    !encodersValid(h.encoders) ||
     typeof h.fromVersion !== 'string' ||
     typeof h.toVersion !== 'string' ||
     !okImage(h.source) ||
@@ -33,6 +35,12 @@ export function validateHeader(h: DeltaHeader, file: string): void {
   ) {
     throw deltaInvalid(file, 'the header lacks required fields');
   }
+}
+
+function encodersValid(e: unknown): boolean {
+  if (e === undefined) return true;
+  if (typeof e !== 'object' || e === null) return false;
+  return Object.entries(e).every(([k, v]) => (k === 'xz' || k === 'gzip') && typeof v === 'string' && v.length < 64);
 }
 
 /** The op table holds as many ops and segments as the header says. */
@@ -60,6 +68,8 @@ export function validateOps(header: DeltaHeader, ops: DeltaOp[], segments: Segme
   const segOut = new Array<number>(segments.length).fill(0);
   const segDict = new Array<number>(segments.length).fill(DICT_PREFIX.length);
   const segFirst = new Array<number>(segments.length).fill(-1);
+  // RECOMPRESS ops' compressed bytes, read and written by apply in memory besides the segment.
+  const segPacked = new Array<number>(segments.length).fill(0);
   let prevFirst = -1;
   ops.forEach((op, i) => {
     // Apply hashes the output as it goes, which needs ops in order of their first target byte.
@@ -74,7 +84,8 @@ export function validateOps(header: DeltaHeader, ops: DeltaOp[], segments: Segme
         if (op.type === 'copy' && !srcOk(op.src, op.length)) throw deltaInvalid(file, `op ${i} reads outside the source image`);
         break;
       case 'patch':
-      case 'replace': {
+      case 'replace':
+      case 'recompress': {
         const s = op.segment;
         if (s >= segments.length) throw deltaInvalid(file, `op ${i} names segment ${s}, which does not exist`);
         // Segments are decoded in order of their first op, so segment s must start after s - 1.
@@ -86,12 +97,31 @@ export function validateOps(header: DeltaHeader, ops: DeltaOp[], segments: Segme
         for (const r of op.dst) {
           if (r.length <= 0) throw deltaInvalid(file, `op ${i} has an empty range`);
           tiles.push([r.offset, r.length]);
-          segOut[s]! += r.length;
+          if (op.type !== 'recompress') segOut[s]! += r.length;
         }
-        if (op.type === 'patch') {
+        if (op.type === 'recompress') {
+          // Its share of the segment is the uncompressed content; the encoder must be one the header names.
+          if (header.format !== 2) throw deltaInvalid(file, `op ${i} is a RECOMPRESS op in a format ${header.format} delta`);
+          if (!paramsValid(op.params) || header.encoders?.[op.params.codec] === undefined)
+            throw deltaInvalid(file, `op ${i} names encoder settings this reader refuses`);
+          if (
+            !Number.isSafeInteger(op.rawLength) ||
+            !Number.isSafeInteger(op.srcRawLength) ||
+            op.rawLength <= 0 ||
+            op.srcRawLength <= 0 ||
+            op.src.length === 0
+          ) {
+            throw deltaInvalid(file, `op ${i} has impossible sizes`);
+          }
+          segOut[s]! += op.rawLength;
+          segDict[s]! += op.srcRawLength;
+          segPacked[s]! += Math.max(rangesBytes(op.src), rangesBytes(op.dst));
+          if (segPacked[s]! > MAX_SEGMENT_OUTPUT) throw deltaInvalid(file, `segment ${s} recompresses more bytes than the reader's limit`);
+        }
+        if (op.type === 'patch' || op.type === 'recompress') {
           for (const r of op.src) {
             if (!srcOk(r.offset, r.length)) throw deltaInvalid(file, `op ${i} reads outside the source image`);
-            segDict[s]! += r.length;
+            if (op.type === 'patch') segDict[s]! += r.length;
           }
         }
         break;

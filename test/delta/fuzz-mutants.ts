@@ -46,9 +46,17 @@ export function sealDelta(p: DeltaParts): Buffer {
   const opTableOffset = FIXED_HEADER_BYTES + p.json.length;
   const payloadOffset = opTableOffset + tableZ.length;
   const totalLength = payloadOffset + p.payload.length + TRAILER_BYTES;
+  // The fixed header's version follows the JSON's format (1, or 2 with RECOMPRESS ops), as the writer does.
+  let version = FORMAT_VERSION;
+  try {
+    const f = (JSON.parse(p.json.toString('utf8')) as { format?: unknown }).format;
+    if (f === 1 || f === 2) version = f;
+  } catch {
+    // a damaged header: the reader stops at it whatever the version
+  }
   const fixed = encodeFixedHeader(
     {
-      version: FORMAT_VERSION,
+      version,
       flags: 0,
       jsonLength: p.json.length,
       totalLength,
@@ -100,6 +108,9 @@ const HEADER_PATHS = [
   ['opHash'],
   ['opCount'],
   ['segmentCount'],
+  ['encoders'],
+  ['encoders', 'xz'],
+  ['encoders', 'gzip'],
 ];
 
 export type Edit =
@@ -153,6 +164,7 @@ function numberSlots(x: object): Array<[Record<string, number>, string]> {
   for (const [k, v] of Object.entries(x)) {
     if (typeof v === 'number') out.push([x as Record<string, number>, k]);
     else if (Array.isArray(v)) for (const r of v) out.push(...numberSlots(r as object));
+    else if (v && typeof v === 'object' && !Buffer.isBuffer(v)) out.push(...numberSlots(v as object)); // a RECOMPRESS op's encoder settings
   }
   return out;
 }
@@ -187,6 +199,13 @@ function editOps(p: DeltaParts, e: Extract<Edit, { in: 'ops' }>): void {
   }
   // Segment and op indexes in u32 fields are written with writeUInt32LE: keep them in range.
   for (const op of t.ops) if ('segment' in op) op.segment = Math.min(op.segment, 2 ** 32 - 1);
+  // A RECOMPRESS op's settings are u8 and u32 fields.
+  for (const op of t.ops) {
+    if (op.type !== 'recompress') continue;
+    const q = op.params;
+    [q.level, q.check, q.threads] = [q.level, q.check, q.threads].map((x) => Math.min(x, 255)) as [number, number, number];
+    q.dict = Math.min(q.dict, 2 ** 32 - 1);
+  }
   h.opCount = t.ops.length;
   h.segmentCount = t.segments.length;
   p.table = encodeOpTable(t.ops, t.segments);
@@ -244,6 +263,8 @@ export function editParts(orig: DeltaParts, edits: Edit[]): DeltaParts {
 
 /** Codes a damaged or hostile delta may give; anything else (or no IbuError) is a bug. */
 export const DELTA_CODES = new Set([
+  // A header naming another xz/gzip version than the one installed: refused before any output.
+  'TOOL_MISSING',
   'DELTA_INVALID',
   'DELTA_TRUNCATED',
   'DELTA_WRONG_SOURCE',

@@ -4,19 +4,24 @@
  * table, header JSON and payload sealed again so they reach the decoder, the validator, `ibu
  * delta info`'s describer and apply. Every outcome is a delta code (DELTA_*, or
  * IMAGE_HASH_MISMATCH from apply) or a correct result: apply succeeds only with the target bit
- * for bit, and a failed apply leaves OUT untouched. A fixed-seed batch runs in a child process
+ * for bit, and a failed apply leaves OUT untouched. The delta has RECOMPRESS ops (an xz module
+ * and a gzip changelog), so mutants reach their encoder settings and sizes too. A fixed-seed batch runs in a child process
  * whose peak RSS is bounded. fast-check prints the seed and counterexample on failure.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { describeDelta, makeDelta, readDelta, readDeltaHeader } from '../../src/delta/index.js';
 import { MiB, peakRss } from '../helpers/peak-rss.js';
 import { binaryish, imageJson, makeImage, mutate, tempDir, writeTree } from './fixture.js';
 import { applyOutcome, codeOf, editArb, editParts, readOutcome, sealDelta, splitDelta, type DeltaParts } from './fuzz-mutants.js';
+
+const xz = (b: Buffer): Buffer => execFileSync('xz', ['-T2', '--check=crc32', '--lzma2=dict=1MiB', '-c'], { input: b });
+const gzip = (b: Buffer): Buffer => execFileSync('gzip', ['-9n', '-c'], { input: b });
 
 describe('delta reader fuzzing', () => {
   const tmp = tempDir('ibu-delta-fuzz-');
@@ -37,6 +42,9 @@ describe('delta reader fuzzing', () => {
       'usr/bin/app': base,
       'usr/share/a': binaryish(2, 60_000),
       'usr/share/z': Buffer.alloc(40_000),
+      // Compressed files, so the delta has RECOMPRESS ops (format 2) for the mutants to reach.
+      'usr/lib/modules/6.1.0-1/m.ko.xz': xz(binaryish(5, 50_000)),
+      'usr/share/doc/changelog.gz': gzip(binaryish(6, 30_000)),
     });
     writeTree(p('tb'), {
       'etc/ibu/image.json': imageJson('1.1'),
@@ -44,12 +52,15 @@ describe('delta reader fuzzing', () => {
       'usr/share/a': binaryish(2, 60_000),
       'usr/share/b': binaryish(4, 20_000),
       'usr/share/z': Buffer.alloc(40_000),
+      'usr/lib/modules/6.1.0-2/m.ko.xz': xz(mutate(binaryish(5, 50_000), 7)),
+      'usr/share/doc/changelog.gz': gzip(mutate(binaryish(6, 30_000), 8)),
     });
     await makeImage(p('ta'), A, { size: '4M' });
     await makeImage(p('tb'), B, { size: '4M' });
     // Small segments, so the delta has several of every kind of op and segment.
-    const stats = await makeDelta({ fromImage: A, toImage: B, out: AB, jobs: 1, level: 3 });
+    const stats = await makeDelta({ fromImage: A, toImage: B, out: AB, jobs: 1, level: 3, recompress: true });
     assert.ok(stats.segments >= 1);
+    assert.equal(stats.ops.recompress, 2);
     good = fs.readFileSync(AB);
     parts = splitDelta(good);
     targetSha = createHash('sha256').update(fs.readFileSync(B)).digest('hex');

@@ -106,7 +106,38 @@ describe('plan', () => {
       copies.reduce((n, c) => n + (c.type === 'copy' ? c.length : 0), 0),
       42 * bs,
     );
-    assert.deepEqual(p.files, { patched: 1, replaced: 0, byPath: 1, byRename: 0, byBasename: 0 });
+    assert.deepEqual(p.files, { patched: 1, replaced: 0, byPath: 1, byRename: 0, byBasename: 0, recompressed: 0 });
+  });
+
+  it('a recompressed file: one RECOMPRESS op over its exact bytes, the rest of its last block a ZERO op', () => {
+    // The same file, 7.5 blocks long and compressed: the segment carries its uncompressed sizes.
+    const file: PlanFile = { ...target[0]!, size: 7 * bs + bs / 2 };
+    const old = f('/usr/bin/app', 6 * bs + 100, 50);
+    const params = { codec: 'xz' as const, level: 6, check: 1, dict: 1 << 20, threads: 2 };
+    const p = plan({
+      scan: scan(),
+      targetFiles: [file],
+      match,
+      sourceExtents,
+      recompress: (t) => (t.ino === 5 ? { source: old, params, rawLength: 50_000, srcRawLength: 48_000 } : undefined),
+    });
+    const rc = p.ops.find((o) => o.type === 'recompress');
+    assert.ok(rc && rc.type === 'recompress');
+    assert.deepEqual(rc.dst, [
+      { offset: 16 * bs, length: 2 * bs },
+      { offset: 10 * bs, length: 5 * bs + bs / 2 },
+    ]);
+    assert.deepEqual(rc.src, [{ offset: 30 * bs, length: 6 * bs + 100 }], 'the old file, clipped to its size');
+    assert.deepEqual(
+      p.ops.find((o) => o.type === 'zero' && o.dst === 15 * bs + bs / 2),
+      { type: 'zero', dst: 15 * bs + bs / 2, length: bs / 2 },
+    );
+    const seg = p.segments[rc.segment]!;
+    assert.ok(seg.outputLength >= 50_000 && seg.dictLength >= 48_000);
+    assert.equal(p.files.recompressed, 1);
+    const header = { format: 2, encoders: { xz: '5.4.1' }, target: { size: 64 * bs }, source: { size: 64 * bs } } as DeltaHeader;
+    const segments = p.segments.map((s, i) => ({ offset: i, compressedLength: 1, outputLength: s.outputLength, dictLength: s.dictLength }));
+    validateOps(header, p.ops, segments, segments.length, 'plan');
   });
 
   it('replaces a file nothing matches and splits segments at the output limit', () => {

@@ -24,15 +24,18 @@ export function renderDeltaInfo(file: string, i: DeltaInfo): string {
     `sections: payload ${formatBytes(s.payload)}, op table ${formatBytes(s.opTable)}, ` +
     `header ${formatBytes(s.fixedHeader + s.headerJson)}, trailer ${formatBytes(s.trailer)}\n` +
     `by op kind:\n${head}`;
-  for (const k of ['zero', 'copy', 'patch', 'replace'] as const) out += row(k.toUpperCase(), i.byKind[k]);
-  out += `metadata and file data (PATCH/REPLACE only):\n${head}`;
+  for (const k of ['zero', 'copy', 'patch', 'replace', 'recompress'] as const) {
+    if (k !== 'recompress' || i.byKind[k].ops > 0) out += row(k.toUpperCase(), i.byKind[k]);
+  }
+  out += `metadata and file data (PATCH/REPLACE${i.byKind.recompress.ops > 0 ? '/RECOMPRESS' : ''} only):\n${head}`;
   out += row('metadata, directories', i.metadata) + row('file data', i.fileData);
   out += `file data by top-level directory:\n${head}`;
   for (const d of i.byDirectory) out += row(d.directory, d);
   if (i.largestFiles.length > 0) {
     out += `largest files by payload:\n`;
     for (const f of i.largestFiles) {
-      const how = f.type === 'patch' ? (f.srcPath === f.path ? 'patched' : `patched against ${f.srcPath}`) : 'replaced (no source file)';
+      const verb = f.type === 'recompress' ? 'recompressed' : 'patched';
+      const how = f.type !== 'replace' ? (f.srcPath === f.path ? verb : `${verb} against ${f.srcPath}`) : 'replaced (no source file)';
       out += `  ${formatBytes(f.payloadBytes).padStart(11)}  ${f.path}  ${how}\n`;
     }
   }
@@ -104,14 +107,16 @@ export function registerDeltaCommands(program: Command): void {
     .requiredOption('--out <A-B.ibudelta>', 'delta file to write (through OUT.partial, fsync, rename)')
     .option('--level <n>', 'zstd level of the payload (1-22)', '12')
     .option('--jobs <n>', 'zstd processes at once')
+    .option('--recompress', 'send changed xz/gzip files uncompressed; the device compresses them again (needs the same xz/gzip there)')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { from: string; to: string; out: string; level: string; jobs?: string; json?: boolean }) => {
+    .action(async (opts: { from: string; to: string; out: string; level: string; jobs?: string; recompress?: boolean; json?: boolean }) => {
       const r = await makeDelta({
         fromImage: opts.from,
         toImage: opts.to,
         out: opts.out,
         level: parseInt10(opts.level, '--level'),
         jobs: opts.jobs === undefined ? undefined : parseInt10(opts.jobs, '--jobs'),
+        recompress: opts.recompress === true,
         onProgress: progressLine(!opts.json && process.stderr.isTTY),
       });
       if (!opts.json && process.stderr.isTTY) process.stderr.write('\n');
@@ -120,7 +125,8 @@ export function registerDeltaCommands(program: Command): void {
       } else {
         process.stdout.write(
           `delta ${r.fromVersion} → ${r.toVersion}: ${opts.out} ${mib(r.bytes)} ` +
-            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ${r.ops.zero} zero ops; ` +
+            `(${r.ops.copy} copy, ${r.ops.patch} patch, ${r.ops.replace} replace, ` +
+            `${r.ops.recompress ? `${r.ops.recompress} recompress, ` : ''}${r.ops.zero} zero ops; ` +
             `${r.files.patched} files patched, ${r.files.replaced} replaced) in ${r.seconds.toFixed(1)} s\n`,
         );
       }

@@ -1,0 +1,175 @@
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { IbuError } from '../errors.js';
+import { encoderArgs, MAX_XZ_DICT, type Codec, type EncoderParams } from './compressed-stream.js';
+
+/**
+ * The encoders behind RECOMPRESS ops: the system `xz` and `gzip`, whose exact versions the
+ * delta records and apply checks (an encoder of another version may write other bytes; the
+ * op hashes would catch it, but a clear refusal up front is better than a fallback for
+ * thousands of files). Many files go through one process (`xz -k f1 f2 …`) and the files are
+ * split over `jobs` processes at once: a process per file cost more than compressing a small
+ * module, and one process uses one core for files under xz's block size.
+ */
+
+const versions = new Map<Codec, string>();
+/** xz needs about the dictionary size to decode; MAX_XZ_DICT plus room. */
+const DECODE_MEMLIMIT = MAX_XZ_DICT + (16 << 20);
+
+/** The encoder's version (`5.4.1` for `xz (XZ Utils) 5.4.1`), or TOOL_MISSING when it is not installed. */
+export function encoderVersion(codec: Codec): string {
+  const known = versions.get(codec);
+  if (known) return known;
+  let out: string;
+  try {
+    out = execFileSync(codec, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch (err) {
+    throw new IbuError('TOOL_MISSING', `${codec} is needed to recompress files of this delta and is not installed (run scripts/install-deps.sh).`, {
+      cause: err,
+    });
+  }
+  const v = /(\d+\.\d+(?:\.\d+)?)/.exec(out.split('\n')[0] ?? '')?.[1] ?? out.split('\n')[0]!.trim();
+  versions.set(codec, v);
+  return v;
+}
+
+/** Checks the installed encoders are the versions the delta was made with (TOOL_MISSING otherwise, before any output exists). */
+export function checkEncoders(wanted: Partial<Record<Codec, string>>, delta: string): void {
+  for (const [codec, v] of Object.entries(wanted) as Array<[Codec, string]>) {
+    const have = encoderVersion(codec);
+    if (have !== v) {
+      throw new IbuError(
+        'TOOL_MISSING',
+        `The delta ${delta} recompresses files with ${codec} ${v}, but ${codec} ${have} is installed; its output may differ. ` +
+          `Install ${codec} ${v}, or use a delta made without --recompress, or download the full image.`,
+        { details: { codec, wanted: v, installed: have } },
+      );
+    }
+  }
+}
+
+/** Runs a tool; its stdout is collected up to `maxOut` bytes (more kills it: a decompression bomb from a hostile delta). */
+function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cwd?: string, maxOut = Infinity): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'], cwd });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outBytes = 0;
+    child.stdout!.on('data', (d: Buffer) => {
+      outBytes += d.length;
+      if (outBytes > maxOut) child.kill('SIGKILL');
+      else out.push(d);
+    });
+    child.stderr!.on('data', (d: Buffer) => err.push(d));
+    child.on('error', (e: NodeJS.ErrnoException) =>
+      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `${cmd}: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
+    );
+    child.on('close', (code) => {
+      if (code !== 0)
+        reject(new IbuError('TOOL_FAILED', `${cmd} ${args.slice(0, 6).join(' ')} failed (exit ${code}): ${Buffer.concat(err).toString().trim().slice(-500)}`));
+      else resolve(Buffer.concat(out));
+    });
+    if (input) {
+      child.stdin!.on('error', () => {});
+      child.stdin!.end(input);
+    }
+  });
+}
+
+/**
+ * Decodes whole compressed files, each into its buffer (whose length is the size expected).
+ * gzip in-process (any inflate gives the same bytes); xz through one `xz -dc` fed the files
+ * back to back (concatenated streams decode to the concatenated contents), its output copied
+ * straight into the buffers, so nothing is held twice. Returns which files decoded to exactly
+ * their expected size; when an xz batch fails, each file is tried alone to find which.
+ */
+export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer[]): Promise<boolean[]> {
+  if (codec === 'gzip') {
+    return files.map((f, i) => {
+      try {
+        const raw = gunzipSync(f, { maxOutputLength: into[i]!.length + 1 });
+        return raw.length === into[i]!.length && raw.copy(into[i]!) === raw.length;
+      } catch {
+        return false;
+      }
+    });
+  }
+  const total = into.reduce((a, b) => a + b.length, 0);
+  const ok = await new Promise<boolean>((resolve, reject) => {
+    // The memory limit refuses streams that would need a larger dictionary than any encoder setting a delta may name.
+    const child = spawn('xz', ['-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let k = 0;
+    let at = 0;
+    let over = false;
+    child.stdout.on('data', (d: Buffer) => {
+      for (let p = 0; p < d.length && !over;) {
+        while (k < into.length && at === into[k]!.length) {
+          k++;
+          at = 0;
+        }
+        if (k === into.length) {
+          over = true; // more output than expected: a decompression bomb or the wrong files
+          child.kill('SIGKILL');
+          break;
+        }
+        const n = d.copy(into[k]!, at, p);
+        at += n;
+        p += n;
+      }
+    });
+    child.on('error', (e: NodeJS.ErrnoException) =>
+      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `xz: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
+    );
+    child.on('close', (code) => {
+      const filled = into.slice(0, k).reduce((a, b) => a + b.length, 0) + at;
+      resolve(code === 0 && !over && filled === total);
+    });
+    child.stdin.on('error', () => {});
+    for (const f of files) child.stdin.write(f);
+    child.stdin.end();
+  });
+  if (ok) return files.map(() => true);
+  if (files.length === 1) return [false];
+  const out: boolean[] = [];
+  for (let i = 0; i < files.length; i++) out.push(...(await decompressInto(codec, [files[i]!], [into[i]!])));
+  return out;
+}
+
+/** `decompressInto` into new buffers; `undefined` for a file that did not decode to its expected size. */
+export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: number[]): Promise<Array<Buffer | undefined>> {
+  const into = rawLengths.map((n) => Buffer.allocUnsafe(n));
+  const ok = await decompressInto(codec, files, into);
+  return into.map((b, i) => (ok[i] ? b : undefined));
+}
+
+/**
+ * Compresses each buffer as its own file with the given settings, `jobs` encoder processes at
+ * once, in a fresh directory under `work` that is removed afterwards. Returns the compressed
+ * files in input order.
+ */
+export async function compressMany(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
+  if (raws.length === 0) return [];
+  const dir = fs.mkdtempSync(path.join(work, 'rc-'));
+  try {
+    const names = raws.map((r, i) => {
+      const n = `f${i}`;
+      fs.writeFileSync(path.join(dir, n), r);
+      return n;
+    });
+    // Split by bytes into `jobs` groups of similar size (largest first, to the lightest group).
+    const groups: Array<{ bytes: number; names: string[] }> = Array.from({ length: Math.min(jobs, raws.length) }, () => ({ bytes: 0, names: [] }));
+    const order = raws.map((r, i) => i).sort((a, b) => raws[b]!.length - raws[a]!.length);
+    for (const i of order) {
+      const g = groups.reduce((m, x) => (x.bytes < m.bytes ? x : m));
+      g.bytes += raws[i]!.length;
+      g.names.push(names[i]!);
+    }
+    const ext = params.codec === 'xz' ? '.xz' : '.gz';
+    await Promise.all(groups.map((g) => spawnBuffers(params.codec, [...encoderArgs(params), '-q', '-k', '-f', '--', ...g.names], undefined, dir)));
+    return names.map((n) => fs.readFileSync(path.join(dir, n + ext)));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
