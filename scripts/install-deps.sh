@@ -8,6 +8,7 @@ PKGS=(
   rsync                # layout-stable builds (--previous)
   util-linux           # losetup, fstrim, fsfreeze, mount
   zstd                 # ibu delta make (zstd --patch-from); CLI anchor in benchmarks
+  xz-utils             # ibu delta make --recompress / apply: xz re-encodes .ko.xz files bit-exactly (its version is recorded in the delta)
   xdelta3              # delta benchmark anchor
   casync               # chunking benchmark anchor
   debootstrap          # Debian roots for benchmarks and e2e images
