@@ -1,3 +1,4 @@
+// test-needs: root (scripts/radosgw.sh runs Ceph daemons)
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, promises as fsp } from 'node:fs';

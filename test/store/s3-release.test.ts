@@ -1,3 +1,4 @@
+// test-needs: root (scripts/radosgw.sh runs Ceph daemons)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
