@@ -30,6 +30,8 @@ PKGS=(
   python3              # node-gyp for native addons
   make g++             # node-gyp
   postgresql           # fleet repository tests against a real PostgreSQL (scripts/postgres.sh)
+  ceph-mon ceph-osd radosgw  # S3 store tests against a real radosgw (scripts/radosgw.sh: one mon, a memstore OSD)
+  nginx                # the CDN in front of ibu serve (scripts/nginx-cdn.sh, assets/nginx/ibu-cdn.conf; test/agent/cdn.test.ts)
   chromium             # fleet dashboard e2e test (headless, driven by playwright-core)
   dkms kmod            # ZFS tests: build zfs-dkms for the guest kernel (scripts/zfs-setup.sh; nothing installed into the host kernel)
   gcc-12 libc6-dev dpkg-dev perl file lsb-release libelf1  # ZFS tests: what dkms needs to build against Debian's unpacked kernel headers
@@ -41,8 +43,16 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages must not start system services (nginx on port 80, ceph daemons): tests run their own.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 else
   echo "install-deps: all system packages present"
 fi

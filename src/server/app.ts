@@ -24,6 +24,8 @@ import { releaseRoutes } from './routes/releases.js';
 import { releaseChangesRoutes } from './routes/release-changes.js';
 import { AJV_FORMATS } from './schemas.js';
 import { StoreLayout } from './store-layout.js';
+import { IbuError } from '../errors.js';
+import { isS3Url, S3Store, type S3StoreOptions } from '../store/s3-store.js';
 import { storeDeltaBuilder } from './store-delta-builder.js';
 import { precomputeZfs, zfsAwareBuilder, zfsStreamRoutes } from './zfs-streams.js';
 import type { ServerContext } from './context.js';
@@ -31,6 +33,9 @@ import './contracts.js';
 
 export interface ServeOptions {
   dataDir: string;
+  /** Where releases live when not in dataDir: `s3://bucket/prefix` (docs/server.md, "Releases on S3"). */
+  store?: string;
+  s3?: S3StoreOptions;
   /** Connection limits against hostile or broken clients (defaults: CONNECTION_DEFAULTS). */
   connections?: Partial<ConnectionLimits>;
   adminToken?: string;
@@ -86,7 +91,9 @@ export const DEFAULTS = {
  */
 export async function createServer(o: ServeOptions): Promise<IbuServer> {
   const root = path.resolve(o.dataDir);
-  const layout = new StoreLayout(root);
+  if (o.store !== undefined && !isS3Url(o.store))
+    throw new IbuError('USAGE', `--store '${o.store}' is not s3://bucket/prefix; a directory store is served with --data`);
+  const layout = new StoreLayout(root, o.store ? new S3Store(o.store, o.s3) : undefined);
   await fsp.mkdir(layout.deltasDir, { recursive: true });
   await fsp.mkdir(layout.imagesDir, { recursive: true });
   const unlock = await lockDataDir(layout.lock);
@@ -141,7 +148,10 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   }
   const catalog = new ReleaseCatalog(layout);
   if ((await catalog.channels()).length === 0) {
-    app.log.warn({ dataDir: root }, 'no channels in the data directory yet: publish with ibu release publish --store DIR (is --data the right directory?)');
+    app.log.warn(
+      { dataDir: root, store: layout.releases.location },
+      'no channels in the store yet: publish with ibu release publish --store DIR (is --data the right directory?)',
+    );
   }
   const builder = zfsAwareBuilder(
     o.builder ?? storeDeltaBuilder({ layout, imageCacheBytes: o.imageCacheBytes ?? DEFAULTS.imageCacheBytes }),
@@ -181,7 +191,8 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
 
   app.addHook('onReady', async () => {
     pool.kick();
-    precompute.start(layout.channelsDir, o.rescanIntervalMs ?? DEFAULTS.rescanIntervalMs);
+    // An object store cannot be watched: a shorter rescan picks up a publish to S3 promptly.
+    precompute.start(layout.channelsDir, o.rescanIntervalMs ?? (layout.releasesLocal ? DEFAULTS.rescanIntervalMs : 10_000));
     void precompute.scan().catch((err) => app.log.error({ err }, 'initial release scan failed'));
   });
   // Runs after the HTTP server has closed and requests in flight have finished.
@@ -190,6 +201,7 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
     await pool.stop();
     cache.closed = true;
     db.close();
+    await layout.releases.close?.();
     await unlock();
   });
   return { app, ctx, routes, startup: { recoveredJobs, partialsRemoved: rec.partialsRemoved } };

@@ -1,7 +1,8 @@
 /**
  * Child process of `ibu serve` that does the CPU-heavy delta work off the server's event loop:
  *
- *   delta-build-process image --data DIR --version V --out IMG   reconstruct a release image from the store
+ *   delta-build-process image --data DIR|--store URL --version V --out IMG   reconstruct a release image from the store
+ *     (--store s3://bucket/prefix reads S3 with the AWS settings in the environment the server passes)
  *   delta-build-process delta --from-image A --to-image B --out F  makeDelta A -> B
  *
  * It kills its process group (itself and its zstd children) when its parent goes away (the IPC
@@ -12,7 +13,7 @@ import { promises as fsp } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { IbuError } from '../errors.js';
 import { parseManifestUnverified } from '../release/manifest.js';
-import { LocalStore } from '../store/local-store.js';
+import { openStore } from '../store/open-store.js';
 import { manifestPath } from '../store/layout.js';
 import { VerifyingStore } from '../store/verifying-store.js';
 import { commitFile } from '../util/atomic.js';
@@ -38,7 +39,7 @@ if (process.send) {
  * store, and devices verify the signed manifest themselves.
  */
 async function reconstructImage(dataDir: string, version: string, out: string): Promise<void> {
-  const local = new LocalStore(dataDir);
+  const local = openStore(dataDir);
   const manifest = parseManifestUnverified(await local.getFile(manifestPath(version)), `the manifest of ${version}`);
   const store = new VerifyingStore(local, manifest.chunking.hash);
   const partial = `${out}.${randomBytes(4).toString('hex')}.partial`;
@@ -81,14 +82,16 @@ async function main(): Promise<void> {
     args: rest,
     options: {
       data: { type: 'string' },
+      store: { type: 'string' },
       version: { type: 'string' },
       out: { type: 'string' },
       'from-image': { type: 'string' },
       'to-image': { type: 'string' },
     },
   });
-  if (cmd === 'image' && values.data && values.version && values.out) {
-    await reconstructImage(values.data, values.version, values.out);
+  const from = values.store ?? values.data;
+  if (cmd === 'image' && from && values.version && values.out) {
+    await reconstructImage(from, values.version, values.out);
   } else if (cmd === 'delta' && values['from-image'] && values['to-image'] && values.out) {
     const stats = await makeDelta({ fromImage: values['from-image'], toImage: values['to-image'], out: values.out });
     process.stdout.write(JSON.stringify(stats) + '\n');

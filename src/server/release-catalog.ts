@@ -1,4 +1,5 @@
-import { promises as fsp } from 'node:fs';
+import { isIbuError } from '../errors.js';
+import { channelPath, manifestPath } from '../store/layout.js';
 import { compareVersions, isValidVersion } from '../version.js';
 import { StoreLayout } from './store-layout.js';
 
@@ -16,9 +17,10 @@ export interface ChannelListing {
 }
 
 /**
- * Read-only view of the releases in the data directory. Everything is read fresh from disk on
- * each call: `ibu release publish` writes the same directory while the server runs, and its files
- * appear by rename, so a fresh read sees either the old file or the new one, never half of it.
+ * Read-only view of the releases in the release store (the data directory, or an S3 bucket).
+ * Everything is read fresh on each call: `ibu release publish` writes the same store while the
+ * server runs, and its files appear whole (rename on disk, one PUT on S3), so a fresh read sees
+ * either the old file or the new one, never half of it.
  */
 export class ReleaseCatalog {
   constructor(readonly layout: StoreLayout) {}
@@ -50,7 +52,7 @@ export class ReleaseCatalog {
   private async look(version: string): Promise<boolean> {
     let ok = false;
     try {
-      ok = (await fsp.stat(this.layout.manifest(version))).isFile();
+      ok = (await this.layout.releases.statFile(manifestPath(version))) !== undefined;
     } catch {
       ok = false;
     }
@@ -70,12 +72,7 @@ export class ReleaseCatalog {
   private readonly looking = new Map<string, Promise<boolean>>();
 
   async channels(): Promise<string[]> {
-    let names: string[];
-    try {
-      names = await fsp.readdir(this.layout.channelsDir);
-    } catch {
-      return [];
-    }
+    const names = await this.layout.releases.list('channels').catch(() => [] as string[]);
     return names
       .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
       .map((n) => n.slice(0, -5))
@@ -86,9 +83,9 @@ export class ReleaseCatalog {
   async channel(name: string): Promise<ChannelListing | undefined> {
     let text: string;
     try {
-      text = await fsp.readFile(this.layout.channel(name), 'utf8');
+      text = Buffer.from(await this.layout.releases.getFile(channelPath(name))).toString('utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (isIbuError(err, 'NOT_FOUND')) return undefined;
       throw err;
     }
     return { channel: name, releases: parseChannel(text) };
@@ -96,12 +93,7 @@ export class ReleaseCatalog {
 
   /** Every version with a manifest, ascending. */
   async versions(): Promise<string[]> {
-    let names: string[];
-    try {
-      names = await fsp.readdir(this.layout.releasesDir);
-    } catch {
-      return [];
-    }
+    const names = await this.layout.releases.list('releases').catch(() => [] as string[]);
     const out: string[] = [];
     for (const n of names) if (isValidVersion(n) && (await this.hasRelease(n))) out.push(n);
     return out.sort(compareVersions);

@@ -148,3 +148,45 @@ function head(req: FastifyRequest, reply: FastifyReply, o: SendFileOptions, size
   reply.header('content-length', String(length)).type(o.contentType).send();
   return true;
 }
+
+export interface SendBytesOptions {
+  data: Uint8Array;
+  /** Strong ETag, quoted. */
+  etag: string;
+  cacheControl: string;
+  contentType: string;
+}
+
+/**
+ * The same answers as sendFile (ETag, 304, single ranges, 416, HEAD) for bytes already in memory:
+ * what the server read from an object store. Release files and chunks are small enough to hold.
+ */
+export function sendBytes(req: FastifyRequest, reply: FastifyReply, o: SendBytesOptions): void {
+  const size = o.data.length;
+  if (req.method === 'HEAD') {
+    head(req, reply, { ...o, file: '' }, size, o.etag);
+    return;
+  }
+  reply.header('etag', o.etag).header('cache-control', o.cacheControl).header('accept-ranges', 'bytes');
+  if (noneMatch(req.headers['if-none-match'], o.etag)) {
+    reply.code(304).send();
+    return;
+  }
+  const range = ifRangeMatches(req.headers['if-range'] as string | undefined, o.etag) ? parseRange(req.headers.range, size) : ({ kind: 'full' } as const);
+  if (range.kind === 'unsatisfiable') {
+    reply
+      .code(416)
+      .header('content-range', `bytes */${size}`)
+      .type('application/json')
+      .send({ error: { code: 'BAD_REQUEST', message: `The requested range is outside the ${size}-byte file; ask for bytes 0-${Math.max(0, size - 1)}.` } });
+    return;
+  }
+  let body = Buffer.from(o.data.buffer, o.data.byteOffset, o.data.byteLength);
+  if (range.kind === 'partial') {
+    reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${size}`);
+    body = body.subarray(range.start, range.end + 1);
+  } else {
+    reply.code(200);
+  }
+  reply.header('content-length', String(body.length)).type(o.contentType).send(body);
+}

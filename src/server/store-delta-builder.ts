@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyBaseLogger } from 'fastify';
 import { runChild, type DeltaBuilder } from './delta-builder.js';
+import { S3Store, s3OptionsToEnv } from '../store/s3-store.js';
 import type { StoreLayout } from './store-layout.js';
 
 export interface StoreDeltaBuilderOptions {
@@ -78,7 +79,11 @@ export function storeDeltaBuilder(o: StoreDeltaBuilderOptions): DeltaBuilder {
     }
     const p = (async () => {
       const t0 = Date.now();
-      await runChild(process.execPath, [...node, 'image', '--data', layout.root, '--version', version, '--out', file], { signal });
+      // An S3 release store: the child reads the bucket with the same settings (AWS_* environment).
+      const s3 = layout.releases instanceof S3Store ? layout.releases : undefined;
+      const from = s3 ? ['--store', s3.location] : ['--data', layout.root];
+      const env = s3 ? { ...process.env, ...s3OptionsToEnv(s3.options) } : undefined;
+      await runChild(process.execPath, [...node, 'image', ...from, '--version', version, '--out', file], { signal, env });
       log.info({ version, ms: Date.now() - t0 }, 'release image reconstructed from chunks');
     })();
     making.set(version, p);

@@ -1,5 +1,10 @@
 import * as path from 'node:path';
 import { channelPath, chunkPath, manifestPath } from '../store/layout.js';
+import { LocalStore } from '../store/local-store.js';
+import type { ListableStore, WriteStore } from '../store/store.js';
+
+/** Where the release side lives: the data directory itself, or an S3 bucket (`ibu serve --store s3://...`). */
+export type ReleaseStore = WriteStore & ListableStore & { close?: () => Promise<void>; deleteFile?: (rel: string) => Promise<void> };
 
 /**
  * Where things live in the data directory `ibu serve --data DIR` serves. The release side
@@ -8,7 +13,18 @@ import { channelPath, chunkPath, manifestPath } from '../store/layout.js';
  * ids and versions already validated by the route schemas (the layout functions check again).
  */
 export class StoreLayout {
-  constructor(readonly root: string) {}
+  /** Read releases through this (chunks, manifests, channels); the paths below are the local directory's. */
+  readonly releases: ReleaseStore;
+  constructor(
+    readonly root: string,
+    releases?: ReleaseStore,
+  ) {
+    this.releases = releases ?? new LocalStore(root);
+  }
+  /** True when the release side is the data directory (files can be streamed from disk). */
+  get releasesLocal(): boolean {
+    return this.releases instanceof LocalStore && this.releases.root === this.root;
+  }
   chunk(id: string): string {
     return path.join(this.root, chunkPath(id));
   }

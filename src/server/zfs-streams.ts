@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { manifestPath } from '../store/layout.js';
 import type { FastifyInstance } from 'fastify';
 import { IbuError } from '../errors.js';
 import { parseManifestUnverified } from '../release/manifest.js';
@@ -24,9 +24,9 @@ export const zfsJobFrom = (from: string): string => `${ZFS_JOB_PREFIX}${from}`;
 export const isZfsJob = (from: string): boolean => from.startsWith(ZFS_JOB_PREFIX);
 
 async function readManifest(layout: StoreLayout, version: string): Promise<Manifest> {
-  let bytes: Buffer;
+  let bytes: Uint8Array;
   try {
-    bytes = await fsp.readFile(layout.manifest(version));
+    bytes = await layout.releases.getFile(manifestPath(version));
   } catch (err) {
     throw new IbuError('RELEASE_NOT_FOUND', `Release ${version} is not published on this server.`, { cause: err });
   }

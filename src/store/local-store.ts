@@ -6,7 +6,7 @@ import { run } from '../util/exec.js';
 import { chunkDecompressor } from '../chunk/compress.js';
 import { chunkHasher } from '../chunk/hash.js';
 import { assertRelPath, chunkPath } from './layout.js';
-import type { ChunkId, FlushableStore, SizedStore, WriteStore } from './store.js';
+import type { ChunkId, FlushableStore, ListableStore, SizedStore, StoredFile, WriteStore } from './store.js';
 import { processAlive } from '../util/process.js';
 
 export interface LocalStoreOptions {
@@ -23,7 +23,7 @@ export interface LocalStoreOptions {
 }
 
 /** A store in a local directory (the layout in layout.ts). */
-export class LocalStore implements WriteStore, FlushableStore, SizedStore {
+export class LocalStore implements WriteStore, FlushableStore, SizedStore, ListableStore {
   readonly location: string;
   private readonly durability: 'fsync' | 'batch';
   private readonly madeDirs = new Set<string>();
@@ -83,6 +83,27 @@ export class LocalStore implements WriteStore, FlushableStore, SizedStore {
         throw new IbuError('NOT_FOUND', `${relPath} does not exist in the store ${this.root}`);
       }
       throw withContext(err, `reading ${relPath} from ${this.root}`, 'IO_ERROR');
+    }
+  }
+
+  async list(dir: string): Promise<string[]> {
+    try {
+      return (await fsp.readdir(path.join(this.root, assertRelPath(dir)))).filter((n) => !n.startsWith('.')).sort();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw withContext(err, `listing ${dir} in ${this.root}`, 'IO_ERROR');
+    }
+  }
+
+  /** The ETag changes with the inode (a rename put a new file there), the size or the mtime. */
+  async statFile(relPath: string): Promise<StoredFile | undefined> {
+    try {
+      const st = await fsp.stat(path.join(this.root, assertRelPath(relPath)));
+      if (!st.isFile()) return undefined;
+      return { size: st.size, etag: `"m-${st.ino.toString(36)}-${st.size.toString(36)}-${Math.floor(st.mtimeMs).toString(36)}"` };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw withContext(err, `checking ${relPath} in ${this.root}`, 'IO_ERROR');
     }
   }
 

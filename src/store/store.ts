@@ -32,3 +32,18 @@ export interface FlushableStore {
 export interface SizedStore {
   chunkSize(id: ChunkId, signal?: AbortSignal): Promise<number | undefined>;
 }
+
+/** What a store knows of one stored file without reading it. */
+export interface StoredFile {
+  size: number;
+  /** A validator that changes when the bytes do (quoted, as the store reports it). */
+  etag: string;
+}
+
+/** Stores whose directories can be listed (the server's release catalog over any store). */
+export interface ListableStore {
+  /** Names one level under a store directory (`channels` → `stable.json`), sorted; [] when absent. */
+  list(dir: string, signal?: AbortSignal): Promise<string[]>;
+  /** Size and validator of a file; undefined when absent. */
+  statFile(relPath: string, signal?: AbortSignal): Promise<StoredFile | undefined>;
+}

@@ -1,4 +1,4 @@
-import { test, describe, before, after } from 'node:test';
+import { test, test as nodeTest, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
 import * as os from 'node:os';
@@ -12,6 +12,9 @@ import { LocalStore } from '../../src/store/local-store.js';
 import type { Store } from '../../src/store/store.js';
 import { VerifyingStore } from '../../src/store/verifying-store.js';
 import { serveDir } from './serve-dir.js';
+import { S3Store } from '../../src/store/s3-store.js';
+import type { WriteStore } from '../../src/store/store.js';
+import { dropBucket, newBucket, radosgw, type Radosgw } from '../helpers/radosgw.js';
 
 // One store directory, written through LocalStore, read through every Store implementation.
 const root = mkdtempSync(path.join(os.tmpdir(), 'ibu-store-contract-'));
@@ -24,7 +27,22 @@ const stored = compress(plain);
 const absent = 'f'.repeat(64);
 
 let servers: Array<Awaited<ReturnType<typeof serveDir>>> = [];
-const stores: Array<{ name: string; open: () => Promise<Store> }> = [
+let gw: Radosgw | string | undefined;
+let bucket: string | undefined;
+/** The fixtures every store reads: written through LocalStore into `root`, or through S3Store into a bucket. */
+async function writeFixtures(w: WriteStore): Promise<void> {
+  await w.putChunk(id, stored);
+  await w.putFile('releases/1/manifest.json', Buffer.from('{"x":1}'));
+  await w.putFile('channels/stable.json', Buffer.from('{"versions":["1"]}'));
+}
+interface Impl {
+  name: string;
+  open: () => Promise<Store>;
+  /** Where the tamper test writes a chunk under the wrong id, and removes it again. */
+  writer?: () => WriteStore & { deleteFile?: (rel: string) => Promise<void> };
+  skip?: () => string | undefined;
+}
+const stores: Impl[] = [
   { name: 'LocalStore', open: async () => new LocalStore(root) },
   {
     name: 'HttpStore (static layout)',
@@ -42,16 +60,34 @@ const stores: Array<{ name: string; open: () => Promise<Store> }> = [
       return new HttpStore(s.url + '/v1');
     },
   },
+  {
+    // A real S3 server (Ceph radosgw, scripts/radosgw.sh), never an imitation.
+    name: 'S3Store (radosgw)',
+    skip: () => (typeof gw === 'string' ? gw : undefined),
+    open: async () => s3Store(),
+    writer: () => s3Store(),
+  },
 ];
 
+function s3Store(): S3Store {
+  if (typeof gw !== 'object' || !bucket) throw new Error('radosgw is not running');
+  return new S3Store(`s3://${bucket}/some/prefix`, gw.options);
+}
+
 before(async () => {
-  await writer.putChunk(id, stored);
-  await writer.putFile('releases/1/manifest.json', Buffer.from('{"x":1}'));
-  await writer.putFile('channels/stable.json', Buffer.from('{"versions":["1"]}'));
+  await writeFixtures(writer);
   await writer.flush();
+  gw = await radosgw();
+  if (typeof gw === 'object') {
+    bucket = await newBucket(gw, 'contract');
+    const w = s3Store();
+    await writeFixtures(w);
+    await w.close();
+  }
 });
 
 after(async () => {
+  if (typeof gw === 'object' && bucket) await dropBucket(gw, bucket);
   for (const s of servers) await s.close();
   servers = [];
   rmSync(root, { recursive: true, force: true });
@@ -61,11 +97,18 @@ for (const impl of stores) {
   describe(`Store contract: ${impl.name}`, () => {
     let store: Store;
     before(async () => {
+      if (impl.skip?.()) return;
       store = await impl.open();
     });
     after(async () => {
-      if (store instanceof HttpStore) await store.close();
+      await (store as { close?: () => Promise<void> } | undefined)?.close?.();
     });
+    const test = (name: string, fn: () => Promise<void>) =>
+      nodeTest(name, async (t) => {
+        const why = impl.skip?.();
+        if (why) return t.skip(why);
+        await fn();
+      });
 
     test('getChunk returns the stored bytes', async () => {
       assert.deepEqual(Buffer.from(await store.getChunk(id)), stored);
@@ -94,9 +137,14 @@ for (const impl of stores) {
       assert.equal(got.storedBytes, stored.length);
       // A chunk stored under the wrong id (tampering, or a bug) is CHUNK_INVALID.
       const wrongId = hash(Buffer.from('something else'));
-      await writer.putChunk(wrongId, stored);
+      const w: WriteStore & { deleteFile?: (rel: string) => Promise<void> } = impl.writer?.() ?? writer;
+      await w.putChunk(wrongId, stored);
       await assert.rejects(v.getChunkData(wrongId), (e) => isIbuError(e, 'CHUNK_INVALID'));
-      rmSync(path.join(root, chunkPath(wrongId)));
+      if (w === writer) rmSync(path.join(root, chunkPath(wrongId)));
+      else {
+        await w.deleteFile!(chunkPath(wrongId));
+        await (w as { close?: () => Promise<void> }).close?.();
+      }
     });
   });
 }
@@ -111,6 +159,7 @@ test('LocalStore writes chunks at content-addressed paths, atomically, and putCh
 
 test('every store refuses a chunk larger than the caller allows, before reading it (issue #15)', async () => {
   for (const s of stores) {
+    if (s.skip?.()) continue;
     const store = await s.open();
     await assert.rejects(store.getChunk(id, undefined, stored.length - 1), (e) => isIbuError(e, 'CHUNK_INVALID'), s.name);
     assert.deepEqual(Buffer.from(await store.getChunk(id, undefined, stored.length)), stored, s.name);
@@ -184,4 +233,59 @@ test('batch durability: chunks from a writer that died before flush are verified
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+describe('S3Store specifics (radosgw)', () => {
+  const t = (name: string, fn: (g: Radosgw) => Promise<void>) =>
+    test(name, async (tt) => {
+      if (typeof gw !== 'object') return tt.skip(typeof gw === 'string' ? gw : 'radosgw not started');
+      await fn(gw);
+    });
+  t('list and statFile see what publish wrote; a PUT replaces a file whole (new ETag)', async () => {
+    const s = s3Store();
+    try {
+      assert.deepEqual(await s.list('channels'), ['stable.json']);
+      assert.deepEqual(await s.list('releases'), ['1']);
+      assert.deepEqual(await s.list('nothing-here'), []);
+      const before = await s.statFile('channels/stable.json');
+      assert.equal(before?.size, '{"versions":["1"]}'.length);
+      await s.putFile('channels/stable.json', Buffer.from('{"versions":["1","2"]}'));
+      const after2 = await s.statFile('channels/stable.json');
+      assert.notEqual(after2?.etag, before?.etag);
+      assert.equal(Buffer.from(await s.getFile('channels/stable.json')).toString(), '{"versions":["1","2"]}');
+      await s.putFile('channels/stable.json', Buffer.from('{"versions":["1"]}'));
+      assert.equal(await s.statFile('releases/9/manifest.json'), undefined);
+    } finally {
+      await s.close();
+    }
+  });
+  t('the prefix keeps stores apart: the same bucket without it has none of these files', async (g) => {
+    const bare = new S3Store(`s3://${bucket}`, g.options);
+    try {
+      assert.equal(await bare.hasChunk(id), false);
+      assert.deepEqual(await bare.list('channels'), []);
+    } finally {
+      await bare.close();
+    }
+  });
+  t('wrong credentials are UNAUTHORIZED, a missing bucket NOT_FOUND, a dead endpoint STORE_UNAVAILABLE', async (g) => {
+    const bad = new S3Store(`s3://${bucket}/some/prefix`, { ...g.options, secretAccessKey: 'wrong'.repeat(8), maxAttempts: 1 });
+    const nob = new S3Store(`s3://no-such-bucket-${Date.now()}/x`, { ...g.options, maxAttempts: 1 });
+    const dead = new S3Store(`s3://${bucket}/x`, { ...g.options, endpoint: 'http://127.0.0.1:9', maxAttempts: 2 });
+    try {
+      await assert.rejects(bad.getChunk(id), (e) => isIbuError(e, 'UNAUTHORIZED'));
+      await assert.rejects(nob.getFile('channels/stable.json'), (e) => isIbuError(e, 'NOT_FOUND') || isIbuError(e, 'STORE_UNAVAILABLE'));
+      await assert.rejects(dead.getChunk(id), (e) => isIbuError(e, 'STORE_UNAVAILABLE'));
+    } finally {
+      await Promise.all([bad.close(), nob.close(), dead.close()]);
+    }
+  });
+  t('bad s3:// URLs are USAGE errors', async () => {
+    for (const u of ['s3://', 's3://UPPER/x', 's3://b/../x'])
+      assert.throws(
+        () => new S3Store(u),
+        (e) => isIbuError(e, 'USAGE') || isIbuError(e, 'BAD_REQUEST'),
+        u,
+      );
+  });
 });

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IbuError } from '../../errors.js';
 import { parseSize } from '../run.js';
+import { addS3Options, s3OptionsFromFlags, type S3Flags } from './s3-options.js';
 
 interface ServeCliOptions {
   data: string;
@@ -19,6 +20,7 @@ interface ServeCliOptions {
   databaseUrl?: string;
   logLevel: string;
   fleet: boolean;
+  store?: string;
 }
 
 /** Splits HOST:PORT (IPv6 in brackets) into its parts. */
@@ -46,10 +48,10 @@ function int(name: string, s: string, min: number): number {
 }
 
 export function registerServeCommands(program: Command): void {
-  program
-    .command('serve')
+  addS3Options(program.command('serve'))
     .description('serve releases, chunks and on-demand deltas from a store directory (docs/server.md)')
-    .requiredOption('--data <dir>', 'the store directory that ibu release publish --store writes')
+    .requiredOption('--data <dir>', 'the store directory that ibu release publish --store writes (with --store: local state only)')
+    .option('--store <s3url>', 'read releases from s3://bucket/prefix instead of --data (deltas, images and the database stay in --data)')
     .option('--listen <host:port>', 'address to listen on', '0.0.0.0:8080')
     .option('--tls-cert <file>', 'PEM certificate chain (HTTPS)')
     .option('--tls-key <file>', 'PEM private key (HTTPS)')
@@ -64,7 +66,7 @@ export function registerServeCommands(program: Command): void {
     .option('--database-url <url>', 'fleet database: postgres://... (default SQLite in the data dir)')
     .option('--log-level <level>', 'pino log level', 'info')
     .option('--no-fleet', 'serve releases and deltas only, without the fleet API')
-    .action(async (opts: ServeCliOptions) => {
+    .action(async (opts: ServeCliOptions & S3Flags) => {
       // Collect every problem before starting (STYLE.md: options in, resolved config out).
       const problems: string[] = [];
       const attempt = <T>(f: () => T): T | undefined => {
@@ -90,6 +92,8 @@ export function registerServeCommands(program: Command): void {
       const { createServer } = await import('../../server/app.js');
       const { app } = await createServer({
         dataDir: opts.data,
+        store: opts.store,
+        s3: s3OptionsFromFlags(opts),
         adminToken: adminToken || undefined,
         workers,
         precompute,

@@ -2,7 +2,8 @@ import type { FastifyInstance } from 'fastify';
 import { IbuError } from '../../errors.js';
 import type { ServerContext } from '../context.js';
 import { chunkIdSchema, fileResponses } from '../schemas.js';
-import { sendFile } from '../send-file.js';
+import { chunkPath } from '../../store/layout.js';
+import { sendReleaseFile } from '../release-files.js';
 
 export function chunkRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.route<{ Params: { id: string } }>({
@@ -15,7 +16,8 @@ export function chunkRoutes(app: FastifyInstance, ctx: ServerContext): void {
     handler: async (req, reply) => {
       const { id } = req.params;
       // Content-addressed: the bytes behind an id never change, so any cache may keep them forever.
-      const ok = await sendFile(req, reply, {
+      const ok = await sendReleaseFile(req, reply, ctx.layout, {
+        rel: chunkPath(id),
         file: ctx.layout.chunk(id),
         etag: `"${id}"`,
         cacheControl: 'public, max-age=31536000, immutable',

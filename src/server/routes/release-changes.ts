@@ -4,7 +4,6 @@ import { packageChanges, type ReleaseDiff } from '../../build/release-diff.js';
 import { IbuError, isIbuError } from '../../errors.js';
 import { parseManifestUnverified, readManifestBytes } from '../../release/manifest.js';
 import type { Manifest } from '../../release/types.js';
-import { LocalStore } from '../../store/local-store.js';
 import type { ServerContext } from '../context.js';
 import { errorSchema, versionSchema } from '../schemas.js';
 
@@ -18,7 +17,7 @@ const MAX_PATHS = 500;
  * the manifests. Releases never change once published, so answers are kept in memory.
  */
 export function releaseChangesRoutes(app: FastifyInstance, ctx: ServerContext): void {
-  const store = new LocalStore(ctx.layout.root);
+  const store = ctx.layout.releases;
   const cache = new Map<string, unknown>();
   const manifest = async (v: string): Promise<Manifest> => {
     try {

@@ -2,7 +2,8 @@ import type { FastifyInstance } from 'fastify';
 import { IbuError } from '../../errors.js';
 import type { ServerContext } from '../context.js';
 import { channelSchema, errorSchema, fileResponses, versionSchema } from '../schemas.js';
-import { sendFile } from '../send-file.js';
+import { manifestPath } from '../../store/layout.js';
+import { sendReleaseFile } from '../release-files.js';
 
 export function releaseRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get<{ Params: { channel: string } }>(
@@ -65,9 +66,9 @@ export function releaseRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const { version } = req.params;
       // A manifest never changes once published (versions only go up), but a release can be
       // deleted, so caches keep it briefly and revalidate by ETag.
-      const ok = await sendFile(req, reply, {
+      const ok = await sendReleaseFile(req, reply, ctx.layout, {
+        rel: manifestPath(version),
         file: ctx.layout.manifest(version),
-        etag: (st) => `"m-${st.ino.toString(36)}-${st.size.toString(36)}-${Math.floor(st.mtimeMs).toString(36)}"`,
         cacheControl: 'public, max-age=60',
         contentType: 'application/json',
       });
