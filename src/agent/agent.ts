@@ -45,6 +45,8 @@ export interface AgentDeps {
   /** Draw progress bars (a TTY and no --json). */
   progress?: boolean;
   now?: () => Date;
+  /** Seed downloads from the files of cfg.systemRoot (upgradectl adopt: a conventional system has no image to seed from). */
+  seedFromSystemRoot?: boolean;
 }
 
 const DEFAULT_MAX_STEPS = 64;
@@ -252,6 +254,7 @@ export class Agent {
           dir,
           imageBytes: bytesToAllocate(m.chunks, 4096),
           protect: [f.running, f.boot.defaultImage, f.boot.tryImage].filter((x): x is string => !!x),
+          ...(this.d.seedFromSystemRoot ? { liveRoot: this.cfg.systemRoot } : {}),
         },
         {
           cfg: this.cfg,
