@@ -5,7 +5,7 @@ import { planCleanup } from './disk-policy.js';
 /** What `upgradectl adopt` needs to know about a conventionally installed machine (gathered by adopt-probe.ts). */
 export interface AdoptFacts {
   firmware: 'uefi' | 'bios';
-  /** `grub-install --version`'s version (e.g. "2.06-13+deb12u1"), null when GRUB is not installed. */
+  /** The installed GRUB package's version (e.g. "2.06-13+deb12u1"), null when no GRUB package is installed. */
   grubVersion: string | null;
   /** Installed GRUB platform packages (grub-pc, grub-efi-amd64, ...). */
   grubPackages: string[];
@@ -62,7 +62,7 @@ export function planAdoption(f: AdoptFacts): AdoptPlan {
   }
   const pkgs = f.grubPackages;
   const want = f.firmware === 'uefi' ? pkgs.find((p) => p.startsWith('grub-efi')) : pkgs.find((p) => p === 'grub-pc');
-  if (f.grubVersion === null) problems.push('GRUB is not installed (grub-install not found); adoption boots the images through the distribution GRUB');
+  if (f.grubVersion === null) problems.push('no GRUB package is installed (grub-pc or grub-efi-*); adoption boots the images through the distribution GRUB');
   else if (grubTooOld(f.grubVersion)) problems.push(`GRUB ${f.grubVersion} is older than ${MIN_GRUB.join('.0')}; upgrade grub2 first`);
   if (f.grubVersion !== null && !want) {
     problems.push(

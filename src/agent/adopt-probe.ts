@@ -23,9 +23,9 @@ export interface ProbeInput {
 export async function probeAdoptFacts(i: ProbeInput): Promise<AdoptFacts> {
   const sys = i.sysRoot ?? '/sys';
   const firmware = (await exists(path.join(sys, 'firmware/efi'))) ? 'uefi' : 'bios';
-  const gv = await run('grub-install', ['--version'], { allowFailure: true }).catch(() => null);
-  const grubVersion = gv && gv.code === 0 ? (/\(GRUB\)\s+(\S+)/.exec(gv.stdout)?.[1] ?? null) : null;
-  const grubPackages = await installedGrubPackages(i.systemRoot);
+  const grub = await installedGrubPackages(i.systemRoot);
+  const grubPackages = grub.map((g) => g.name);
+  const grubVersion = grub[0]?.version ?? null;
   const mounts = parseMountInfo(await fsp.readFile('/proc/self/mountinfo', 'utf8'));
   const hostReal = await fsp.realpath(i.host);
   const rootMount = mountFor(mounts, hostReal);
@@ -57,18 +57,20 @@ export async function probeAdoptFacts(i: ProbeInput): Promise<AdoptFacts> {
   };
 }
 
-/** GRUB platform packages dpkg has installed in `root` (grub-pc, grub-efi-amd64, ...). */
-async function installedGrubPackages(root: string): Promise<string[]> {
-  const r = await run('dpkg-query', ['--admindir', path.join(root, 'var/lib/dpkg'), '-W', '-f', '${Package} ${db:Status-Abbrev}\n', 'grub-pc', 'grub-efi-*'], {
-    allowFailure: true,
-  }).catch(() => null);
+/** GRUB platform packages dpkg has installed in `root` (grub-pc, grub-efi-amd64, ...) with their versions, from its own database. */
+async function installedGrubPackages(root: string): Promise<Array<{ name: string; version: string }>> {
+  const r = await run(
+    'dpkg-query',
+    ['--admindir', path.join(root, 'var/lib/dpkg'), '-W', '-f', '${Package} ${db:Status-Abbrev} ${Version}\n', 'grub-pc', 'grub-efi-*'],
+    { allowFailure: true },
+  ).catch(() => null);
   if (!r) return [];
   return r.stdout
     .split('\n')
     .map((l) => l.trim().split(/\s+/))
-    .filter((f) => f[1]?.startsWith('ii'))
-    .map((f) => f[0]!)
-    .filter((p) => p === 'grub-pc' || (p.startsWith('grub-efi-') && !p.endsWith('-bin') && !p.endsWith('-signed')));
+    .filter((f) => f[1]?.startsWith('ii') && f[2])
+    .map((f) => ({ name: f[0]!, version: f[2]! }))
+    .filter((p) => p.name === 'grub-pc' || (p.name.startsWith('grub-efi-') && !p.name.endsWith('-bin') && !p.name.endsWith('-signed')));
 }
 
 /** Allocated bytes under `dir` (files matching `only`, when given); 0 when absent. */

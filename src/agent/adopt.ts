@@ -152,7 +152,10 @@ async function adoptOn(cfg: AgentConfig, o: AdoptOptions, version: string, host:
   // 5. GRUB: the distribution's own generator, with the ibu script first.
   const grub = await installGrubIntegration(cfg.systemRoot, o.updateGrub);
   o.log(`installed ${grub.script}; grub.cfg regenerated`);
-  for (const dir of new Set([path.join(cfg.systemRoot, 'boot/grub'), host])) o.log(await checkpointFilesystem(dir, cfg.checkpoint));
+  // GRUB reads grub.cfg (on /boot) and the env (on the root fs) without replaying their journals.
+  for (const dir of new Set([path.join(cfg.systemRoot, 'boot/grub'), host])) {
+    if (await fsp.stat(dir).catch(() => null)) o.log(await checkpointFilesystem(dir, cfg.checkpoint));
+  }
 
   // 6. Apply as any upgrade: try_image, reboot.
   const applied = await agent.apply({ now: true, force: true });
