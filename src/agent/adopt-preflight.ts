@@ -90,7 +90,8 @@ export function planAdoption(f: AdoptFacts): AdoptPlan {
     const hints = f.cleanable.filter((c) => c.bytes > 0).map((c) => `${c.what} (${mib(c.bytes)})`);
     throw new IbuError(
       'NO_SPACE',
-      `Not enough space on the root filesystem to adopt: the image needs ${mib(plan.required)} (${mib(s.neededBytes)} of image + ${mib(s.reserveBytes)} reserve), ` +
+      `Not enough space on the root filesystem to adopt: the image needs ${mib(plan.required)} ` +
+        `(${mib(s.neededBytes)} of image + ${mib(s.reserveBytes)} reserve), ` +
         `${mib(s.freeBytes)} is free, ${mib(plan.shortBy)} missing. ` +
         (hints.length ? `Could be cleaned: ${hints.join(', ')}. ` : '') +
         'Nothing was changed.',

@@ -98,14 +98,18 @@ async function adoptOn(cfg: AgentConfig, o: AdoptOptions, version: string, host:
   const store = await openStore(cfg, await deviceToken(cfg));
   if (!store) throw new IbuError('CONFIG_INVALID', 'No release source: set server.url or download.store in the agent config, or pass --store.');
   const bytes = await store.getFile(manifestPath(version)).catch((err) => {
-    if (isIbuError(err, 'NOT_FOUND')) throw new IbuError('RELEASE_NOT_FOUND', `Release ${version} is not in ${store.location}; check the version.`, { cause: err });
+    if (isIbuError(err, 'NOT_FOUND'))
+      throw new IbuError('RELEASE_NOT_FOUND', `Release ${version} is not in ${store.location}; check the version.`, { cause: err });
     throw err;
   });
   const { manifest: m } = parseAndVerifyManifest(bytes, await Keyring.load(cfg.keyring), `the manifest of ${version} from ${store.location}`);
-  if (m.channel !== cfg.channel) throw new IbuError('MANIFEST_INVALID', `Release ${version} is on channel '${m.channel}', this machine follows '${cfg.channel}'.`);
+  if (m.channel !== cfg.channel)
+    throw new IbuError('MANIFEST_INVALID', `Release ${version} is on channel '${m.channel}', this machine follows '${cfg.channel}'.`);
   const st = await fsp.statfs(host);
   const imageBytes = bytesToAllocate(m.chunks, Number(st.bsize));
-  const have = await allocated(images.image(version)).then(async (n) => n || (await allocated(images.partial(version))) + (await allocated(images.staged(version))));
+  const have = await allocated(images.image(version)).then(
+    async (n) => n || (await allocated(images.partial(version))) + (await allocated(images.staged(version))),
+  );
   const facts = await probeAdoptFacts({
     systemRoot: cfg.systemRoot,
     host,
@@ -204,5 +208,9 @@ export async function finalizeAdoption(cfg: AgentConfig): Promise<{ message: str
   }
   const w = await env.finalizeAdoption();
   if (w.created) await checkpointFilesystem(envDir, cfg.checkpoint);
-  return { message: `Adoption finalized: GRUB boots only the images now (${st.defaultImage} committed); the conventional system is no longer a boot entry of last resort.` };
+  return {
+    message:
+      `Adoption finalized: GRUB boots only the images now (${st.defaultImage} committed); ` +
+      'the conventional system is no longer a boot entry of last resort.',
+  };
 }

@@ -1,3 +1,4 @@
+// test-needs: root (loop-mounted root filesystems)
 /**
  * upgradectl adopt on a "conventional system" made here: its root tree (accounts with a local
  * user, SSH host keys, network config, an fstab with a data disk, dpkg's record of grub-pc and
@@ -136,7 +137,18 @@ async function makeLab(dir: string, host: string, o: { payload?: number; health?
   const imageConfig = path.join(dir, 'image-agent.json');
   await fsp.writeFile(
     imageConfig,
-    JSON.stringify({ ...base, hostMount: host, cmdlineFile: cmdline, systemRoot: path.join(dir, 'image-root'), migration: [], boot: { envDir: path.join(host, 'boot/ibu') } }, null, 2),
+    JSON.stringify(
+      {
+        ...base,
+        hostMount: host,
+        cmdlineFile: cmdline,
+        systemRoot: path.join(dir, 'image-root'),
+        migration: [],
+        boot: { envDir: path.join(host, 'boot/ibu') },
+      },
+      null,
+      2,
+    ),
   );
   const env = { PATH: `${bin}:${process.env.PATH}` };
   return {
@@ -247,25 +259,29 @@ test('adopt: a failing health check ends on the conventional system; adopt runs 
   }
 });
 
-test('adopt: a disk too small is NO_SPACE with what is missing and what could be cleaned; nothing touched', { skip: !root && 'needs root (loop mounts)' }, async () => {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-adopt-'));
-  try {
-    await withLoopFs(dir, 12, 'ext4', async (host) => {
-      const lab = await makeLab(dir, host, { payload: 16 * 1024 * 1024 });
-      const before = (await run('find', [host, lab.system, '-printf', '%p %s %T@\n'])).stdout;
-      const r = await lab.run(['adopt', '--version', '2.0', '--host', host, '--no-reboot', '--json']);
-      assert.equal(r.code, 6, r.stderr);
-      const err = (r.json as { error: { code: string; message: string } }).error;
-      assert.equal(err.code, 'NO_SPACE');
-      assert.match(err.message, /MiB missing/);
-      assert.match(err.message, /apt-get clean\) \(2\.0 MiB\)/);
-      assert.equal((await run('find', [host, lab.system, '-printf', '%p %s %T@\n'])).stdout, before, 'nothing on either side changed');
-      await assert.rejects(fsp.access(lab.updateGrubLog));
-    });
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
-});
+test(
+  'adopt: a disk too small is NO_SPACE with what is missing and what could be cleaned; nothing touched',
+  { skip: !root && 'needs root (loop mounts)' },
+  async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-adopt-'));
+    try {
+      await withLoopFs(dir, 12, 'ext4', async (host) => {
+        const lab = await makeLab(dir, host, { payload: 16 * 1024 * 1024 });
+        const before = (await run('find', [host, lab.system, '-printf', '%p %s %T@\n'])).stdout;
+        const r = await lab.run(['adopt', '--version', '2.0', '--host', host, '--no-reboot', '--json']);
+        assert.equal(r.code, 6, r.stderr);
+        const err = (r.json as { error: { code: string; message: string } }).error;
+        assert.equal(err.code, 'NO_SPACE');
+        assert.match(err.message, /MiB missing/);
+        assert.match(err.message, /apt-get clean\) \(2\.0 MiB\)/);
+        assert.equal((await run('find', [host, lab.system, '-printf', '%p %s %T@\n'])).stdout, before, 'nothing on either side changed');
+        await assert.rejects(fsp.access(lab.updateGrubLog));
+      });
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  },
+);
 
 test('adopt: a root filesystem other than ext4 is refused with ADOPT_UNSUPPORTED; nothing touched', { skip: !root && 'needs root (loop mounts)' }, async () => {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-adopt-'));

@@ -120,7 +120,11 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
         };
         await fsp.writeFile(
           path.join(e2e, 'agent.json'),
-          JSON.stringify({ ...common, keyring: '/ibu-e2e/keyring', reboot: { command: ['systemctl', 'reboot'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 90 } }),
+          JSON.stringify({
+            ...common,
+            keyring: '/ibu-e2e/keyring',
+            reboot: { command: ['systemctl', 'reboot'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 90 },
+          }),
         );
         // the image's view: the old root is /host (what adopt writes into the image's /etc/ibu/agent.json, with the e2e keyring path)
         await fsp.writeFile(
@@ -159,7 +163,7 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
       memMiB: 1024,
       extra: guestNetArgs(server.port),
       timeoutMs: 1_800_000,
-      stuckOn: [/\(initramfs\)|can't access tty|Give root password for maintenance/],
+      stuckOn: [/\(initramfs\)|can't access tty|Give root password for maintenance|Dropping to a shell/],
     });
     console.log(`${name}: ${timeline(res.log)}`);
     const tail = res.log.split('\n').slice(-80).join('\n');
@@ -198,7 +202,11 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
       const st = await envOf(root);
       assert.deepEqual([st.defaultImage, st.tryImage, st.adopted], ['1.0', null, '1.0'], 'committed; the conventional system stays the last resort');
       assert.ok(await root.readFile('/etc/grub.d/05_ibu'), 'the grub.d script is installed');
-      assert.match((await root.readFile('/boot/grub/grub.cfg'))!.toString(), /### ibu: boot \/images[\s\S]*menuentry 'Debian GNU\/Linux'/, 'update-grub put it before the Debian entries');
+      assert.match(
+        (await root.readFile('/boot/grub/grub.cfg'))!.toString(),
+        /### ibu: boot \/images[\s\S]*menuentry 'Debian GNU\/Linux'/,
+        'update-grub put it before the Debian entries',
+      );
       const rec = await server.deviceRecord(name);
       assert.deepEqual([rec.version, rec.committedVersion, rec.state], ['1.0', '1.0', 'committed']);
       // migrated into the image: read it out of the root fs and look inside

@@ -43,6 +43,7 @@ build() {
   fi
   mnt=$(mktemp -d /tmp/ibu-conv-XXXXXX)
   cleanup() {
+    rm -f "/dev/disk/by-uuid/$ROOT_UUID"
     for m in dev/pts dev proc sys ""; do umount "$mnt/$m" 2>/dev/null || true; done
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     rmdir "$mnt" 2>/dev/null || true
@@ -70,6 +71,9 @@ EOT
   done
   local rootdev=${loop}p1; [ "$FW" = efi ] && rootdev=${loop}p2
   mke2fs -q -F -t ext4 -U "$ROOT_UUID" -L root "$rootdev"
+  # what udev would make: update-grub writes root=UUID=... only when /dev/disk/by-uuid has it
+  mkdir -p /dev/disk/by-uuid
+  ln -sfn "$rootdev" "/dev/disk/by-uuid/$ROOT_UUID"
   mount "$rootdev" "$mnt"
   tar -C "$mnt" -xpf "$tar"
   echo bookworm-conventional > "$mnt/etc/hostname"
