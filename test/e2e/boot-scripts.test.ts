@@ -68,8 +68,8 @@ describe('assets/grub/10_ibu', () => {
       assert.match(res.stdout, /^set ibu_cmdline=" ?console=ttyS0 ?"$/m);
       assert.match(res.stdout, /load_env --file .* ibu_images ibu_adopted$/m);
       // adopted: only the trial before a commit, no discovery, and no reboot loop: GRUB goes on to the menu entries below
-      assert.match(res.stdout, /if \[ -z "\$ibu_adopted" -o -n "\$default_image" \]; then\n  ibu_try_boot "\$default_image" 0/);
-      assert.match(res.stdout, /if \[ -n "\$ibu_adopted" \]; then\n  echo "ibu: adopted machine, no image to boot .*"\nelse\n/);
+      assert.match(res.stdout, /if \[ -z "\$ibu_adopted" -o -n "\$default_image" \]; then\n {2}ibu_try_boot "\$default_image" 0/);
+      assert.match(res.stdout, /if \[ -n "\$ibu_adopted" \]; then\n {2}echo "ibu: adopted machine, no image to boot .*"\nelse\n/);
       const cfg = path.join(dir, 'grub-adopted.cfg');
       // what update-grub makes of it: this script, then the distribution's entries
       await fsp.writeFile(cfg, res.stdout + "menuentry 'Debian GNU/Linux' { linux /boot/vmlinuz root=UUID=x ro }\n");
