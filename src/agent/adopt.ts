@@ -45,6 +45,11 @@ export interface AdoptResult {
 }
 
 const BIND_HOST = '/run/ibu/adopt-host';
+/**
+ * What a conventionally installed machine reports as its version (check-ins, events) while it is
+ * being adopted: a valid version (the server validates every one) that sorts before any release.
+ */
+export const CONVENTIONAL_VERSION = '0-conventional';
 
 /**
  * `upgradectl adopt`: moves a conventionally installed Debian machine onto images, keeping a way
@@ -85,8 +90,8 @@ async function adoptOn(cfg: AgentConfig, o: AdoptOptions, version: string, host:
     ...cfg,
     hostMount: host,
     imagesDir: images.root,
-    runningVersion: null,
-    cmdlineFile: '/dev/null', // a conventional system runs no image
+    runningVersion: CONVENTIONAL_VERSION, // a conventional system runs no image
+    cmdlineFile: '/dev/null',
     boot: { ...cfg.boot, envDir },
     migration: [],
     download: { ...cfg.download, useDelta: false },

@@ -327,7 +327,9 @@ export class Agent {
     const st = await this.d.bootloader.read();
     if (st.tryImage) await this.ctx.boot.clearTry();
     const code = event === 'upgrade-failed' ? 'HEALTH_CHECK_FAILED' : 'ROLLED_BACK';
-    this.queueEvent(event, f.running, st.defaultImage, event === 'upgrade-failed' ? { code, message: reason } : undefined);
+    // An adopted machine's trial has no default to go back to: the reboot lands on what it came from (the conventional system).
+    const backTo = st.defaultImage ?? this.j.target?.fromVersion ?? null;
+    this.queueEvent(event, f.running, backTo, event === 'upgrade-failed' ? { code, message: reason } : undefined);
     await this.record({
       state: 'rolled-back',
       step: 'revert',
