@@ -38,8 +38,8 @@ const load = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slic
 async function tarball(suite: string): Promise<string> {
   const tar = path.join(DIR, `${suite}.tar`);
   if (!existsSync(tar)) {
-    await run('mmdebstrap', ['--variant=minbase', `--include=${PKGS}`, suite, `${tar}.tmp`, 'http://deb.debian.org/debian']);
-    await run('mv', [`${tar}.tmp`, tar]);
+    await run('mmdebstrap', ['--variant=minbase', `--include=${PKGS}`, suite, `${tar}.tmp.tar`, 'http://deb.debian.org/debian']);
+    await run('mv', [`${tar}.tmp.tar`, tar]);
   }
   return tar;
 }
