@@ -26,7 +26,13 @@ export const chunksTransport: Transport = {
         commitEveryBytes: 4 * 1024 * 1024,
         onProgress: (p) => bar.update(fetchFrame(p, r.manifest.version)),
       });
-      return { method: 'chunks', downloadedBytes: res.downloadedBytes, reusedBytes: res.reusedBytes, resumed: res.resumed, ...(res.liveSeed ? { liveSeedBytes: res.liveSeed.bytes } : {}) };
+      return {
+        method: 'chunks',
+        downloadedBytes: res.downloadedBytes,
+        reusedBytes: res.reusedBytes,
+        resumed: res.resumed,
+        ...(res.liveSeed ? { liveSeedBytes: res.liveSeed.bytes } : {}),
+      };
     } finally {
       bar.end();
     }
