@@ -121,7 +121,8 @@ export class GrubBootloader implements Bootloader {
       warnings,
       bad: words(v[VAR_BAD]),
       attempt: v[VAR_ATTEMPT] ? { image: v[VAR_ATTEMPT], boots: tally.length } : null,
-      adopted: v[VAR_ADOPTED] || null,
+      // only on adopted machines: every other reader's view of the state stays as it was
+      ...(v[VAR_ADOPTED] ? { adopted: v[VAR_ADOPTED] } : {}),
     };
   }
 

@@ -114,17 +114,17 @@ test('adoption env: no default until the trial commits; ibu_adopted goes with th
     await bl.initAdopted('2.0');
     await bl.setTry('2.0');
     let st = await bl.read();
-    assert.deepEqual([st.defaultImage, st.tryImage, st.adopted], [null, '2.0', '2.0']);
+    assert.deepEqual([st.defaultImage, st.tryImage, st.adopted ?? null], [null, '2.0', '2.0']);
     await bl.commit('2.0');
     st = await bl.read();
-    assert.deepEqual([st.defaultImage, st.adopted], ['2.0', '2.0'], 'committing the adopted image keeps the way back');
+    assert.deepEqual([st.defaultImage, st.adopted ?? null], ['2.0', '2.0'], 'committing the adopted image keeps the way back');
     await bl.commit('2.1');
     st = await bl.read();
-    assert.deepEqual([st.defaultImage, st.adopted], ['2.1', null], 'the first committed upgrade after adoption ends it');
+    assert.deepEqual([st.defaultImage, st.adopted ?? null], ['2.1', null], 'the first committed upgrade after adoption ends it');
     await bl.initAdopted('3.0');
     await bl.commit('3.0');
     await bl.finalizeAdoption();
-    assert.equal((await bl.read()).adopted, null);
+    assert.equal((await bl.read()).adopted, undefined);
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
   }

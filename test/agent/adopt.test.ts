@@ -197,7 +197,7 @@ test('adopt: preflight, seeded download, migration, GRUB trial; the trial commit
       assert.ok(script.mode & 0o100, '05_ibu is executable');
       assert.equal((await fsp.readFile(lab.updateGrubLog, 'utf8')).trim(), 'called');
       const st = await lab.bootloader().read();
-      assert.deepEqual([st.tryImage, st.defaultImage, st.adopted], ['2.0', null, '2.0']);
+      assert.deepEqual([st.tryImage, st.defaultImage, st.adopted ?? null], ['2.0', null, '2.0']);
       // Migrated from the live system into the image.
       const img = path.join(host, 'images/2.0.img');
       assert.equal(await debugfsCat(img, '/etc/hostname'), 'box-0042\n');
@@ -220,13 +220,13 @@ test('adopt: preflight, seeded download, migration, GRUB trial; the trial commit
       assert.equal(c.code, 0, c.stderr);
       assert.equal(c.json!.outcome, 'committed');
       const after = await lab.bootloader().read();
-      assert.deepEqual([after.defaultImage, after.tryImage, after.adopted], ['2.0', null, '2.0']);
+      assert.deepEqual([after.defaultImage, after.tryImage, after.adopted ?? null], ['2.0', null, '2.0']);
       // adopt again on a committed machine: refused, nothing changed.
       const again = await lab.run(['adopt', '--version', '2.0', '--host', host, '--no-reboot']);
       assert.equal(again.code, 11, again.stderr);
       const f = await lab.run(['adopt', '--finalize', '--json'], lab.imageConfig);
       assert.equal(f.code, 0, f.stderr);
-      assert.equal((await lab.bootloader().read()).adopted, null);
+      assert.equal((await lab.bootloader().read()).adopted, undefined);
     });
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
@@ -244,7 +244,11 @@ test('adopt: a failing health check ends on the conventional system; adopt runs 
       const c = await lab.run(['confirm', '--json'], lab.imageConfig);
       assert.equal(c.code, 10, c.stderr);
       const st = await lab.bootloader().read();
-      assert.deepEqual([st.defaultImage, st.tryImage, st.adopted], [null, null, '2.0'], 'no image left to boot: GRUB goes on to the conventional entries');
+      assert.deepEqual(
+        [st.defaultImage, st.tryImage, st.adopted ?? null],
+        [null, null, '2.0'],
+        'no image left to boot: GRUB goes on to the conventional entries',
+      );
       assert.equal(await powerOn(lab), 'conventional');
       const j = JSON.parse(await fsp.readFile(path.join(host, 'images/.ibu/state.json'), 'utf8')) as { state: string; lastError: { code: string } };
       assert.deepEqual([j.state, j.lastError.code], ['rolled-back', 'HEALTH_CHECK_FAILED']);

@@ -209,7 +209,7 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
       const adopted = JSON.parse(/IBU-E2E adopt exit 0: (\{.*)/.exec(log)?.[1]?.replace(/\s*$/, '') ?? '{}') as Record<string, unknown>;
       console.log(`${name}: adopt said ${JSON.stringify(adopted).slice(0, 400)}`);
       const st = await envOf(root);
-      assert.deepEqual([st.defaultImage, st.tryImage, st.adopted], ['1.0', null, '1.0'], 'committed; the conventional system stays the last resort');
+      assert.deepEqual([st.defaultImage, st.tryImage, st.adopted ?? null], ['1.0', null, '1.0'], 'committed; the conventional system stays the last resort');
       assert.ok(await root.readFile('/etc/grub.d/05_ibu'), 'the grub.d script is installed');
       assert.match(
         (await root.readFile('/boot/grub/grub.cfg'))!.toString(),
@@ -251,7 +251,7 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
       /IBU-E2E status .*"running":"1\.0","committed":"1\.0"/,
     ]);
     const st = await envOf(root);
-    assert.deepEqual([st.defaultImage, st.tryImage, st.adopted], ['1.0', null, '1.0']);
+    assert.deepEqual([st.defaultImage, st.tryImage, st.adopted ?? null], ['1.0', null, '1.0']);
   });
 
   test('(c) UEFI: the adopted image fails its health check: back on the conventional system, the server sees why', async () => {
@@ -265,7 +265,7 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
       /IBU-E2E CONVENTIONAL back/,
     ]);
     const st = await envOf(root);
-    assert.deepEqual([st.defaultImage, st.tryImage, st.adopted], [null, null, '1.0']);
+    assert.deepEqual([st.defaultImage, st.tryImage, st.adopted ?? null], [null, null, '1.0']);
     const rec = await server.deviceRecord(name);
     assert.equal(rec.lastErrorCode, 'HEALTH_CHECK_FAILED');
     assert.ok(
