@@ -48,6 +48,8 @@ export interface AgentDeps {
   /** Draw progress bars (a TTY and no --json). */
   progress?: boolean;
   now?: () => Date;
+  /** Seed downloads from the files of cfg.systemRoot (upgradectl adopt: a conventional system has no image to seed from). */
+  seedFromSystemRoot?: boolean;
 }
 
 const DEFAULT_MAX_STEPS = 64;
@@ -255,6 +257,7 @@ export class Agent {
           dir,
           imageBytes: bytesToAllocate(m.chunks, 4096),
           protect: [f.running, f.boot.defaultImage, f.boot.tryImage].filter((x): x is string => !!x),
+          ...(this.d.seedFromSystemRoot ? { liveRoot: this.cfg.systemRoot } : {}),
         },
         {
           cfg: this.cfg,
@@ -370,7 +373,9 @@ export class Agent {
     const st = await this.d.bootloader.read();
     if (st.tryImage) await this.ctx.boot.clearTry();
     const code = event === 'upgrade-failed' ? 'HEALTH_CHECK_FAILED' : 'ROLLED_BACK';
-    this.queueEvent(event, f.running, st.defaultImage, event === 'upgrade-failed' ? { code, message: reason } : undefined);
+    // An adopted machine's trial has no default to go back to: the reboot lands on what it came from (the conventional system).
+    const backTo = st.defaultImage ?? this.j.target?.fromVersion ?? null;
+    this.queueEvent(event, f.running, backTo, event === 'upgrade-failed' ? { code, message: reason } : undefined);
     await this.record({
       state: 'rolled-back',
       step: 'revert',

@@ -7,6 +7,7 @@ import { parseMountInfo } from '../boot/env-location.js';
 import type { MigrationRule } from './config.js';
 import type { MigrationSummary } from './journal.js';
 import { accountKind, mergeAccountFile } from './account-merge.js';
+import { mergeFstab } from './adopt-migration.js';
 
 export type MigrationChange = MigrationSummary['changed'][number];
 
@@ -25,7 +26,7 @@ async function lstatOrNull(p: string): Promise<import('node:fs').Stats | null> {
  * result (copy overwrites, keep-new sees the file it copied, merge of a merge changes nothing).
  *  - copy: the running system's file or directory replaces the new image's;
  *  - keep-new: the new image's file wins; copied over only where the new image has none;
- *  - merge: account files merged line by line (mergeAccountFile).
+ *  - merge: account files merged line by line (mergeAccountFile); fstab: data-disk entries added (mergeFstab).
  */
 export async function migrateTree(rules: MigrationRule[], fromRoot: string, toRoot: string): Promise<MigrationChange[]> {
   const changes: MigrationChange[] = [];
@@ -55,11 +56,21 @@ export async function migrateTree(rules: MigrationRule[], fromRoot: string, toRo
           }
           break;
         case 'merge': {
+          if (path.basename(rule.path) === 'fstab' && s.isFile()) {
+            const newText = d ? await fsp.readFile(dst, 'utf8') : '';
+            const m = mergeFstab(await fsp.readFile(src, 'utf8'), newText);
+            if (m.text === newText) note('unchanged');
+            else {
+              await writeFileAtomic(dst, m.text, d ? d.mode & 0o7777 : 0o644);
+              note('merged', `kept data-disk entries: ${m.added.join(', ')}`);
+            }
+            break;
+          }
           const kind = accountKind(rule.path);
           if (!kind || !s.isFile())
             throw new IbuError(
               'MIGRATION_FAILED',
-              `merge works on account files (passwd, group, shadow, gshadow, subuid, subgid), not ${rule.path}; use copy or keep-new for it.`,
+              `merge works on account files (passwd, group, shadow, gshadow, subuid, subgid) and fstab, not ${rule.path}; use copy or keep-new for it.`,
             );
           if (!d) {
             await replaceWith(src, dst, false);

@@ -12,6 +12,8 @@ export interface OpenOptions {
   json?: boolean;
   log?: (line: string) => void;
   applyDelta?: DeltaApplier;
+  /** Seed downloads from cfg.systemRoot's files (upgradectl adopt). */
+  seedFromSystemRoot?: boolean;
 }
 
 /** Wires the real parts from a resolved config: bootloader (location detected), server, store. */
@@ -32,15 +34,29 @@ export async function openAgent(cfg: AgentConfig, o: OpenOptions = {}): Promise<
   });
   const token = await deviceToken(cfg);
   const server = cfg.server ? new ServerClient(cfg.server.url, cfg.server.deviceId, token) : null;
-  let store: Store | null = null;
+  const store = await openStore(cfg, token);
+  // src/delta is loaded only when a delta is really applied (start-up cost of every command).
+  const applyDelta: DeltaApplier = o.applyDelta ?? (async (a) => (await import('../delta/index.js')).applyDelta(a));
+  return new Agent({
+    cfg,
+    bootloader,
+    server,
+    store,
+    applyDelta,
+    log: o.log,
+    progress: !o.json && Boolean(process.stderr.isTTY),
+    seedFromSystemRoot: o.seedFromSystemRoot,
+  });
+}
+
+/** The release source: download.store (a directory or a static URL), else the server's /v1 routes, else none. */
+export async function openStore(cfg: AgentConfig, token: string | null): Promise<Store | null> {
   const http = async (url: string, layout?: 'api'): Promise<Store> => {
     // Loaded on demand: undici costs a noticeable part of the start-up of every command.
     const { HttpStore } = await import('../store/http-store.js');
     return new HttpStore(url, { layout, headers: token ? { authorization: `Bearer ${token}` } : {} });
   };
-  if (cfg.download.store) store = /^https?:\/\//i.test(cfg.download.store) ? await http(cfg.download.store) : new LocalStore(cfg.download.store);
-  else if (cfg.server) store = await http(`${cfg.server.url}/v1`, 'api');
-  // src/delta is loaded only when a delta is really applied (start-up cost of every command).
-  const applyDelta: DeltaApplier = o.applyDelta ?? (async (a) => (await import('../delta/index.js')).applyDelta(a));
-  return new Agent({ cfg, bootloader, server, store, applyDelta, log: o.log, progress: !o.json && Boolean(process.stderr.isTTY) });
+  if (cfg.download.store) return /^https?:\/\//i.test(cfg.download.store) ? http(cfg.download.store) : new LocalStore(cfg.download.store);
+  if (cfg.server) return http(`${cfg.server.url}/v1`, 'api');
+  return null;
 }

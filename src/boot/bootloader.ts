@@ -16,6 +16,8 @@ export interface BootState {
   bad: string[];
   /** The image GRUB is counting boots of, and how many it counted, until a boot is marked good. */
   attempt: { image: string; boots: number } | null;
+  /** `ibu_adopted`: the version `upgradectl adopt` installed while the conventional system is still GRUB's last resort. */
+  adopted?: string | null;
 }
 
 export type TryClearedBy = 'grub' | 'initramfs';

@@ -21,6 +21,13 @@ export const VAR_TALLY = 'ibu_tally';
 export const VAR_BAD = 'ibu_bad';
 /** Installed images newest first, written by the agent: GRUB's fallback order after default_image. */
 export const VAR_IMAGES = 'ibu_images';
+/**
+ * Set by `upgradectl adopt` to the adopted version: the machine still has its conventional system,
+ * which GRUB boots (the distribution's menu entries after the ibu script) when no image can boot,
+ * and no image boots before one is committed. Removed by the first commit of another version, or
+ * by `upgradectl adopt --finalize`; from then on GRUB never leaves the images (assets/grub/10_ibu).
+ */
+export const VAR_ADOPTED = 'ibu_adopted';
 
 export interface GrubBootloaderOptions {
   dir: string;
@@ -114,6 +121,8 @@ export class GrubBootloader implements Bootloader {
       warnings,
       bad: words(v[VAR_BAD]),
       attempt: v[VAR_ATTEMPT] ? { image: v[VAR_ATTEMPT], boots: tally.length } : null,
+      // only on adopted machines: every other reader's view of the state stays as it was
+      ...(v[VAR_ADOPTED] ? { adopted: v[VAR_ADOPTED] } : {}),
     };
   }
 
@@ -174,6 +183,25 @@ export class GrubBootloader implements Bootloader {
       v[VAR_DEFAULT] = version;
       delete v[VAR_TRY];
       unmarkBad(v, version);
+      // The first committed upgrade after an adoption ends the conventional system's last-resort role.
+      if (v[VAR_ADOPTED] && v[VAR_ADOPTED] !== version) delete v[VAR_ADOPTED];
+    });
+  }
+
+  /**
+   * A fresh env for a conventionally installed machine being adopted: no default image (GRUB boots
+   * only a trial, else the conventional system), `ibu_adopted` naming the version. Keeps nothing.
+   */
+  initAdopted(version: string): Promise<WriteResult> {
+    return this.update((v) => {
+      v[VAR_ADOPTED] = version;
+    }, true);
+  }
+
+  /** `upgradectl adopt --finalize`: the conventional system stops being GRUB's last resort. */
+  finalizeAdoption(): Promise<WriteResult> {
+    return this.update((v) => {
+      delete v[VAR_ADOPTED];
     });
   }
 

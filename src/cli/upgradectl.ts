@@ -5,6 +5,7 @@ import { registerStatusCommand } from './commands/upgradectl-status.js';
 import { registerUpgradeCommands } from './commands/upgradectl-upgrade.js';
 import { registerBootCommands } from './commands/upgradectl-boot.js';
 import { registerEnrollCommand } from './commands/upgradectl-enroll.js';
+import { registerAdoptCommand } from './commands/upgradectl-adopt.js';
 
 export function buildProgram(): Command {
   const program = new Command('upgradectl')
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerUpgradeCommands(program);
   registerBootCommands(program);
   registerEnrollCommand(program);
+  registerAdoptCommand(program);
   return program;
 }
 

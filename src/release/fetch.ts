@@ -12,6 +12,7 @@ import { VerifyingStore } from '../store/verifying-store.js';
 import { FetchJournal } from './journal.js';
 import type { Keyring } from './keyring.js';
 import { parseAndVerifyManifest, readManifestBytes } from './manifest.js';
+import { scanLiveRoot, type LiveSeedStats } from './live-seed.js';
 import { scanSeed } from './seed.js';
 import type { Manifest } from './types.js';
 import { assertVersion } from '../version.js';
@@ -31,6 +32,8 @@ export interface FetchOptions {
   keyring: Keyring;
   out: string;
   seeds?: string[];
+  /** A running system's root tree: chunks its files (same path and size as the file map's) make are read from them (adoption). */
+  liveRoot?: string;
   /** Refuse a manifest published on another channel. */
   channel?: string;
   /** Parallel chunk downloads. */
@@ -57,6 +60,8 @@ export interface FetchResult extends FetchProgress {
   downloadedChunks: number;
   zeroBytes: number;
   resumed: boolean;
+  /** What the live root gave (with `liveRoot`). */
+  liveSeed?: LiveSeedStats & { bytes: number };
   imageSha256: string;
   seconds: number;
 }
@@ -183,6 +188,22 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
       report();
     }
 
+    let liveSeed: FetchResult['liveSeed'];
+    if (o.liveRoot !== undefined && wanted.size > 0) {
+      let bytes = 0;
+      const before = new Map(wanted);
+      const st = scanLiveRoot(o.liveRoot, m, wanted, hash, (id, data) => {
+        const idx = before.get(id)!;
+        writeAll(data, idx);
+        reusedChunks += idx.length;
+        bytes += data.length * idx.length;
+        progress.reusedBytes += data.length * idx.length;
+      });
+      liveSeed = { ...st, bytes };
+      await commit();
+      report();
+    }
+
     if (o.spaceCheck ?? true) await checkSpace(partial, m, wanted);
 
     // Downloads.
@@ -268,6 +289,7 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
       downloadedChunks,
       zeroBytes,
       resumed,
+      ...(liveSeed ? { liveSeed } : {}),
       imageSha256,
       seconds: (performance.now() - t0) / 1000,
     };

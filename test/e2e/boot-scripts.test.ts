@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import { GrubBootloader } from '../../src/boot/grub-bootloader.js';
+import { adoptGrubScript } from '../../src/agent/adopt-grub.js';
 import { repoRoot, HOST_UUID } from './harness.js';
 
 const GEN = path.join(repoRoot(), 'assets/grub/10_ibu');
@@ -40,7 +41,7 @@ describe('assets/grub/10_ibu', () => {
       assert.equal(res.code, 0, res.stderr);
       // No list of images written at generation time: a stale list was how the old script got stuck.
       assert.doesNotMatch(res.stdout, /1\.10|1\.9|2026\.1\.2/);
-      assert.match(res.stdout, /^for f in \(\$ibu_host\)\/images\/\*\.img; do$/m);
+      assert.match(res.stdout, /^\s*for f in \(\$ibu_host\)\/images\/\*\.img; do$/m);
       assert.match(res.stdout, /^set ibu_tries=4$/m);
       assert.match(res.stdout, /^set ibu_limit=xxxx$/m);
       assert.match(res.stdout, /^set ibu_cmdline="console=ttyS0,115200"$/m);
@@ -49,6 +50,29 @@ describe('assets/grub/10_ibu', () => {
       assert.match(res.stdout, /sleep \$ibu_retry\nreboot\n/);
       const cfg = path.join(dir, 'grub.cfg');
       await fsp.writeFile(cfg, res.stdout);
+      const check = await run('grub-script-check', [cfg], { allowFailure: true });
+      assert.equal(check.code, 0, check.stdout + check.stderr);
+    },
+  );
+
+  test(
+    'as /etc/grub.d/05_ibu of an adopted machine (upgradectl adopt): env on /boot/ibu, the conventional entries after it, GRUB parses it',
+    { skip: !existsSync('/usr/bin/grub-script-check') && 'grub-script-check missing (grub-common)' },
+    async () => {
+      const script = path.join(dir, '05_ibu');
+      await fsp.writeFile(script, adoptGrubScript(await fsp.readFile(GEN, 'utf8')), { mode: 0o755 });
+      // as grub-mkconfig runs it: GRUB_CMDLINE_LINUX exported from /etc/default/grub
+      const res = await run(script, [], { env: { PATH: process.env.PATH, IBU_HOST_UUID: HOST_UUID, GRUB_CMDLINE_LINUX: 'console=ttyS0' }, allowFailure: true });
+      assert.equal(res.code, 0, res.stderr);
+      assert.match(res.stdout, /^set ibu_env_files="\/boot\/ibu\/grubenv \/boot\/ibu\/grubenv\.bak"$/m);
+      assert.match(res.stdout, /^set ibu_cmdline=" ?console=ttyS0 ?"$/m);
+      assert.match(res.stdout, /load_env --file .* ibu_images ibu_adopted$/m);
+      // adopted: only the trial before a commit, no discovery, and no reboot loop: GRUB goes on to the menu entries below
+      assert.match(res.stdout, /if \[ -z "\$ibu_adopted" -o -n "\$default_image" \]; then\n {2}ibu_try_boot "\$default_image" 0/);
+      assert.match(res.stdout, /if \[ -n "\$ibu_adopted" \]; then\n {2}echo "ibu: adopted machine, no image to boot .*"\nelse\n/);
+      const cfg = path.join(dir, 'grub-adopted.cfg');
+      // what update-grub makes of it: this script, then the distribution's entries
+      await fsp.writeFile(cfg, res.stdout + "menuentry 'Debian GNU/Linux' { linux /boot/vmlinuz root=UUID=x ro }\n");
       const check = await run('grub-script-check', [cfg], { allowFailure: true });
       assert.equal(check.code, 0, check.stdout + check.stderr);
     },

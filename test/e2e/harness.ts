@@ -465,13 +465,16 @@ export async function boot(opts: {
   onLine?: (line: string) => void;
   /** Cut the power (SIGKILL QEMU: no guest shutdown, no flush of the guest's caches) on the first line matching this. */
   killOn?: RegExp;
+  /** 'uefi' (OVMF, the default) or 'bios' (QEMU's SeaBIOS). */
+  firmware?: 'uefi' | 'bios';
 }): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
   let stuck: string | null = null;
   let killedOn: string | null = null;
+  const bios = opts.firmware === 'bios';
   const vars = opts.logFile.replace(/\.log$/, '') + '.ovmf-vars.fd';
-  await fsp.copyFile(OVMF_VARS, vars);
+  if (!bios) await fsp.copyFile(OVMF_VARS, vars);
   const args = [
     '-machine',
     'q35',
@@ -487,10 +490,7 @@ export async function boot(opts: {
     'none',
     '-serial',
     'stdio',
-    '-drive',
-    `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
-    '-drive',
-    `if=pflash,format=raw,file=${vars}`,
+    ...(bios ? [] : ['-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${vars}`]),
     '-drive',
     `file=${opts.disk},format=raw,if=virtio`,
     '-device',

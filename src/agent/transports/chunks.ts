@@ -20,12 +20,19 @@ export const chunksTransport: Transport = {
         keyring: await d.keyring(),
         out: r.out,
         seeds,
+        ...(r.liveRoot !== undefined ? { liveRoot: r.liveRoot } : {}),
         channel: d.cfg.channel,
         // Small commits: a device loses at most this much download to a power cut.
         commitEveryBytes: 4 * 1024 * 1024,
         onProgress: (p) => bar.update(fetchFrame(p, r.manifest.version)),
       });
-      return { method: 'chunks', downloadedBytes: res.downloadedBytes, reusedBytes: res.reusedBytes, resumed: res.resumed };
+      return {
+        method: 'chunks',
+        downloadedBytes: res.downloadedBytes,
+        reusedBytes: res.reusedBytes,
+        resumed: res.resumed,
+        ...(res.liveSeed ? { liveSeedBytes: res.liveSeed.bytes } : {}),
+      };
     } finally {
       bar.end();
     }

@@ -29,6 +29,8 @@ export interface DownloadRequest {
   dir: ImagesDir;
   /** Bytes the image will allocate, to know how big a delta still fits. */
   imageBytes: number;
+  /** A conventionally installed system's root to seed chunks from (upgradectl adopt; src/release/live-seed.ts). */
+  liveRoot?: string;
   /** Versions whose snapshots the ZFS transport must keep (running, default, trial). */
   protect?: string[];
 }
@@ -48,6 +50,8 @@ export interface DownloadResult {
   downloadedBytes: number;
   reusedBytes?: number;
   resumed?: boolean;
+  /** Image bytes read from the live root's files (adoption). */
+  liveSeedBytes?: number;
 }
 
 export interface TransportContext {
