@@ -66,10 +66,12 @@ export type DeviceEventType =
   /** The device booted an image other than its committed one (error.message says why; docs/boot.md). */
   | 'boot-fallback'
   /** A damaged or lost boot environment copy was rewritten by the agent. */
-  | 'bootenv-repaired';
+  | 'bootenv-repaired'
+  /** A reboot or image switch did not happen by itself and escalated (reboot -f, sysrq b; docs/agent.md). */
+  | 'reboot-stuck';
 
 /** Events about the boot itself, not about an upgrade: they flag the device, not a rollout participation. */
-export const BOOT_EVENT_TYPES: readonly DeviceEventType[] = ['boot-fallback', 'bootenv-repaired'];
+export const BOOT_EVENT_TYPES: readonly DeviceEventType[] = ['boot-fallback', 'bootenv-repaired', 'reboot-stuck'];
 
 export interface DeviceEvent {
   type: DeviceEventType;
@@ -77,4 +79,6 @@ export interface DeviceEvent {
   toVersion: string;
   at?: string;
   error?: { code: string; message: string };
+  /** How the device entered (or left) the trial: reboot, kexec, soft-reboot (issue #18). */
+  method?: 'reboot' | 'kexec' | 'soft-reboot';
 }
