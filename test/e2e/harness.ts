@@ -756,6 +756,8 @@ export interface DeviceSpec {
   hostMiB?: number;
   /** More images on the host fs besides 1.0 (version -> image file to copy). */
   extraImages?: Record<string, string>;
+  /** Agent config keys merged over the defaults below (e.g. `reboot` for the switch methods). */
+  agentConfig?: Record<string, unknown>;
   /** Further agent configs the script may use: /host/ibu-e2e/<file> -> server base URL as the guest sees it and its token. */
   extraConfigs?: Record<string, { url: string; token: string }>;
 }
@@ -779,10 +781,11 @@ export async function makeFleetDevice(b: FleetBuild, server: FleetServer, spec: 
         channel: 'stable',
         keyring: '/host/ibu-e2e/keyring',
         checkpoint: 'fsfreeze',
-        reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
+        reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0, sysrqAfterSeconds: 0 },
         download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
         health: { deadlineSeconds: 30, checks: spec.health },
         pollSeconds: 2,
+        ...spec.agentConfig,
       },
       null,
       2,
