@@ -36,11 +36,16 @@ export function escalationPlan(cfg: RebootConfig, method: RebootMethod): Escalat
   return steps;
 }
 
-/** Starts a command without waiting for it: a reboot command that hangs must not hold up the ladder. */
-function start(argv: string[], log: (l: string) => void): void {
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
-  child.on('error', (e) => log(`${argv.join(' ')}: ${e.message}`));
-  child.unref();
+/** Starts a command; the promise settles when it exits. The ladder does not wait for it: a reboot command that hangs must not hold up the next step. */
+function start(argv: string[], log: (l: string) => void): Promise<void> {
+  return new Promise((resolve) => {
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+    child.on('error', (e) => {
+      log(`${argv.join(' ')}: ${e.message}`);
+      resolve();
+    });
+    child.on('close', () => resolve());
+  });
 }
 
 async function sysrq(log: (l: string) => void): Promise<void> {
@@ -74,12 +79,16 @@ export async function reboot(ctx: AgentContext, why: 'apply' | 'revert', method:
   const rec: EscalationRecord = { why, bootId: await bootId(), from: facts?.running ?? null, to, method, steps: [] };
   const steps = escalationPlan(ctx.cfg.reboot, method);
   for (const [i, s] of steps.entries()) {
-    if (s.afterSeconds > 0) await new Promise((r) => setTimeout(r, s.afterSeconds * 1000));
     ctx.log(i === 0 ? `rebooting (${method}): ${s.name}` : `still running ${s.afterSeconds} s after '${steps[i - 1]!.name}'; escalating: ${s.name}`);
     rec.steps = [...rec.steps, { step: s.name, at: ctx.now().toISOString() }];
     recordSoon(ctx, { ...rec });
-    if (s.argv) start(s.argv, ctx.log);
-    else if (s.sysrq) await sysrq(ctx.log);
+    const exited = s.argv ? start(s.argv, ctx.log) : sysrq(ctx.log);
+    const next = steps[i + 1];
+    // The next step comes after its delay whether or not this one returned (a hung `systemctl
+    // reboot` is the case to get out of); the last one is waited for, as a plain reboot always was
+    // (in a systemd unit, exiting early would let systemd kill the command with the unit's cgroup).
+    if (next) await new Promise((r) => setTimeout(r, next.afterSeconds * 1000));
+    else await exited;
   }
   const target = ctx.journal.j.target?.version;
   return {

@@ -274,6 +274,8 @@ export class Fleet {
     const bootEvent = BOOT_EVENT_TYPES.includes(ev.type);
     if (bootEvent && !d.flags.includes(ev.type)) d.flags = [...d.flags, ev.type];
     if (ev.type === 'upgrade-succeeded') d.flags = d.flags.filter((f) => f !== 'bootenv-repaired');
+    // A stuck reboot stays on the problems list until the device's next upgrade starts.
+    if (ev.type === 'apply-started') d.flags = d.flags.filter((f) => f !== 'reboot-stuck');
     let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
     if (bootEvent) part = null;
     else if (!part) {
