@@ -29,7 +29,9 @@ function median(xs: number[]): number {
 }
 
 // On every boot: count, then switch by kexec (even) or reboot -f (odd) until 2*RUNS switches.
+// The agent's confirm marks each boot good first (GRUB counts boots until then; not measured).
 const RUN_SH = (total: number) => `
+node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent.json confirm
 n=$(cat /host/bench/n 2>/dev/null || echo 0)
 [ "$n" -ge ${total} ] && { echo "IBU-BENCH done"; exit 0; }
 mkdir -p /host/bench; echo $((n+1)) > /host/bench/n; sync
@@ -93,6 +95,7 @@ async function main(): Promise<void> {
     await fsp.rm(stage, { recursive: true, force: true });
     await fsp.mkdir(path.join(hostTree, 'ibu-e2e'), { recursive: true });
     await fsp.writeFile(path.join(hostTree, 'ibu-e2e/run.sh'), RUN_SH(2 * RUNS));
+    await fsp.writeFile(path.join(hostTree, 'ibu-e2e/agent.json'), JSON.stringify({ keyring: '/host/ibu-e2e', checkpoint: 'sync' }));
     await writeGrubCfg(hostTree);
     await createGrubenv(hostTree, '1.0');
     const disk = path.join(work, 'disk.img');
