@@ -267,6 +267,7 @@ export class Fleet {
         at: now,
         errorCode: ev.error?.code ?? null,
         errorMessage: ev.error?.message ?? null,
+        method: ev.method ?? null,
       },
     });
 

@@ -61,7 +61,7 @@ describe('switching images by kexec, and a stuck reboot escalated, on a QEMU dev
     assert.equal(miss, null, `${name}: ${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
     return res.log;
   }
-  const events = (name: string) => server.events(name).map(({ type, from, to, errorCode }) => ({ type, from, to, errorCode }));
+  const events = (name: string) => server.eventsWithMethod(name);
 
   const run = (apply: string, hook = '', before = '') => `
 if [ "$IBU_E2E_VERSION" = 1.0 ] && [ ! -e /host/ibu-e2e/applied ]; then
@@ -107,10 +107,10 @@ $C status --json | sed 's/^/IBU-E2E status /'
     const st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.tryImage], ['2.0', null]);
     assert.deepEqual(
-      events('vm-k1').map((e) => [e.type, e.from, e.to]),
+      events('vm-k1').map((e) => [e.type, e.from, e.to, e.method]),
       [
-        ['apply-started', '1.0', '2.0'],
-        ['upgrade-succeeded', '1.0', '2.0'],
+        ['apply-started', '1.0', '2.0', null],
+        ['upgrade-succeeded', '1.0', '2.0', 'kexec'],
       ],
     );
   });
@@ -139,26 +139,30 @@ $C status --json | sed 's/^/IBU-E2E status /'
     const st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.tryImage], ['1.0', null]);
     assert.deepEqual(
-      events('vm-k2').map((e) => [e.type, e.from, e.to]),
+      events('vm-k2').map((e) => [e.type, e.from, e.to, e.method]),
       [
-        ['apply-started', '1.0', '2.0'],
-        ['rolled-back', '2.0', '1.0'],
+        ['apply-started', '1.0', '2.0', null],
+        ['rolled-back', '2.0', '1.0', 'kexec'],
       ],
     );
   });
 
   test('(k3) a process in D state blocks the reboot: reboot -f, then sysrq b; reported after the trial boot', async () => {
     // 8 MiB on a loop device behind dm-linear; dirty pages for it in the page cache, then the device
-    // suspended: every sync waits for it, and so does a direct reader (D state).
+    // suspended: every sync waits for it, and so does a reader of a block not in the cache (D state).
     const stuck = `
 insmod /lib/modules/$(uname -r)/dm-mod.ko
 dd if=/dev/zero of=/tmp/stuck.img bs=1M count=8 2>/dev/null
 losetup /dev/loop7 /tmp/stuck.img
 dmsetup create stuck --table "0 16384 linear /dev/loop7 0"
-dd if=/dev/urandom of=/dev/mapper/stuck bs=4k count=64 2>/dev/null
+# held open: the last close of a block device writes its dirty pages back
+exec 3</dev/mapper/stuck
+dd if=/dev/urandom of=/dev/mapper/stuck bs=4k count=64 conv=notrunc
 dmsetup suspend --noflush stuck
-dd if=/dev/mapper/stuck of=/dev/null bs=4k count=1 skip=1000 iflag=direct 2>/dev/null &
+dmsetup info stuck | grep State
+dd if=/dev/mapper/stuck of=/dev/null bs=4k count=1 skip=1000 &
 sleep 2
+grep -E '^(Dirty|Writeback):' /proc/meminfo
 echo "IBU-E2E reader $! $(grep State /proc/$!/status)"`;
     const { disk, host } = await makeFleetDevice(b, server, {
       name: 'vm-k3',
@@ -168,6 +172,7 @@ echo "IBU-E2E reader $! $(grep State /proc/$!/status)"`;
     });
     await runDevice('vm-k3', disk, [
       /IBU-E2E prepare exit 0/,
+      /State:\s+SUSPENDED/,
       /IBU-E2E reader \d+ State:\s+D \(disk sleep\)/,
       /rebooting \(reboot\): sh -c sync && reboot -f/,
       /still running 10 s after 'sh -c sync && reboot -f'; escalating: reboot -f/,
@@ -182,11 +187,11 @@ echo "IBU-E2E reader $! $(grep State /proc/$!/status)"`;
     const st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.tryImage], ['2.0', null]);
     assert.deepEqual(
-      events('vm-k3').map((e) => [e.type, e.from, e.to, e.errorCode]),
+      events('vm-k3').map((e) => [e.type, e.from, e.to, e.errorCode, e.method]),
       [
-        ['apply-started', '1.0', '2.0', null],
-        ['reboot-stuck', '1.0', '2.0', 'REBOOT_STUCK'],
-        ['upgrade-succeeded', '1.0', '2.0', null],
+        ['apply-started', '1.0', '2.0', null, null],
+        ['reboot-stuck', '1.0', '2.0', 'REBOOT_STUCK', null],
+        ['upgrade-succeeded', '1.0', '2.0', null, 'reboot'],
       ],
     );
   });

@@ -720,10 +720,15 @@ export class FleetServer {
 
   /** The device's events as the server stored them (the fleet's own SQLite file: the admin API lists none). */
   events(name: string): { type: string; from: string; to: string; errorCode: string | null }[] {
+    return this.eventsWithMethod(name).map(({ type, from, to, errorCode }) => ({ type, from, to, errorCode }));
+  }
+
+  /** The same with how the device entered the trial (issue #18: reboot, kexec, soft-reboot; null when it did not say). */
+  eventsWithMethod(name: string): { type: string; from: string; to: string; errorCode: string | null; method: string | null }[] {
     const db = new Database(path.join(this.data, 'fleet.sqlite'), { readonly: true });
     try {
       return db
-        .prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode" FROM events WHERE device_id = ? ORDER BY id')
+        .prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode", method FROM events WHERE device_id = ? ORDER BY id')
         .all(name) as never;
     } finally {
       db.close();
