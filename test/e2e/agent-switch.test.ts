@@ -147,11 +147,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     );
   });
 
-  // Not yet proven in QEMU (issue #18 item 5): in the first run the device's dirty pages were
-  // written back at close, in the second the guest script stopped while setting the device up.
-  // The ladder itself is tested in test/agent/switch.test.ts. IBU_E2E_STUCK=1 runs it.
-  const k3 = process.env.IBU_E2E_STUCK === '1' ? false : 'the D-state set-up in the model guest is not proven yet (IBU_E2E_STUCK=1 runs it)';
-  test('(k3) a process in D state blocks the reboot: reboot -f, then sysrq b; reported after the trial boot', { skip: k3 }, async () => {
+  test('(k3) a process in D state blocks the reboot: reboot -f, then sysrq b; reported after the trial boot', async () => {
     // 8 MiB on a loop device behind dm-linear; dirty pages for it in the page cache, then the device
     // suspended: every sync waits for it, and so does a reader of a block not in the cache (D state).
     const stuck = `
