@@ -307,7 +307,7 @@ async function main(): Promise<void> {
           channel: 'stable',
           keyring: '/host/ibu-e2e/keyring',
           checkpoint: 'fsfreeze',
-          reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
+          reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0, sysrqAfterSeconds: 0 },
           download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
           health: { deadlineSeconds: 30, checks: HEALTHY_CHECKS },
           pollSeconds: 2,

@@ -24,6 +24,8 @@ PKGS=(
   grub-efi-amd64-bin   # GRUB EFI modules for e2e disks
   grub-pc-bin          # GRUB BIOS modules
   grub-common          # grub-editenv
+  kexec-tools          # the agent's kexec switch (copied into the e2e images; its debconf 'handle reboots' is preseeded off below)
+  dmsetup              # e2e stuck-reboot test: a device-mapper device suspended under a reader (copied into the e2e images)
   systemd              # systemd-analyze verify of assets/systemd units (agent tests)
   mtools dosfstools    # ESP without mounting
   fdisk                # sfdisk for GPT layouts
@@ -50,6 +52,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     chmod 755 /usr/sbin/policy-rc.d
     made_policy=1
   fi
+  # kexec-tools would otherwise make this machine's own reboots kexec (its default answer is yes)
+  echo 'kexec-tools kexec-tools/load_kexec boolean false' | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
   [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d

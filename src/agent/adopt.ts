@@ -96,7 +96,11 @@ async function adoptOn(cfg: AgentConfig, o: AdoptOptions, version: string, host:
     migration: [],
     download: { ...cfg.download, useDelta: false },
     transport: 'ibu',
-    reboot: o.noReboot ? { command: ['true'], forceCommand: ['true'], forceAfterSeconds: 0 } : cfg.reboot,
+    // Adoption's trial must go through the firmware and GRUB (the conventional system's kernel cannot
+    // soft-reboot into an image, and its GRUB entry is the way back), so the method is always a reboot.
+    reboot: o.noReboot
+      ? { ...cfg.reboot, method: 'reboot', command: ['true'], forceCommand: ['true'], forceAfterSeconds: 0, sysrqAfterSeconds: 0 }
+      : { ...cfg.reboot, method: 'reboot' },
   };
 
   // 1. Preflight: the signed manifest and the machine's facts; nothing written yet.

@@ -24,7 +24,9 @@ import { JournalFile, withFailed, type Journal } from './journal.js';
 import { ManifestCache } from './manifest-cache.js';
 import { upgradeEtc } from './etc-upgrade.js';
 import { migrateTree, unmountStale, withImageMounted } from './migration.js';
-import { reboot } from './reboot.js';
+import { reboot, reportEscalation } from './reboot.js';
+import { chooseRebootMethod } from './reboot-method.js';
+import { bootId, gatherSwitchFacts, loadKexec, mountNextRoot, unloadSwitch } from './switch.js';
 import { runningVersion, trialBoot } from './running-version.js';
 import { healBoot, type BootHealthPlan } from './boot-health.js';
 import type { ServerClient } from './server-client.js';
@@ -113,7 +115,13 @@ export class Agent {
     const boot = await this.readBoot(running);
     const { dir } = this.ctx;
     const installed = await dir.installed();
-    return { running, boot: { defaultImage: boot.defaultImage, tryImage: boot.tryImage }, installed, partials: await dir.stagedVersions() };
+    return {
+      running,
+      boot: { defaultImage: boot.defaultImage, tryImage: boot.tryImage },
+      installed,
+      partials: await dir.stagedVersions(),
+      bootId: await bootId(),
+    };
   }
 
   // ---- journal and events ------------------------------------------------------------------
@@ -130,6 +138,9 @@ export class Agent {
 
   private queueEvent(type: DeviceEventType, from: string | null, to: string | null, error?: { code: string; message: string }): void {
     queueEvent(this.ctx.journal, this.ctx.now(), type, from, to, error);
+    // Upgrade results say how the trial was entered (reboot, kexec, soft-reboot).
+    const method = this.j.switch?.method;
+    if (method && type !== 'apply-started' && type !== 'prepare-failed') this.j.pendingEvents.at(-1)!.method = method;
   }
 
   /** Delivers queued events; what fails stays queued for the next run. */
@@ -141,6 +152,7 @@ export class Agent {
   private async drive(intent: Intent, opts: ApplyOptions = {}): Promise<CommandResult> {
     await this.load();
     if (intent.kind === 'confirm') await this.heal(await runningVersion(this.cfg));
+    await reportEscalation(this.ctx);
     await this.flushEvents();
     this.extra = {};
     let gatesChecked = false;
@@ -157,7 +169,7 @@ export class Agent {
           gatesChecked = true;
         }
         crashPoint(`step ${step.kind}`);
-        const end = await this.perform(step, f, intent);
+        const end = await this.perform(step, f, intent, opts);
         if (step.kind === 'resolve-target' && this.j.target && intent.kind === 'prepare') intent = { kind: 'prepare', version: this.j.target.version };
         if (end) return this.result(end.outcome, end.message, await this.facts());
       }
@@ -184,7 +196,7 @@ export class Agent {
     return { outcome, message, state: this.j.state, target: this.j.target?.version ?? null, running: f.running, ...migration, ...this.extra };
   }
 
-  private async perform(step: Exclude<Step, { kind: 'done' } | { kind: 'fail' }>, f: DeviceFacts, intent: Intent): Promise<End | void> {
+  private async perform(step: Exclude<Step, { kind: 'done' } | { kind: 'fail' }>, f: DeviceFacts, intent: Intent, opts: ApplyOptions): Promise<End | void> {
     switch (step.kind) {
       case 'resolve-target':
         return resolveTarget(this.ctx, f, intent.kind === 'prepare' ? intent.version : undefined);
@@ -209,12 +221,31 @@ export class Agent {
         this.log(await checkpointFilesystem(this.cfg.imagesDir, this.cfg.checkpoint));
         await this.record({ step: 'checkpoint' });
         return;
+      case 'choose-method': {
+        const target = this.j.target!.version;
+        const wanted = opts.method ?? this.cfg.reboot.method;
+        const choice = chooseRebootMethod(wanted, await gatherSwitchFacts(this.ctx, f.running, target));
+        this.log(`switch into ${target} by ${choice.method} (asked: ${wanted}): ${choice.reason}`);
+        await this.record({ step: 'choose-method', switch: { ...choice, bootId: f.bootId ?? null } });
+        return;
+      }
+      case 'load-switch': {
+        const sw = this.j.switch!;
+        const target = this.j.target!.version;
+        if (sw.method === 'kexec') this.log(`kexec loaded ${target}: ${await loadKexec(this.ctx, target)}`);
+        else {
+          await mountNextRoot(this.ctx, target);
+          this.log(`${target} mounted at /run/nextroot for soft-reboot`);
+        }
+        await this.record({ step: 'load-switch', switch: { ...sw, bootId: f.bootId ?? null } });
+        return;
+      }
       case 'set-try':
         await this.ctx.boot.setTry(this.j.target!.version);
         await this.record({ step: 'set-try' });
         return;
       case 'reboot':
-        return reboot(this.ctx, step.why);
+        return reboot(this.ctx, step.why, step.why === 'apply' ? (this.j.switch?.method ?? 'reboot') : 'reboot');
       case 'health':
         return this.health(f);
       case 'commit':
@@ -225,11 +256,13 @@ export class Agent {
         return this.recordFallback(f);
       case 'cancel-try': {
         if (f.boot.tryImage) await this.ctx.boot.clearTry();
-        await this.record({ state: 'prepared', step: null });
+        if (this.j.switch) await unloadSwitch(this.j.switch.method);
+        await this.record({ state: 'prepared', step: null, switch: null });
         return { outcome: 'cancelled', message: `The pending trial of ${this.j.target?.version} was cancelled; it stays prepared.` };
       }
       case 'rollback-committed': {
         const from = f.running;
+        this.j.switch = null; // this rollback is a plain reboot, not the last upgrade's switch
         await this.ctx.boot.commit(step.to);
         this.queueEvent('rolled-back', from, step.to);
         await this.record({ state: 'rolled-back', step: 'revert', target: { version: from!, fromVersion: step.to }, previous: null });
@@ -280,7 +313,7 @@ export class Agent {
     const target = this.j.target!.version;
     if (this.j.state === 'prepared') {
       this.queueEvent('apply-started', f.running, target);
-      await this.record({ state: 'applying', step: null, previous: f.boot.defaultImage, migration: undefined });
+      await this.record({ state: 'applying', step: null, previous: f.boot.defaultImage, migration: undefined, switch: null });
     }
     let changed: NonNullable<Journal['migration']>['changed'] = [];
     const mnt = this.ctx.dir.mount;

@@ -2,6 +2,7 @@ import { IbuError, isIbuError } from '../errors.js';
 import type { MaintenanceWindow } from '../fleet/protocol.js';
 import type { AgentContext } from './agent-context.js';
 import { checkIn } from './checkin.js';
+import type { RebootMethodSetting } from './reboot-method.js';
 import { waitForInhibitors } from './inhibitors.js';
 import { inWindow, nextOpening } from './window.js';
 
@@ -10,6 +11,8 @@ export interface ApplyOptions {
   now?: boolean;
   /** Do not wait for inhibitors. */
   force?: boolean;
+  /** Overrides reboot.method for this apply (`upgradectl apply --method M`). */
+  method?: RebootMethodSetting;
 }
 
 /**

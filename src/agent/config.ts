@@ -4,6 +4,7 @@ import { IbuError } from '../errors.js';
 import type { MaintenanceWindow } from '../fleet/protocol.js';
 import { isValidVersion } from '../version.js';
 import type { EtcRule } from './etc-merge.js';
+import { REBOOT_METHOD_SETTINGS, type RebootMethodSetting } from './reboot-method.js';
 import { parseTransport, type Transport, type ZfsAgentConfig } from './zfs-config.js';
 
 /** Default location of the device config. */
@@ -52,7 +53,7 @@ export interface AgentConfig {
   boot: { envDir: string | null; espEnvDir: string | null; tryClearedBy: 'grub' | 'initramfs' | null };
   /** How the host filesystem is checkpointed so GRUB, which does not replay the journal, sees new files. */
   checkpoint: 'fsfreeze' | 'sync';
-  reboot: { command: string[]; forceCommand: string[]; forceAfterSeconds: number };
+  reboot: RebootConfig;
   download: { deltaWaitSeconds: number; maxRetryAfterSeconds: number; useDelta: boolean; store: string | null };
   space: { reserveBytes: number; keepImages: number };
   migration: MigrationRule[];
@@ -66,6 +67,23 @@ export interface AgentConfig {
   /** 'ibu' (deltas, chunks) or 'zfs' (zfs send streams into `zfs.dataset`; docs/zfs.md). */
   transport: Transport;
   zfs: ZfsAgentConfig | null;
+}
+
+/** How the agent switches images and escalates a switch that does not happen (docs/agent.md "Reboot methods"). */
+export interface RebootConfig {
+  /** reboot (firmware + GRUB try-once), kexec, soft-reboot, or auto (reboot-method.ts). */
+  method: RebootMethodSetting;
+  /** A full reboot (also the revert after a failed trial, whatever the method). */
+  command: string[];
+  /** Executes the kernel loaded with `kexec -l`. */
+  kexecCommand: string[];
+  /** Switches into the root prepared at /run/nextroot. */
+  softRebootCommand: string[];
+  /** The escalation when the switch has not happened: run after `forceAfterSeconds`... */
+  forceCommand: string[];
+  forceAfterSeconds: number;
+  /** ... then sysrq `b` (immediate reset, no sync) `sysrqAfterSeconds` later; 0 disables it. */
+  sysrqAfterSeconds: number;
 }
 
 type Json = Record<string, unknown>;
@@ -209,11 +227,20 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
     p(`checkpoint must be 'fsfreeze' or 'sync' (sync only where GRUB does not read the filesystem, e.g. tests)`);
 
   const r = obj('reboot');
-  const reboot = {
+  if (r.method !== undefined && !REBOOT_METHOD_SETTINGS.includes(r.method as RebootMethodSetting))
+    p(`reboot.method must be one of ${REBOOT_METHOD_SETTINGS.join(', ')}, got ${JSON.stringify(r.method)}`);
+  const reboot: RebootConfig = {
+    method: REBOOT_METHOD_SETTINGS.includes(r.method as RebootMethodSetting) ? (r.method as RebootMethodSetting) : 'reboot',
     command: argv(r.command, 'reboot.command') ?? ['systemctl', 'reboot'],
+    kexecCommand: argv(r.kexecCommand, 'reboot.kexecCommand') ?? ['systemctl', 'kexec'],
+    softRebootCommand: argv(r.softRebootCommand, 'reboot.softRebootCommand') ?? ['systemctl', 'soft-reboot'],
     forceCommand: argv(r.forceCommand, 'reboot.forceCommand') ?? ['reboot', '-f'],
     forceAfterSeconds: num(r, 'forceAfterSeconds', 'reboot.', 120),
+    sysrqAfterSeconds: num(r, 'sysrqAfterSeconds', 'reboot.', 60),
   };
+  for (const k of Object.keys(r))
+    if (!['method', 'command', 'kexecCommand', 'softRebootCommand', 'forceCommand', 'forceAfterSeconds', 'sysrqAfterSeconds'].includes(k))
+      p(`unknown key 'reboot.${k}'`);
 
   const d = obj('download');
   if (d.useDelta !== undefined && typeof d.useDelta !== 'boolean') p('download.useDelta must be true or false');

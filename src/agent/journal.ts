@@ -4,6 +4,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import type { DeviceEvent, DeviceState } from '../fleet/protocol.js';
 import { crashPoint } from './crash-point.js';
 import { ImagesDir } from './images-dir.js';
+import type { RebootMethod } from './reboot-method.js';
 
 /**
  * The agent's journal, `<imagesDir>/.ibu/state.json`. It records intent and progress only; the
@@ -22,7 +23,9 @@ export type StepName =
   // apply
   | 'migrate'
   | 'checkpoint'
+  | 'choose-method'
   | 'set-try'
+  | 'load-switch'
   | 'reboot'
   // confirm / rollback
   | 'health'
@@ -48,7 +51,29 @@ export interface Journal {
   lastDefault?: string | null;
   /** The boot problem last reported (boot-health.ts), so one ongoing problem is one event. */
   bootReport?: string | null;
+  /** How the trial of `target` is entered (apply's choose-method step; reboot-method.ts). */
+  switch?: SwitchRecord | null;
+  /** Steps a stuck reboot escalated through (reboot.ts), reported after the next boot. */
+  escalation?: EscalationRecord | null;
   updatedAt: string;
+}
+
+export interface SwitchRecord {
+  method: RebootMethod;
+  reason: string;
+  /** /proc/sys/kernel/random/boot_id when the switch was prepared: the same id later means it did not happen yet. */
+  bootId: string | null;
+}
+
+export interface EscalationRecord {
+  /** Why the device was rebooting (apply, revert). */
+  why: 'apply' | 'revert';
+  method: RebootMethod;
+  from: string | null;
+  to: string | null;
+  bootId: string | null;
+  /** Each step that ran, in order: the method's command, the forced reboot, sysrq b. */
+  steps: Array<{ step: string; at: string }>;
 }
 
 export interface MigrationSummary {

@@ -15,6 +15,8 @@ export interface DeviceFacts {
   installed: string[];
   /** Downloads in progress `<v>.img.partial`. */
   partials: string[];
+  /** This boot's id (/proc/sys/kernel/random/boot_id): tells a kexec that has not happened yet from one that failed. */
+  bootId?: string | null;
 }
 
 export type Intent = { kind: 'prepare'; version?: string } | { kind: 'apply' } | { kind: 'confirm' } | { kind: 'rollback' };
@@ -29,7 +31,11 @@ export type Step =
   | { kind: 'mark-prepared' }
   | { kind: 'migrate' }
   | { kind: 'checkpoint' }
+  /** Pick reboot, kexec or soft-reboot for this trial and record it (reboot-method.ts). */
+  | { kind: 'choose-method' }
   | { kind: 'set-try' }
+  /** kexec: load the target's kernel; soft-reboot: mount the target at /run/nextroot. */
+  | { kind: 'load-switch' }
   | { kind: 'reboot'; why: 'apply' | 'revert' }
   | { kind: 'health' }
   | { kind: 'commit' }
@@ -95,21 +101,33 @@ function nextApply(j: Journal, f: DeviceFacts): Step {
     return { kind: 'fail', code: 'NOT_FOUND', message: `The prepared image ${target} is no longer installed; run 'upgradectl prepare' again.` };
   }
   if (j.state === 'prepared') return { kind: 'migrate' };
+  const fast = j.switch && j.switch.method !== 'reboot';
   switch (j.step) {
     case null:
       return { kind: 'migrate' };
     case 'migrate':
       return { kind: 'checkpoint' };
     case 'checkpoint':
-      return f.boot.tryImage === target ? { kind: 'reboot', why: 'apply' } : { kind: 'set-try' };
+      return f.boot.tryImage === target ? { kind: 'reboot', why: 'apply' } : { kind: 'choose-method' };
+    case 'choose-method':
+      return fast ? { kind: 'load-switch' } : { kind: 'set-try' };
+    case 'load-switch':
+      return { kind: 'reboot', why: 'apply' };
     case 'set-try':
     case 'reboot':
       if (f.boot.tryImage === target) return { kind: 'reboot', why: 'apply' };
-      // try_image was consumed by a boot and we are back on the old image: the trial failed.
+      // kexec / soft-reboot leave grubenv alone: the same boot means the switch has not happened yet.
+      if (fast && notSwitchedYet(j, f)) return { kind: 'load-switch' };
+      // try_image was consumed by a boot (or the fast switch happened) and we are back on the old image: the trial failed.
       return { kind: 'record-fallback' };
     default:
       return { kind: 'migrate' };
   }
+}
+
+/** A kexec or soft-reboot was prepared in this very boot (same boot id), so the trial has not run yet. */
+function notSwitchedYet(j: Journal, f: DeviceFacts): boolean {
+  return !!j.switch?.bootId && j.switch.bootId === f.bootId;
 }
 
 function nextConfirm(j: Journal, f: DeviceFacts): Step {
@@ -128,7 +146,11 @@ function nextConfirm(j: Journal, f: DeviceFacts): Step {
   }
   if (j.state === 'trial' && target === f.running) return { kind: 'commit' }; // committed in grubenv, not yet recorded
   if (j.state === 'trial' && target !== f.running) return { kind: 'record-fallback' };
-  if (j.state === 'applying' && (j.step === 'set-try' || j.step === 'reboot') && f.boot.tryImage !== target) return { kind: 'record-fallback' };
+  if (j.state === 'applying' && (j.step === 'set-try' || j.step === 'reboot') && f.boot.tryImage !== target) {
+    if (j.switch && j.switch.method !== 'reboot' && notSwitchedYet(j, f))
+      return { kind: 'done', outcome: 'busy', message: `The switch into ${target} by ${j.switch.method} has not happened yet; run 'upgradectl apply' again.` };
+    return { kind: 'record-fallback' };
+  }
   return { kind: 'done', outcome: 'not-trial', message: `${f.running} is the committed image; nothing to confirm.` };
 }
 

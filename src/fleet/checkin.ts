@@ -37,6 +37,8 @@ export function validateEvent(ev: DeviceEvent): void {
   if (!ev || !EVENT_TYPES.includes(ev.type)) throw new IbuError('BAD_REQUEST', `Event type must be one of ${EVENT_TYPES.join(', ')}.`);
   if (!isValidVersion(String(ev.fromVersion)) || !isValidVersion(String(ev.toVersion)))
     throw new IbuError('BAD_REQUEST', 'fromVersion and toVersion must be valid versions such as 2026.11.2.');
+  if (ev.method !== undefined && !['reboot', 'kexec', 'soft-reboot'].includes(ev.method))
+    throw new IbuError('BAD_REQUEST', 'method must be reboot, kexec or soft-reboot when given.');
 }
 
 function maxVersion(a: string | null, b: string | null): string | null {

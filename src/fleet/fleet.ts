@@ -303,6 +303,7 @@ export class Fleet {
         at: now,
         errorCode: ev.error?.code ?? null,
         errorMessage: ev.error?.message ?? null,
+        method: ev.method ?? null,
       },
     });
 
@@ -311,6 +312,8 @@ export class Fleet {
     if (bootEvent && !d.flags.includes(ev.type)) d.flags = [...d.flags, ev.type];
     if (ev.type === 'upgrade-succeeded') d.flags = d.flags.filter((f) => f !== 'bootenv-repaired');
     const note = NOTE_EVENT_TYPES.includes(ev.type);
+    // A stuck reboot stays on the problems list until the device's next upgrade starts.
+    if (ev.type === 'apply-started') d.flags = d.flags.filter((f) => f !== 'reboot-stuck');
     let part = view.participation && this.rollouts.find(view.participation.rolloutId)?.version === ev.toVersion ? view.participation : null;
     if (bootEvent || note) part = null;
     else if (!part) {

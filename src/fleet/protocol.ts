@@ -68,10 +68,12 @@ export type DeviceEventType =
   /** A damaged or lost boot environment copy was rewritten by the agent. */
   | 'bootenv-repaired'
   /** The /etc merge of an upgrade found paths changed on both sides (error.message lists them and what was kept). */
-  | 'etc-conflict';
+  | 'etc-conflict'
+  /** A reboot or image switch did not happen by itself and escalated (reboot -f, sysrq b; docs/agent.md). */
+  | 'reboot-stuck';
 
 /** Events about the boot itself, not about an upgrade: they flag the device, not a rollout participation. */
-export const BOOT_EVENT_TYPES: readonly DeviceEventType[] = ['boot-fallback', 'bootenv-repaired'];
+export const BOOT_EVENT_TYPES: readonly DeviceEventType[] = ['boot-fallback', 'bootenv-repaired', 'reboot-stuck'];
 
 /** Events that are only recorded: no step of an upgrade, no flag. */
 export const NOTE_EVENT_TYPES: readonly DeviceEventType[] = ['etc-conflict'];
@@ -82,4 +84,6 @@ export interface DeviceEvent {
   toVersion: string;
   at?: string;
   error?: { code: string; message: string };
+  /** How the device entered (or left) the trial: reboot, kexec, soft-reboot (issue #18). */
+  method?: 'reboot' | 'kexec' | 'soft-reboot';
 }

@@ -128,6 +128,8 @@ export interface FleetEvent {
   at: number;
   errorCode: string | null;
   errorMessage: string | null;
+  /** How the device entered the trial (reboot, kexec, soft-reboot), when it said. */
+  method?: string | null;
 }
 
 /** Everything a check-in or event changes, written together in one batched transaction. */

@@ -163,7 +163,7 @@ export async function makeDevice(o: { running: string; releases: ImageSpec[]; in
     cmdlineFile: cmdline,
     systemRoot,
     checkpoint: 'sync',
-    reboot: { command: [rebootScript, 'reboot'], forceCommand: [rebootScript, 'force'], forceAfterSeconds: 0 },
+    reboot: { command: [rebootScript, 'reboot'], forceCommand: [rebootScript, 'force'], forceAfterSeconds: 0, sysrqAfterSeconds: 0 },
     space: { reserveBytes: 0 },
     download: { store: storeDir },
     migration: [

@@ -12,6 +12,7 @@ const facts = (p: Partial<DeviceFacts> = {}): DeviceFacts => ({
 });
 const journal = (p: Partial<Journal> = {}): Journal => ({ ...emptyJournal(), ...p });
 const T = { version: '2', fromVersion: '1' };
+const SW = (method: 'reboot' | 'kexec' | 'soft-reboot', bootId: string | null = 'boot-a') => ({ method, reason: 'test', bootId });
 
 test('prepare: resolves, then walks the steps, skipping what the disk already shows', () => {
   assert.equal(nextStep(journal(), facts(), { kind: 'prepare' }).kind, 'resolve-target');
@@ -35,14 +36,16 @@ test('prepare: resolves, then walks the steps, skipping what the disk already sh
   assert.equal(nextStep(journal({ state: 'applying', target: T }), facts(), { kind: 'prepare' }).kind, 'done');
 });
 
-test('apply: migrate → checkpoint → set-try → reboot, resuming from the facts', () => {
+test('apply: migrate → checkpoint → choose-method → set-try → reboot, resuming from the facts', () => {
   const f2 = facts({ installed: ['1', '2'] });
   assert.equal(nextStep(journal(), f2, { kind: 'apply' }).kind, 'fail');
   assert.equal(nextStep(journal({ state: 'prepared', target: T }), f2, { kind: 'apply' }).kind, 'migrate');
   const ap = (step: Journal['step'], f: DeviceFacts = f2) => nextStep(journal({ state: 'applying', step, target: T }), f, { kind: 'apply' }).kind;
   assert.equal(ap(null), 'migrate');
   assert.equal(ap('migrate'), 'checkpoint');
-  assert.equal(ap('checkpoint'), 'set-try');
+  assert.equal(ap('checkpoint'), 'choose-method');
+  assert.equal(ap('choose-method'), 'set-try'); // no switch recorded: the plain reboot
+  assert.equal(nextStep(journal({ state: 'applying', step: 'choose-method', target: T, switch: SW('reboot') }), f2, { kind: 'apply' }).kind, 'set-try');
   // try already set (kill before the record): straight to the reboot
   assert.equal(ap('checkpoint', facts({ installed: ['1', '2'], boot: { defaultImage: '1', tryImage: '2' } })), 'reboot');
   assert.equal(ap('set-try', facts({ installed: ['1', '2'], boot: { defaultImage: '1', tryImage: '2' } })), 'reboot');
@@ -50,6 +53,25 @@ test('apply: migrate → checkpoint → set-try → reboot, resuming from the fa
   assert.equal(ap('reboot'), 'record-fallback');
   // the image went missing
   assert.equal(nextStep(journal({ state: 'prepared', target: T }), facts(), { kind: 'apply' }).kind, 'fail');
+});
+
+test('apply by kexec or soft-reboot: no try flag; the same boot id means the switch has not happened yet', () => {
+  for (const m of ['kexec', 'soft-reboot'] as const) {
+    const f = facts({ installed: ['1', '2'], bootId: 'boot-a' });
+    const ap = (step: Journal['step'], ff: DeviceFacts = f) =>
+      nextStep(journal({ state: 'applying', step, target: T, switch: SW(m) }), ff, { kind: 'apply' }).kind;
+    assert.equal(ap('choose-method'), 'load-switch', m);
+    assert.equal(ap('load-switch'), 'reboot', m);
+    // killed before the switch (same boot): load and switch again, not a failed trial
+    assert.equal(ap('reboot'), 'load-switch', m);
+    // another boot and back on 1: the trial ran and failed (panic → firmware → GRUB's default)
+    assert.equal(ap('reboot', facts({ installed: ['1', '2'], bootId: 'boot-b' })), 'record-fallback', m);
+    const conf = (ff: DeviceFacts) => nextStep(journal({ state: 'applying', step: 'reboot', target: T, switch: SW(m) }), ff, { kind: 'confirm' }).kind;
+    assert.equal(conf(f), 'done', `${m}: confirm in the same boot waits`);
+    assert.equal(conf(facts({ installed: ['1', '2'], bootId: 'boot-b' })), 'record-fallback', m);
+    // the trial itself, entered without GRUB: running 2, default 1 → health, as after a reboot
+    assert.equal(conf(facts({ running: '2', installed: ['1', '2'], bootId: 'boot-b' })), 'health', m);
+  }
 });
 
 test('confirm: trial → health → commit; fallback recorded; normal boots left alone', () => {

@@ -721,10 +721,15 @@ export class FleetServer {
 
   /** The device's events as the server stored them (the fleet's own SQLite file: the admin API lists none). */
   events(name: string): { type: string; from: string; to: string; errorCode: string | null }[] {
+    return this.eventsWithMethod(name).map(({ type, from, to, errorCode }) => ({ type, from, to, errorCode }));
+  }
+
+  /** The same with how the device entered the trial (issue #18: reboot, kexec, soft-reboot; null when it did not say). */
+  eventsWithMethod(name: string): { type: string; from: string; to: string; errorCode: string | null; method: string | null }[] {
     const db = new Database(path.join(this.data, 'fleet.sqlite'), { readonly: true });
     try {
       return db
-        .prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode" FROM events WHERE device_id = ? ORDER BY id')
+        .prepare('SELECT type, from_version AS "from", to_version AS "to", error_code AS "errorCode", method FROM events WHERE device_id = ? ORDER BY id')
         .all(name) as never;
     } finally {
       db.close();
@@ -757,6 +762,8 @@ export interface DeviceSpec {
   hostMiB?: number;
   /** More images on the host fs besides 1.0 (version -> image file to copy). */
   extraImages?: Record<string, string>;
+  /** Agent config keys merged over the defaults below (e.g. `reboot` for the switch methods). */
+  agentConfig?: Record<string, unknown>;
   /** Further agent configs the script may use: /host/ibu-e2e/<file> -> server base URL as the guest sees it and its token. */
   extraConfigs?: Record<string, { url: string; token: string }>;
 }
@@ -780,10 +787,11 @@ export async function makeFleetDevice(b: FleetBuild, server: FleetServer, spec: 
         channel: 'stable',
         keyring: '/host/ibu-e2e/keyring',
         checkpoint: 'fsfreeze',
-        reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0 },
+        reboot: { command: ['reboot', '-f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 0, sysrqAfterSeconds: 0 },
         download: { deltaWaitSeconds: 600, maxRetryAfterSeconds: 5 },
         health: { deadlineSeconds: 30, checks: spec.health },
         pollSeconds: 2,
+        ...spec.agentConfig,
       },
       null,
       2,

@@ -65,6 +65,14 @@ find "$OUT/opt/ibu/node_modules" -name '*.node' -type f | while read -r addon; d
     [ -e "$OUT$f" ] || { mkdir -p "$OUT${f%/*}"; cp -L "$f" "$OUT$f"; }
   done
 done
+# kexec (the agent's kexec switch, issue #18) and dmsetup (a device-mapper device suspended under a
+# reader: the stuck-reboot test) from the host, with the libraries ldd names; dm-mod for the latter
+for tool in kexec dmsetup; do
+  t=$(command -v "$tool") || { echo "stage-node-root: $tool not found (scripts/install-deps.sh)" >&2; exit 1; }
+  cp -L "$t" "$OUT/sbin/$tool"
+  for f in $(ldd "$t" | grep -o '/[^ ]*'); do [ -e "$OUT$f" ] || { mkdir -p "$OUT${f%/*}"; cp -L "$f" "$OUT$f"; }; done
+done
+cp "$MODDIR/kernel/drivers/md/dm-mod.ko" "$OUT/lib/modules/$KVER/"
 ln -s /opt/ibu/bin/upgradectl "$OUT/usr/bin/upgradectl"
 ln -s /opt/ibu/bin/ibu "$OUT/usr/bin/ibu"
 

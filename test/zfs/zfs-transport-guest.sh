@@ -72,7 +72,7 @@ mkdev() { # NAME DATASET FALLBACK(true|false)
 { "server": { "url": "$URL", "deviceId": "$1", "token": "t" },
   "keyring": "$S/keyring", "hostMount": "$d/host", "cmdlineFile": "$d/cmdline", "systemRoot": "$d/system",
   "boot": { "envDir": "$d/host/boot/grub" }, "checkpoint": "sync",
-  "reboot": { "command": ["/bin/true"], "forceCommand": ["/bin/true"], "forceAfterSeconds": 0 },
+  "reboot": { "command": ["/bin/true"], "forceCommand": ["/bin/true"], "forceAfterSeconds": 0, "sysrqAfterSeconds": 0 },
   "space": { "reserveBytes": 0 }, "download": { "deltaWaitSeconds": 600, "maxRetryAfterSeconds": 2 },
   "migration": [ { "path": "/etc/hostname", "strategy": "copy" } ],
   "health": { "deadlineSeconds": 30, "checks": [ { "name": "true", "command": ["/bin/true"], "timeoutSeconds": 10 } ] },

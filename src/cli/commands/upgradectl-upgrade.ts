@@ -1,4 +1,6 @@
 import type { Command } from 'commander';
+import { IbuError } from '../../errors.js';
+import { REBOOT_METHOD_SETTINGS, type RebootMethodSetting } from '../../agent/reboot-method.js';
 import { agentFor, withCommonOptions, printResult } from './upgradectl-common.js';
 
 /** check, prepare, apply: the upgrade's way in. */
@@ -26,11 +28,14 @@ export function registerUpgradeCommands(program: Command): void {
     });
 
   withCommonOptions(program.command('apply'))
-    .description('migrate configuration into the prepared image, set it to boot once, reboot')
+    .description('migrate configuration into the prepared image, set it to boot once, reboot (or kexec / soft-reboot: --method)')
     .option('--now', 'ignore the maintenance window and the reboot lease')
     .option('--force', 'also ignore inhibitors (a backup running...)')
-    .action(async (o: { now?: boolean; force?: boolean }, cmd: Command) => {
+    .option('--method <m>', `how to switch into the new image: ${REBOOT_METHOD_SETTINGS.join(', ')} (default: reboot.method)`)
+    .action(async (o: { now?: boolean; force?: boolean; method?: string }, cmd: Command) => {
+      if (o.method !== undefined && !REBOOT_METHOD_SETTINGS.includes(o.method as RebootMethodSetting))
+        throw new IbuError('USAGE', `--method must be one of ${REBOOT_METHOD_SETTINGS.join(', ')}, got '${o.method}'.`);
       const { agent, json } = await agentFor(cmd);
-      printResult(await agent.apply({ now: o.now || o.force, force: o.force }), json);
+      printResult(await agent.apply({ now: o.now || o.force, force: o.force, method: o.method as RebootMethodSetting | undefined }), json);
     });
 }

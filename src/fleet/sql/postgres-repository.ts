@@ -116,7 +116,7 @@ export class PostgresFleetRepository implements FleetRepository {
       else if (op.kind === 'participation') parts.set(`${op.row.rolloutId}\0${op.row.deviceId}`, op.row);
       else if (op.kind === 'event') {
         const e = op.event;
-        events.push([e.deviceId, e.type, e.fromVersion, e.toVersion, e.at, e.errorCode, e.errorMessage]);
+        events.push([e.deviceId, e.type, e.fromVersion, e.toVersion, e.at, e.errorCode, e.errorMessage, e.method ?? null]);
       } else leaseOps.push(op);
     }
     await this.transaction(async (c) => {
@@ -134,7 +134,7 @@ export class PostgresFleetRepository implements FleetRepository {
         [...parts.values()].map(participationToRow),
         `ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`,
       );
-      await upsertMany(c, 'events', ['device_id', 'type', 'from_version', 'to_version', 'at', 'error_code', 'error_message'], events, '');
+      await upsertMany(c, 'events', ['device_id', 'type', 'from_version', 'to_version', 'at', 'error_code', 'error_message', 'method'], events, '');
       for (const op of leaseOps) {
         if (op.kind === 'lease') {
           await c.query(

@@ -202,7 +202,7 @@ export function schemaSql(dialect: 'sqlite' | 'postgres'): string {
   CREATE INDEX IF NOT EXISTS leases_group ON leases (grp, expires_at);
   CREATE TABLE IF NOT EXISTS events (
     id ${serial}, device_id TEXT NOT NULL, type TEXT NOT NULL, from_version TEXT, to_version TEXT, at ${big} NOT NULL,
-    error_code TEXT, error_message TEXT
+    error_code TEXT, error_message TEXT, method TEXT
   );
   CREATE INDEX IF NOT EXISTS events_device ON events (device_id, at);
   CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -222,6 +222,7 @@ export function addedColumns(dialect: 'sqlite' | 'postgres'): Array<{ table: str
     { table: 'devices', column: 'key_proof_at', type: big },
     { table: 'preauthorized', column: 'secret_hash', type: 'TEXT' },
     { table: 'preauthorized', column: 'used_at', type: big },
+    { table: 'events', column: 'method', type: 'TEXT' },
   ];
 }
 

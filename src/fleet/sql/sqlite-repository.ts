@@ -141,7 +141,9 @@ export class SqliteFleetRepository implements FleetRepository {
         `INSERT INTO rollout_devices (${pCols}) VALUES (${PARTICIPATION_COLUMNS.map(() => '?').join(', ')})
          ON CONFLICT (rollout_id, device_id) DO UPDATE SET ${pSet}`,
       ),
-      insertEvent: db.prepare('INSERT INTO events (device_id, type, from_version, to_version, at, error_code, error_message) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      insertEvent: db.prepare(
+        'INSERT INTO events (device_id, type, from_version, to_version, at, error_code, error_message, method) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      ),
       upsertLease: db.prepare(
         `INSERT INTO leases (device_id, grp, expires_at) VALUES (?, ?, ?)
          ON CONFLICT (device_id) DO UPDATE SET grp = excluded.grp, expires_at = excluded.expires_at`,
@@ -203,7 +205,7 @@ export class SqliteFleetRepository implements FleetRepository {
           break;
         case 'event': {
           const e = op.event;
-          this.st.insertEvent.run(e.deviceId, e.type, e.fromVersion, e.toVersion, e.at, e.errorCode, e.errorMessage);
+          this.st.insertEvent.run(e.deviceId, e.type, e.fromVersion, e.toVersion, e.at, e.errorCode, e.errorMessage, e.method ?? null);
           break;
         }
         case 'lease':
