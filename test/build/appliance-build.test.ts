@@ -109,7 +109,7 @@ test('two builds from one lock are bit for bit identical, and the image carries 
     assert.equal(r.readFile('/etc/machine-id').length, 0);
     const ssh = r.list('/etc/ssh').map((e) => e.path);
     assert.ok(!ssh.some((n) => n.includes('/ssh_host_')), 'no SSH host key baked in');
-    assert.equal(r.stat('/etc/systemd/system/multi-user.target.wants/acme-hello.service').type, 'symlink', 'acme-hello enabled');
+    assert.equal(r.stat('/etc/systemd/system/multi-user.target.wants/acme-agent.service').type, 'symlink', 'acme-agent enabled');
     assert.equal(r.readlink('/etc/systemd/system/apt-daily.timer'), '/dev/null');
     assert.throws(() => r.stat('/etc/resolv.conf'), 'no resolv.conf from the build host');
   } finally {

@@ -1,0 +1,218 @@
+# ibu-boot.sh -- boot a root filesystem that is an image FILE on a host partition (loop=).
+#
+# POSIX sh, sourced (never executed) by both initramfs flavours, so they share one behaviour:
+#   * assets/initramfs/init                 (the small busybox initramfs the e2e tests use)
+#   * assets/initramfs-tools/scripts/ibu    (Debian/Ubuntu initramfs-tools, boot=ibu)
+# The caller provides two functions before calling into this file:
+#   ibu_log MSG...      print a progress line on the console
+#   ibu_fatal MSG...    report a fatal error and reboot (after panic= seconds); never returns
+#
+# Kernel command line read here (see docs/boot.md):
+#   root=UUID=..|LABEL=..|PARTUUID=..|/dev/..   the HOST partition holding /images (required)
+#   rootfstype=ext4      host fs type            rootdelay=N  seconds to wait for the host device
+#   loop=/images/V.img   the image file, relative to the host fs root (required)
+#   loopfstype=ext4      image fs type           loopflags=OPTS  extra mount options for the image
+#   ro | rw              mount the image read-only (default) or read-write
+#   fsck.mode=auto|skip|force    fsck.repair=preen|yes|no
+#   ibu.trial=0|1        set by GRUB: 1 on a one-shot trial boot (changes the fsck policy below)
+#   ibu.tryclear=1       set by GRUB on a trial boot when the env says ibu_try_clear=initramfs
+#                        (GRUB cannot write its env there: RAID, LVM...): clear try_image here,
+#                        right after mounting the host, before anything of the image runs
+#   ibu.attempt=V ibu.tally=x.. ibu.bad=,A,B   set by GRUB on every boot in that same mode: the
+#                        boot counters GRUB could not write (assets/grub/10_ibu); written here
+#   panic=N              seconds before the reboot that follows a fatal error
+#
+# fsck policy (e2fsck exit codes: 0 clean, 1/2 repaired, 4 uncorrected, 8 operational error):
+#   host fs      : -p; on 4 once more with -y (an appliance has no operator; the host only
+#                  holds image files and the agent's journal); still >= 4 -> fatal.
+#   trial image  : -p; >= 4 -> fatal, so the reboot lands on the committed image (GRUB has
+#                  already cleared try_image).
+#   committed    : -p; on 4 once more with -y (nothing better to fall back to); >= 4 -> fatal.
+
+IBU_ROOT= IBU_ROOTFSTYPE=ext4 IBU_ROOTDELAY=10 IBU_LOOP= IBU_LOOPFSTYPE=ext4 IBU_LOOPFLAGS=
+IBU_RO=ro IBU_FSCK=auto IBU_FSCKREPAIR=preen IBU_TRIAL=0 IBU_TRYCLEAR=0 IBU_PANIC=5
+IBU_ATTEMPT= IBU_TALLY= IBU_BAD=
+IBU_LOOPDEV= IBU_HOSTDEV=
+
+ibu_parse_cmdline() {
+	for x in $(cat /proc/cmdline); do
+		case "$x" in
+		root=*)        IBU_ROOT=${x#root=} ;;
+		rootfstype=*)  IBU_ROOTFSTYPE=${x#rootfstype=} ;;
+		rootdelay=*)   IBU_ROOTDELAY=${x#rootdelay=} ;;
+		loop=*)        IBU_LOOP=${x#loop=} ;;
+		loopfstype=*)  IBU_LOOPFSTYPE=${x#loopfstype=} ;;
+		loopflags=*)   IBU_LOOPFLAGS=${x#loopflags=} ;;
+		ro)            IBU_RO=ro ;;
+		rw)            IBU_RO=rw ;;
+		fsck.mode=skip|fastboot) IBU_FSCK=skip ;;
+		fsck.mode=force|forcefsck) IBU_FSCK=force ;;
+		fsck.repair=no)  IBU_FSCKREPAIR=no ;;
+		fsck.repair=yes|fsckfix) IBU_FSCKREPAIR=yes ;;
+		ibu.trial=1)   IBU_TRIAL=1 ;;
+		ibu.tryclear=1) IBU_TRYCLEAR=1 ;;
+		ibu.attempt=*) IBU_ATTEMPT=${x#ibu.attempt=} ;;
+		ibu.tally=*)   IBU_TALLY=${x#ibu.tally=} ;;
+		ibu.bad=*)     IBU_BAD=$(echo "${x#ibu.bad=}" | tr ',' ' ') ;;
+		panic=*)       IBU_PANIC=${x#panic=} ;;
+		esac
+	done
+	case "$IBU_ROOTDELAY" in ''|*[!0-9]*) IBU_ROOTDELAY=10 ;; esac
+}
+
+# ibu_check_fs WHAT FSTYPE DEVICE-OR-FILE RETRY(yes|no)
+# Runs e2fsck per the policy above; calls ibu_fatal on an unrecoverable result.
+ibu_check_fs() {
+	case "$2" in ext2|ext3|ext4) ;; *) ibu_log "no fsck for fstype $2 ($1)"; return 0 ;; esac
+	[ "$IBU_FSCK" = skip ] && { ibu_log "fsck $1 skipped (fsck.mode=skip)"; return 0; }
+	_force=; [ "$IBU_FSCK" = force ] && _force=-f
+	case "$IBU_FSCKREPAIR" in no) _mode=-n ;; yes) _mode=-y ;; *) _mode=-p ;; esac
+	ibu_log "fsck $1: e2fsck $_mode $_force $3"
+	e2fsck $_mode $_force "$3"
+	_rc=$?
+	if [ $_rc -ge 4 ] && [ $_rc -lt 8 ] && [ "$4" = yes ] && [ "$_mode" = -p ]; then
+		ibu_log "fsck $1: e2fsck -p left errors (rc=$_rc); repairing with e2fsck -y"
+		e2fsck -y $_force "$3"
+		_rc=$?
+	fi
+	case $_rc in
+	0)   return 0 ;;
+	1|2) ibu_log "fsck $1: errors were corrected (rc=$_rc)"; return 0 ;;
+	4)   ibu_fatal "fsck $1 ($3): the filesystem has UNCORRECTED errors (e2fsck rc=4)" ;;
+	8)   ibu_fatal "fsck $1 ($3): e2fsck operational error (rc=8): not an ext2/3/4 filesystem, truncated or unreadable" ;;
+	*)   ibu_fatal "fsck $1 ($3): e2fsck failed with rc=$_rc" ;;
+	esac
+}
+
+# ibu_find_host: resolve $IBU_ROOT to a block device, waiting up to rootdelay seconds
+# (devtmpfs creates the nodes; no udev needed). Sets IBU_HOSTDEV.
+ibu_find_host() {
+	_i=0
+	while :; do
+		IBU_HOSTDEV=
+		case "$IBU_ROOT" in
+		UUID=*|LABEL=*|PARTUUID=*|PARTLABEL=*) IBU_HOSTDEV=$(findfs "$IBU_ROOT" 2>/dev/null) ;;
+		/dev/*) [ -b "$IBU_ROOT" ] && IBU_HOSTDEV=$IBU_ROOT ;;
+		*) ibu_fatal "unsupported root=$IBU_ROOT: name the host partition as UUID=, LABEL=, PARTUUID= or /dev/..." ;;
+		esac
+		[ -n "$IBU_HOSTDEV" ] && return 0
+		_i=$((_i + 1))
+		if [ $_i -gt $((IBU_ROOTDELAY * 10)) ]; then
+			_parts=$(awk 'NR>2 {printf "%s ", $4}' /proc/partitions)
+			ibu_fatal "host partition $IBU_ROOT not found after ${IBU_ROOTDELAY}s (block devices: ${_parts:-none})"
+		fi
+		usleep 100000 2>/dev/null || sleep 1
+	done
+}
+
+# ibu_mount_host DEVICE MOUNTPOINT: fsck the host fs, mount it read-write (it holds grubenv,
+# the images and the agent's journal).
+ibu_mount_host() {
+	IBU_HOSTDEV=$1
+	ibu_check_fs host "$IBU_ROOTFSTYPE" "$1" yes
+	mkdir -p "$2"
+	mount -t "$IBU_ROOTFSTYPE" -o rw "$1" "$2" ||
+		ibu_fatal "cannot mount the host partition $1 ($IBU_ROOTFSTYPE) on $2"
+}
+
+# ibu_mount_image HOSTMNT ROOTMNT: fsck the image file and mount it on ROOTMNT through a loop
+# device. With `ro` the loop device is read-only too: a writable loop device keeps the image
+# file open for writing, and the host fs could then never be remounted read-only at shutdown,
+# leaving its journal un-checkpointed (GRUB does not replay journals). Boot `rw` for a writable
+# root; the host is then checkpointed only by the agent (fsfreeze) and by the next initramfs.
+ibu_mount_image() {
+	[ -n "$IBU_LOOP" ] || ibu_fatal "no loop= on the kernel command line: name the image file, e.g. loop=/images/1.img"
+	_img="$1/${IBU_LOOP#/}"
+	[ -f "$_img" ] || ibu_fatal "image file $IBU_LOOP not found on the host partition $IBU_HOSTDEV (have: $(ls "$1/images" 2>/dev/null | tr '\n' ' '))"
+	_retry=yes; [ "$IBU_TRIAL" = 1 ] && _retry=no
+	ibu_check_fs "image $IBU_LOOP" "$IBU_LOOPFSTYPE" "$_img" $_retry
+	IBU_LOOPDEV=$(losetup -f 2>/dev/null)
+	[ -n "$IBU_LOOPDEV" ] || ibu_fatal "no free loop device (is the loop module loaded?)"
+	_lo_ro=; [ "$IBU_RO" = ro ] && _lo_ro=-r
+	losetup $_lo_ro "$IBU_LOOPDEV" "$_img" || ibu_fatal "losetup $_lo_ro $IBU_LOOPDEV $_img failed"
+	_opts=$IBU_RO; [ -n "$IBU_LOOPFLAGS" ] && _opts="$_opts,$IBU_LOOPFLAGS"
+	mount -t "$IBU_LOOPFSTYPE" -o "$_opts" "$IBU_LOOPDEV" "$2" ||
+		ibu_fatal "cannot mount image $IBU_LOOP ($IBU_LOOPFSTYPE, $_opts) from $IBU_LOOPDEV"
+	ibu_log "mounted $IBU_LOOP on $2 via $IBU_LOOPDEV ($_opts, trial=$IBU_TRIAL)"
+}
+
+# ibu_handover_host HOSTMNT ROOTMNT: the running image sees the host fs at /host when the image
+# has that directory; otherwise the host stays mounted but invisible after switch_root.
+ibu_handover_host() {
+	if [ -d "$2/host" ]; then
+		mount -o move "$1" "$2/host" || ibu_fatal "cannot move the host mount $1 to $2/host"
+	else
+		ibu_log "image $IBU_LOOP has no /host directory; the host fs is not visible to it"
+	fi
+}
+
+# ibu_release: undo the mounts before a reboot, so the host fs is clean for GRUB and fsck.
+ibu_release() {
+	sync
+	[ -n "$2" ] && umount "$2" 2>/dev/null
+	[ -n "$IBU_LOOPDEV" ] && losetup -d "$IBU_LOOPDEV" 2>/dev/null
+	[ -n "$1" ] && umount "$1" 2>/dev/null
+	sync
+}
+
+# ---------------------------------------------------------------- boot environment (grubenv)
+# The agent keeps two copies, DIR/grubenv and DIR/grubenv.bak (docs/agent.md): 1024-byte GRUB
+# env blocks with ibu_seq=N first and ibu_check=N last; a copy is valid when both are equal.
+# A plain block with neither (e.g. made by grub-editenv) is accepted too, as seq 0, as GRUB does.
+
+# ibu_env_valid FILE: prints the copy's sequence number when it is a valid env block
+ibu_env_valid() {
+	[ -f "$1" ] && [ "$(wc -c < "$1")" -eq 1024 ] || return 1
+	[ "$(head -n 1 "$1")" = "# GRUB Environment Block" ] || return 1
+	_s=$(sed -n 's/^ibu_seq=//p' "$1" | head -n 1)
+	_c=$(sed -n 's/^ibu_check=//p' "$1" | head -n 1)
+	# no markers: not a copy the agent wrote; GRUB and the agent do not trust it either
+	case "$_s" in ''|*[!0-9]*) return 1 ;; esac
+	[ "$_s" = "$_c" ] || return 1
+	echo "$_s"
+}
+
+# ibu_env_update DIR NAME=VALUE... : set (empty VALUE: remove) variables in both copies, the
+# way the agent writes them: seq+1, primary rewritten in place and synced before the backup,
+# so one copy is always whole. Returns 1 when no valid copy exists.
+ibu_env_update() {
+	_dir=$1; shift
+	_best= _bestseq=-1
+	for _f in "$_dir/grubenv" "$_dir/grubenv.bak"; do
+		_s=$(ibu_env_valid "$_f") || continue
+		if [ "$_s" -gt "$_bestseq" ]; then _best=$_f; _bestseq=$_s; fi
+	done
+	[ -n "$_best" ] || return 1
+	_vars=$(grep -v -e '^#' -e '^$' -e '^ibu_seq=' -e '^ibu_check=' "$_best")
+	for _kv in "$@"; do
+		_vars=$(printf '%s\n' "$_vars" | grep -v -e "^${_kv%%=*}=" -e '^$')
+		[ -n "${_kv#*=}" ] && _vars="$_vars
+$_kv"
+	done
+	_seq=$((_bestseq + 1))
+	_body=$(printf '# GRUB Environment Block\nibu_seq=%s\n%s\nibu_check=%s' "$_seq" "$_vars" "$_seq" | grep -v '^$')
+	_pad=$((1024 - ${#_body} - 1))
+	[ $_pad -ge 0 ] || return 1
+	for _f in "$_dir/grubenv" "$_dir/grubenv.bak"; do
+		# a whole 1024-byte file is rewritten in place (same blocks: GRUB sees it without a
+		# journal checkpoint); a missing or wrong-size one is written anew
+		_conv=; [ -f "$_f" ] && [ "$(wc -c < "$_f")" -eq 1024 ] && _conv=conv=notrunc
+		{ printf '%s\n' "$_body"; head -c $_pad /dev/zero | tr '\0' '#'; } | dd of="$_f" $_conv 2>/dev/null || return 1
+		sync
+	done
+}
+
+# ibu_clear_try HOSTMNT: the initramfs' part when GRUB cannot write its env: clear try_image
+# (ibu.tryclear=1) and record this boot's attempt (ibu.attempt/tally/bad), in one update of both copies
+ibu_clear_try() {
+	[ "$IBU_TRYCLEAR" = 1 ] || [ -n "$IBU_ATTEMPT" ] || return 0
+	_mnt=$1
+	set --
+	[ "$IBU_TRYCLEAR" = 1 ] && set -- try_image=
+	[ -n "$IBU_ATTEMPT" ] && set -- "$@" ibu_attempt="$IBU_ATTEMPT" ibu_tally="$IBU_TALLY" ibu_bad="$(echo $IBU_BAD)"
+	if ibu_env_update "$_mnt/boot/grub" "$@"; then
+		ibu_log "wrote $* in $_mnt/boot/grub/grubenv{,.bak} (GRUB cannot write there)"
+	else
+		ibu_log "WARNING: no valid grubenv in $_mnt/boot/grub; could not write $*"
+	fi
+}
