@@ -29,6 +29,8 @@ test('assets/systemd units pass systemd-analyze verify', async () => {
   assert.deepEqual(names.sort(), [
     'upgradectl-apply.service',
     'upgradectl-apply.timer',
+    'upgradectl-checkin.service',
+    'upgradectl-checkin.timer',
     'upgradectl-confirm.service',
     'upgradectl-prepare.service',
     'upgradectl-prepare.timer',
