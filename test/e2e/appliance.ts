@@ -22,6 +22,7 @@ import { parseLock, serializeLock, type ProductLock } from '../../src/build/lock
 import { PackagePool, poolDir } from '../../src/build/package-pool.js';
 import { run } from '../../src/util/exec.js';
 import { sha256File } from '../../src/util/sha256-file.js';
+import { buildIbuDeviceDeb } from '../helpers/ibu-device-deb.js';
 import { HOST_UUID, buildEfi, createGrubenv, makeDisk, writeGrubCfg, HostFs, repoRoot, ibu, type GrubSettings } from './harness.js';
 
 export const APPLIANCE_CACHE = process.env.IBU_APPLIANCE_CACHE ?? '/var/cache/ibu-e2e/appliance';
@@ -54,11 +55,12 @@ export interface Appliance {
 const sha = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
 
 /** Every file under dir, sorted, as "relpath mode sha256" lines: a directory's content for a cache key. */
-function treeDigest(dir: string): string {
+function treeDigest(dir: string, skip: string[] = []): string {
   const out: string[] = [];
   const walk = (d: string): void => {
     for (const n of readdirSync(d).sort()) {
       const p = path.join(d, n);
+      if (skip.includes(path.relative(dir, p))) continue;
       const st = statSync(p);
       if (st.isDirectory()) walk(p);
       else out.push(`${path.relative(dir, p)} ${st.mode.toString(8)} ${sha(readFileSync(p))}`);
@@ -72,13 +74,9 @@ function treeDigest(dir: string): string {
 async function vendorDebs(dir: string, acme: string, broken: boolean, specDir: string, ibuDevice: string): Promise<string[]> {
   await fsp.mkdir(dir, { recursive: true });
   execFileSync(path.join(specDir, 'make-acme-agent.sh'), [acme, dir, ...(broken ? ['broken'] : [])]);
-  const debs = [path.join(dir, `acme-agent_${acme}_all.deb`)];
-  if (ibuDevice) {
-    const dest = path.join(dir, path.basename(ibuDevice));
-    await fsp.copyFile(ibuDevice, dest);
-    debs.push(dest);
-  }
-  return debs;
+  const dest = path.join(dir, path.basename(ibuDevice));
+  await fsp.copyFile(ibuDevice, dest);
+  return [path.join(dir, `acme-agent_${acme}_all.deb`), dest];
 }
 
 /** `Package`, `Version`, `Depends` of a .deb: what decides the resolution (not its bytes). */
@@ -127,28 +125,30 @@ async function withVendor(lock: ProductLock, debs: string[]): Promise<ProductLoc
 
 /**
  * Releases 1.0, 2.0 and 3.0 of the example appliance, from the cache or built now.
- * `ibuDevice`: the agent's .deb (npm run package:device), '' while the spec carries the agent otherwise.
+ * `ibuDevice`: the agent's .deb; default: built now from this checkout (reproducibly: same code, same bytes).
  */
 export async function applianceReleases(o: { specDir?: string; ibuDevice?: string; log?: (m: string) => void } = {}): Promise<Appliance> {
   const log = o.log ?? ((m: string) => process.stderr.write(`# appliance: ${m}\n`));
   const specSrc = o.specDir ?? path.join(repoRoot(), 'examples/appliance');
+  // the vendor .debs: its packages enter the cache key through the locks
   const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-appliance-build-'));
   try {
     const specDir = path.join(work, 'spec');
     await fsp.cp(specSrc, specDir, { recursive: true });
     await fsp.rm(path.join(specDir, 'vendor'), { recursive: true, force: true });
     const spec = path.join(specDir, 'product.yaml');
+    const ibuDevice = o.ibuDevice ?? (await buildIbuDeviceDeb(path.join(work, 'ibu-device')));
     const locks: ProductLock[] = [];
     for (const r of APPLIANCE_RELEASES) {
       // the lock resolves with the first release's vendor dir; the others swap the vendor .debs in
       const dir = r.version === '1.0' ? path.join(specDir, 'vendor') : path.join(work, `vendor-${r.version}`);
-      const debs = await vendorDebs(dir, r.acme, r.broken, specDir, o.ibuDevice ?? '');
+      const debs = await vendorDebs(dir, r.acme, r.broken, specDir, ibuDevice);
       locks.push(r.version === '1.0' ? await releaseLock(work, spec, debs, log) : await withVendor(locks[0]!, debs));
     }
     const code = ['dist/src/build', 'dist/src/image', 'assets/build', 'assets/initramfs-tools', 'assets/initramfs'].map((d) =>
       treeDigest(path.join(repoRoot(), d)),
     );
-    const key = sha(JSON.stringify([locks.map(serializeLock), treeDigest(specSrc), code])).slice(0, 16);
+    const key = sha(JSON.stringify([locks.map(serializeLock), treeDigest(specSrc, ['vendor']), code])).slice(0, 16);
     const dir = path.join(APPLIANCE_CACHE, key);
     const images = Object.fromEntries(APPLIANCE_RELEASES.map((r) => [r.version, path.join(dir, `${r.version}.img`)])) as Record<ApplianceVersion, string>;
     if (Object.values(images).every((f) => existsSync(f))) return { images, dir, built: false };
