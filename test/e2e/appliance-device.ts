@@ -40,11 +40,12 @@ export class RunningDevice {
   private waiters: Waiter[] = [];
   readonly done: Promise<BootResult>;
   private exited = false;
+  private readonly abort = new AbortController();
 
   private constructor(
     readonly sshPort: number,
     private readonly id: SshIdentity,
-    o: { disk: string; logFile: string; serverPort: number; timeoutMs: number; killOn?: RegExp },
+    o: { disk: string; logFile: string; serverPort: number; timeoutMs: number; killOn?: RegExp; onLine?: (line: string) => void },
   ) {
     this.done = boot({
       disk: o.disk,
@@ -58,7 +59,11 @@ export class RunningDevice {
         `user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:${sshPort}-:22,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 ${o.serverPort}`,
       ],
       killOn: o.killOn,
-      onLine: (l) => this.onLine(l),
+      onLine: (l) => {
+        this.onLine(l);
+        o.onLine?.(l);
+      },
+      signal: this.abort.signal,
     });
     void this.done.then(() => {
       this.exited = true;
@@ -67,7 +72,15 @@ export class RunningDevice {
     });
   }
 
-  static async start(o: { disk: string; logFile: string; serverPort: number; id: SshIdentity; timeoutMs?: number; killOn?: RegExp }): Promise<RunningDevice> {
+  static async start(o: {
+    disk: string;
+    logFile: string;
+    serverPort: number;
+    id: SshIdentity;
+    timeoutMs?: number;
+    killOn?: RegExp;
+    onLine?: (line: string) => void;
+  }): Promise<RunningDevice> {
     return new RunningDevice(await freePort(), o.id, { ...o, timeoutMs: o.timeoutMs ?? 1_800_000 });
   }
 
@@ -142,6 +155,12 @@ export class RunningDevice {
         await new Promise((r) => setTimeout(r, 5000));
       }
     }
+  }
+
+  /** Cuts the power (SIGKILL QEMU) and waits for it to exit: for a test that gives up. */
+  async kill(): Promise<BootResult> {
+    this.abort.abort();
+    return this.done;
   }
 
   /** Asks the device to power off and waits for QEMU to exit. */

@@ -23,7 +23,7 @@ import { PackagePool, poolDir } from '../../src/build/package-pool.js';
 import { run } from '../../src/util/exec.js';
 import { sha256File } from '../../src/util/sha256-file.js';
 import { buildIbuDeviceDeb } from '../helpers/ibu-device-deb.js';
-import { HOST_UUID, buildEfi, createGrubenv, makeDisk, writeGrubCfg, HostFs, repoRoot, ibu, type GrubSettings } from './harness.js';
+import { buildEfi, createGrubenv, makeDisk, writeGrubCfg, HostFs, repoRoot, ibu, type GrubSettings } from './harness.js';
 
 export const APPLIANCE_CACHE = process.env.IBU_APPLIANCE_CACHE ?? '/var/cache/ibu-e2e/appliance';
 
@@ -216,4 +216,55 @@ async function provision(img: string, files: DeviceFiles, mnt: string): Promise<
   }
 }
 
-export { HOST_UUID };
+/** The device's own agent config: its server and identity, health checks, what survives an upgrade. */
+export function deviceAgentConfig(deviceId: string, token: string, o: { hold?: boolean } = {}): unknown {
+  return {
+    server: { url: 'http://10.0.2.100', deviceId, token },
+    channel: 'stable',
+    keyring: '/etc/ibu/keyring',
+    // inside the window: always open here (the test cannot wait for a night)
+    window: { timeZone: 'UTC', rules: [{ days: [0, 1, 2, 3, 4, 5, 6], start: '00:00', end: '00:00' }] },
+    // the test's operator holds the upgrade back while making the device its own
+    inhibitors: o.hold === false ? [] : [{ name: 'operator at work', lockFile: '/root/hold-upgrade' }],
+    inhibitorWaitSeconds: 5,
+    download: { deltaWaitSeconds: 900, maxRetryAfterSeconds: 5 },
+    health: {
+      deadlineSeconds: 240,
+      checks: [
+        { name: 'system up', command: ['systemctl', 'is-system-running', '--wait'], timeoutSeconds: 200 },
+        { name: 'acme-agent', command: ['/usr/bin/acme-agent', '--check'], timeoutSeconds: 20 },
+      ],
+    },
+    pollSeconds: 5,
+    migration: DEVICE_STATE,
+  };
+}
+
+/** The device's own state the new image must carry (docs/agent.md, Configuration migration). */
+export const DEVICE_STATE = [
+  { path: '/etc/passwd', strategy: 'merge' },
+  { path: '/etc/group', strategy: 'merge' },
+  { path: '/etc/shadow', strategy: 'merge' },
+  { path: '/etc/gshadow', strategy: 'merge' },
+  { path: '/etc/hostname', strategy: 'copy' },
+  { path: '/etc/machine-id', strategy: 'copy' },
+  { path: '/etc/ssh', strategy: 'copy' },
+  { path: '/etc/systemd/network', strategy: 'copy' },
+  { path: '/etc/acme', strategy: 'copy' },
+  { path: '/etc/ibu/agent.json', strategy: 'copy' },
+  { path: '/etc/ibu/keyring', strategy: 'copy' },
+  { path: '/etc/systemd/system/upgradectl-checkin.timer.d', strategy: 'copy' },
+  { path: '/etc/systemd/system/upgradectl-prepare.timer.d', strategy: 'copy' },
+  { path: '/etc/systemd/system/upgradectl-apply.timer.d', strategy: 'copy' },
+  { path: '/root/.ssh', strategy: 'copy' },
+  { path: '/home', strategy: 'copy' },
+];
+
+/** Timers a test can wait for: the first prepare soon after boot, then every half minute; apply likewise. */
+export const TIMER_DROPINS = {
+  '/etc/systemd/system/upgradectl-checkin.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=10s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
+  '/etc/systemd/system/upgradectl-prepare.timer.d/e2e.conf':
+    '[Timer]\nOnBootSec=\nOnBootSec=20s\nOnUnitActiveSec=\nOnUnitActiveSec=30s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
+  '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf':
+    '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
+};

@@ -471,6 +471,8 @@ export async function boot(opts: {
    * systemd guest shuts down cleanly (logind) and QEMU exits 0. Guests without ACPI handling ignore it.
    */
   powerdownOn?: RegExp;
+  /** Kills QEMU when aborted (a test or the demo giving up). */
+  signal?: AbortSignal;
 }): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
@@ -509,6 +511,7 @@ export async function boot(opts: {
   out.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
   const t0 = Date.now();
   const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  opts.signal?.addEventListener('abort', () => child.kill('SIGKILL'), { once: true });
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
