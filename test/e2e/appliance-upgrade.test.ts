@@ -22,7 +22,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, missingInOrder, timeline } from './harness.js';
-import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance } from './appliance.js';
+import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, upgradeTimings, type Appliance } from './appliance.js';
 import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');

@@ -268,3 +268,37 @@ export const TIMER_DROPINS = {
   '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf':
     '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
 };
+
+/**
+ * The upgrade's phases from an appliance's serial log (seconds, QEMU wall clock; for reading
+ * and docs/benchmarks.md, never asserted on): prepare (timer start → "is prepared"), the wait
+ * for apply, downtime (the vendor service stopped on `from` → running on `to`) and the whole
+ * upgrade (prepare start → commit).
+ */
+export function upgradeTimings(log: string, from: string, to: string, acmeTo: string): Record<string, number | null> {
+  const lines = log.split('\n');
+  const at = (re: RegExp, after = 0): number | null => {
+    for (const l of lines) {
+      const m = /^\[\s*([\d.]+)\]/.exec(l);
+      if (m && Number(m[1]) >= after && re.test(l)) return Number(m[1]);
+    }
+    return null;
+  };
+  const esc = (v: string) => v.replace(/\./g, '\\.');
+  const multiUser = at(/Reached target multi-user\.target/);
+  const prepareStart = at(/Starting upgradectl-prepare\.service/);
+  const prepared = at(new RegExp(`${esc(to)} is prepared`));
+  const reboot = at(new RegExp(`Rebooting into ${esc(to)} for a trial boot`));
+  const stopped = reboot === null ? null : at(/acme-agent stopped/, reboot);
+  const up = stopped === null ? null : at(new RegExp(`acme-agent ${esc(acmeTo)} running`), stopped);
+  const committed = at(new RegExp(`${esc(to)} passed its health checks and is now the committed default`));
+  const d = (a: number | null, b: number | null) => (a === null || b === null ? null : Math.round((b - a) * 10) / 10);
+  return {
+    [`boot ${from} to multi-user.target`]: multiUser,
+    prepare: d(prepareStart, prepared),
+    'prepared -> reboot (apply)': d(prepared, reboot),
+    'downtime (vendor service stopped -> running again)': d(stopped, up),
+    'trial up -> committed': d(up, committed),
+    'whole upgrade (prepare start -> committed)': d(prepareStart, committed),
+  };
+}
