@@ -151,6 +151,7 @@ describe(
       );
       const res = await d.powerOff();
       console.log(`${name}: ${timeline(res.log)}`);
+      console.log(`${name} upgrade 1.0 -> 2.0 (s): ${JSON.stringify(upgradeTimings(res.log, '1.0', '2.0', '1.1'))}`);
       const miss = missingInOrder(res.log, [
         /ibu: default_image=1\.0 try= boot=1\.0 trial=0/,
         /ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/,
