@@ -12,6 +12,8 @@ PKGS=(
   casync               # chunking benchmark anchor
   debootstrap          # Debian roots for benchmarks and e2e images
   mmdebstrap apt-utils # ibu build: roots from locked packages (apt-ftparchive indexes the pool); test/build
+  debhelper            # npm run package:device: the ibu-device .deb (packaging/device: dh; dpkg-buildpackage from dpkg-dev below)
+  lintian              # test/package/device-deb.test.ts: the ibu-device .deb has no lintian error or warning
   busybox-static       # initramfs and test images
   cpio                 # initramfs archives
   initramfs-tools-core # mkinitramfs: e2e proof of assets/initramfs-tools (hook + boot=ibu)

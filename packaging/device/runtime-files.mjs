@@ -33,6 +33,4 @@ function walk(file) {
 }
 
 walk(entry);
-process.stdout.write(
-  JSON.stringify({ files: [...files].map((f) => path.relative(root, f)).sort(), packages: [...packages].sort() }, null, 1) + '\n',
-);
+process.stdout.write(JSON.stringify({ files: [...files].map((f) => path.relative(root, f)).sort(), packages: [...packages].sort() }, null, 1) + '\n');
