@@ -97,7 +97,7 @@ describe(
           'set -e',
           'echo box-e2e-42 > /etc/hostname; hostname box-e2e-42',
           "echo 'root:e2e-Secret-1' | chpasswd",
-          'useradd -m -s /bin/bash operator',
+          'useradd -m -s /bin/bash fieldtech',
           "printf 'Domains=e2e.lab\\n' >> /etc/systemd/network/20-wired.network",
           "printf 'site = e2e-lab\\n' >> /etc/acme/acme.conf",
           'echo "state: $(cat /etc/machine-id) $(hostname) $(grep ^root: /etc/shadow | cut -d: -f2) $(sha256sum /etc/ssh/ssh_host_ed25519_key.pub | cut -c1-16)"',
@@ -112,13 +112,13 @@ describe(
       await waitForRecord(name, (r) => r.committedVersion === '2.0' && r.state === 'committed', 1_500_000);
       const running = await d.ssh(
         'echo "state: $(cat /etc/machine-id) $(hostname) $(grep ^root: /etc/shadow | cut -d: -f2) $(sha256sum /etc/ssh/ssh_host_ed25519_key.pub | cut -c1-16)"; ' +
-          'cat /proc/cmdline; acme-agent --version; getent passwd operator; cat /etc/systemd/network/20-wired.network /etc/acme/acme.conf; upgradectl status --json',
+          'cat /proc/cmdline; acme-agent --version; getent passwd fieldtech; cat /etc/systemd/network/20-wired.network /etc/acme/acme.conf; upgradectl status --json',
       );
       // (d) the device's own state survived (the SSH host key is pinned by known_hosts: ssh itself checked it)
       assert.match(running, new RegExp(`state: ${state[1]} box-e2e-42 ${state[3]!.replace(/[$.]/g, '\\$&')} ${state[4]}`));
       assert.match(running, /loop=\/images\/2\.0\.img/);
       assert.match(running, /acme-agent 1\.1/);
-      assert.match(running, /^operator:x:\d+:\d+:/m);
+      assert.match(running, /^fieldtech:x:\d+:\d+:/m);
       assert.match(running, /Domains=e2e\.lab/);
       assert.match(running, /site = e2e-lab/);
       assert.match(running, /"running":"2\.0","committed":"2\.0"/);
@@ -132,6 +132,7 @@ describe(
         ],
       );
       assert.ok((await server.statusesFor('/v1/deltas/1.0/2.0')).includes(200), 'the delta was served');
+      console.log(`${name}: (a) and (d) hold: committed on 2.0 by the timers, the device's own state kept`);
 
       // (c) a release whose vendor service fails to start
       await publish('3.0');

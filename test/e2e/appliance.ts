@@ -152,6 +152,14 @@ export async function applianceReleases(o: { specDir?: string; ibuDevice?: strin
     const dir = path.join(APPLIANCE_CACHE, key);
     const images = Object.fromEntries(APPLIANCE_RELEASES.map((r) => [r.version, path.join(dir, `${r.version}.img`)])) as Record<ApplianceVersion, string>;
     if (Object.values(images).every((f) => existsSync(f))) return { images, dir, built: false };
+    // IBU_APPLIANCE_REUSE=DIR: a set built earlier, for rerunning a scenario while an input changed (never in CI)
+    const reuse = process.env.IBU_APPLIANCE_REUSE;
+    if (reuse)
+      return {
+        images: Object.fromEntries(APPLIANCE_RELEASES.map((r) => [r.version, path.join(reuse, `${r.version}.img`)])) as Record<ApplianceVersion, string>,
+        dir: reuse,
+        built: false,
+      };
     await fsp.mkdir(dir, { recursive: true });
     let previous: string | null = null;
     for (const [i, r] of APPLIANCE_RELEASES.entries()) {
