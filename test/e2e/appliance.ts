@@ -268,13 +268,17 @@ export const DEVICE_STATE = [
   { path: '/home', strategy: 'copy' },
 ];
 
-/** Timers a test can wait for: the first prepare soon after boot, then every half minute; apply likewise. */
+/**
+ * Timers a test can wait for: the first prepare soon after boot, then every half minute; apply
+ * likewise. One empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so
+ * a second `OnUnitActiveSec=` would drop the OnBootSec just set and the timer would never fire.
+ */
 export const TIMER_DROPINS = {
   '/etc/systemd/system/upgradectl-checkin.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=10s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
   '/etc/systemd/system/upgradectl-prepare.timer.d/e2e.conf':
-    '[Timer]\nOnBootSec=\nOnBootSec=20s\nOnUnitActiveSec=\nOnUnitActiveSec=30s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
+    '[Timer]\nOnBootSec=\nOnBootSec=20s\nOnUnitActiveSec=30s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
   '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf':
-    '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
+    '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
 };
 
 /**
