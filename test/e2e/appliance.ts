@@ -277,8 +277,7 @@ export const TIMER_DROPINS = {
   '/etc/systemd/system/upgradectl-checkin.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=10s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
   '/etc/systemd/system/upgradectl-prepare.timer.d/e2e.conf':
     '[Timer]\nOnBootSec=\nOnBootSec=20s\nOnUnitActiveSec=30s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
-  '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf':
-    '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
+  '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
 };
 
 /**
