@@ -12,10 +12,12 @@ import { diffImageFiles } from '../../src/image/diff.js';
 import { Ext4Reader } from '../../src/image/ext4/index.js';
 import { sha256File } from '../../src/util/sha256-file.js';
 import { runIbu } from '../helpers/cli.js';
+import { buildIbuDeviceDeb } from '../helpers/ibu-device-deb.js';
 
 /*
- * The example appliance (examples/appliance: trixie minbase, systemd, the kernel, openssh and the
- * vendor package acme-agent made here with dpkg-deb), built for real with mmdebstrap:
+ * The example appliance (examples/appliance: trixie minbase, systemd, the kernel, openssh, the
+ * agent's package ibu-device and the vendor package acme-agent, both made here), built for real
+ * with mmdebstrap:
  *  1. `ibu build lock` against deb.debian.org fills the pool (/var/cache/ibu-build/pool, kept
  *     between runs; the lock is kept beside it and reused while the vendor .deb is the same —
  *     IBU_TEST_RELOCK=1 makes a fresh one);
@@ -58,19 +60,20 @@ function ibuFails(args: string[], code: string, exit: number, re?: RegExp): stri
 
 const imgs = (): string[] => fs.readdirSync(out).filter((f) => f.endsWith('.img') || f.endsWith('.partial'));
 const agent10 = makeAgent('1.0', path.join(app, 'vendor'));
+const ibuDevice = await buildIbuDeviceDeb(path.join(app, 'vendor'));
 let lock: ProductLock;
 
 test('ibu build lock resolves the example against the archive and fills the pool (reused while the vendor .deb is the same)', async () => {
   const cached = path.join(cache, 'test-appliance.lock');
-  const agentSha = await sha256File(agent10);
+  const vendor = await Promise.all([agent10, ibuDevice].map(async (f) => ({ f, sha: await sha256File(f) })));
   const reuse =
     process.env.IBU_TEST_RELOCK !== '1' &&
     fs.existsSync(cached) &&
-    parseLock(fs.readFileSync(cached, 'utf8')).packages.some((p) => p.name === 'acme-agent' && p.sha256 === agentSha);
+    vendor.every((v) => parseLock(fs.readFileSync(cached, 'utf8')).packages.some((p) => p.origin === 'vendor' && p.sha256 === v.sha));
   if (reuse) {
     fs.copyFileSync(cached, lockFile);
-    // The vendor .deb must be pooled too (a cold pool with a kept lock); mirror packages are fetched by the build.
-    await new PackagePool(poolDir()).put(agent10, agentSha);
+    // The vendor .debs must be pooled too (a cold pool with a kept lock); mirror packages are fetched by the build.
+    for (const v of vendor) await new PackagePool(poolDir()).put(v.f, v.sha);
   } else {
     const t0 = Date.now();
     ibuOk(['build', 'lock', '--spec', spec, '--out', lockFile]);
@@ -80,7 +83,8 @@ test('ibu build lock resolves the example against the archive and fills the pool
   }
   lock = parseLock(fs.readFileSync(lockFile, 'utf8'));
   const names = lock.packages.map((p) => p.name);
-  for (const n of ['acme-agent', 'openssh-server', 'systemd', 'linux-image-amd64', 'libc6']) assert.ok(names.includes(n), `${n} locked`);
+  for (const n of ['acme-agent', 'ibu-device', 'nodejs', 'openssh-server', 'systemd', 'linux-image-amd64', 'libc6'])
+    assert.ok(names.includes(n), `${n} locked`);
   assert.ok(lock.archives.some((a) => a.codename === 'trixie' && /^[0-9a-f]{64}$/.test(a.sha256)));
   const pool = new PackagePool(poolDir());
   assert.ok(lock.packages.filter((p) => p.origin === 'vendor').every((p) => pool.has(p.sha256)));
@@ -109,7 +113,7 @@ test('two builds from one lock are bit for bit identical, and the image carries 
     assert.equal(r.readFile('/etc/machine-id').length, 0);
     const ssh = r.list('/etc/ssh').map((e) => e.path);
     assert.ok(!ssh.some((n) => n.includes('/ssh_host_')), 'no SSH host key baked in');
-    assert.equal(r.stat('/etc/systemd/system/multi-user.target.wants/acme-hello.service').type, 'symlink', 'acme-hello enabled');
+    assert.equal(r.stat('/etc/systemd/system/multi-user.target.wants/acme-agent.service').type, 'symlink', 'acme-agent enabled');
     assert.equal(r.readlink('/etc/systemd/system/apt-daily.timer'), '/dev/null');
     assert.throws(() => r.stat('/etc/resolv.conf'), 'no resolv.conf from the build host');
   } finally {
