@@ -1,5 +1,5 @@
 /**
- * `npm run demo`: the whole upgrade story on a real Debian appliance, narrated for a human.
+ * `npm run demo:appliance`: the whole upgrade story on a real Debian appliance, narrated for a human.
  * The example product (examples/appliance: Debian 13, systemd, Debian's kernel and initramfs,
  * openssh, the ibu agent from its .deb, the vendor's acme-agent service) is built by `ibu build`
  * as releases 1.0 and 2.0 (cached in /var/cache/ibu-e2e/appliance by their inputs, shared with
@@ -11,7 +11,7 @@
  * vendor's check) and commits. The same parts as test/e2e/appliance-upgrade.test.ts (a).
  * Needs root and scripts/install-deps.sh.
  *
- *   npm run demo [-- --keep]      (IBU_DEMO_KEEP=1 also keeps the work dir)
+ *   npm run demo:appliance [-- --keep]      (IBU_DEMO_KEEP=1 also keeps the work dir)
  */
 import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
@@ -20,21 +20,10 @@ import { e2eUnavailable, repoRoot, timeline, ibu, FleetServer } from '../test/e2
 import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity } from '../test/e2e/appliance-device.js';
 import { formatBytes } from '../src/util/bytes.js';
+import { DemoError, followServerLog, say, step, t0 } from './narration.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
-const t0 = Date.now();
 const DEVICE = 'demo-device-1';
-
-function say(line: string): void {
-  const t = ((Date.now() - t0) / 1000).toFixed(1).padStart(6);
-  process.stdout.write(`[${t}s] ${line}\n`);
-}
-function step(title: string): void {
-  process.stdout.write('\n');
-  say(`==> ${title}`);
-}
-
-class DemoError extends Error {}
 
 /**
  * The guest serial line worth showing, trimmed, or null: GRUB's and the initramfs' ibu lines,
@@ -69,75 +58,6 @@ const HEADLINES: [RegExp, string][] = [
   [/ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/, 'GRUB consumed try_image and boots 2.0 once, as a trial'],
   [/Starting upgradectl-confirm/, 'upgradectl-confirm.service: health check (systemctl is-system-running --wait, acme-agent --check), then commit'],
 ];
-
-/** Follows the server's pino request log and narrates the device's requests. */
-function followServerLog(file: string, base: string): { stop: () => Promise<void>; chunkRequests: () => number } {
-  let offset = 0;
-  let pending = '';
-  let chunks = 0;
-  const reqs = new Map<string, { method: string; url: string }>();
-  const poll = async () => {
-    let fh;
-    try {
-      fh = await fsp.open(file, 'r');
-      const { size } = await fh.stat();
-      if (size <= offset) return;
-      const buf = Buffer.alloc(size - offset);
-      await fh.read(buf, 0, buf.length, offset);
-      offset = size;
-      pending += buf.toString('utf8');
-    } catch {
-      return;
-    } finally {
-      await fh?.close();
-    }
-    const lines = pending.split('\n');
-    pending = lines.pop() ?? '';
-    for (const line of lines) {
-      let e: { reqId?: string; req?: { method?: string; url?: string }; res?: { statusCode?: number }; responseTime?: number };
-      try {
-        e = JSON.parse(line);
-      } catch {
-        continue;
-      }
-      if (e.reqId && e.req?.url) reqs.set(e.reqId, { method: e.req.method ?? '?', url: e.req.url });
-      const r = e.reqId ? reqs.get(e.reqId) : undefined;
-      if (!r || e.res?.statusCode === undefined) continue;
-      if (!r.url.startsWith('/v1/devices/') && !r.url.startsWith('/v1/deltas/') && !r.url.startsWith('/v1/chunks/')) continue;
-      if (r.method === 'HEAD') continue; // the demo's own size probe below
-      if (r.url.startsWith('/v1/chunks/')) {
-        chunks++;
-        continue;
-      }
-      let note = '';
-      if (r.url.startsWith('/v1/deltas/')) {
-        if (e.res.statusCode === 202) note = ' (delta being built; device waits)';
-        if (e.res.statusCode === 200) {
-          const len = await fetch(base + r.url, { method: 'HEAD' }).then(
-            (h) => h.headers.get('content-length'),
-            () => null,
-          );
-          note = ` (delta served${len ? `: ${formatBytes(Number(len))}` : ''})`;
-        }
-      }
-      say(`[server] ${r.method} ${r.url} -> ${e.res.statusCode}${note}`);
-    }
-  };
-  let busy = false;
-  const timer = setInterval(() => {
-    if (busy) return;
-    busy = true;
-    void poll().finally(() => (busy = false));
-  }, 300);
-  return {
-    stop: async () => {
-      clearInterval(timer);
-      while (busy) await new Promise((r) => setTimeout(r, 50));
-      await poll();
-    },
-    chunkRequests: () => chunks,
-  };
-}
 
 async function main(): Promise<void> {
   const unavailable = e2eUnavailable();

@@ -37,22 +37,11 @@ import {
 } from '../test/e2e/harness.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from '../test/e2e/upgrade-story.js';
 import { formatBytes } from '../src/util/bytes.js';
+import { DemoError, followServerLog, say, step, t0 } from './narration.js';
 import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
-const t0 = Date.now();
 const DEVICE = 'demo-device-1';
-
-function say(line: string): void {
-  const t = ((Date.now() - t0) / 1000).toFixed(1).padStart(6);
-  process.stdout.write(`[${t}s] ${line}\n`);
-}
-function step(title: string): void {
-  process.stdout.write('\n');
-  say(`==> ${title}`);
-}
-
-class DemoError extends Error {}
 
 async function imageSizes(img: string): Promise<string> {
   const st = await fsp.stat(img);
@@ -108,75 +97,6 @@ fi
 $C confirm; echo "IBU-E2E confirm exit $?"
 $C status --json | sed 's/^/IBU-E2E status /'
 `;
-
-/** Follows the server's pino request log and narrates the device's requests. */
-function followServerLog(file: string, base: string): { stop: () => Promise<void>; chunkRequests: () => number } {
-  let offset = 0;
-  let pending = '';
-  let chunks = 0;
-  const reqs = new Map<string, { method: string; url: string }>();
-  const poll = async () => {
-    let fh;
-    try {
-      fh = await fsp.open(file, 'r');
-      const { size } = await fh.stat();
-      if (size <= offset) return;
-      const buf = Buffer.alloc(size - offset);
-      await fh.read(buf, 0, buf.length, offset);
-      offset = size;
-      pending += buf.toString('utf8');
-    } catch {
-      return;
-    } finally {
-      await fh?.close();
-    }
-    const lines = pending.split('\n');
-    pending = lines.pop() ?? '';
-    for (const line of lines) {
-      let e: { reqId?: string; req?: { method?: string; url?: string }; res?: { statusCode?: number }; responseTime?: number };
-      try {
-        e = JSON.parse(line);
-      } catch {
-        continue;
-      }
-      if (e.reqId && e.req?.url) reqs.set(e.reqId, { method: e.req.method ?? '?', url: e.req.url });
-      const r = e.reqId ? reqs.get(e.reqId) : undefined;
-      if (!r || e.res?.statusCode === undefined) continue;
-      if (!r.url.startsWith('/v1/devices/') && !r.url.startsWith('/v1/deltas/') && !r.url.startsWith('/v1/chunks/')) continue;
-      if (r.method === 'HEAD') continue; // the demo's own size probe below
-      if (r.url.startsWith('/v1/chunks/')) {
-        chunks++;
-        continue;
-      }
-      let note = '';
-      if (r.url.startsWith('/v1/deltas/')) {
-        if (e.res.statusCode === 202) note = ' (delta being built; device waits)';
-        if (e.res.statusCode === 200) {
-          const len = await fetch(base + r.url, { method: 'HEAD' }).then(
-            (h) => h.headers.get('content-length'),
-            () => null,
-          );
-          note = ` (delta served${len ? `: ${formatBytes(Number(len))}` : ''})`;
-        }
-      }
-      say(`[server] ${r.method} ${r.url} -> ${e.res.statusCode}${note}`);
-    }
-  };
-  let busy = false;
-  const timer = setInterval(() => {
-    if (busy) return;
-    busy = true;
-    void poll().finally(() => (busy = false));
-  }, 300);
-  return {
-    stop: async () => {
-      clearInterval(timer);
-      while (busy) await new Promise((r) => setTimeout(r, 50));
-      await poll();
-    },
-    chunkRequests: () => chunks,
-  };
-}
 
 async function main(): Promise<void> {
   const unavailable = e2eUnavailable();

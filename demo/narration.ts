@@ -1,0 +1,89 @@
+/**
+ * What both demos share: timestamped narration, the demo's own error, and a follower of the
+ * server's request log that narrates the device's requests (the demos differ in the device only).
+ */
+import { promises as fsp } from 'node:fs';
+import { formatBytes } from '../src/util/bytes.js';
+
+/** When the demo started (every narrated time counts from here). */
+export const t0 = Date.now();
+
+export function say(line: string): void {
+  const t = ((Date.now() - t0) / 1000).toFixed(1).padStart(6);
+  process.stdout.write(`[${t}s] ${line}\n`);
+}
+export function step(title: string): void {
+  process.stdout.write('\n');
+  say(`==> ${title}`);
+}
+
+export class DemoError extends Error {}
+
+/** Follows the server's pino request log and narrates the device's requests. */
+export function followServerLog(file: string, base: string): { stop: () => Promise<void>; chunkRequests: () => number } {
+  let offset = 0;
+  let pending = '';
+  let chunks = 0;
+  const reqs = new Map<string, { method: string; url: string }>();
+  const poll = async () => {
+    let fh;
+    try {
+      fh = await fsp.open(file, 'r');
+      const { size } = await fh.stat();
+      if (size <= offset) return;
+      const buf = Buffer.alloc(size - offset);
+      await fh.read(buf, 0, buf.length, offset);
+      offset = size;
+      pending += buf.toString('utf8');
+    } catch {
+      return;
+    } finally {
+      await fh?.close();
+    }
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) {
+      let e: { reqId?: string; req?: { method?: string; url?: string }; res?: { statusCode?: number }; responseTime?: number };
+      try {
+        e = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (e.reqId && e.req?.url) reqs.set(e.reqId, { method: e.req.method ?? '?', url: e.req.url });
+      const r = e.reqId ? reqs.get(e.reqId) : undefined;
+      if (!r || e.res?.statusCode === undefined) continue;
+      if (!r.url.startsWith('/v1/devices/') && !r.url.startsWith('/v1/deltas/') && !r.url.startsWith('/v1/chunks/')) continue;
+      if (r.method === 'HEAD') continue; // the demo's own size probe below
+      if (r.url.startsWith('/v1/chunks/')) {
+        chunks++;
+        continue;
+      }
+      let note = '';
+      if (r.url.startsWith('/v1/deltas/')) {
+        if (e.res.statusCode === 202) note = ' (delta being built; device waits)';
+        if (e.res.statusCode === 200) {
+          const len = await fetch(base + r.url, { method: 'HEAD' }).then(
+            (h) => h.headers.get('content-length'),
+            () => null,
+          );
+          note = ` (delta served${len ? `: ${formatBytes(Number(len))}` : ''})`;
+        }
+      }
+      say(`[server] ${r.method} ${r.url} -> ${e.res.statusCode}${note}`);
+    }
+  };
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    void poll().finally(() => (busy = false));
+  }, 300);
+  return {
+    stop: async () => {
+      clearInterval(timer);
+      while (busy) await new Promise((r) => setTimeout(r, 50));
+      await poll();
+    },
+    chunkRequests: () => chunks,
+  };
+}
