@@ -24,6 +24,8 @@ export interface ChannelPolicy {
  */
 export class Releases {
   private byChannel = new Map<string, ReleaseRecord[]>();
+  /** Local writes so far (load() re-reads when one lands during its read). */
+  private writes = 0;
 
   constructor(
     private readonly repo: FleetRepository,
@@ -31,13 +33,19 @@ export class Releases {
   ) {}
 
   async load(): Promise<void> {
-    this.byChannel.clear();
-    for (const r of await this.repo.listReleases()) {
-      const list = this.byChannel.get(r.channel) ?? [];
-      list.push(r);
-      this.byChannel.set(r.channel, list);
+    // Built aside and swapped in: a check-in meanwhile sees the old list, never an empty one. A local
+    // write that lands during the read (a change notice's reload races the write that sent it)
+    // would be lost by a snapshot taken before it, so such a read is taken again.
+    for (;;) {
+      const seen = this.writes;
+      const rows = await this.repo.listReleases();
+      if (seen !== this.writes) continue;
+      const byChannel = new Map<string, ReleaseRecord[]>();
+      for (const r of rows) byChannel.set(r.channel, [...(byChannel.get(r.channel) ?? []), r]);
+      for (const [ch, list] of byChannel) byChannel.set(ch, sortReleases(list));
+      this.byChannel = byChannel;
+      return;
     }
-    for (const [ch, list] of this.byChannel) this.byChannel.set(ch, sortReleases(list));
   }
 
   /** A channel's releases in path order (shared: do not change), or none. */
@@ -76,7 +84,9 @@ export class Releases {
       source: existing?.source ?? source,
     };
     await this.repo.upsertRelease(release);
-    this.byChannel.set(channel, sortReleases([...list.filter((r) => r.version !== release.version), release]));
+    this.writes++;
+    const now = this.byChannel.get(channel) ?? [];
+    this.byChannel.set(channel, sortReleases([...now.filter((r) => r.version !== release.version), release]));
     return { release, added: !existing };
   }
 

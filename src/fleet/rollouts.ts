@@ -16,6 +16,8 @@ export interface RolloutView extends RolloutRecord {
  */
 export class Rollouts {
   private rollouts = new Map<number, RolloutRecord>();
+  /** Local writes so far (load() re-reads when one lands during its read). */
+  private writes = 0;
   /** Rollouts paused by a threshold (for /metrics). */
   pauses = 0;
 
@@ -27,7 +29,14 @@ export class Rollouts {
   ) {}
 
   async load(): Promise<void> {
-    this.rollouts = new Map((await this.repo.listRollouts()).map((r) => [r.id, r]));
+    // A local write landing during the read would be lost by the older snapshot: read again (as Releases.load).
+    for (;;) {
+      const seen = this.writes;
+      const rows = await this.repo.listRollouts();
+      if (seen !== this.writes) continue;
+      this.rollouts = new Map(rows.map((r) => [r.id, r]));
+      return;
+    }
   }
 
   /** While the server was down no device could check in: silence is counted afresh from now. */
@@ -89,6 +98,7 @@ export class Rollouts {
     const coord = this.repo.coordination;
     const id = coord ? await coord.insertRolloutIfNone(rec) : await this.repo.insertRollout(rec);
     const full = { ...rec, id };
+    this.writes++;
     this.rollouts.set(id, full);
     return full;
   }
@@ -161,6 +171,7 @@ export class Rollouts {
       await this.load();
       throw new IbuError('CONFLICT', `Rollout ${r.id} was changed by another server meanwhile; look at it again (ibu rollout status ${r.id}) and retry.`);
     }
+    this.writes++;
     this.rollouts.set(r.id, r);
     return r;
   }
