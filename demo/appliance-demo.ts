@@ -20,7 +20,7 @@ import { e2eUnavailable, repoRoot, timeline, ibu, FleetServer } from '../test/e2
 import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity } from '../test/e2e/appliance-device.js';
 import { formatBytes } from '../src/util/bytes.js';
-import { DemoError, followServerLog, say, step, t0 } from './narration.js';
+import { DemoError, followServerLog, publishReleases, say, step, t0 } from './narration.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
 const DEVICE = 'demo-device-1';
@@ -91,32 +91,10 @@ async function main(): Promise<void> {
     };
     say(`ibu release diff 1.0 2.0: ${changes.packages.upgraded.map((p) => `${p.name} ${p.from} -> ${p.to}`).join(', ') || 'no package changes'}`);
 
-    step('signing key + publishing both releases into a content-addressed chunk store');
-    const keys = path.join(work, 'keys');
-    await ibu('keys', 'generate', '--out', keys);
-    const store = path.join(work, 'store');
-    for (const v of ['1.0', '2.0'] as const) {
-      const r = JSON.parse(
-        (
-          await ibu(
-            'release',
-            'publish',
-            '--image',
-            app.images[v],
-            '--version',
-            v,
-            '--store',
-            store,
-            '--key',
-            path.join(keys, 'signing.key'),
-            '--channel',
-            'stable',
-            '--json',
-          )
-        ).stdout,
-      ) as { chunks: number; newChunks: number; newStoredBytes: number };
-      say(`published ${v} on 'stable': ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newStoredBytes)} stored, zstd)`);
-    }
+    const { keys, store } = await publishReleases(work, [
+      ['1.0', app.images['1.0']],
+      ['2.0', app.images['2.0']],
+    ]);
 
     step('starting the server (ibu serve: releases, chunks, deltas on demand, fleet on SQLite)');
     server = await new FleetServer(store, path.join(work, 'server.log')).start();

@@ -37,7 +37,7 @@ import {
 } from '../test/e2e/harness.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from '../test/e2e/upgrade-story.js';
 import { formatBytes } from '../src/util/bytes.js';
-import { DemoError, followServerLog, say, step, t0 } from './narration.js';
+import { DemoError, followServerLog, publishReleases, say, step, t0 } from './narration.js';
 import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
@@ -145,36 +145,10 @@ async function main(): Promise<void> {
       `ibu image diff: ${diff.added.length} added, ${diff.removed.length} removed, ${diff.changed.length} changed (${[...diff.added, ...diff.changed].slice(0, 4).join(', ')})`,
     );
 
-    step('signing key + publishing both releases into a content-addressed chunk store');
-    const keys = path.join(work, 'keys');
-    await ibu('keys', 'generate', '--out', keys);
-    say(`ed25519 key pair in ${keys}; the device trusts signing.pub`);
-    const store = path.join(work, 'store');
-    for (const [v, img] of [
+    const { keys, store } = await publishReleases(work, [
       ['1.0', img1],
       ['2.0', img2],
-    ]) {
-      const r = JSON.parse(
-        (
-          await ibu(
-            'release',
-            'publish',
-            '--image',
-            img,
-            '--version',
-            v,
-            '--store',
-            store,
-            '--key',
-            path.join(keys, 'signing.key'),
-            '--channel',
-            'stable',
-            '--json',
-          )
-        ).stdout,
-      ) as { chunks: number; newChunks: number; newStoredBytes: number };
-      say(`published ${v} on 'stable': ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newStoredBytes)} stored, zstd)`);
-    }
+    ]);
 
     step('starting the server (ibu serve: releases, chunks, deltas on demand, fleet on SQLite)');
     const port = await freePort();

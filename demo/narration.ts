@@ -3,6 +3,8 @@
  * server's request log that narrates the device's requests (the demos differ in the device only).
  */
 import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { ibu } from '../test/e2e/harness.js';
 import { formatBytes } from '../src/util/bytes.js';
 
 /** When the demo started (every narrated time counts from here). */
@@ -86,4 +88,36 @@ export function followServerLog(file: string, base: string): { stop: () => Promi
     },
     chunkRequests: () => chunks,
   };
+}
+
+/**
+ * The demos' publishing step: a signing key in WORK/keys, then each image published on 'stable'
+ * into WORK/store with `ibu release publish`, narrated. Returns the key and store directories.
+ */
+export async function publishReleases(work: string, images: [version: string, image: string][]): Promise<{ keys: string; store: string }> {
+  step('signing key + publishing both releases into a content-addressed chunk store');
+  const keys = path.join(work, 'keys');
+  await ibu('keys', 'generate', '--out', keys);
+  say(`ed25519 key pair in ${keys}; the device trusts signing.pub`);
+  const store = path.join(work, 'store');
+  for (const [v, img] of images) {
+    const out = await ibu(
+      'release',
+      'publish',
+      '--image',
+      img,
+      '--version',
+      v,
+      '--store',
+      store,
+      '--key',
+      path.join(keys, 'signing.key'),
+      '--channel',
+      'stable',
+      '--json',
+    );
+    const r = JSON.parse(out.stdout) as { chunks: number; newChunks: number; newStoredBytes: number };
+    say(`published ${v} on 'stable': ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newStoredBytes)} stored, zstd)`);
+  }
+  return { keys, store };
 }
