@@ -2,10 +2,12 @@
  * The real appliance for the e2e scenarios and the demo: the example product
  * (examples/appliance: Debian 13, systemd, Debian's kernel and initramfs-tools initrd, openssh,
  * the ibu agent from its .deb, the vendor's acme-agent service from a .deb made here) built by
- * `ibu build` as three releases:
- *   1.0  acme-agent 1.0
- *   2.0  acme-agent 1.1            (built --previous 1.0: a small delta)
+ * `ibu build` as four releases, each --previous the one before:
+ *   1.0  acme-agent 1.0, the kernel of trixie's point release (an older ABI than the lock's)
+ *   2.0  acme-agent 1.1, the lock's kernel from trixie-security: a new kernel ABI, and a delta
+ *        of about a hundred MB (the kernel's modules and the initrd), big enough to cut mid-transfer
  *   3.0  acme-agent 1.2, broken    (its service fails to start: must roll back by itself)
+ *   4.0  acme-agent 1.3            (2.0's kernel and initrd: the pair for soft-reboot)
  * Built releases are cached under /var/cache/ibu-e2e/appliance/<key>, the key a hash of their
  * inputs (the locks, the vendor .debs, the spec directory, ibu's build code and boot assets), so
  * the tests and the demo share them and a changed input rebuilds. A cold cache builds them
@@ -18,7 +20,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fsp, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseLock, serializeLock, type ProductLock } from '../../src/build/lock-file.js';
+import { compareDebianVersions, parseLock, serializeLock, type ProductLock } from '../../src/build/lock-file.js';
 import { PackagePool, poolDir } from '../../src/build/package-pool.js';
 import { run } from '../../src/util/exec.js';
 import { sha256File } from '../../src/util/sha256-file.js';
@@ -29,9 +31,10 @@ export const APPLIANCE_CACHE = process.env.IBU_APPLIANCE_CACHE ?? '/var/cache/ib
 
 /** The releases and the acme-agent version (and breakage) each carries. */
 export const APPLIANCE_RELEASES = [
-  { version: '1.0', acme: '1.0', broken: false },
-  { version: '2.0', acme: '1.1', broken: false },
-  { version: '3.0', acme: '1.2', broken: true },
+  { version: '1.0', acme: '1.0', broken: false, olderKernel: true },
+  { version: '2.0', acme: '1.1', broken: false, olderKernel: false },
+  { version: '3.0', acme: '1.2', broken: true, olderKernel: false },
+  { version: '4.0', acme: '1.3', broken: false, olderKernel: false },
 ] as const;
 export type ApplianceVersion = (typeof APPLIANCE_RELEASES)[number]['version'];
 
@@ -109,6 +112,67 @@ async function releaseLock(work: string, spec: string, vendor: string[], log: (m
   return withVendor(lock, vendor);
 }
 
+interface DebEntry {
+  name: string;
+  version: string;
+  filename: string;
+  size: number;
+  sha256: string;
+}
+
+/** The plain amd64 kernels (`linux-image-<abi>-amd64`) and their metapackage (`linux-image-amd64`) in trixie's main suite. */
+async function trixieKernels(uri: string): Promise<DebEntry[]> {
+  const res = await fetch(`${uri}/dists/trixie/main/binary-amd64/Packages.xz`);
+  if (!res.ok) throw new Error(`trixie's Packages index: HTTP ${res.status}`);
+  const text = execFileSync('xz', ['-dc'], { input: Buffer.from(await res.arrayBuffer()), maxBuffer: 1 << 30 }).toString();
+  const out: DebEntry[] = [];
+  for (const stanza of text.split('\n\n')) {
+    const f = (k: string): string => new RegExp(`^${k}: (.*)$`, 'm').exec(stanza)?.[1] ?? '';
+    if (/^linux-image-(\d[^ ]*\+deb13-)?amd64$/.test(f('Package')))
+      out.push({ name: f('Package'), version: f('Version'), filename: f('Filename'), size: Number(f('Size')), sha256: f('SHA256') });
+  }
+  return out;
+}
+
+/**
+ * The lock with the kernel of trixie's point release in place of the lock's own (from
+ * trixie-security): the newest plain amd64 kernel in trixie main older than the locked one, so the
+ * next release brings a new kernel ABI (a new package name, as Debian 13 names its kernels). The
+ * choice is kept in the cache beside the lock, so the same lock always gets the same kernel.
+ */
+async function withOlderKernel(lock: ProductLock, log: (m: string) => void): Promise<ProductLock> {
+  const meta = lock.packages.find((p) => p.name === 'linux-image-amd64');
+  const image = lock.packages.find((p) => /^linux-image-\d.*-amd64$/.test(p.name));
+  const main = lock.archives.find((a) => a.codename === 'trixie')?.uri;
+  if (!meta || !image || !main) throw new Error('the appliance lock has no Debian kernel, or no trixie main archive');
+  const cached = path.join(APPLIANCE_CACHE, `kernel-${sha(serializeLock(lock)).slice(0, 16)}.json`);
+  let pin: { kernel: DebEntry; meta: DebEntry };
+  if (existsSync(cached)) pin = JSON.parse(readFileSync(cached, 'utf8')) as typeof pin;
+  else {
+    const all = await trixieKernels(main);
+    // the newest older kernel whose metapackage (the spec's `kernel: linux-image-amd64`) trixie main still has
+    const candidates = all.filter(
+      (k) =>
+        k.name !== 'linux-image-amd64' &&
+        compareDebianVersions(k.version, image.version) < 0 &&
+        all.some((m) => m.name === 'linux-image-amd64' && m.version === k.version),
+    );
+    candidates.sort((a, b) => compareDebianVersions(b.version, a.version));
+    if (!candidates[0]) throw new Error(`trixie main has no kernel (with its linux-image-amd64) older than ${image.name} ${image.version}`);
+    const m = all.find((e) => e.name === 'linux-image-amd64' && e.version === candidates[0]!.version)!;
+    pin = { kernel: candidates[0], meta: m };
+    log(`release 1.0 gets trixie's ${pin.kernel.name} ${pin.kernel.version} (the lock has ${image.name} ${image.version})`);
+    await fsp.mkdir(APPLIANCE_CACHE, { recursive: true });
+    await fsp.writeFile(`${cached}.tmp`, JSON.stringify(pin, null, 2) + '\n');
+    await fsp.rename(`${cached}.tmp`, cached);
+  }
+  const kernel = { ...image, ...pin.kernel, uri: main };
+  const metaOld = { ...meta, ...pin.meta, uri: main };
+  const packages = lock.packages.map((p) => (p === image ? kernel : p === meta ? metaOld : p)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  await new PackagePool(poolDir()).fill([kernel, metaOld], log);
+  return { ...lock, packages };
+}
+
 /** The lock with each vendor package's entry made the given .deb (what `lock --update` gives while the archive stands still). */
 async function withVendor(lock: ProductLock, debs: string[]): Promise<ProductLock> {
   const pool = new PackagePool(poolDir());
@@ -139,11 +203,14 @@ export async function applianceReleases(o: { specDir?: string; ibuDevice?: strin
     const spec = path.join(specDir, 'product.yaml');
     const ibuDevice = o.ibuDevice ?? (await buildIbuDeviceDeb(path.join(work, 'ibu-device')));
     const locks: ProductLock[] = [];
+    let base: ProductLock | null = null;
     for (const r of APPLIANCE_RELEASES) {
       // the lock resolves with the first release's vendor dir; the others swap the vendor .debs in
-      const dir = r.version === '1.0' ? path.join(specDir, 'vendor') : path.join(work, `vendor-${r.version}`);
+      const dir = base === null ? path.join(specDir, 'vendor') : path.join(work, `vendor-${r.version}`);
       const debs = await vendorDebs(dir, r.acme, r.broken, specDir, ibuDevice);
-      locks.push(r.version === '1.0' ? await releaseLock(work, spec, debs, log) : await withVendor(locks[0]!, debs));
+      base ??= await releaseLock(work, spec, debs, log);
+      const lock = await withVendor(base, debs);
+      locks.push(r.olderKernel ? await withOlderKernel(lock, log) : lock);
     }
     const code = ['dist/src/build', 'dist/src/image', 'assets/build', 'assets/initramfs-tools', 'assets/initramfs'].map((d) =>
       treeDigest(path.join(repoRoot(), d)),
