@@ -1,5 +1,5 @@
 /**
- * `npm run demo:appliance`: the whole upgrade story on a real Debian appliance, narrated for a human.
+ * `npm run demo` (the README's main job): the whole upgrade story on a real Debian appliance, narrated for a human.
  * The example product (examples/appliance: Debian 13, systemd, Debian's kernel and initramfs,
  * openssh, the ibu agent from its .deb, the vendor's acme-agent service) is built by `ibu build`
  * as releases 1.0 and 2.0 (cached in /var/cache/ibu-e2e/appliance by their inputs, shared with
@@ -11,13 +11,13 @@
  * vendor's check) and commits. The same parts as test/e2e/appliance-upgrade.test.ts (a).
  * Needs root and scripts/install-deps.sh.
  *
- *   npm run demo:appliance [-- --keep]      (IBU_DEMO_KEEP=1 also keeps the work dir)
+ *   npm run demo [-- --keep]      (IBU_DEMO_KEEP=1 also keeps the work dir)
  */
 import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, timeline, ibu, FleetServer } from '../test/e2e/harness.js';
-import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS } from '../test/e2e/appliance.js';
+import { applianceReleases, deviceFiles, makeApplianceDisk } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity } from '../test/e2e/appliance-device.js';
 import { formatBytes } from '../src/util/bytes.js';
 import { DemoError, followServerLog, publishReleases, say, step, t0 } from './narration.js';
@@ -87,9 +87,17 @@ async function main(): Promise<void> {
       say(`${v}.img: ${formatBytes(st.size)} file, ${formatBytes(st.blocks * 512)} allocated (sparse)`);
     }
     const changes = JSON.parse((await ibu('release', 'diff', app.images['1.0'], app.images['2.0'], '--json')).stdout) as {
-      packages: { upgraded: { name: string; from: string; to: string }[] };
+      packages: Record<'upgraded' | 'added' | 'removed', { name: string; from: string | null; to: string | null }[]>;
     };
-    say(`ibu release diff 1.0 2.0: ${changes.packages.upgraded.map((p) => `${p.name} ${p.from} -> ${p.to}`).join(', ') || 'no package changes'}`);
+    const { upgraded, added, removed } = changes.packages;
+    const listed = [
+      ...upgraded.map((p) => `${p.name} ${p.from} -> ${p.to}`),
+      ...added.map((p) => `+${p.name} ${p.to}`),
+      ...removed.map((p) => `-${p.name} ${p.from}`),
+    ];
+    say(`ibu release diff 1.0 2.0: ${listed.join(', ') || 'no package changes'}`);
+    if (added.some((p) => p.name.startsWith('linux-image-')))
+      say('2.0 brings a new kernel ABI: the device will boot its own kernel and initrd from the 2.0 image');
 
     const { keys, store } = await publishReleases(work, [
       ['1.0', app.images['1.0']],
@@ -106,13 +114,8 @@ async function main(): Promise<void> {
     const { disk, host } = await makeApplianceDisk(app, {
       work,
       name: DEVICE,
-      files: {
-        '/etc/ibu/agent.json': JSON.stringify(deviceAgentConfig(DEVICE, token, { hold: false }), null, 2) + '\n',
-        '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(keys, 'signing.pub'), 'utf8'),
-        '/root/.ssh/authorized_keys': id.pub,
-        // the agent's timers, shortened for a demo (on a device: minutes to hours, randomized)
-        ...TIMER_DROPINS,
-      },
+      // the agent's timers shortened for a demo (on a device: minutes to hours, randomized)
+      files: await deviceFiles({ name: DEVICE, token, keysDir: keys, sshPub: id.pub, hold: false }),
     });
     say("provisioned into the device's copy of 1.0: /etc/ibu/agent.json (server, token, health checks, what survives), the keyring, timer drop-ins");
 

@@ -1,5 +1,5 @@
 /**
- * `npm run demo`: the whole upgrade story on embedded defaults, narrated for a human.
+ * `npm run demo:model`: the whole upgrade story on the busybox model device, narrated for a human.
  * Builds images 1.0 and 2.0 with `ibu image build`, signs and publishes them with
  * `ibu release publish`, starts `ibu serve` on 127.0.0.1 (SQLite fleet, local store), boots a
  * QEMU device (OVMF, GRUB loopback, TCG) from 1.0 that reaches the server only through
@@ -8,7 +8,7 @@
  * commit. The same parts and checks as scenario (a) of test/e2e/agent-upgrade.test.ts; the
  * harness there is reused as is. Needs root and scripts/install-deps.sh.
  *
- *   npm run demo [-- --keep]      (IBU_DEMO_KEEP=1 also keeps the work dir)
+ *   npm run demo:model [-- --keep]      (IBU_DEMO_KEEP=1 also keeps the work dir)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp, existsSync } from 'node:fs';
@@ -101,7 +101,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
 async function main(): Promise<void> {
   const unavailable = e2eUnavailable();
   if (unavailable) throw new DemoError(`the demo cannot run here: ${unavailable}.`);
-  if (!existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js'))) throw new DemoError('dist/ is not built: run npm run build (npm run demo does it).');
+  if (!existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js'))) throw new DemoError('dist/ is not built: run npm run build (npm run demo:model does it).');
 
   const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-demo-'));
   let server: ChildProcess | null = null;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # dev.sh -- the README's commands: install what is missing, then run the demo, the tests or lint.
 # Idempotent, needs root (apt-get, loop devices, QEMU disks); a second run only checks.
-#   bash scripts/dev.sh demo [--keep]   the upgrade story (npm run demo)
+#   bash scripts/dev.sh demo [--keep]   the upgrade story on the real Debian appliance (npm run demo)
 #   bash scripts/dev.sh test            every test, as CI runs them (npm test)
 #   bash scripts/dev.sh lint            eslint, the import graph and prettier --check (npm run lint)
 # Set-up, in order: system packages and Node.js 20 (scripts/install-deps.sh); node_modules by

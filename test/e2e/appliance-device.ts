@@ -6,6 +6,7 @@
  * No top-level side effects.
  */
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -167,5 +168,89 @@ export class RunningDevice {
   async powerOff(): Promise<BootResult> {
     await this.ssh('systemctl poweroff', { retries: 3 }).catch(() => '');
     return this.done;
+  }
+}
+
+/**
+ * A TCP relay between the guest's http://10.0.2.100 and `ibu serve` that reads each request line
+ * and counts the bytes of the answer: a test can cut the power in the middle of a real transfer.
+ * Once `cutWhen` has fired, that connection's answer is held (no more bytes reach the guest), so
+ * the transfer is surely unfinished when QEMU is killed.
+ */
+export class ServerTap {
+  private readonly server: net.Server;
+  private readonly open = new Set<net.Socket>();
+  private held: RegExp | null = null;
+  private waiter: { request: RegExp; bytes: number; resolve: (hit: { request: string; bytes: number }) => void } | null = null;
+
+  private constructor(private readonly target: number) {
+    this.server = net.createServer((guest) => this.relay(guest));
+  }
+
+  static async start(target: number): Promise<ServerTap> {
+    const tap = new ServerTap(target);
+    await new Promise<void>((resolve) => tap.server.listen(0, '127.0.0.1', resolve));
+    return tap;
+  }
+
+  get port(): number {
+    return (this.server.address() as net.AddressInfo).port;
+  }
+
+  /**
+   * Resolves once an answer to a request matching `request` has carried `bytes`. That answer stops
+   * there, and so does every later answer to such a request (a retry must not finish the transfer
+   * before the power is cut) until `release()`.
+   */
+  cutWhen(request: RegExp, bytes: number): Promise<{ request: string; bytes: number }> {
+    return new Promise((resolve) => (this.waiter = { request, bytes, resolve }));
+  }
+
+  /** Lets answers through again (the device is about to boot anew). */
+  release(): void {
+    this.held = null;
+  }
+
+  private relay(guest: net.Socket): void {
+    const up = net.connect(this.target, '127.0.0.1');
+    let request = '';
+    let sent = 0;
+    guest.on('data', (d: Buffer) => {
+      // keep-alive: every request on the connection starts a new answer
+      const line = /^(GET|HEAD|POST|PUT|DELETE) (\S+)/.exec(d.subarray(0, 512).toString('latin1'));
+      if (line) {
+        request = `${line[1]} ${line[2]}`;
+        sent = 0;
+      }
+      if (!up.write(d)) guest.pause();
+    });
+    up.on('drain', () => guest.resume());
+    guest.on('drain', () => up.resume());
+    up.on('data', (d: Buffer) => {
+      if (this.held?.test(request)) return;
+      sent += d.length;
+      const w = this.waiter;
+      if (w && w.request.test(request) && sent >= w.bytes) {
+        this.held = w.request;
+        this.waiter = null;
+        w.resolve({ request, bytes: sent });
+        return;
+      }
+      if (!guest.write(d)) up.pause();
+    });
+    this.open.add(guest).add(up);
+    const end = () => {
+      this.open.delete(guest);
+      this.open.delete(up);
+      guest.destroy();
+      up.destroy();
+    };
+    guest.on('error', end).on('close', end);
+    up.on('error', end).on('close', end);
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.open) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }

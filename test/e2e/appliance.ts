@@ -315,6 +315,21 @@ export function deviceAgentConfig(deviceId: string, token: string, o: { hold?: b
   };
 }
 
+/**
+ * What a factory puts into a device's copy of 1.0 for the tests, the demo and the bench: its agent
+ * config (server, identity, health checks, what survives), the keyring, the operator's SSH key and
+ * the shortened timers; `hold` adds the operator's inhibitor file (removed over SSH to let go).
+ */
+export async function deviceFiles(o: { name: string; token: string; keysDir: string; sshPub: string; hold: boolean }): Promise<DeviceFiles> {
+  return {
+    '/etc/ibu/agent.json': JSON.stringify(deviceAgentConfig(o.name, o.token, { hold: o.hold }), null, 2) + '\n',
+    '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(o.keysDir, 'signing.pub'), 'utf8'),
+    '/root/.ssh/authorized_keys': o.sshPub,
+    ...(o.hold ? { '/root/hold-upgrade': 'the operator sets the device up first\n' } : {}),
+    ...TIMER_DROPINS,
+  };
+}
+
 /** The device's own state the new image must carry (docs/agent.md, Configuration migration). */
 export const DEVICE_STATE = [
   { path: '/etc/passwd', strategy: 'merge' },
@@ -336,15 +351,19 @@ export const DEVICE_STATE = [
 ];
 
 /**
- * Timers a test can wait for: the first prepare soon after boot, then every half minute; apply
- * likewise. One empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so
+ * Timers a test can wait for: the first prepare soon after boot, then every 90 s; apply every
+ * minute. One empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so
  * a second `OnUnitActiveSec=` would drop the OnBootSec just set and the timer would never fire.
+ * The periods are long against a run (a prepare that finds nothing new is ~20 s of CPU under
+ * TCG): systemd counts the boot as finished only once its job queue is empty, and timers whose
+ * runs overlap keep it busy for good, so `systemctl is-system-running --wait` (the health check)
+ * would never return. The units' own periods are minutes to hours (assets/systemd).
  */
 export const TIMER_DROPINS = {
   '/etc/systemd/system/upgradectl-checkin.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=10s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
   '/etc/systemd/system/upgradectl-prepare.timer.d/e2e.conf':
-    '[Timer]\nOnBootSec=\nOnBootSec=20s\nOnUnitActiveSec=30s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
-  '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=40s\nOnUnitActiveSec=20s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
+    '[Timer]\nOnBootSec=\nOnBootSec=30s\nOnUnitActiveSec=90s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
+  '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=60s\nOnUnitActiveSec=60s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
 };
 
 /**
@@ -366,7 +385,7 @@ export function upgradeTimings(log: string, from: string, to: string, acmeTo: st
   const multiUser = at(/Reached target multi-user\.target/);
   const prepareStart = at(/Starting upgradectl-prepare\.service/);
   const prepared = at(new RegExp(`${esc(to)} is prepared`));
-  const reboot = at(new RegExp(`Rebooting into ${esc(to)} for a trial boot`));
+  const reboot = at(new RegExp(`switch into ${esc(to)} by |Rebooting into ${esc(to)} for a trial boot`));
   const stopped = reboot === null ? null : at(/acme-agent stopped/, reboot);
   const up = stopped === null ? null : at(new RegExp(`acme-agent ${esc(acmeTo)} running`), stopped);
   const committed = at(new RegExp(`${esc(to)} passed its health checks and is now the committed default`));

@@ -754,6 +754,12 @@ export class FleetServer {
     }
   }
 
+  /** The size of the built delta from -> to (HEAD; null while it is being built). */
+  async deltaSize(from: string, to: string): Promise<number | null> {
+    const res = await fetch(`${this.base}/v1/deltas/${from}/${to}`, { method: 'HEAD' });
+    return res.status === 200 ? Number(res.headers.get('content-length')) : null;
+  }
+
   /** Status codes the server answered for a URL, in order (from its pino request log). */
   async statusesFor(url: string): Promise<number[]> {
     const urls = new Map<string, string>();

@@ -1,5 +1,5 @@
 /**
- * The upgrade story both `npm run demo` (demo/demo.ts) and test/e2e/agent-upgrade.test.ts (a)
+ * The upgrade story both `npm run demo:model` (demo/demo.ts) and test/e2e/agent-upgrade.test.ts (a)
  * tell: a device on 1.0 upgrades to 2.0 through a delta, trial-boots it, passes its health check
  * and commits. One definition, so the demo shows exactly what the test asserts.
  */
