@@ -1,3 +1,4 @@
+import { IbuError } from '../errors.js';
 import type { DeviceEvent, DeviceEventType } from '../fleet/protocol.js';
 import type { JournalFile } from './journal.js';
 import type { ServerClient } from './server-client.js';
@@ -14,7 +15,20 @@ export function queueEvent(
   jf.j.pendingEvents.push({ type, fromVersion: from ?? 'unknown', toVersion: to ?? 'unknown', at: at.toISOString(), ...(error ? { error } : {}) });
 }
 
-/** Delivers queued events in order; what fails stays queued (with everything after it) for the next run. */
+/**
+ * Whether the server refused the event itself (400, 413, 422: its body can never be accepted as
+ * it is), not the moment (no network, 5xx, 429) nor the device (401/403: a token can be fixed).
+ */
+function refusedForGood(err: unknown): boolean {
+  const status = err instanceof IbuError ? err.details?.status : undefined;
+  return status === 400 || status === 413 || status === 422;
+}
+
+/**
+ * Delivers queued events in order; what fails stays queued (with everything after it) for the
+ * next run. An event the server refuses for good is dropped with a log line: kept, it would hold
+ * every later event back forever (a device that fell back would never say so).
+ */
 export async function flushEvents(jf: JournalFile, server: ServerClient | null, log: (line: string) => void): Promise<void> {
   if (!server || jf.j.pendingEvents.length === 0) return;
   const left: DeviceEvent[] = [];
@@ -26,6 +40,10 @@ export async function flushEvents(jf: JournalFile, server: ServerClient | null, 
     try {
       await server.event(ev);
     } catch (err) {
+      if (refusedForGood(err)) {
+        log(`dropped the ${ev.type} event (${ev.fromVersion} -> ${ev.toVersion}): the server refuses it for good (${(err as Error).message})`);
+        continue;
+      }
       log(`could not report ${ev.type} to the server (${(err as Error).message}); will retry`);
       left.push(ev);
     }
