@@ -8,17 +8,17 @@ import type { Manifest } from '../release/types.js';
 import type { Store } from '../store/store.js';
 import { commitFile } from '../util/atomic.js';
 import { preadFull, pwriteFull } from '../util/full-io.js';
+import { decodeSegment, type SegmentBuffers } from './apply-segment.js';
 import { fillFromStore } from './fallback.js';
 import { readDelta } from './delta-file.js';
-import { DICT_PREFIX } from './frame-codec.js';
-import { opStart, rangesBytes } from './op-ranges.js';
-import { checkEncoders, compressMany, decompressInto } from './recompressor.js';
+import { sourceShort } from './delta-errors.js';
+import { opStart } from './op-ranges.js';
+import { checkEncoders } from './recompressor.js';
 import { versionOfImage } from './image-version.js';
 import { OpHasher } from './op-hash.js';
-import type { ApplyResult, DeltaFile, DeltaOp, FailedOp, PatchOp, ProgressEvent, Range, RecompressOp, ReplaceOp } from './types.js';
+import type { ApplyResult, DeltaFile, DeltaOp, FailedOp, ProgressEvent, Range } from './types.js';
 
-type Binding = typeof import('zstd-napi/binding.js');
-const binding = createRequire(import.meta.url)('zstd-napi/binding.js') as Binding;
+const binding = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
 
 export interface ApplyDeltaOptions {
   sourceImage: string;
@@ -53,11 +53,6 @@ function describe(op: DeltaOp, i: number): string {
         `(target bytes ${op.dst[0]!.offset}+${op.dst.reduce((n, r) => n + r.length, 0)})`
       );
   }
-}
-
-/** The error when the source image ends before the delta's source would. */
-function sourceShort(what: string): (at: number) => IbuError {
-  return (at) => new IbuError('DELTA_WRONG_SOURCE', `${what} ended at byte ${at}; it is shorter than the delta's source image.`);
 }
 
 function dstRanges(op: DeltaOp): Range[] {
@@ -324,159 +319,6 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<ApplyResult> 
     fs.closeSync(sfd);
     if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   }
-}
-
-interface SegmentBuffers {
-  frame: Buffer;
-  dict: Buffer;
-  out: Buffer;
-}
-
-interface SegmentIo {
-  seg: SegmentBuffers;
-  sfd: number;
-  dfd: number;
-  ofd: number;
-  buf: Buffer;
-  dctx: InstanceType<Binding['DCtx']>;
-  failed: FailedOp[];
-  sourceImage: string;
-  /** A scratch directory for the encoders (made on first use, removed by the caller). */
-  work: () => string;
-  jobs: number;
-}
-
-/** Decodes one segment and writes every op of it whose output hash checks; returns bytes written. */
-async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io: SegmentIo): Promise<number> {
-  const seg = d.segments[s]!;
-  const frame = io.seg.frame.subarray(0, seg.compressedLength);
-  preadFull(io.dfd, frame, d.payloadOffset + seg.offset, sourceShort('The delta'));
-  const srcFailed = new Set<number>();
-  let dict: Buffer | undefined;
-  if (seg.dictLength > DICT_PREFIX.length) {
-    dict = io.seg.dict.subarray(0, seg.dictLength);
-    DICT_PREFIX.copy(dict, 0);
-    let at = DICT_PREFIX.length;
-    // RECOMPRESS ops: their old file is read whole and decoded, all of one codec at once.
-    const packed: Array<{ i: number; at: number; bytes: Buffer; op: RecompressOp }> = [];
-    for (const i of opIdx) {
-      const op = d.ops[i]!;
-      if (op.type === 'recompress') {
-        const bytes = Buffer.allocUnsafe(rangesBytes(op.src));
-        if (!readHashed(io.sfd, op.src, bytes, io.sourceImage).equals(op.srcHash)) srcFailed.add(i);
-        else packed.push({ i, at, bytes, op });
-        dict.fill(0, at, at + op.srcRawLength);
-        at += op.srcRawLength;
-        continue;
-      }
-      if (op.type !== 'patch') continue;
-      const piece = dict.subarray(at, at + rangesBytes(op.src));
-      if (!readHashed(io.sfd, op.src, piece, io.sourceImage).equals(op.srcHash)) srcFailed.add(i);
-      at += piece.length;
-    }
-    for (const codec of ['xz', 'gzip'] as const) {
-      const mine = packed.filter((x) => x.op.params.codec === codec);
-      if (mine.length === 0) continue;
-      // Straight into the dictionary: the segment's memory is all apply holds.
-      const ok = await decompressInto(
-        codec,
-        mine.map((x) => x.bytes),
-        mine.map((x) => dict!.subarray(x.at, x.at + x.op.srcRawLength)),
-      );
-      mine.forEach((x, k) => {
-        // Its bytes hashed right, so they are what make decoded: a size that does not match is the delta's.
-        if (!ok[k]) {
-          throw new IbuError(
-            'DELTA_INVALID',
-            `Op ${x.i} (${x.op.path}): the old file ${x.op.srcPath} does not decode to the ${x.op.srcRawLength} bytes the delta says; ` +
-              'download or build the delta again.',
-          );
-        }
-      });
-    }
-  }
-  const out = io.seg.out.subarray(0, seg.outputLength);
-  let n: number;
-  try {
-    n = dict ? io.dctx.decompressUsingDict(out, frame, dict) : io.dctx.decompress(out, frame);
-  } catch (err) {
-    if (srcFailed.size === 0) {
-      throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta does not decode (zstd: ${(err as Error).message}); download or build the delta again.`, {
-        cause: err,
-      });
-    }
-    // A modified dictionary can make a frame undecodable: every op of the segment must come from elsewhere.
-    for (const i of opIdx) {
-      const op = d.ops[i] as PatchOp | ReplaceOp | RecompressOp;
-      io.failed.push({ index: i, type: op.type, path: op.path, dst: op.dst, reason: srcFailed.has(i) ? 'source' : 'output' });
-    }
-    return 0;
-  }
-  if (n !== seg.outputLength)
-    throw new IbuError('DELTA_INVALID', `Segment ${s} of the delta decodes to ${n} bytes instead of ${seg.outputLength}; download or build the delta again.`);
-  // Cut the output into the ops' parts; RECOMPRESS parts go through their encoder first.
-  const parts: Array<{ i: number; op: PatchOp | ReplaceOp | RecompressOp; bytes: Buffer }> = [];
-  let at = 0;
-  for (const i of opIdx) {
-    const op = d.ops[i] as PatchOp | ReplaceOp | RecompressOp;
-    const len = op.type === 'recompress' ? op.rawLength : rangesBytes(op.dst);
-    parts.push({ i, op, bytes: out.subarray(at, at + len) });
-    at += len;
-  }
-  const groups = new Map<string, typeof parts>();
-  for (const p of parts) {
-    if (p.op.type !== 'recompress') continue;
-    const key = JSON.stringify(p.op.params);
-    groups.set(key, [...(groups.get(key) ?? []), p]);
-  }
-  for (const g of groups.values()) {
-    const packed = await compressMany(
-      (g[0]!.op as RecompressOp).params,
-      g.map((p) => p.bytes),
-      io.work(),
-      io.jobs,
-    );
-    g.forEach((p, k) => {
-      p.bytes = packed[k]!;
-    });
-  }
-  let written = 0;
-  for (const { i, op, bytes } of parts) {
-    const len = rangesBytes(op.dst);
-    const ok = bytes.length === len && new OpHasher().update(bytes).digest().equals(op.dstHash);
-    if (!ok) {
-      // Wrong output with intact sources in the segment means the payload itself is bad.
-      if (srcFailed.size === 0)
-        throw new IbuError(
-          'DELTA_INVALID',
-          `Op ${i} (${op.path || 'metadata'}) ${op.type === 'recompress' ? 'recompresses' : 'decodes'} to bytes that do not match its hash; ` +
-            'download or build the delta again.',
-        );
-      io.failed.push({ index: i, type: op.type, path: op.path, dst: op.dst, reason: srcFailed.has(i) ? 'source' : 'output' });
-      continue;
-    }
-    // An op whose source changed only in bytes its diff never used still produced the right output.
-    let p = 0;
-    for (const r of op.dst) {
-      pwriteFull(io.ofd, bytes.subarray(p, p + r.length), r.offset);
-      p += r.length;
-    }
-    written += len;
-  }
-  return written;
-}
-
-/** Reads ranges of the source image into `into` (exactly their size) and returns their op hash. */
-function readHashed(fd: number, ranges: Range[], into: Buffer, what: string): Buffer {
-  const h = new OpHasher();
-  let at = 0;
-  for (const r of ranges) {
-    const piece = into.subarray(at, at + r.length);
-    preadFull(fd, piece, r.offset, sourceShort(what));
-    h.update(piece);
-    at += r.length;
-  }
-  return h.digest();
 }
 
 /** sha256 of the output in target order; ZERO ranges are fed as zeros without reading the holes. */

@@ -11,3 +11,8 @@ export function deltaTruncated(path: string, have: number, want: number): IbuErr
     details: { have, want },
   });
 }
+
+/** The error when an image (`what`) ends before the delta's source would. */
+export function sourceShort(what: string): (at: number) => IbuError {
+  return (at) => new IbuError('DELTA_WRONG_SOURCE', `${what} ended at byte ${at}; it is shorter than the delta's source image.`);
+}
