@@ -1,9 +1,9 @@
 import { IbuError } from '../errors.js';
 import { deviceAfterCheckin, isBusy, validateCheckin, validateEvent } from './checkin.js';
 import { Enrollment } from './enrollment.js';
+import { FleetCache } from './fleet-cache.js';
 import { GroupCommitter } from './group-commit.js';
-import { LeaseTable } from './lease-table.js';
-import { NAME_RE } from './names.js';
+import { Groups, type GroupInput } from './groups.js';
 import { newParticipation, participationFromCheckin, participationFromEvent, participationFromLease } from './participation.js';
 import {
   BOOT_EVENT_TYPES,
@@ -13,9 +13,9 @@ import {
   type DeviceEvent,
   type EnrollRequest,
   type EnrollResponse,
-  type MaintenanceWindow,
 } from './protocol.js';
 import type { FleetRepository, ReplicaCoordination } from './repository.js';
+import { RebootLeases } from './reboot-leases.js';
 import { offeredBy } from './rollout-policy.js';
 import { Releases, type ChannelPolicy, type ReleaseInput } from './releases.js';
 import { Rollouts, type RolloutView } from './rollouts.js';
@@ -23,7 +23,6 @@ import { nextCheckinSeconds } from './schedule.js';
 import {
   applySettings,
   DEFAULT_FLEET_CONFIG,
-  loadSettings,
   persistSettings,
   settingsView,
   validateSettings,
@@ -43,7 +42,6 @@ import {
   type WriteOp,
 } from './types.js';
 import { nextHop } from './upgrade-path.js';
-import { inWindow, validateWindow } from './window.js';
 
 export type { FleetConfig, FleetSettings } from './settings.js';
 export { DEFAULT_FLEET_CONFIG } from './settings.js';
@@ -54,30 +52,30 @@ export type DeltaStatusFn = (from: string, to: string) => Promise<string>;
 
 /**
  * The fleet control plane, a façade over its parts: enrollment (enrollment.ts), what a check-in
- * changes (checkin.ts), participation transitions (participation.ts), the lease table
- * (lease-table.ts), settings (settings.ts), releases (releases.ts) and rollouts (rollouts.ts,
- * deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a thin shell around it.
- * Small, hot state (releases, rollouts, groups) is cached in memory and written through; devices
- * are read from the repository on every check-in and written by group commit. On SQLite one server
- * process owns the fleet database and reboot leases are counted in memory (lease-table.ts). On a
- * repository with `coordination` (PostgreSQL) any number of processes serve one fleet: leases are
- * granted in the database under a lock on their group, a change notice from any process reloads
- * the cached parts, one process at a time evaluates rollouts, and rollout writes are conditional
- * (src/fleet/sql/postgres-coordination.ts; docs/deployment.md).
+ * changes (checkin.ts), participation transitions (participation.ts), reboot leases
+ * (reboot-leases.ts), settings (settings.ts), groups (groups.ts), releases (releases.ts) and
+ * rollouts (rollouts.ts, deciding in rollout-policy.ts). The HTTP layer (src/server/fleet) is a
+ * thin shell around it. Small, hot state (releases, rollouts, groups) is cached in memory and
+ * written through (fleet-cache.ts loads it); devices are read from the repository on every
+ * check-in and written by group commit. On SQLite one server process owns the fleet database and
+ * reboot leases are counted in memory. On a repository with `coordination` (PostgreSQL) any number
+ * of processes serve one fleet: leases are granted in the database under a lock on their group, a
+ * change notice from any process reloads the cached parts, one process at a time evaluates
+ * rollouts, and rollout writes are conditional (src/fleet/sql/postgres-coordination.ts;
+ * docs/deployment.md).
  */
 export class Fleet {
   readonly config: FleetConfig;
   private readonly releases: Releases;
   private readonly rollouts: Rollouts;
-  private groups = new Map<string, GroupRecord>();
-  private readonly leases = new LeaseTable();
+  private readonly groups: Groups;
+  private readonly leases: RebootLeases;
+  private readonly cache: FleetCache;
   private readonly enrollment: Enrollment;
-  private committer: GroupCommitter;
+  private readonly committer: GroupCommitter;
   private evaluating: Promise<void> | null = null;
-  private readonly counters = { checkins: 0, events: 0, enrollments: 0, downgrades: 0, reloads: 0 };
+  private readonly counters = { checkins: 0, events: 0, enrollments: 0, downgrades: 0 };
   private readonly coord: ReplicaCoordination | undefined;
-  /** Change notices are applied one at a time, in order. */
-  private reloading: Promise<void> = Promise.resolve();
   private evaluator = false;
 
   constructor(
@@ -94,38 +92,24 @@ export class Fleet {
     this.enrollment = new Enrollment(repo, this.committer, this.config, clock);
     this.releases = new Releases(repo, clock);
     this.rollouts = new Rollouts(repo, clock, (channel, version) => this.releases.has(channel, version));
+    this.groups = new Groups(repo, this.config);
+    this.leases = new RebootLeases(this.coord, this.config, this.committer, onBackgroundError);
+    const parts = { config: this.config, releases: this.releases, rollouts: this.rollouts, groups: this.groups, leases: this.leases };
+    this.cache = new FleetCache(repo, parts, onBackgroundError);
   }
 
   /** Counters for /metrics. */
   get stats(): { checkins: number; events: number; enrollments: number; downgrades: number; reloads: number; pauses: number } {
-    return { ...this.counters, pauses: this.rollouts.pauses };
+    return { ...this.counters, reloads: this.cache.reloads, pauses: this.rollouts.pauses };
   }
 
   async start(): Promise<void> {
     await this.repo.init();
-    const saved = await loadSettings(this.repo);
-    if (saved) applySettings(this.config, saved);
-    await this.reload();
+    await this.cache.loadSettings();
+    await this.cache.reload();
     // With replicas a process starting says nothing about downtime: the evaluator extends deadlines when it takes over (evaluate).
-    if (this.coord) await this.coord.listen((topic) => this.onChangeNotice(topic));
+    if (this.coord) await this.coord.listen((topic) => this.cache.onChangeNotice(topic));
     else await this.rollouts.extendDeadlines(this.clock());
-  }
-
-  /** Another process (or this one) changed cached state: reload that part. '*': notices may have been missed. */
-  private onChangeNotice(topic: string): void {
-    this.reloading = this.reloading
-      .then(async () => {
-        if (topic === 'releases') await this.releases.load();
-        else if (topic === 'rollouts') await this.rollouts.load();
-        else if (topic === 'groups') this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
-        else if (topic === 'settings' || topic === '*') {
-          const saved = await loadSettings(this.repo);
-          if (saved) applySettings(this.config, saved);
-          if (topic === '*') await this.reload();
-        }
-        this.counters.reloads++;
-      })
-      .catch((err: unknown) => this.onBackgroundError(err, `reloading ${topic} after a change notice`));
   }
 
   /** Validates and applies run-time settings, then stores them so a restart keeps them. */
@@ -140,11 +124,8 @@ export class Fleet {
   }
 
   /** Re-reads the small in-memory state from the repository. */
-  async reload(): Promise<void> {
-    await this.releases.load();
-    await this.rollouts.load();
-    this.groups = new Map((await this.repo.listGroups()).map((g) => [g.name, g]));
-    if (!this.coord) this.leases.load(await this.repo.listLeases());
+  reload(): Promise<void> {
+    return this.cache.reload();
   }
 
   async close(): Promise<void> {
@@ -218,7 +199,7 @@ export class Fleet {
     const window = group?.window ?? null;
     let lease: CheckinResponse['rebootLease'] = { granted: false };
     if (req.wantRebootLease) {
-      lease = await this.grantLease(d, group, now, ops);
+      lease = await this.leases.grant(d, group, now, ops);
       if (lease.granted && part && hop && this.rollouts.find(part.rolloutId)?.version === hop.version) {
         const next = participationFromLease(part, this.silentMs(part.rolloutId), now);
         if (next !== part) {
@@ -227,7 +208,7 @@ export class Fleet {
         }
       }
     } else {
-      const held = this.coord ? await this.coord.heldLease(id, now) : this.leases.held(id, now);
+      const held = await this.leases.held(id, now);
       if (held) lease = { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
     }
 
@@ -263,28 +244,11 @@ export class Fleet {
     return this.rollouts.governing(channel, version);
   }
 
-  private async grantLease(d: DeviceRecord, group: GroupRecord | undefined, now: number, ops: WriteOp[]): Promise<CheckinResponse['rebootLease']> {
-    const held = this.coord ? undefined : this.leases.held(d.id, now);
-    if (held) return { granted: true, expiresAt: new Date(held.expiresAt).toISOString() };
-    if (!inWindow(group?.window ?? null, new Date(now))) return { granted: false };
-    const max = group ? group.maxConcurrentReboots : this.config.defaultMaxConcurrentReboots;
-    const ttl = (group?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds) * 1000;
-    const lease = this.coord
-      ? await this.coord.acquireLease({ deviceId: d.id, group: d.group, expiresAt: now + ttl }, max, now)
-      : this.leases.grant(d.id, d.group, max, ttl, now, ops);
-    return lease ? { granted: true, expiresAt: new Date(lease.expiresAt).toISOString() } : { granted: false };
-  }
-
   async releaseLease(id: string, token: string | undefined): Promise<void> {
     await this.authenticate(id, token);
     const ops: WriteOp[] = [];
-    this.dropLease(id, ops);
+    this.leases.drop(id, ops);
     await this.committer.submit(ops);
-  }
-
-  private dropLease(id: string, ops: WriteOp[]): void {
-    if (this.coord) ops.push({ kind: 'lease-delete', deviceId: id });
-    else this.leases.drop(id, ops);
   }
 
   async event(id: string, token: string | undefined, ev: DeviceEvent): Promise<void> {
@@ -324,7 +288,7 @@ export class Fleet {
       }
     }
     if (part) ops.push({ kind: 'participation', row: participationFromEvent(part, ev, this.silentMs(part.rolloutId), now) });
-    if (ev.type !== 'apply-started' && !bootEvent && !note) this.dropLease(id, ops);
+    if (ev.type !== 'apply-started' && !bootEvent && !note) this.leases.drop(id, ops);
     if (ev.error && !note) {
       d.lastErrorCode = ev.error.code;
       d.lastErrorMessage = ev.error.message;
@@ -416,11 +380,11 @@ export class Fleet {
             await this.rollouts.extendDeadlines(now);
           }
           await this.rollouts.evaluate(now);
-          await this.coord.expireLeases(now);
+          await this.leases.expire(now);
           return;
         }
         await this.rollouts.evaluate(now);
-        this.expireLeases(now);
+        await this.leases.expire(now);
       } finally {
         this.evaluating = null;
       }
@@ -428,21 +392,8 @@ export class Fleet {
     return this.evaluating;
   }
 
-  /**
-   * Frees the leases that ran out. The table forgets them at once (their slots are free for the
-   * next check-in); the deletes are written in the background so an evaluation round does not
-   * wait on the database, and a failed write is reported, not swallowed (the rows stay until the
-   * next restart reloads and expires them again).
-   */
-  private expireLeases(now: number): void {
-    const ops: WriteOp[] = [];
-    this.leases.expire(now, ops);
-    if (ops.length === 0) return;
-    this.committer.submit(ops).catch((err: unknown) => this.onBackgroundError(err, `writing ${ops.length} expired reboot leases`));
-  }
-
   async activeLeases(group?: string): Promise<LeaseRecord[]> {
-    return this.coord ? this.coord.activeLeases(this.clock(), group) : this.leases.active(this.clock(), group);
+    return this.leases.active(this.clock(), group);
   }
 
   /** Whether this process evaluates rollouts (always, without replicas). */
@@ -452,29 +403,14 @@ export class Fleet {
 
   // ---------------------------------------------------------------- groups, admin reads
 
-  async setGroup(input: { name: string; window?: MaintenanceWindow | null; maxConcurrentReboots?: number; leaseTtlSeconds?: number }): Promise<GroupRecord> {
-    if (typeof input?.name !== 'string' || !NAME_RE.test(input.name))
-      throw new IbuError('BAD_REQUEST', 'A group needs a short name of letters, digits, ".", "_" or "-".');
-    // A partial update keeps what it does not name.
-    const prev = this.groups.get(input.name);
-    const max = input.maxConcurrentReboots ?? prev?.maxConcurrentReboots ?? this.config.defaultMaxConcurrentReboots;
-    const ttl = input.leaseTtlSeconds ?? prev?.leaseTtlSeconds ?? this.config.defaultLeaseTtlSeconds;
-    if (!Number.isInteger(max) || max < 0) throw new IbuError('BAD_REQUEST', 'maxConcurrentReboots must be an integer >= 0 (0 = unlimited).');
-    if (!Number.isFinite(ttl) || ttl <= 0) throw new IbuError('BAD_REQUEST', 'leaseTtlSeconds must be a positive number of seconds.');
-    const g: GroupRecord = {
-      name: input.name,
-      window: input.window === undefined ? (prev?.window ?? null) : input.window ? validateWindow(input.window) : null,
-      maxConcurrentReboots: max,
-      leaseTtlSeconds: ttl,
-    };
-    await this.repo.upsertGroup(g);
-    this.groups.set(g.name, g);
+  async setGroup(input: GroupInput): Promise<GroupRecord> {
+    const g = await this.groups.set(input);
     this.leases.groupChanged(g.name); // a new maxConcurrentReboots may make room
     return g;
   }
 
   listGroups(): GroupRecord[] {
-    return [...this.groups.values()];
+    return this.groups.list();
   }
 
   async versionCounts(channel?: string): Promise<Array<{ version: string; devices: number }>> {
