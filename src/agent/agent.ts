@@ -8,7 +8,7 @@ import type { Store } from '../store/store.js';
 import { assertVersion } from '../version.js';
 import type { AgentContext } from './agent-context.js';
 import { checkApplyGates, type ApplyOptions } from './apply-gates.js';
-import { checkIn, reportState } from './checkin.js';
+import { checkIn } from './checkin.js';
 import { checkpointFilesystem, thawLeftovers } from './checkpoint.js';
 import { CheckpointedBootloader } from './checkpointed-bootloader.js';
 import type { CommandResult, End } from './command-result.js';
@@ -17,10 +17,9 @@ import { crashPoint } from './crash-point.js';
 import { bytesToAllocate } from './disk-policy.js';
 import { downloadImage, type DeltaApplier } from './download.js';
 import { enrollDevice, type EnrollResult } from './enroll.js';
-import { flushEvents, queueEvent } from './events.js';
-import { runHealthChecks } from './health.js';
+import { flushEvents, queueUpgradeEvent } from './events.js';
 import { ImagesDir } from './images-dir.js';
-import { JournalFile, withFailed, type Journal } from './journal.js';
+import { JournalFile, type Journal } from './journal.js';
 import { ManifestCache } from './manifest-cache.js';
 import { upgradeEtc } from './etc-upgrade.js';
 import { migrateTree, unmountStale, withImageMounted } from './migration.js';
@@ -35,6 +34,7 @@ import { exists, fsckStaged, installStaged, verifyStaged } from './staged-image.
 import { nextStep, type DeviceFacts, type Intent, type Step } from './state-machine.js';
 import { readStatus, type AgentStatus } from './status.js';
 import { resolveTarget } from './target.js';
+import { checkTrialHealth, commitTrial, recordFallback, revertTrial } from './trial-outcome.js';
 
 export type { DeltaApplier } from './download.js';
 export type { CommandResult } from './command-result.js';
@@ -137,10 +137,7 @@ export class Agent {
   }
 
   private queueEvent(type: DeviceEventType, from: string | null, to: string | null, error?: { code: string; message: string }): void {
-    queueEvent(this.ctx.journal, this.ctx.now(), type, from, to, error);
-    // Upgrade results say how the trial was entered (reboot, kexec, soft-reboot).
-    const method = this.j.switch?.method;
-    if (method && type !== 'apply-started' && type !== 'prepare-failed') this.j.pendingEvents.at(-1)!.method = method;
+    queueUpgradeEvent(this.ctx.journal, this.ctx.now(), type, from, to, error);
   }
 
   /** Delivers queued events; what fails stays queued for the next run. */
@@ -246,14 +243,17 @@ export class Agent {
         return;
       case 'reboot':
         return reboot(this.ctx, step.why, step.why === 'apply' ? (this.j.switch?.method ?? 'reboot') : 'reboot');
-      case 'health':
-        return this.health(f);
+      case 'health': {
+        const { health, end } = await checkTrialHealth(this.ctx, f);
+        if (health) this.extra.health = health;
+        return end;
+      }
       case 'commit':
-        return this.commit(f);
+        return commitTrial(this.ctx, f);
       case 'revert':
-        return this.revert(f, step.reason, 'rolled-back');
+        return revertTrial(this.ctx, f, step.reason, 'rolled-back');
       case 'record-fallback':
-        return this.recordFallback(f);
+        return recordFallback(this.ctx, f);
       case 'cancel-try': {
         if (f.boot.tryImage) await this.ctx.boot.clearTry();
         if (this.j.switch) await unloadSwitch(this.j.switch.method);
@@ -367,69 +367,6 @@ export class Agent {
     await fsp.mkdir(path.dirname(file), { recursive: true });
     await writeFileAtomic(file, `${m.verity.rootHash} ${m.verity.hashOffset}\n`);
     this.log(`verity: ${v} boots through dm-verity, root hash ${m.verity.rootHash}`);
-  }
-
-  // ---- confirm / rollback ------------------------------------------------------------------
-  private async health(f: DeviceFacts): Promise<End | void> {
-    const running = f.running!;
-    if (this.j.target?.version !== running) {
-      return {
-        outcome: 'not-trial',
-        message:
-          `${running} is running but is neither the committed default (${f.boot.defaultImage}) nor an upgrade this agent applied; ` +
-          `not committing it. Reboot to return to ${f.boot.defaultImage}, or prepare and apply it.`,
-      };
-    }
-    await this.record({ state: 'trial', step: null });
-    const results = await runHealthChecks(this.cfg.health.checks, this.cfg.health.deadlineSeconds, this.cfg.pollSeconds, this.log);
-    this.extra.health = results;
-    const failed = results.filter((r) => !r.ok);
-    if (failed.length > 0) {
-      const why = failed.map((r) => `${r.name}: ${r.detail}`).join('; ');
-      return this.revert(f, `health checks failed on ${running}: ${why}`, 'upgrade-failed');
-    }
-    await this.record({ step: 'health' });
-  }
-
-  private async commit(f: DeviceFacts): Promise<End> {
-    const running = f.running!;
-    await this.ctx.boot.commit(running);
-    this.queueEvent('upgrade-succeeded', this.j.target?.fromVersion ?? this.j.previous, running);
-    await this.record({ state: 'committed', step: 'commit', lastError: null, lastDefault: running, bootReport: null });
-    await this.flushEvents();
-    await reportState(this.ctx);
-    return { outcome: 'committed', message: `${running} passed its health checks and is now the committed default.` };
-  }
-
-  private async revert(f: DeviceFacts, reason: string, event: 'upgrade-failed' | 'rolled-back'): Promise<End> {
-    // On a trial boot the default still names the old image; make sure nothing else is pending.
-    const st = await this.d.bootloader.read();
-    if (st.tryImage) await this.ctx.boot.clearTry();
-    const code = event === 'upgrade-failed' ? 'HEALTH_CHECK_FAILED' : 'ROLLED_BACK';
-    // An adopted machine's trial has no default to go back to: the reboot lands on what it came from (the conventional system).
-    const backTo = st.defaultImage ?? this.j.target?.fromVersion ?? null;
-    this.queueEvent(event, f.running, backTo, event === 'upgrade-failed' ? { code, message: reason } : undefined);
-    await this.record({
-      state: 'rolled-back',
-      step: 'revert',
-      failedVersions: withFailed(this.j, f.running),
-      lastError: event === 'upgrade-failed' ? { code, message: reason, at: this.ctx.now().toISOString() } : this.j.lastError,
-    });
-    this.log(reason);
-    const r = await reboot(this.ctx, 'revert');
-    return { outcome: 'rolled-back', message: `${reason}. ${r.message}` };
-  }
-
-  /** GRUB already fell back to the old default by itself (the trial never confirmed): record and report it. */
-  private async recordFallback(f: DeviceFacts): Promise<End> {
-    const t = this.j.target?.version ?? null;
-    const msg = `The trial boot of ${t} did not confirm; the device came back on ${f.running} by itself.`;
-    this.queueEvent('rolled-back', t, f.running, { code: 'HEALTH_CHECK_FAILED', message: msg });
-    const lastError = { code: 'HEALTH_CHECK_FAILED', message: msg, at: this.ctx.now().toISOString() };
-    await this.record({ state: 'rolled-back', step: 'revert', failedVersions: withFailed(this.j, t), lastError });
-    await this.flushEvents();
-    await reportState(this.ctx);
-    return { outcome: 'rolled-back', message: msg };
   }
 
   // ---- commands ----------------------------------------------------------------------------

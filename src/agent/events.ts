@@ -15,6 +15,14 @@ export function queueEvent(
   jf.j.pendingEvents.push({ type, fromVersion: from ?? 'unknown', toVersion: to ?? 'unknown', at: at.toISOString(), ...(error ? { error } : {}) });
 }
 
+/** Queues an event of the upgrade the journal follows; its results say how the trial was entered (reboot, kexec, soft-reboot). */
+export function queueUpgradeEvent(...args: Parameters<typeof queueEvent>): void {
+  queueEvent(...args);
+  const [jf, , type] = args;
+  const method = jf.j.switch?.method;
+  if (method && type !== 'apply-started' && type !== 'prepare-failed') jf.j.pendingEvents.at(-1)!.method = method;
+}
+
 /**
  * Whether the server refused the event itself (400, 413, 422: its body can never be accepted as
  * it is), not the moment (no network, 5xx, 429) nor the device (401/403: a token can be fixed).
