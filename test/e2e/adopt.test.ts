@@ -11,27 +11,14 @@
  * The image adopted is the e2e model image (busybox + Node + ibu, the busybox initramfs), not yet
  * a trixie appliance built by `ibu build` (that image is another branch's work): said in docs/adopt.md.
  */
-import { describe, test, before, after } from 'node:test';
+import { describe, test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp, existsSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import { GrubBootloader } from '../../src/boot/grub-bootloader.js';
-import {
-  e2eUnavailable,
-  boot,
-  missingInOrder,
-  guestNetArgs,
-  repoRoot,
-  timeline,
-  buildFleetReleases,
-  bootMedia,
-  stageNodeRoot,
-  FleetServer,
-  HostFs,
-  type FleetBuild,
-} from './harness.js';
+import { e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, bootMedia, stageNodeRoot, HostFs } from './harness.js';
+import { useFleetServer } from './fleet-fixture.js';
 import { HEALTHY_CHECKS } from './upgrade-story.js';
 
 const unavailable =
@@ -79,33 +66,22 @@ $C status --json | sed 's/^/IBU-E2E status /'
 `;
 
 describe('adopt in QEMU: bookworm machines installed the ordinary way move onto images', { skip: unavailable ?? false }, () => {
-  let work = '';
-  let b: FleetBuild;
-  let server: FleetServer;
+  const fleet = useFleetServer('ibu-e2e-adopt-');
   let nodeRoot = '';
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-adopt-'));
-    b = await buildFleetReleases(work);
-    server = await new FleetServer(b.store, path.join(work, 'server.log')).start();
-    const { kit, initrd } = await bootMedia(work);
-    nodeRoot = path.join(work, 'node-root');
+    const { kit, initrd } = await bootMedia(fleet.work);
+    nodeRoot = path.join(fleet.work, 'node-root');
     await stageNodeRoot(nodeRoot, { version: 'conventional', kit, initrd });
-  });
-
-  after(async () => {
-    await server?.stop();
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
   });
 
   /** A conventional disk for `name`, enrolled on the server, with the agent staged and adoption requested. */
   async function machine(name: string, fw: 'efi' | 'bios', health: unknown[]): Promise<{ disk: string; root: HostFs }> {
-    const disk = path.join(work, `${name}.img`);
+    const disk = path.join(fleet.work, `${name}.img`);
     const out = (await run('bash', [path.join(repoRoot(), 'test/e2e/make-conventional-disk.sh'), '--firmware', fw, '--out', disk])).stdout;
     const offset = Number(/ROOT_OFFSET=(\d+)/.exec(out)?.[1]);
-    const token = await server.enroll(name);
-    const mnt = path.join(work, `mnt-${name}`);
+    const token = await fleet.server.enroll(name);
+    const mnt = path.join(fleet.work, `mnt-${name}`);
     await fsp.mkdir(mnt);
     const loop = (await run('losetup', ['--find', '--show', '--offset', String(offset), disk])).stdout.trim();
     try {
@@ -114,7 +90,7 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
         await run('bash', [path.join(repoRoot(), 'test/e2e/stage-conventional.sh'), mnt, nodeRoot]);
         const e2e = path.join(mnt, 'ibu-e2e');
         await fsp.mkdir(path.join(e2e, 'keyring'), { recursive: true });
-        await fsp.copyFile(path.join(b.keys, 'signing.pub'), path.join(e2e, 'keyring/signing.pub'));
+        await fsp.copyFile(path.join(fleet.build.keys, 'signing.pub'), path.join(e2e, 'keyring/signing.pub'));
         const common = {
           server: { url: 'http://10.0.2.100', deviceId: name, token },
           channel: 'stable',
@@ -161,16 +137,16 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
     } finally {
       await run('losetup', ['-d', loop]);
     }
-    return { disk, root: new HostFs(disk, offset, work) };
+    return { disk, root: new HostFs(disk, offset, fleet.work) };
   }
 
   async function runMachine(name: string, fw: 'efi' | 'bios', disk: string, patterns: RegExp[]): Promise<string> {
     const res = await boot({
       disk,
       firmware: fw === 'efi' ? 'uefi' : 'bios',
-      logFile: path.join(work, `${name}.log`),
+      logFile: path.join(fleet.work, `${name}.log`),
       memMiB: 1024,
-      extra: guestNetArgs(server.port),
+      extra: guestNetArgs(fleet.server.port),
       timeoutMs: 1_800_000,
       stuckOn: [/\(initramfs\)|can't access tty|Give root password for maintenance|Dropping to a shell/],
     });
@@ -183,7 +159,7 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
   }
 
   async function envOf(root: HostFs) {
-    const dir = await fsp.mkdtemp(path.join(work, 'env-'));
+    const dir = await fsp.mkdtemp(path.join(fleet.work, 'env-'));
     try {
       for (const f of ['grubenv', 'grubenv.bak']) await root.debugfs(`dump /boot/ibu/${f} ${path.join(dir, f)}`);
       return await new GrubBootloader({ dir }).read();
@@ -216,10 +192,10 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
         /### ibu: boot \/images[\s\S]*menuentry 'Debian GNU\/Linux'/,
         'update-grub put it before the Debian entries',
       );
-      const rec = await server.deviceRecord(name);
+      const rec = await fleet.server.deviceRecord(name);
       assert.deepEqual([rec.version, rec.committedVersion, rec.state], ['1.0', '1.0', 'committed']);
       // migrated into the image: read it out of the root fs and look inside
-      const img = path.join(work, `${name}-1.0.img`);
+      const img = path.join(fleet.work, `${name}-1.0.img`);
       await root.debugfs(`dump /images/1.0.img ${img}`);
       const cat = async (p: string) => (await run('debugfs', ['-R', `cat ${p}`, img])).stdout;
       assert.match(await cat('/etc/passwd'), /^alice:x:1000:/m);
@@ -236,9 +212,9 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
     const cut = await boot({
       disk,
       firmware: 'bios',
-      logFile: path.join(work, `${name}-1.log`),
+      logFile: path.join(fleet.work, `${name}-1.log`),
       memMiB: 1024,
-      extra: guestNetArgs(server.port),
+      extra: guestNetArgs(fleet.server.port),
       timeoutMs: 1_800_000,
       killOn: /crash-point \d+ step download/,
     });
@@ -268,11 +244,11 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
     ]);
     const st = await envOf(root);
     assert.deepEqual([st.defaultImage, st.tryImage, st.adopted ?? null], [null, null, '1.0']);
-    const rec = await server.deviceRecord(name);
+    const rec = await fleet.server.deviceRecord(name);
     assert.equal(rec.lastErrorCode, 'HEALTH_CHECK_FAILED');
     assert.ok(
-      server.events(name).some((e) => e.type === 'upgrade-failed' && e.errorCode === 'HEALTH_CHECK_FAILED'),
-      JSON.stringify(server.events(name)),
+      fleet.server.events(name).some((e) => e.type === 'upgrade-failed' && e.errorCode === 'HEALTH_CHECK_FAILED'),
+      JSON.stringify(fleet.server.events(name)),
     );
     assert.ok(await root.readFile('/home/alice/.bashrc'), 'the conventional system and its files are all there');
   });

@@ -18,11 +18,10 @@
  *   the device reboots into 1.0 with its grubenv as built (but for GRUB's boot counter).
  * Sizes are computed from the manifests and the built host fs, never guessed; no timing is asserted.
  */
-import { test, describe, before, after } from 'node:test';
+import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { promises as fsp, existsSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { compress, decompress } from 'zstd-napi';
 import { bytesToAllocate } from '../../src/agent/disk-policy.js';
@@ -37,13 +36,12 @@ import {
   guestNetArgs,
   repoRoot,
   timeline,
-  buildFleetReleases,
   FleetServer,
   makeFleetDevice,
-  type FleetBuild,
   type HostFs,
   type BootResult,
 } from './harness.js';
+import { useFleetServer } from './fleet-fixture.js';
 
 /**
  * What the agent owns in both env copies: every variable but GRUB's boot counting (ibu_attempt,
@@ -65,30 +63,17 @@ const RESERVE = 64 * 1024 * 1024;
 const MiB = 1048576;
 
 describe('agent on a QEMU device: power cuts, a full disk, tampered downloads', { skip: unavailable ?? false }, () => {
-  let work = '';
-  let b: FleetBuild;
-  let server: FleetServer;
+  const fleet = useFleetServer('ibu-e2e-fail-');
   let m1: Manifest;
   let m2: Manifest;
-  let tampered: FleetServer | undefined;
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-fail-'));
-    b = await buildFleetReleases(work);
-    server = await new FleetServer(b.store, path.join(work, 'server.log')).start();
-    m1 = parseManifestUnverified(await fsp.readFile(path.join(b.store, manifestPath('1.0'))));
-    m2 = parseManifestUnverified(await fsp.readFile(path.join(b.store, manifestPath('2.0'))));
-  });
-
-  after(async () => {
-    await server?.stop();
-    await tampered?.stop();
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    m1 = parseManifestUnverified(await fsp.readFile(path.join(fleet.build.store, manifestPath('1.0'))));
+    m2 = parseManifestUnverified(await fsp.readFile(path.join(fleet.build.store, manifestPath('2.0'))));
   });
 
   async function runDevice(name: string, disk: string, extra: string[], killOn?: RegExp): Promise<BootResult> {
-    const res = await boot({ disk, logFile: path.join(work, `${name}.log`), memMiB: 1024, extra, timeoutMs: 1_200_000, killOn });
+    const res = await boot({ disk, logFile: path.join(fleet.work, `${name}.log`), memMiB: 1024, extra, timeoutMs: 1_200_000, killOn });
     console.log(`${name}: ${timeline(res.log)}${res.killedOn ? ` | power cut on: ${res.killedOn}` : ''}`);
     return res;
   }
@@ -137,7 +122,12 @@ find /host/images | sed 's/^/IBU-E2E file /'
 
   test('(d, e1) power cut as the download starts and right after the try flag is written: 1.0, then the 2.0 trial boot, commit; 0.9 deleted by the disk policy to make room', async () => {
     const name = 'vm-d';
-    const { disk, host } = await makeFleetDevice(b, server, { name, runSh: CUT_RUN, health: HEALTHY, extraImages: { '0.9': b.img1 } });
+    const { disk, host } = await makeFleetDevice(fleet.build, fleet.server, {
+      name,
+      runSh: CUT_RUN,
+      health: HEALTHY,
+      extraImages: { '0.9': fleet.build.img1 },
+    });
     // e1 sizing: without 0.9 the download must not fit (free < needed + reserve), with 0.9 gone it
     // must, with half of 0.9's blocks as the margin on either side.
     const needed = bytesToAllocate(m2.chunks, 4096);
@@ -152,7 +142,7 @@ find /host/images | sed 's/^/IBU-E2E file /'
     const envBuilt = await agentEnv(host);
 
     // run 1: power cut as the agent enters its download step (the disk policy ran just before)
-    const r1 = await runDevice(`${name}-1`, disk, guestNetArgs(server.port), /crash-point \d+ step download/);
+    const r1 = await runDevice(`${name}-1`, disk, guestNetArgs(fleet.server.port), /crash-point \d+ step download/);
     assert.ok(r1.killedOn, `${name}-1: the agent never reached its download step\n${r1.log.split('\n').slice(-60).join('\n')}`);
     expectLog(`${name}-1`, r1, [
       /ibu: default_image=1\.0 try= boot=1\.0 trial=0/,
@@ -178,7 +168,7 @@ find /host/images | sed 's/^/IBU-E2E file /'
     }
 
     // run 2: prepare resumes and completes; apply; power cut right after the try flag is recorded
-    const r2 = await runDevice(`${name}-2`, disk, guestNetArgs(server.port), /crash-point \d+ step reboot/);
+    const r2 = await runDevice(`${name}-2`, disk, guestNetArgs(fleet.server.port), /crash-point \d+ step reboot/);
     assert.ok(r2.killedOn, `${name}-2: the agent never got to its reboot step\n${r2.log.split('\n').slice(-60).join('\n')}`);
     expectLog(`${name}-2`, r2, [
       /ibu: default_image=1\.0 try= boot=1\.0 trial=0/,
@@ -207,7 +197,7 @@ find /host/images | sed 's/^/IBU-E2E file /'
     }
 
     // run 3: GRUB boots the trial; confirm commits and reports
-    const r3 = await runDevice(`${name}-3`, disk, guestNetArgs(server.port));
+    const r3 = await runDevice(`${name}-3`, disk, guestNetArgs(fleet.server.port));
     expectLog(`${name}-3`, r3, [
       /ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/,
       /IBU-E2E RUNNING version=2\.0 trial=1/,
@@ -224,12 +214,12 @@ find /host/images | sed 's/^/IBU-E2E file /'
     assert.equal(await sha256Of(host, '/images/2.0.img'), m2.image.sha256);
     const j = await journalOf(host);
     assert.deepEqual([j.state, j.target?.version, j.lastError], ['committed', '2.0', null]);
-    assert.deepEqual(await server.deviceRecord(name), { version: '2.0', committedVersion: '2.0', state: 'committed', trial: false, lastErrorCode: null });
-    assert.deepEqual(server.events(name), [
+    assert.deepEqual(await fleet.server.deviceRecord(name), { version: '2.0', committedVersion: '2.0', state: 'committed', trial: false, lastErrorCode: null });
+    assert.deepEqual(fleet.server.events(name), [
       { type: 'apply-started', from: '1.0', to: '2.0', errorCode: null },
       { type: 'upgrade-succeeded', from: '1.0', to: '2.0', errorCode: null },
     ]);
-    const served = await server.statusesFor('/v1/deltas/1.0/2.0');
+    const served = await fleet.server.statusesFor('/v1/deltas/1.0/2.0');
     assert.ok(
       served.some((s) => s === 200 || s === 206),
       `the delta was served (statuses ${served.join(',')})`,
@@ -241,14 +231,14 @@ find /host/images | sed 's/^/IBU-E2E file /'
    * only 2.0 has tampered with after publishing (a compromised mirror or bit rot).
    */
   async function tamperedServer(): Promise<{ server: FleetServer; deltaFlipAt: number; chunks: string[] }> {
-    const data = path.join(work, 'store-tampered');
+    const data = path.join(fleet.work, 'store-tampered');
     await fsp.mkdir(data);
-    for (const entry of await fsp.readdir(b.store)) {
+    for (const entry of await fsp.readdir(fleet.build.store)) {
       // the release side only: the running server's cache and databases stay its own
       if (entry === 'cache' || entry.includes('.sqlite')) continue;
-      await fsp.cp(path.join(b.store, entry), path.join(data, entry), { recursive: true });
+      await fsp.cp(path.join(fleet.build.store, entry), path.join(data, entry), { recursive: true });
     }
-    const s = await new FleetServer(data, path.join(work, 'server-tampered.log')).start();
+    const s = await new FleetServer(data, path.join(fleet.work, 'server-tampered.log')).start();
     // the delta as the server builds and caches it
     let delta: Buffer | null = null;
     for (let i = 0; i < 600 && !delta; i++) {
@@ -283,7 +273,7 @@ find /host/images | sed 's/^/IBU-E2E file /'
   test('(e2, f) host fs too full: NO_SPACE, nothing broken; then a tampered delta and tampered chunks are refused; the device stays on 1.0', async () => {
     const name = 'vm-ef';
     const t = await tamperedServer();
-    tampered = t.server;
+    fleet.alsoStop(t.server);
     const tokenF = await t.server.enroll(name);
     const runSh = `
 F="node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent-f.json"
@@ -302,7 +292,7 @@ if [ ! -e /host/ibu-e2e/phases-done ]; then
 fi
 $C status --json | sed 's/^/IBU-E2E status /'
 `;
-    const { disk, host } = await makeFleetDevice(b, server, {
+    const { disk, host } = await makeFleetDevice(fleet.build, fleet.server, {
       name,
       runSh,
       health: HEALTHY,
@@ -316,7 +306,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     assert.ok(left < required, `filler sizing: ${left} free, ${required} required`);
     const envBuilt = await agentEnv(host);
 
-    const r = await runDevice(name, disk, guestNetArgs(server.port, { '10.0.2.101': t.server.port }));
+    const r = await runDevice(name, disk, guestNetArgs(fleet.server.port, { '10.0.2.101': t.server.port }));
     expectLog(name, r, [
       /ibu: default_image=1\.0 try= boot=1\.0 trial=0/,
       /IBU-E2E phase e2/,
@@ -363,9 +353,9 @@ $C status --json | sed 's/^/IBU-E2E status /'
     const j = await journalOf(host);
     assert.deepEqual([j.target?.version, j.lastError?.code], ['2.0', 'CHUNK_INVALID'], 'the journal names the refused target and why');
     // the servers' records: NO_SPACE on the first, CHUNK_INVALID on the tampered one
-    assert.deepEqual(server.events(name), [{ type: 'prepare-failed', from: '1.0', to: '2.0', errorCode: 'NO_SPACE' }]);
+    assert.deepEqual(fleet.server.events(name), [{ type: 'prepare-failed', from: '1.0', to: '2.0', errorCode: 'NO_SPACE' }]);
     assert.deepEqual(t.server.events(name), [{ type: 'prepare-failed', from: '1.0', to: '2.0', errorCode: 'CHUNK_INVALID' }]);
-    const rec = await server.deviceRecord(name);
+    const rec = await fleet.server.deviceRecord(name);
     assert.deepEqual([rec.version, rec.committedVersion, rec.lastErrorCode], ['1.0', '1.0', 'NO_SPACE']);
     // (the target was resolved with the first server, so the agent did not check in with the second: it knows the failure only)
     assert.equal((await t.server.deviceRecord(name)).lastErrorCode, 'CHUNK_INVALID');

@@ -14,46 +14,21 @@
  *      too) blocks, sysrq `b` resets; the trial boots by GRUB's try-once, and the agent reports
  *      the escalation (event reboot-stuck) and commits.
  */
-import { describe, test, before, after } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { promises as fsp, existsSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import {
-  e2eUnavailable,
-  boot,
-  missingInOrder,
-  guestNetArgs,
-  repoRoot,
-  timeline,
-  buildFleetReleases,
-  FleetServer,
-  makeFleetDevice,
-  type FleetBuild,
-} from './harness.js';
+import { e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, makeFleetDevice } from './harness.js';
+import { useFleetServer } from './fleet-fixture.js';
 import { HEALTHY_CHECKS } from './upgrade-story.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
 
 describe('switching images by kexec, and a stuck reboot escalated, on a QEMU device', { skip: unavailable ?? false }, () => {
-  let work = '';
-  let b: FleetBuild;
-  let server: FleetServer;
-
-  before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-switch-'));
-    b = await buildFleetReleases(work);
-    server = await new FleetServer(b.store, path.join(work, 'server.log')).start();
-  });
-
-  after(async () => {
-    await server?.stop();
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
-  });
+  const fleet = useFleetServer('ibu-e2e-switch-');
 
   async function runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
-    const res = await boot({ disk, logFile: path.join(work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(server.port), timeoutMs: 1_500_000 });
+    const res = await boot({ disk, logFile: path.join(fleet.work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(fleet.server.port), timeoutMs: 1_500_000 });
     console.log(`${name}: ${timeline(res.log)}`);
     const tail = res.log.split('\n').slice(-80).join('\n');
     assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
@@ -61,7 +36,7 @@ describe('switching images by kexec, and a stuck reboot escalated, on a QEMU dev
     assert.equal(miss, null, `${name}: ${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
     return res.log;
   }
-  const events = (name: string) => server.eventsWithMethod(name);
+  const events = (name: string) => fleet.server.eventsWithMethod(name);
 
   const run = (apply: string, hook = '', before = '') => `
 if [ "$IBU_E2E_VERSION" = 1.0 ] && [ ! -e /host/ibu-e2e/applied ]; then
@@ -86,7 +61,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
   }
 
   test('(k1) kexec into 2.0: a trial without firmware or GRUB, health check, commit', async () => {
-    const { disk, host } = await makeFleetDevice(b, server, {
+    const { disk, host } = await makeFleetDevice(fleet.build, fleet.server, {
       name: 'vm-k1',
       runSh: run('$C apply --now --method kexec'),
       health: HEALTHY_CHECKS,
@@ -117,7 +92,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
 
   test('(k2) the kexec trial panics: the firmware reboot boots the committed 1.0; the rollback is reported', async () => {
     const panic = 'if [ "$IBU_E2E_TRIAL" = 1 ]; then echo "IBU-E2E crashing the kexec trial"; echo c > /proc/sysrq-trigger; sleep 60; fi';
-    const { disk, host } = await makeFleetDevice(b, server, {
+    const { disk, host } = await makeFleetDevice(fleet.build, fleet.server, {
       name: 'vm-k2',
       runSh: run('$C apply --now --method kexec', panic),
       health: HEALTHY_CHECKS,
@@ -165,7 +140,7 @@ dd if=/dev/mapper/stuck of=/dev/null bs=4k count=1 skip=1000 &
 sleep 2
 grep -E '^(Dirty|Writeback):' /proc/meminfo
 echo "IBU-E2E reader $! $(grep State /proc/$!/status)"`;
-    const { disk, host } = await makeFleetDevice(b, server, {
+    const { disk, host } = await makeFleetDevice(fleet.build, fleet.server, {
       name: 'vm-k3',
       runSh: run('$C apply --now', '', stuck),
       health: HEALTHY_CHECKS,

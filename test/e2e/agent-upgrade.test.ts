@@ -14,55 +14,29 @@
  * 2.0 and reports bootenv-repaired. The server sees every event.
  * One build, one store and one server for all; each scenario boots its own disk and device id.
  */
-import { describe, test, before, after } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp, existsSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import {
-  e2eUnavailable,
-  boot,
-  missingInOrder,
-  guestNetArgs,
-  repoRoot,
-  timeline,
-  buildFleetReleases,
-  FleetServer,
-  makeFleetDevice,
-  type FleetBuild,
-  type HostFs,
-} from './harness.js';
+import { e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, makeFleetDevice, type HostFs } from './harness.js';
+import { useFleetServer } from './fleet-fixture.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from './upgrade-story.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
 
 describe('agent on a QEMU device: upgrade through a delta, try-once, health check, commit or fall back', { skip: unavailable ?? false }, () => {
-  let work = '';
-  let b: FleetBuild;
-  let server: FleetServer;
-
-  before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-agent-'));
-    b = await buildFleetReleases(work);
-    server = await new FleetServer(b.store, path.join(work, 'server.log')).start();
-  });
-
-  after(async () => {
-    await server?.stop();
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
-  });
+  const fleet = useFleetServer('ibu-e2e-agent-');
 
   /**
    * A device with 1.0 installed and committed, enrolled as `name`; `runSh` is the script its
    * init runs on every boot (test/e2e/node-init.sh), with $C = upgradectl and its config.
    */
   function device(name: string, runSh: string, health: unknown[]): Promise<{ disk: string; host: HostFs }> {
-    return makeFleetDevice(b, server, { name, runSh, health });
+    return makeFleetDevice(fleet.build, fleet.server, { name, runSh, health });
   }
 
   async function runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
-    const res = await boot({ disk, logFile: path.join(work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(server.port), timeoutMs: 1_500_000 });
+    const res = await boot({ disk, logFile: path.join(fleet.work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(fleet.server.port), timeoutMs: 1_500_000 });
     console.log(`${name}: ${timeline(res.log)}`);
     const tail = res.log.split('\n').slice(-80).join('\n');
     assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
@@ -71,9 +45,9 @@ describe('agent on a QEMU device: upgrade through a delta, try-once, health chec
     return res.log;
   }
 
-  const deviceRecord = (name: string) => server.deviceRecord(name);
+  const deviceRecord = (name: string) => fleet.server.deviceRecord(name);
   /** Events without the error code column (scenarios a-c assert on type and versions). */
-  const events = (name: string) => server.events(name).map(({ type, from, to }) => ({ type, from, to }));
+  const events = (name: string) => fleet.server.events(name).map(({ type, from, to }) => ({ type, from, to }));
 
   // prepare + apply on the first boot of 1.0 only (a marker on the host fs); confirm on every
   // later boot, as upgradectl-confirm.service does; then the state for the log
@@ -102,7 +76,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     assert.deepEqual(await deviceRecord('vm-a'), COMMITTED_RECORD);
     assert.deepEqual(events('vm-a'), UPGRADE_EVENTS);
     // the request log (pino JSON lines): the delta was requested and answered 200
-    const deltaServed = (await server.statusesFor('/v1/deltas/1.0/2.0')).includes(200);
+    const deltaServed = (await fleet.server.statusesFor('/v1/deltas/1.0/2.0')).includes(200);
     assert.ok(deltaServed, 'the server answered GET /v1/deltas/1.0/2.0 with 200');
     committedA = { disk, host };
   });
@@ -163,7 +137,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     const { disk, host } = committedA;
     const RUN = 'C="node /opt/ibu/bin/upgradectl --config /host/ibu-e2e/agent.json"\n';
     const confirmRun = `$C confirm; echo "IBU-E2E confirm exit $?"\n$C status --json | sed 's/^/IBU-E2E status /'\n`;
-    const script = path.join(work, 'run-g.sh');
+    const script = path.join(fleet.work, 'run-g.sh');
     // g1: 2.0 (committed) dies before userspace on every boot, as with a broken initrd.
     const crash = 'if [ "$IBU_E2E_VERSION" = 2.0 ]; then echo "IBU-E2E committed image crashing"; echo c > /proc/sysrq-trigger; sleep 60; fi\n';
     await fsp.writeFile(script, RUN + crash + confirmRun);
@@ -183,7 +157,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     let st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.bad, st.attempt], ['2.0', ['2.0'], null], 'the fallback is not committed; the boot of 1.0 was marked good');
     assert.deepEqual(
-      server
+      fleet.server
         .events('vm-a')
         .slice(2)
         .map((e) => [e.type, e.from, e.to, e.errorCode]),
@@ -201,7 +175,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     ]);
     st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.warnings], ['2.0', []], 'both copies rebuilt, naming the committed 2.0');
-    const later = server
+    const later = fleet.server
       .events('vm-a')
       .slice(3)
       .map((e) => e.type);

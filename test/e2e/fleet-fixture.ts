@@ -1,0 +1,50 @@
+/**
+ * The preamble the fleet e2e suites share (agent-upgrade, agent-failures, agent-switch, adopt):
+ * one work dir, the releases built into it, `ibu serve` over them. No top-level side effects:
+ * the hooks are declared when a suite calls useFleetServer().
+ */
+import { after, before } from 'node:test';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { buildFleetReleases, FleetServer, type FleetBuild } from './harness.js';
+
+/** What a fleet suite works with; the fields are set once its before() ran. */
+export interface FleetFixture {
+  /** The suite's work dir under the system temp dir: logs, disks, the build. */
+  work: string;
+  /** The releases 1.0 and 2.0, published into a store (buildFleetReleases). */
+  build: FleetBuild;
+  /** `ibu serve` over build.store, its log in work/server.log. */
+  server: FleetServer;
+  /** Stops another server the suite started, in after() before the work dir goes. */
+  alsoStop(s: FleetServer): void;
+}
+
+/**
+ * Declares the suite's before() (work dir, buildFleetReleases, the server) and after() (the
+ * servers stop; the work dir is removed unless IBU_E2E_KEEP=1, then its path is printed). Call it
+ * inside describe() before the suite's own hooks: node:test runs hooks in the order declared, so
+ * the suite's before() finds the fixture ready.
+ */
+export function useFleetServer(prefix: string): FleetFixture {
+  const others: FleetServer[] = [];
+  const fx = {
+    work: '',
+    alsoStop(s: FleetServer) {
+      others.push(s);
+    },
+  } as FleetFixture;
+  before(async () => {
+    fx.work = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+    fx.build = await buildFleetReleases(fx.work);
+    fx.server = await new FleetServer(fx.build.store, path.join(fx.work, 'server.log')).start();
+  });
+  after(async () => {
+    await fx.server?.stop();
+    for (const s of others) await s.stop();
+    if (fx.work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(fx.work, { recursive: true, force: true });
+    else if (fx.work) console.log(`e2e work dir kept: ${fx.work}`);
+  });
+  return fx;
+}
