@@ -2,22 +2,10 @@ import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
 import { promises as fsp } from 'node:fs';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
+import { addAdminOptions, type AdminFlags } from './admin-options.js';
 import { parseFactorySecrets } from '../../fleet/factory-secrets.js';
 import { simulate } from '../../fleet/simulator/simulate.js';
 import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
-
-interface Common {
-  server?: string;
-  token?: string;
-  json?: boolean;
-}
-
-function common(cmd: Command): Command {
-  return cmd
-    .option('--server <url>', 'the ibu server (default: IBU_SERVER)')
-    .option('--token <token>', 'admin token (default: IBU_ADMIN_TOKEN)')
-    .option('--json', 'print JSON');
-}
 
 function int(name: string, min: number) {
   return (v: string): number => {
@@ -31,7 +19,7 @@ function int(name: string, min: number) {
 export function registerFleetCommands(program: Command): void {
   const fleet = program.command('fleet').description('the fleet: status, releases on the upgrade path, groups, simulator');
 
-  common(fleet.command('status').description('devices by version, rollouts, problem devices')).action(async (o: Common) => {
+  addAdminOptions(fleet.command('status').description('devices by version, rollouts, problem devices')).action(async (o: AdminFlags) => {
     const s = await FleetAdminClient.fromOptions(o).call<{
       enrolled: number;
       versions: Array<{ version: string; devices: number }>;
@@ -57,7 +45,7 @@ export function registerFleetCommands(program: Command): void {
     process.stdout.write(out.join('\n') + '\n');
   });
 
-  common(
+  addAdminOptions(
     fleet
       .command('release')
       .description("put a release on a channel's upgrade path (or change it), e.g. mark it a mandatory stepping stone")
@@ -66,7 +54,7 @@ export function registerFleetCommands(program: Command): void {
       .option('--mandatory', 'every device must pass through this release')
       .option('--not-mandatory', 'clear the mandatory mark')
       .option('--manifest-url <url>', 'where devices fetch the manifest (default /v1/releases/<v>/manifest)'),
-  ).action(async (o: Common & { version: string; channel?: string; mandatory?: boolean; notMandatory?: boolean; manifestUrl?: string }) => {
+  ).action(async (o: AdminFlags & { version: string; channel?: string; mandatory?: boolean; notMandatory?: boolean; manifestUrl?: string }) => {
     const mandatory = o.mandatory ? true : o.notMandatory ? false : undefined;
     const r = await FleetAdminClient.fromOptions(o).call<ReleaseRecord>('POST', '/v1/admin/fleet/releases', {
       version: o.version,
@@ -77,7 +65,7 @@ export function registerFleetCommands(program: Command): void {
     process.stdout.write((o.json ? JSON.stringify(r) : `${r.channel} ${r.version}${r.mandatory ? ' (mandatory)' : ''}`) + '\n');
   });
 
-  common(
+  addAdminOptions(
     fleet
       .command('group')
       .argument('<name>', 'group name')
@@ -85,7 +73,7 @@ export function registerFleetCommands(program: Command): void {
       .option('--window <json>', 'e.g. \'{"timeZone":"Europe/Berlin","rules":[{"days":[1,2,3,4,5],"start":"01:00","end":"04:00"}]}\' or "none"')
       .option('--max-reboots <n>', 'concurrent reboot leases in the group (0 = unlimited)', int('--max-reboots', 0))
       .option('--lease-ttl <seconds>', 'a reboot lease expires after this long', int('--lease-ttl', 1)),
-  ).action(async (name: string, o: Common & { window?: string; maxReboots?: number; leaseTtl?: number }) => {
+  ).action(async (name: string, o: AdminFlags & { window?: string; maxReboots?: number; leaseTtl?: number }) => {
     let window: unknown;
     if (o.window !== undefined) {
       try {
@@ -107,14 +95,14 @@ export function registerFleetCommands(program: Command): void {
     );
   });
 
-  common(
+  addAdminOptions(
     fleet
       .command('factory-secrets')
       .argument('<file>', 'lines of "<device id> <sha256 hex of its secret>"')
       .description('import per-device one-time factory secrets (only their hashes): each id may enroll once with its own secret')
       .option('--group <name>', 'group the devices join (default: the fleet default)')
       .option('--channel <name>', 'channel the devices join (default: the fleet default)'),
-  ).action(async (file: string, o: Common & { group?: string; channel?: string }) => {
+  ).action(async (file: string, o: AdminFlags & { group?: string; channel?: string }) => {
     const devices = parseFactorySecrets(await fsp.readFile(file, 'utf8'));
     const client = FleetAdminClient.fromOptions(o);
     let added = 0;
@@ -126,12 +114,12 @@ export function registerFleetCommands(program: Command): void {
     process.stdout.write((o.json ? JSON.stringify({ added }) : `${added} factory secrets imported`) + '\n');
   });
 
-  common(
+  addAdminOptions(
     fleet
       .command('reset-identity')
       .argument('<id>', 'device id')
       .description("forget a device's key and revoke its token (replaced disk, stolen device); it enrolls again like a new device"),
-  ).action(async (id: string, o: Common) => {
+  ).action(async (id: string, o: AdminFlags) => {
     const d = await FleetAdminClient.fromOptions(o).call<{ id: string }>('POST', `/v1/admin/fleet/devices/${encodeURIComponent(id)}/reset-identity`);
     process.stdout.write((o.json ? JSON.stringify(d) : `${d.id}: key forgotten, token revoked; it must enroll again`) + '\n');
   });

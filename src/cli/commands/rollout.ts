@@ -2,19 +2,7 @@ import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
 import type { RolloutView } from '../../fleet/fleet.js';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
-
-interface Common {
-  server?: string;
-  token?: string;
-  json?: boolean;
-}
-
-function common(cmd: Command): Command {
-  return cmd
-    .option('--server <url>', 'the ibu server (default: IBU_SERVER)')
-    .option('--token <token>', 'admin token (default: IBU_ADMIN_TOKEN)')
-    .option('--json', 'print JSON');
-}
+import { addAdminOptions, type AdminFlags } from './admin-options.js';
 
 function ratio(name: string) {
   return (v: string): number => {
@@ -53,7 +41,7 @@ export function formatRollout(r: RolloutView): string {
   return lines.join('\n');
 }
 
-function print(o: Common, value: unknown, text: () => string): void {
+function print(o: AdminFlags, value: unknown, text: () => string): void {
   process.stdout.write((o.json ? JSON.stringify(value) : text()) + '\n');
 }
 
@@ -61,17 +49,17 @@ function print(o: Common, value: unknown, text: () => string): void {
 export function registerRolloutCommands(program: Command): void {
   const rollout = program.command('rollout').description('staged rollouts on an ibu server (admin API, needs the admin token)');
 
-  common(rollout.command('list').description('all rollouts with their waves and progress')).action(async (o: Common) => {
+  addAdminOptions(rollout.command('list').description('all rollouts with their waves and progress')).action(async (o: AdminFlags) => {
     const list = await FleetAdminClient.fromOptions(o).call<RolloutView[]>('GET', '/v1/admin/fleet/rollouts');
     print(o, list, () => (list.length ? list.map(formatRollout).join('\n') : 'no rollouts'));
   });
 
-  common(rollout.command('show').argument('<id>', 'rollout id', id).description('one rollout')).action(async (rid: number, o: Common) => {
+  addAdminOptions(rollout.command('show').argument('<id>', 'rollout id', id).description('one rollout')).action(async (rid: number, o: AdminFlags) => {
     const r = await FleetAdminClient.fromOptions(o).call<RolloutView>('GET', `/v1/admin/fleet/rollouts/${rid}`);
     print(o, r, () => formatRollout(r));
   });
 
-  common(
+  addAdminOptions(
     rollout
       .command('start')
       .description('start a staged rollout of a release known to the fleet')
@@ -87,7 +75,7 @@ export function registerRolloutCommands(program: Command): void {
       .option('--min-wave-seconds <seconds>', 'keep each wave open at least this long', count('--min-wave-seconds')),
   ).action(
     async (
-      o: Common & {
+      o: AdminFlags & {
         version: string;
         channel?: string;
         waves?: string;
@@ -126,7 +114,7 @@ export function registerRolloutCommands(program: Command): void {
   for (const verb of ['pause', 'resume', 'abort'] as const) {
     const cmd = rollout.command(verb).argument('<id>', 'rollout id', id).description(`${verb} a rollout`);
     if (verb !== 'resume') cmd.option('--reason <text>', 'why (shown on the dashboard)');
-    common(cmd).action(async (rid: number, o: Common & { reason?: string }) => {
+    addAdminOptions(cmd).action(async (rid: number, o: AdminFlags & { reason?: string }) => {
       const r = await FleetAdminClient.fromOptions(o).call<RolloutView>(
         'POST',
         `/v1/admin/fleet/rollouts/${rid}/${verb}`,
