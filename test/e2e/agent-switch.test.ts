@@ -18,7 +18,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, makeFleetDevice } from './harness.js';
+import { e2eUnavailable, repoRoot, makeFleetDevice } from './harness.js';
 import { useFleetServer } from './fleet-fixture.js';
 import { HEALTHY_CHECKS } from './upgrade-story.js';
 
@@ -27,15 +27,6 @@ const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/
 describe('switching images by kexec, and a stuck reboot escalated, on a QEMU device', { skip: unavailable ?? false }, () => {
   const fleet = useFleetServer('ibu-e2e-switch-');
 
-  async function runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
-    const res = await boot({ disk, logFile: path.join(fleet.work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(fleet.server.port), timeoutMs: 1_500_000 });
-    console.log(`${name}: ${timeline(res.log)}`);
-    const tail = res.log.split('\n').slice(-80).join('\n');
-    assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
-    const miss = missingInOrder(res.log, patterns);
-    assert.equal(miss, null, `${name}: ${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
-    return res.log;
-  }
   const events = (name: string) => fleet.server.eventsWithMethod(name);
 
   const run = (apply: string, hook = '', before = '') => `
@@ -67,7 +58,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
       health: HEALTHY_CHECKS,
       agentConfig: KEXEC,
     });
-    const log = await runDevice('vm-k1', disk, [
+    const log = await fleet.runDevice('vm-k1', disk, [
       /IBU-E2E prepare exit 0/,
       /switch into 2\.0 by kexec \(asked: kexec\): kexec is available/,
       /kexec loaded 2\.0: root=UUID=\S+ loop=\/images\/2\.0\.img boot=ibu ro panic=5 .*ibu\.version=2\.0 ibu\.trial=1/,
@@ -98,7 +89,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
       health: HEALTHY_CHECKS,
       agentConfig: KEXEC,
     });
-    const log = await runDevice('vm-k2', disk, [
+    const log = await fleet.runDevice('vm-k2', disk, [
       /IBU-E2E prepare exit 0/,
       /rebooting \(kexec\): kexec -e/,
       /IBU-E2E RUNNING version=2\.0 trial=1/,
@@ -146,7 +137,7 @@ echo "IBU-E2E reader $! $(grep State /proc/$!/status)"`;
       health: HEALTHY_CHECKS,
       agentConfig: { reboot: { command: ['sh', '-c', 'sync && reboot -f'], forceCommand: ['reboot', '-f'], forceAfterSeconds: 10, sysrqAfterSeconds: 10 } },
     });
-    await runDevice('vm-k3', disk, [
+    await fleet.runDevice('vm-k3', disk, [
       /IBU-E2E prepare exit 0/,
       /State:\s+SUSPENDED/,
       /IBU-E2E reader \d+ State:\s+D \(disk sleep\)/,

@@ -18,7 +18,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp, existsSync } from 'node:fs';
 import path from 'node:path';
-import { e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, makeFleetDevice, type HostFs } from './harness.js';
+import { e2eUnavailable, repoRoot, makeFleetDevice, type HostFs } from './harness.js';
 import { useFleetServer } from './fleet-fixture.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from './upgrade-story.js';
 
@@ -33,16 +33,6 @@ describe('agent on a QEMU device: upgrade through a delta, try-once, health chec
    */
   function device(name: string, runSh: string, health: unknown[]): Promise<{ disk: string; host: HostFs }> {
     return makeFleetDevice(fleet.build, fleet.server, { name, runSh, health });
-  }
-
-  async function runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
-    const res = await boot({ disk, logFile: path.join(fleet.work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(fleet.server.port), timeoutMs: 1_500_000 });
-    console.log(`${name}: ${timeline(res.log)}`);
-    const tail = res.log.split('\n').slice(-80).join('\n');
-    assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
-    const miss = missingInOrder(res.log, patterns);
-    assert.equal(miss, null, `${name}: ${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
-    return res.log;
   }
 
   const deviceRecord = (name: string) => fleet.server.deviceRecord(name);
@@ -69,7 +59,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
 
   test('(a) 1.0 -> 2.0 through a delta: trial boot, health check, commit; the server records success', async () => {
     const { disk, host } = await device('vm-a', STANDARD_RUN.replace('PANIC_HOOK', ''), HEALTHY);
-    await runDevice('vm-a', disk, [...UPGRADE_STORY]);
+    await fleet.runDevice('vm-a', disk, [...UPGRADE_STORY]);
     const st = await host.bootState();
     assert.deepEqual([st.defaultImage, st.tryImage], ['2.0', null], 'committed on the disk');
     assert.ok(await host.readFile('/images/2.0.img'), '2.0 installed');
@@ -85,7 +75,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     // the crash comes before any health check could run, as with a broken kernel or init
     const panic = 'if [ "$IBU_E2E_TRIAL" = 1 ]; then echo "IBU-E2E crashing the trial boot"; echo c > /proc/sysrq-trigger; sleep 60; fi';
     const { disk, host } = await device('vm-b', STANDARD_RUN.replace('PANIC_HOOK', panic), HEALTHY);
-    const log = await runDevice('vm-b', disk, [
+    const log = await fleet.runDevice('vm-b', disk, [
       /IBU-E2E prepare exit 0/,
       /ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/,
       /IBU-E2E crashing the trial boot/,
@@ -112,7 +102,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     // healthy only on 1.0: the check reads the image's own version file
     const health = [{ name: 'marker', command: ['sh', '-c', 'test "$(cat /etc/ibu-e2e/version)" = 1.0'], timeoutSeconds: 5 }];
     const { disk, host } = await device('vm-c', STANDARD_RUN.replace('PANIC_HOOK', ''), health);
-    await runDevice('vm-c', disk, [
+    await fleet.runDevice('vm-c', disk, [
       /IBU-E2E prepare exit 0/,
       /ibu: default_image=1\.0 try=2\.0 boot=2\.0 trial=1/,
       /IBU-E2E RUNNING version=2\.0 trial=1/,
@@ -142,7 +132,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     const crash = 'if [ "$IBU_E2E_VERSION" = 2.0 ]; then echo "IBU-E2E committed image crashing"; echo c > /proc/sysrq-trigger; sleep 60; fi\n';
     await fsp.writeFile(script, RUN + crash + confirmRun);
     await host.putFile('/ibu-e2e/run.sh', script);
-    await runDevice('vm-a-g1', disk, [
+    await fleet.runDevice('vm-a-g1', disk, [
       /ibu: booting image 2\.0 \(trial=0\), boot x of xx/,
       /Kernel panic - not syncing/,
       /ibu: booting image 2\.0 \(trial=0\), boot xx of xx/,
@@ -167,7 +157,7 @@ $C status --json | sed 's/^/IBU-E2E status /'
     await fsp.writeFile(script, RUN + confirmRun);
     await host.putFile('/ibu-e2e/run.sh', script);
     for (const f of ['/boot/grub/grubenv', '/boot/grub/grubenv.bak']) await host.writeInPlace(f, Buffer.alloc(1024, 0x5a));
-    await runDevice('vm-a-g2', disk, [
+    await fleet.runDevice('vm-a-g2', disk, [
       /ibu: no valid boot environment/,
       /IBU-E2E RUNNING version=(1|2)\.0 trial=0/,
       /bootenv-repaired: Both copies of the boot environment were unusable .* rebuilt with default_image=2\.0 \(the committed image the agent last saw\)/,

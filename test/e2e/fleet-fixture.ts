@@ -4,10 +4,11 @@
  * the hooks are declared when a suite calls useFleetServer().
  */
 import { after, before } from 'node:test';
+import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { buildFleetReleases, FleetServer, type FleetBuild } from './harness.js';
+import { boot, buildFleetReleases, FleetServer, guestNetArgs, missingInOrder, timeline, type FleetBuild } from './harness.js';
 
 /** What a fleet suite works with; the fields are set once its before() ran. */
 export interface FleetFixture {
@@ -19,6 +20,11 @@ export interface FleetFixture {
   server: FleetServer;
   /** Stops another server the suite started, in after() before the work dir goes. */
   alsoStop(s: FleetServer): void;
+  /**
+   * Boots a device's disk once (QEMU, 1 GiB, the server at 10.0.2.100), its serial log in
+   * work/NAME.log, and asserts that it finished and that its log holds `patterns` in order.
+   */
+  runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string>;
 }
 
 /**
@@ -33,6 +39,15 @@ export function useFleetServer(prefix: string): FleetFixture {
     work: '',
     alsoStop(s: FleetServer) {
       others.push(s);
+    },
+    async runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
+      const res = await boot({ disk, logFile: path.join(fx.work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(fx.server.port), timeoutMs: 1_500_000 });
+      console.log(`${name}: ${timeline(res.log)}`);
+      const tail = res.log.split('\n').slice(-80).join('\n');
+      assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
+      const miss = missingInOrder(res.log, patterns);
+      assert.equal(miss, null, `${name}: ${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
+      return res.log;
     },
   } as FleetFixture;
   before(async () => {
