@@ -8,7 +8,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
@@ -27,6 +26,7 @@ import {
   timeline,
   type BootResult,
 } from './harness.js';
+import { makeWorkDir, removeWorkDir } from './work-dir.js';
 
 const unavailable = e2eUnavailable();
 const IMG_MIB = 40;
@@ -40,7 +40,7 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
   const variants: Record<string, string> = {};
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-boot-'));
+    work = await makeWorkDir('ibu-e2e-boot-');
     const { kit, initrd, efi } = await bootMedia(work);
     const stage = path.join(work, 'stage');
     const imgDir = path.join(work, 'variants');
@@ -75,8 +75,7 @@ describe('boot chain: GRUB loopback, try-once, fallback, initramfs loop=', { ski
   });
 
   after(async () => {
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    await removeWorkDir(work);
   });
 
   /** Fresh disk; `tryImage` set the way the agent's apply does; image 2 replaced or removed. */

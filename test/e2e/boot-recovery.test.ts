@@ -9,7 +9,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
@@ -29,6 +28,7 @@ import {
   TEST_BOOT_TRIES,
   type BootResult,
 } from './harness.js';
+import { makeWorkDir, removeWorkDir } from './work-dir.js';
 
 const unavailable = e2eUnavailable();
 const IMG_MIB = 40;
@@ -42,7 +42,7 @@ describe('boot recovery: one damaged file never leaves the device stuck', { skip
   const v: Record<string, string> = {};
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-recovery-'));
+    work = await makeWorkDir('ibu-e2e-recovery-');
     const { kit, initrd, efi } = await bootMedia(work);
     const stage = path.join(work, 'stage');
     const dir = path.join(work, 'variants');
@@ -81,8 +81,7 @@ describe('boot recovery: one damaged file never leaves the device stuck', { skip
   });
 
   after(async () => {
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    await removeWorkDir(work);
   });
 
   /** A fresh copy of the working disk, then the damage. */

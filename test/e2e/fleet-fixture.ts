@@ -5,10 +5,9 @@
  */
 import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { boot, buildFleetReleases, FleetServer, guestNetArgs, missingInOrder, timeline, type FleetBuild } from './harness.js';
+import { makeWorkDir, removeWorkDir } from './work-dir.js';
 
 /** What a fleet suite works with; the fields are set once its before() ran. */
 export interface FleetFixture {
@@ -51,15 +50,14 @@ export function useFleetServer(prefix: string): FleetFixture {
     },
   } as FleetFixture;
   before(async () => {
-    fx.work = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+    fx.work = await makeWorkDir(prefix);
     fx.build = await buildFleetReleases(fx.work);
     fx.server = await new FleetServer(fx.build.store, path.join(fx.work, 'server.log')).start();
   });
   after(async () => {
     await fx.server?.stop();
     for (const s of others) await s.stop();
-    if (fx.work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(fx.work, { recursive: true, force: true });
-    else if (fx.work) console.log(`e2e work dir kept: ${fx.work}`);
+    await removeWorkDir(fx.work);
   });
   return fx;
 }

@@ -9,7 +9,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp, existsSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import {
@@ -28,6 +27,7 @@ import {
   truncateAfterKernel,
   repoRoot,
 } from './harness.js';
+import { makeWorkDir, removeWorkDir } from './work-dir.js';
 import { appendVerityTree } from '../../src/image/verity.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync('/usr/sbin/mkinitramfs') ? null : 'mkinitramfs is missing: install initramfs-tools-core');
@@ -40,7 +40,7 @@ describe('initramfs-tools hook and boot=ibu script', { skip: unavailable ?? fals
   let rootHash3 = '';
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-itools-'));
+    work = await makeWorkDir('ibu-e2e-itools-');
     const kit = await kernelKit();
     const initrd = path.join(work, 'initrd.img');
     await run('bash', [path.join(repoRoot(), 'test/e2e/mkinitramfs-tools.sh'), kit.kernelDir, kit.kver, initrd]);
@@ -77,8 +77,7 @@ describe('initramfs-tools hook and boot=ibu script', { skip: unavailable ?? fals
   });
 
   after(async () => {
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    await removeWorkDir(work);
   });
 
   test('mkinitramfs output boots /images/1.img with boot=ibu, host at /host', async () => {

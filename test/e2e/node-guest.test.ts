@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import {
   e2eUnavailable,
@@ -25,6 +24,7 @@ import {
   guestNetArgs,
   repoRoot,
 } from './harness.js';
+import { makeWorkDir, removeWorkDir } from './work-dir.js';
 import { existsSync } from 'node:fs';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/upgradectl.js')) ? null : 'dist/ is not built (npm run build)');
@@ -35,7 +35,7 @@ describe('guest userland: node and upgradectl inside a booted image, host reache
   const seen: string[] = [];
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-node-'));
+    work = await makeWorkDir('ibu-e2e-node-');
     server = http.createServer((req, res) => {
       seen.push(`${req.method} ${req.url}`);
       res.setHeader('content-type', 'text/plain');
@@ -46,8 +46,7 @@ describe('guest userland: node and upgradectl inside a booted image, host reache
 
   after(async () => {
     server?.close();
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    await removeWorkDir(work);
   });
 
   test('upgradectl --help runs in the guest; node fetches from the host through the guestfwd only', async () => {

@@ -16,7 +16,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import { appendVerityTree, type VerityInfo } from '../../src/image/verity.js';
@@ -37,6 +36,7 @@ import {
   timeline,
   type BootResult,
 } from './harness.js';
+import { makeWorkDir, removeWorkDir } from './work-dir.js';
 
 const unavailable = e2eUnavailable();
 const IMG_MIB = 64;
@@ -51,7 +51,7 @@ describe('dm-verity root and read-only image in QEMU (busybox initramfs)', { ski
   let verity: VerityInfo;
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-verity-'));
+    work = await makeWorkDir('ibu-e2e-verity-');
     const kit = await kernelKit();
     const initrd = path.join(work, 'initrd.img');
     await buildInitramfs(kit, initrd, [], { verity: true });
@@ -108,8 +108,7 @@ describe('dm-verity root and read-only image in QEMU (busybox initramfs)', { ski
   });
 
   after(async () => {
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    await removeWorkDir(work);
   });
 
   async function bootAndExpect(name: string, patterns: RegExp[]): Promise<BootResult> {
