@@ -13,9 +13,9 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { createServer } from '../../src/server/app.js';
 import type { Manifest } from '../../src/release/types.js';
 import { cli, makeDevice } from './device.js';
+import { storeServer } from './store-server.js';
 
 const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/nginx-cdn.sh');
 
@@ -39,18 +39,8 @@ async function req(url: string, headers: Record<string, string> = {}, method = '
 test('through nginx: chunks and deltas cached, 202 not, ranges and resume, and a device upgrades', async (t) => {
   if (process.getuid?.() !== 0) return t.skip('nginx-cdn.sh installs and runs nginx as root');
   const dev = await makeDevice({ running: '1.0', releases: [{ version: '1.0' }, { version: '2.0' }] });
-  const secretBefore = process.env.IBU_ENROLLMENT_SECRET;
-  process.env.IBU_ENROLLMENT_SECRET = 'enroll-me';
   const cdnDir = path.join(dev.dir, 'cdn');
-  const srv = await createServer({
-    dataDir: dev.storeDir,
-    adminToken: 'admin-token',
-    workers: 1,
-    retryAfterSeconds: 1,
-    precompute: 0,
-    rescanIntervalMs: 0,
-    logger: false,
-  });
+  const { srv, close } = await storeServer(dev);
   // What reaches the origin, to tell cache hits from misses independently of nginx's own header.
   const origin: string[] = [];
   srv.app.addHook('onRequest', async (r) => void origin.push(`${r.method} ${r.url}`));
@@ -149,9 +139,7 @@ test('through nginx: chunks and deltas cached, 202 not, ranges and resume, and a
     assert.match(log, /POST \/v1\/devices\/box-1\/checkin/);
   } finally {
     if (!process.env.IBU_KEEP_CDN) await promisify(execFile)('bash', [script, 'stop', cdnDir]).catch(() => undefined);
-    await srv.app.close();
-    if (secretBefore === undefined) delete process.env.IBU_ENROLLMENT_SECRET;
-    else process.env.IBU_ENROLLMENT_SECRET = secretBefore;
+    await close();
     await dev.cleanup();
   }
 });

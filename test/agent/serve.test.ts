@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { createServer } from '../../src/server/app.js';
 import { cli, makeDevice } from './device.js';
+import { storeServer } from './store-server.js';
 
 async function post(url: string, body: unknown, token?: string): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(url, {
@@ -22,17 +22,7 @@ async function post(url: string, body: unknown, token?: string): Promise<{ statu
 
 test('upgrade through the real ibu serve: rollout target, on-demand delta (202 then 200), success recorded', async () => {
   const dev = await makeDevice({ running: '1.0', releases: [{ version: '1.0' }, { version: '2.0' }] });
-  const secretBefore = process.env.IBU_ENROLLMENT_SECRET;
-  process.env.IBU_ENROLLMENT_SECRET = 'enroll-me';
-  const srv = await createServer({
-    dataDir: dev.storeDir,
-    adminToken: 'admin-token',
-    workers: 1,
-    retryAfterSeconds: 1,
-    precompute: 0,
-    rescanIntervalMs: 0,
-    logger: false,
-  });
+  const { srv, close } = await storeServer(dev);
   try {
     await srv.app.listen({ port: 0, host: '127.0.0.1' });
     const url = `http://127.0.0.1:${(srv.app.server.address() as AddressInfo).port}`;
@@ -75,9 +65,7 @@ test('upgrade through the real ibu serve: rollout target, on-demand delta (202 t
     const device = (await res.json()) as Record<string, unknown>;
     assert.equal(device.version, '2.0', JSON.stringify(device));
   } finally {
-    await srv.app.close();
-    if (secretBefore === undefined) delete process.env.IBU_ENROLLMENT_SECRET;
-    else process.env.IBU_ENROLLMENT_SECRET = secretBefore;
+    await close();
     await dev.cleanup();
   }
 });
