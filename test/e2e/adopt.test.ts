@@ -17,7 +17,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import { GrubBootloader } from '../../src/boot/grub-bootloader.js';
-import { e2eUnavailable, boot, missingInOrder, guestNetArgs, repoRoot, timeline, bootMedia, stageNodeRoot, HostFs } from './harness.js';
+import { e2eUnavailable, boot, guestNetArgs, repoRoot, bootMedia, stageNodeRoot, HostFs } from './harness.js';
 import { useFleetServer } from './fleet-fixture.js';
 import { HEALTHY_CHECKS } from './upgrade-story.js';
 
@@ -140,23 +140,13 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
     return { disk, root: new HostFs(disk, offset, fleet.work) };
   }
 
-  async function runMachine(name: string, fw: 'efi' | 'bios', disk: string, patterns: RegExp[]): Promise<string> {
-    const res = await boot({
-      disk,
+  /** One QEMU run of a conventional machine, through its own GRUB under OVMF or SeaBIOS; a rescue shell counts as stuck. */
+  const runMachine = (name: string, fw: 'efi' | 'bios', disk: string, patterns: RegExp[]): Promise<string> =>
+    fleet.runDevice(name, disk, patterns, {
       firmware: fw === 'efi' ? 'uefi' : 'bios',
-      logFile: path.join(fleet.work, `${name}.log`),
-      memMiB: 1024,
-      extra: guestNetArgs(fleet.server.port),
       timeoutMs: 1_800_000,
       stuckOn: [/\(initramfs\)|can't access tty|Give root password for maintenance|Dropping to a shell/],
     });
-    console.log(`${name}: ${timeline(res.log)}`);
-    const tail = res.log.split('\n').slice(-80).join('\n');
-    assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the machine did not finish\n${tail}`);
-    const miss = missingInOrder(res.log, patterns);
-    assert.equal(miss, null, `${name}: ${miss}\n--- serial log tail (${res.logFile}):\n${tail}`);
-    return res.log;
-  }
 
   async function envOf(root: HostFs) {
     const dir = await fsp.mkdtemp(path.join(fleet.work, 'env-'));

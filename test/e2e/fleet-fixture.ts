@@ -9,6 +9,8 @@ import path from 'node:path';
 import { boot, buildFleetReleases, FleetServer, guestNetArgs, missingInOrder, timeline, type FleetBuild } from './harness.js';
 import { makeWorkDir, removeWorkDir } from './work-dir.js';
 
+type BootOptions = Parameters<typeof boot>[0];
+
 /** What a fleet suite works with; the fields are set once its before() ran. */
 export interface FleetFixture {
   /** The suite's work dir under the system temp dir: logs, disks, the build. */
@@ -20,10 +22,11 @@ export interface FleetFixture {
   /** Stops another server the suite started, in after() before the work dir goes. */
   alsoStop(s: FleetServer): void;
   /**
-   * Boots a device's disk once (QEMU, 1 GiB, the server at 10.0.2.100), its serial log in
-   * work/NAME.log, and asserts that it finished and that its log holds `patterns` in order.
+   * Boots a device's disk once (QEMU, 1 GiB, the server at 10.0.2.100, `over` for other boot
+   * options), its serial log in work/NAME.log, and asserts that it finished and that its log
+   * holds `patterns` in order.
    */
-  runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string>;
+  runDevice(name: string, disk: string, patterns: RegExp[], over?: Partial<BootOptions>): Promise<string>;
 }
 
 /**
@@ -39,8 +42,15 @@ export function useFleetServer(prefix: string): FleetFixture {
     alsoStop(s: FleetServer) {
       others.push(s);
     },
-    async runDevice(name: string, disk: string, patterns: RegExp[]): Promise<string> {
-      const res = await boot({ disk, logFile: path.join(fx.work, `${name}.log`), memMiB: 1024, extra: guestNetArgs(fx.server.port), timeoutMs: 1_500_000 });
+    async runDevice(name: string, disk: string, patterns: RegExp[], over: Partial<BootOptions> = {}): Promise<string> {
+      const res = await boot({
+        disk,
+        logFile: path.join(fx.work, `${name}.log`),
+        memMiB: 1024,
+        extra: guestNetArgs(fx.server.port),
+        timeoutMs: 1_500_000,
+        ...over,
+      });
       console.log(`${name}: ${timeline(res.log)}`);
       const tail = res.log.split('\n').slice(-80).join('\n');
       assert.equal(res.timedOut || res.stuck !== null, false, `${name}: the device did not finish\n${tail}`);
