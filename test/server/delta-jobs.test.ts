@@ -2,13 +2,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import * as path from 'node:path';
-import pg from 'pg';
 import { openDb } from '../../src/server/db.js';
 import { DeltaJobs, PRIORITY } from '../../src/server/delta-jobs.js';
 import type { DeltaQueue, RetryPolicy } from '../../src/server/delta-queue.js';
 import { PostgresDeltaQueue } from '../../src/server/postgres-delta-queue.js';
-import { PG_URL } from '../fleet/backends.js';
-import { tmpDir } from './helpers.js';
+import { scratchDatabase, tmpDir } from './helpers.js';
 
 /**
  * The delta queue's contract, run against both implementations: SQLite (the one-server default)
@@ -17,26 +15,6 @@ import { tmpDir } from './helpers.js';
  */
 const RETRY: RetryPolicy = { maxAttempts: 2, baseMs: 1000, maxMs: 10_000, failedCooldownMs: 60_000 };
 const pgSkip = !process.env.IBU_TEST_PG && !process.env.CI ? 'needs IBU_TEST_PG (bash scripts/postgres.sh start)' : false;
-
-/** A fresh PostgreSQL database for one suite, and its removal. */
-export async function scratchDatabase(tag: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const name = `ibu_${tag}_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = new pg.Client({ connectionString: PG_URL });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const u = new URL(PG_URL);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    drop: async () => {
-      const c = new pg.Client({ connectionString: PG_URL });
-      await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await c.end();
-    },
-  };
-}
 
 interface QueueBackend {
   name: string;

@@ -79,7 +79,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       }
       return {
         quotaBytes: d.cache.quotaBytes,
-        usedBytes: d.cache.usedBytes(),
+        usedBytes: await d.cache.usedBytes(),
         workers: d.pool.workers,
         activeBuilds: d.pool.active,
         buildsStarted: d.pool.buildsStarted,
