@@ -158,18 +158,16 @@ async function createServer0(o: ServeOptions, root: string, layout: StoreLayout,
   }
 }
 
-/** The delta queue: the server's SQLite file, or PostgreSQL shared with the other replicas (bound to the shared delta directory). */
+/** The delta queue: the server's SQLite file, or PostgreSQL shared with the replicas that serve the same delta directory. */
 async function openQueue(db: Db, o: ServeOptions, layout: StoreLayout): Promise<DeltaQueue> {
   const retry = { ...DEFAULT_RETRY, ...o.retry };
   if (!o.databaseUrl) return new DeltaJobs(db, retry);
-  const q = await PostgresDeltaQueue.open(o.databaseUrl, { retry, leaseMs: o.deltaLeaseMs });
-  try {
-    await q.bindDirectory(layout.deltasDir);
-  } catch (err) {
-    await q.close();
-    throw err;
-  }
-  return q;
+  if (!/^postgres(ql)?:\/\//.test(o.databaseUrl))
+    throw new IbuError(
+      'CONFIG_INVALID',
+      `The database URL '${o.databaseUrl.replace(/\/\/[^@]*@/, '//***@')}' is not postgres://...; leave it out to use SQLite in the data directory.`,
+    );
+  return PostgresDeltaQueue.open(o.databaseUrl, layout.deltasDir, { retry, leaseMs: o.deltaLeaseMs });
 }
 
 async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: string, layout: StoreLayout, unlock: () => Promise<void>): Promise<IbuServer> {

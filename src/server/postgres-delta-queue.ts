@@ -36,6 +36,7 @@ const types = {
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS delta_jobs (
   seq BIGSERIAL NOT NULL,
+  scope TEXT NOT NULL,
   from_version TEXT NOT NULL,
   to_version TEXT NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('queued', 'building', 'ready', 'failed')),
@@ -53,12 +54,11 @@ CREATE TABLE IF NOT EXISTS delta_jobs (
   client TEXT,
   claimed_by TEXT,
   lease_until BIGINT,
-  PRIMARY KEY (from_version, to_version)
+  PRIMARY KEY (scope, from_version, to_version)
 );
-CREATE INDEX IF NOT EXISTS delta_jobs_queue ON delta_jobs (state, priority, requested_at, seq);
-CREATE INDEX IF NOT EXISTS delta_jobs_lru ON delta_jobs (state, last_access_at);
-CREATE INDEX IF NOT EXISTS delta_jobs_client ON delta_jobs (client, state);
-CREATE TABLE IF NOT EXISTS delta_queue_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS delta_jobs_queue ON delta_jobs (scope, state, priority, requested_at, seq);
+CREATE INDEX IF NOT EXISTS delta_jobs_lru ON delta_jobs (scope, state, last_access_at);
+CREATE INDEX IF NOT EXISTS delta_jobs_client ON delta_jobs (scope, client, state);
 `;
 
 interface Row {
@@ -110,15 +110,21 @@ export interface PostgresQueueOptions {
 }
 
 /**
- * The delta queue in PostgreSQL, shared by every `ibu serve` replica on one database. A builder
- * claims with `SELECT … FOR UPDATE SKIP LOCKED` (two builders never wait on, nor both take, one
- * row) and holds the claim by renewing a lease (`lease_until`); a builder that dies (kill -9,
- * power, a partition) stops renewing, and once the lease runs out the next claim by any builder
- * takes the job over, the attempt counted. Every write a builder makes about its job is fenced by
- * `claimed_by`, so a builder that was presumed dead and comes back cannot overwrite the new
- * owner's result. New jobs are admitted under a transaction advisory lock (the queue bound holds
- * across replicas) and announced with NOTIFY, so idle builders start within milliseconds; a poll
- * (the pool's timer) covers a lost notification.
+ * The delta queue in PostgreSQL, shared by every `ibu serve` replica on one database that serves
+ * the same delta directory. A builder claims with `SELECT … FOR UPDATE SKIP LOCKED` (two builders
+ * never wait on, nor both take, one row) and holds the claim by renewing a lease (`lease_until`);
+ * a builder that dies (kill -9, power, a partition) stops renewing, and once the lease runs out
+ * the next claim by any builder takes the job over, the attempt counted. Every write a builder
+ * makes about its job is fenced by `claimed_by`, so a builder that was presumed dead and comes
+ * back cannot overwrite the new owner's result. New jobs are admitted under a transaction
+ * advisory lock (the queue bound holds across replicas) and announced with NOTIFY, so idle
+ * builders start within milliseconds; a poll (the pool's timer) covers a lost notification.
+ *
+ * Rows are scoped by the delta directory (`scope`: a random id the first replica writes into it,
+ * `.ibu-delta-dir`): a ready row means a file there, so only processes that see that directory
+ * share a queue. Replicas each with a directory of their own (no `--delta-dir`) keep separate
+ * queues in the same table and each build what its devices ask for, as before; pointing them at
+ * one shared directory makes it one queue, one build per pair.
  */
 export class PostgresDeltaQueue implements DeltaQueue {
   readonly shared = true;
@@ -133,6 +139,8 @@ export class PostgresDeltaQueue implements DeltaQueue {
 
   private constructor(
     private readonly url: string,
+    /** The delta directory's id: every query is about its rows only. */
+    readonly scope: string,
     o: PostgresQueueOptions,
   ) {
     this.retry = o.retry ?? DEFAULT_RETRY;
@@ -147,68 +155,53 @@ export class PostgresDeltaQueue implements DeltaQueue {
     return Math.max(100, Math.floor(this.leaseMs / 3));
   }
 
-  /** Connects and creates the table (under an advisory lock: replicas may start together). */
-  static async open(url: string, o: PostgresQueueOptions = {}): Promise<PostgresDeltaQueue> {
-    const q = new PostgresDeltaQueue(url, o);
+  /**
+   * Connects, creates the table, and reads the id of the delta directory `dir` (writing one when it
+   * has none), all under an advisory lock: replicas may start together on a fresh shared directory.
+   */
+  static async open(url: string, dir: string, o: PostgresQueueOptions = {}): Promise<PostgresDeltaQueue> {
+    const setup = new pg.Client({ connectionString: url });
+    let scope: string;
     try {
-      const c = await q.pool.connect();
-      try {
-        await c.query('BEGIN');
-        await c.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
-        await c.query(SCHEMA);
-        await c.query('COMMIT');
-      } catch (err) {
-        await c.query('ROLLBACK').catch(() => {});
-        throw err;
-      } finally {
-        c.release();
-      }
+      await setup.connect();
+      await setup.query('BEGIN');
+      await setup.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
+      await setup.query(SCHEMA);
+      scope = await directoryId(dir);
+      await setup.query('COMMIT');
+    } catch (err) {
+      throw new IbuError(
+        'STORE_UNAVAILABLE',
+        `Cannot use the PostgreSQL delta queue: ${(err as Error).message}. Check --database-url, that the server is running and that ${dir} is writable.`,
+        { cause: err },
+      );
+    } finally {
+      await setup.end().catch(() => {});
+    }
+    const q = new PostgresDeltaQueue(url, scope, o);
+    try {
       await q.listen();
     } catch (err) {
       await q.close();
-      throw new IbuError(
-        'STORE_UNAVAILABLE',
-        `Cannot use the PostgreSQL delta queue: ${(err as Error).message}. Check --database-url and that the server is running.`,
-        { cause: err },
-      );
+      throw new IbuError('STORE_UNAVAILABLE', `Cannot LISTEN for delta jobs: ${(err as Error).message}.`, { cause: err });
     }
     return q;
   }
 
-  /**
-   * Checks that `dir` is the delta directory every replica on this database shares: a ready row
-   * names a file there, and a replica looking in a directory of its own would find none, drop the
-   * row and queue the build again, forever. The first replica writes a random id into the
-   * directory and the database; every later one must read the same id there.
-   */
-  async bindDirectory(dir: string): Promise<void> {
-    const file = path.join(dir, '.ibu-delta-dir');
-    // Under the schema lock: two first replicas starting together must not each write an id.
-    const { mine, shared } = await this.tx(async (c) => {
-      await c.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
-      let mine = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
-      const known = await c.query<{ value: string }>("SELECT value FROM delta_queue_settings WHERE name = 'delta_dir_id'");
-      if (known.rows[0]) return { mine, shared: known.rows[0].value };
-      if (!mine) {
-        mine = randomBytes(16).toString('hex');
-        await writeFileAtomic(file, `${mine}\n`);
-      }
-      await c.query("INSERT INTO delta_queue_settings (name, value) VALUES ('delta_dir_id', $1)", [mine]);
-      return { mine, shared: mine };
-    });
-    if (shared !== mine)
-      throw new IbuError(
-        'CONFIG_INVALID',
-        `The delta directory ${dir} is not the one the other replicas on this database share (its ${path.basename(file)} ` +
-          `${mine ? `names ${mine}` : 'is missing'}, the database names ${shared}). Point --delta-dir at the shared directory ` +
-          '(an NFS or CephFS mount every replica sees).',
-      );
+  /** A query on this scope's rows: `:scope` in the text is bound to it (after `params`). */
+  private run<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Query, sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+    return c.query<R>(sql.replaceAll(':scope', `$${params.length + 1}`), [...params, this.scope]);
+  }
+
+  /** Wakes the builders of this scope (inside a transaction: delivered at commit). */
+  private async notify(c: Query): Promise<void> {
+    await c.query('SELECT pg_notify($1, $2)', [CHANNEL, this.scope]);
   }
 
   private async listen(): Promise<void> {
     const c = new pg.Client({ connectionString: this.url });
-    c.on('notification', () => {
-      for (const fn of this.listeners) fn();
+    c.on('notification', (n) => {
+      if (n.payload === this.scope) for (const fn of this.listeners) fn();
     });
     c.on('error', () => this.relisten());
     c.on('end', () => this.relisten());
@@ -251,7 +244,7 @@ export class PostgresDeltaQueue implements DeltaQueue {
   }
 
   private async row(c: Query, from: string, to: string): Promise<DeltaJob | undefined> {
-    const r = await c.query<Row>('SELECT * FROM delta_jobs WHERE from_version = $1 AND to_version = $2', [from, to]);
+    const r = await this.run<Row>(c, 'SELECT * FROM delta_jobs WHERE scope = :scope AND from_version = $1 AND to_version = $2', [from, to]);
     return r.rows[0] ? toJob(r.rows[0]) : undefined;
   }
 
@@ -278,16 +271,17 @@ export class PostgresDeltaQueue implements DeltaQueue {
       return { job: seen, created: false };
     return this.tx(async (c): Promise<AdmitResult<R>> => {
       // Every replica's additions in turn: the admission facts (queue length, a client's count) stay true until commit.
-      await c.query('SELECT pg_advisory_xact_lock($1)', [ADMIT_LOCK]);
+      await this.run(c, 'SELECT pg_advisory_xact_lock($1, hashtext(:scope))', [ADMIT_LOCK]);
       const cur = await this.row(c, from, to);
       const adds = !cur || (cur.state === 'failed' && now - (cur.finishedAt ?? 0) >= this.retry.failedCooldownMs);
       let evicted: DeltaJob | undefined;
       if (adds && o.admit) {
-        const f = await c.query<{ queued: number; held: number; evictable: boolean }>(
+        const f = await this.run<{ queued: number; held: number; evictable: boolean }>(
+          c,
           `SELECT count(*) FILTER (WHERE state = 'queued')::int AS queued,
                   count(*) FILTER (WHERE client = $1 AND priority >= $2 AND state IN ('queued', 'building'))::int AS held,
                   bool_or(state = 'queued' AND priority >= $2) IS TRUE AS evictable
-             FROM delta_jobs`,
+             FROM delta_jobs WHERE scope = :scope`,
           [o.client ?? '', PRIORITY.unneeded],
         );
         const facts = f.rows[0]!;
@@ -295,17 +289,19 @@ export class PostgresDeltaQueue implements DeltaQueue {
         if (!decision.admit) return { refused: decision };
         priority = decision.priority;
         if (decision.evict) {
-          const r = await c.query<Row>(
-            `DELETE FROM delta_jobs WHERE (from_version, to_version) IN (SELECT from_version, to_version FROM delta_jobs
-               WHERE state = 'queued' AND priority >= $1 ORDER BY requested_at DESC, seq DESC LIMIT 1) RETURNING *`,
+          const r = await this.run<Row>(
+            c,
+            `DELETE FROM delta_jobs WHERE scope = :scope AND (from_version, to_version) IN (SELECT from_version, to_version FROM delta_jobs
+               WHERE scope = :scope AND state = 'queued' AND priority >= $1 ORDER BY requested_at DESC, seq DESC LIMIT 1) RETURNING *`,
             [PRIORITY.unneeded],
           );
           if (r.rows[0]) evicted = toJob(r.rows[0]);
         }
       }
       const client = priority >= PRIORITY.unneeded ? (o.client ?? null) : null;
-      const ins = await c.query(
-        `INSERT INTO delta_jobs (from_version, to_version, state, priority, requested_at, client) VALUES ($1, $2, 'queued', $3, $4, $5)
+      const ins = await this.run(
+        c,
+        `INSERT INTO delta_jobs (scope, from_version, to_version, state, priority, requested_at, client) VALUES (:scope, $1, $2, 'queued', $3, $4, $5)
            ON CONFLICT DO NOTHING`,
         [from, to, priority, now, client],
       );
@@ -314,24 +310,25 @@ export class PostgresDeltaQueue implements DeltaQueue {
         if (cur?.state === 'queued') await this.bump(c, from, to, priority);
         else if (adds) created = await this.revive(c, from, to, priority, now, client);
       }
-      if (created) await c.query(`NOTIFY ${CHANNEL}`); // delivered at commit
+      if (created) await this.notify(c); // delivered at commit
       return { job: (await this.row(c, from, to))!, created, evicted };
     });
   }
 
   private async bump(c: Query, from: string, to: string, priority: number): Promise<void> {
-    await c.query("UPDATE delta_jobs SET priority = $1 WHERE from_version = $2 AND to_version = $3 AND state = 'queued' AND priority > $1", [
-      priority,
-      from,
-      to,
-    ]);
+    await this.run(
+      c,
+      "UPDATE delta_jobs SET priority = $1 WHERE scope = :scope AND from_version = $2 AND to_version = $3 AND state = 'queued' AND priority > $1",
+      [priority, from, to],
+    );
   }
 
   private async revive(c: Query, from: string, to: string, priority: number, now: number, client: string | null): Promise<boolean> {
-    const r = await c.query(
+    const r = await this.run(
+      c,
       `UPDATE delta_jobs SET state = 'queued', attempts = 0, next_attempt_at = 0, last_error = NULL, priority = $1, requested_at = $2,
               client = $3, claimed_by = NULL, lease_until = NULL
-         WHERE from_version = $4 AND to_version = $5 AND state = 'failed'`,
+         WHERE scope = :scope AND from_version = $4 AND to_version = $5 AND state = 'failed'`,
       [priority, now, client, from, to],
     );
     return (r.rowCount ?? 0) > 0;
@@ -342,9 +339,10 @@ export class PostgresDeltaQueue implements DeltaQueue {
   }
 
   async position(job: DeltaJob): Promise<number> {
-    const r = await this.pool.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM delta_jobs WHERE state = 'queued' AND (priority < $1 OR (priority = $1 AND (requested_at < $2
-         OR (requested_at = $2 AND seq < (SELECT seq FROM delta_jobs WHERE from_version = $3 AND to_version = $4)))))`,
+    const r = await this.run<{ n: number }>(
+      this.pool,
+      `SELECT count(*)::int AS n FROM delta_jobs WHERE scope = :scope AND state = 'queued' AND (priority < $1 OR (priority = $1 AND (requested_at < $2
+         OR (requested_at = $2 AND seq < (SELECT seq FROM delta_jobs WHERE scope = :scope AND from_version = $3 AND to_version = $4)))))`,
       [job.priority, job.requestedAt, job.from, job.to],
     );
     return r.rows[0]!.n;
@@ -354,14 +352,15 @@ export class PostgresDeltaQueue implements DeltaQueue {
     for (;;) {
       // A due queued job, or one whose builder stopped renewing its lease. SKIP LOCKED: a row another
       // builder is claiming this instant is passed over, not waited for.
-      const r = await this.pool.query<Row & { was: JobState; prev: string | null }>(
+      const r = await this.run<Row & { was: JobState; prev: string | null }>(
+        this.pool,
         `WITH c AS (
            SELECT from_version, to_version, state AS was, claimed_by AS prev FROM delta_jobs
-            WHERE (state = 'queued' AND next_attempt_at <= $1) OR (state = 'building' AND lease_until < $1)
+            WHERE scope = :scope AND ((state = 'queued' AND next_attempt_at <= $1) OR (state = 'building' AND lease_until < $1))
             ORDER BY priority, requested_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)
          UPDATE delta_jobs d SET state = 'building', attempts = d.attempts + 1, builds = d.builds + 1, started_at = $1,
                 claimed_by = $2, lease_until = $1 + $3
-           FROM c WHERE d.from_version = c.from_version AND d.to_version = c.to_version
+           FROM c WHERE d.scope = :scope AND d.from_version = c.from_version AND d.to_version = c.to_version
          RETURNING d.*, c.was, c.prev`,
         [now, this.owner, this.leaseMs],
       );
@@ -370,9 +369,10 @@ export class PostgresDeltaQueue implements DeltaQueue {
       const job = toJob(row);
       // Taken over from a dead builder on its last attempt: a build that kills its builder every time ends as 'failed'.
       if (row.was === 'building' && job.attempts > this.retry.maxAttempts) {
-        await this.pool.query(
+        await this.run(
+          this.pool,
           `UPDATE delta_jobs SET state = 'failed', attempts = $1, finished_at = $2, last_error = $3, claimed_by = NULL, lease_until = NULL
-             WHERE from_version = $4 AND to_version = $5 AND claimed_by = $6`,
+             WHERE scope = :scope AND from_version = $4 AND to_version = $5 AND claimed_by = $6`,
           [this.retry.maxAttempts, now, `its builder (${row.prev}) stopped renewing its claim on every attempt`, job.from, job.to, this.owner],
         );
         continue;
@@ -382,24 +382,28 @@ export class PostgresDeltaQueue implements DeltaQueue {
   }
 
   async renewClaims(now = Date.now()): Promise<number> {
-    const r = await this.pool.query("UPDATE delta_jobs SET lease_until = $1 WHERE claimed_by = $2 AND state = 'building'", [now + this.leaseMs, this.owner]);
+    const r = await this.run(this.pool, "UPDATE delta_jobs SET lease_until = $1 WHERE scope = :scope AND claimed_by = $2 AND state = 'building'", [
+      now + this.leaseMs,
+      this.owner,
+    ]);
     return r.rowCount ?? 0;
   }
 
   async holds(from: string, to: string): Promise<boolean> {
-    const r = await this.pool.query("SELECT 1 FROM delta_jobs WHERE from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3", [
-      from,
-      to,
-      this.owner,
-    ]);
+    const r = await this.run(
+      this.pool,
+      "SELECT 1 FROM delta_jobs WHERE scope = :scope AND from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3",
+      [from, to, this.owner],
+    );
     return r.rows.length > 0;
   }
 
   async markReady(from: string, to: string, size: number, sha256: string, now = Date.now()): Promise<boolean> {
-    const r = await this.pool.query(
+    const r = await this.run(
+      this.pool,
       `UPDATE delta_jobs SET state = 'ready', finished_at = $1, size = $2, sha256 = $3, last_access_at = $1, last_error = NULL,
               claimed_by = NULL, lease_until = NULL
-         WHERE from_version = $4 AND to_version = $5 AND state = 'building' AND claimed_by = $6`,
+         WHERE scope = :scope AND from_version = $4 AND to_version = $5 AND state = 'building' AND claimed_by = $6`,
       [now, size, sha256, from, to, this.owner],
     );
     return (r.rowCount ?? 0) > 0;
@@ -410,15 +414,17 @@ export class PostgresDeltaQueue implements DeltaQueue {
     if (!job) throw new Error(`no delta job ${from} -> ${to}`);
     const fence = [from, to, this.owner];
     if (job.attempts >= this.retry.maxAttempts) {
-      await this.pool.query(
+      await this.run(
+        this.pool,
         `UPDATE delta_jobs SET state = 'failed', finished_at = $4, last_error = $5, claimed_by = NULL, lease_until = NULL
-           WHERE from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3`,
+           WHERE scope = :scope AND from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3`,
         [...fence, now, error],
       );
     } else {
-      await this.pool.query(
+      await this.run(
+        this.pool,
         `UPDATE delta_jobs SET state = 'queued', next_attempt_at = $4, last_error = $5, claimed_by = NULL, lease_until = NULL
-           WHERE from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3`,
+           WHERE scope = :scope AND from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3`,
         [...fence, now + retryDelay(this.retry, job.attempts), error],
       );
     }
@@ -426,17 +432,18 @@ export class PostgresDeltaQueue implements DeltaQueue {
   }
 
   async retryNow(from: string, to: string, now = Date.now()): Promise<void> {
-    if (await this.revive(this.pool, from, to, PRIORITY.admin, now, null)) await this.pool.query(`NOTIFY ${CHANNEL}`);
+    if (await this.revive(this.pool, from, to, PRIORITY.admin, now, null)) await this.notify(this.pool);
   }
 
   /** Shutdown: the job goes back to the queue at once (no lease to wait out) and another builder hears of it. */
   async requeue(from: string, to: string): Promise<void> {
-    await this.pool.query(
+    await this.run(
+      this.pool,
       `UPDATE delta_jobs SET state = 'queued', attempts = GREATEST(attempts - 1, 0), started_at = NULL, claimed_by = NULL, lease_until = NULL
-         WHERE from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3`,
+         WHERE scope = :scope AND from_version = $1 AND to_version = $2 AND state = 'building' AND claimed_by = $3`,
       [from, to, this.owner],
     );
-    await this.pool.query(`NOTIFY ${CHANNEL}`);
+    await this.notify(this.pool);
   }
 
   async recoverInterrupted(): Promise<number> {
@@ -444,52 +451,56 @@ export class PostgresDeltaQueue implements DeltaQueue {
   }
 
   async touch(from: string, to: string, now = Date.now()): Promise<void> {
-    await this.pool.query('UPDATE delta_jobs SET last_access_at = $1 WHERE from_version = $2 AND to_version = $3', [now, from, to]);
+    await this.run(this.pool, 'UPDATE delta_jobs SET last_access_at = $1 WHERE scope = :scope AND from_version = $2 AND to_version = $3', [now, from, to]);
   }
 
   async delete(from: string, to: string): Promise<boolean> {
-    const r = await this.pool.query('DELETE FROM delta_jobs WHERE from_version = $1 AND to_version = $2', [from, to]);
+    const r = await this.run(this.pool, 'DELETE FROM delta_jobs WHERE scope = :scope AND from_version = $1 AND to_version = $2', [from, to]);
     return (r.rowCount ?? 0) > 0;
   }
 
   async evictReady(from: string, to: string): Promise<boolean> {
-    const r = await this.pool.query("DELETE FROM delta_jobs WHERE from_version = $1 AND to_version = $2 AND state = 'ready'", [from, to]);
+    const r = await this.run(this.pool, "DELETE FROM delta_jobs WHERE scope = :scope AND from_version = $1 AND to_version = $2 AND state = 'ready'", [
+      from,
+      to,
+    ]);
     return (r.rowCount ?? 0) > 0;
   }
 
   private async list(sql: string, params: unknown[] = []): Promise<DeltaJob[]> {
-    return (await this.pool.query<Row>(sql, params)).rows.map(toJob);
+    return (await this.run<Row>(this.pool, sql, params)).rows.map(toJob);
   }
 
   readyByLru(): Promise<DeltaJob[]> {
-    return this.list("SELECT * FROM delta_jobs WHERE state = 'ready' ORDER BY last_access_at, seq");
+    return this.list("SELECT * FROM delta_jobs WHERE scope = :scope AND state = 'ready' ORDER BY last_access_at, seq");
   }
 
   all(): Promise<DeltaJob[]> {
-    return this.list('SELECT * FROM delta_jobs ORDER BY state, priority, requested_at, seq');
+    return this.list('SELECT * FROM delta_jobs WHERE scope = :scope ORDER BY state, priority, requested_at, seq');
   }
 
   involving(version: string): Promise<DeltaJob[]> {
-    return this.list('SELECT * FROM delta_jobs WHERE from_version = $1 OR to_version = $1', [version]);
+    return this.list('SELECT * FROM delta_jobs WHERE scope = :scope AND (from_version = $1 OR to_version = $1)', [version]);
   }
 
   async readyBytes(): Promise<number> {
-    const r = await this.pool.query<{ n: number | null }>("SELECT sum(size)::bigint AS n FROM delta_jobs WHERE state = 'ready'");
+    const r = await this.run<{ n: number | null }>(this.pool, "SELECT sum(size)::bigint AS n FROM delta_jobs WHERE scope = :scope AND state = 'ready'");
     return r.rows[0]!.n ?? 0;
   }
 
   async counts(): Promise<Record<JobState, number>> {
     const out: Record<JobState, number> = { queued: 0, building: 0, ready: 0, failed: 0 };
-    const r = await this.pool.query<{ state: JobState; n: number }>('SELECT state, count(*)::int AS n FROM delta_jobs GROUP BY state');
+    const r = await this.run<{ state: JobState; n: number }>(this.pool, 'SELECT state, count(*)::int AS n FROM delta_jobs WHERE scope = :scope GROUP BY state');
     for (const x of r.rows) out[x.state] = x.n;
     return out;
   }
 
   /** The next retry due, or the next lease of another builder running out (its job is then ours to take). */
   async nextDue(): Promise<number | undefined> {
-    const r = await this.pool.query<{ t: number | null }>(
+    const r = await this.run<{ t: number | null }>(
+      this.pool,
       `SELECT least(min(next_attempt_at) FILTER (WHERE state = 'queued'),
-                    min(lease_until) FILTER (WHERE state = 'building' AND claimed_by <> $1)) AS t FROM delta_jobs`,
+                    min(lease_until) FILTER (WHERE state = 'building' AND claimed_by <> $1)) AS t FROM delta_jobs WHERE scope = :scope`,
       [this.owner],
     );
     return r.rows[0]!.t ?? undefined;
@@ -503,4 +514,15 @@ export class PostgresDeltaQueue implements DeltaQueue {
     await l?.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
+}
+
+/** The id in `<dir>/.ibu-delta-dir`, written (fsynced, renamed) when missing. */
+async function directoryId(dir: string): Promise<string> {
+  const file = path.join(dir, '.ibu-delta-dir');
+  const known = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
+  if (known) return known;
+  await fsp.mkdir(dir, { recursive: true });
+  const id = randomBytes(16).toString('hex');
+  await writeFileAtomic(file, `${id}\n`);
+  return id;
 }

@@ -44,7 +44,7 @@ const BACKENDS: QueueBackend[] = [
     async open() {
       const d = await scratchDatabase('queue');
       // Claims that never expire here: the times below jump ahead; leases have tests of their own.
-      const jobs = await PostgresDeltaQueue.open(d.url, { retry: RETRY, leaseMs: 1e12 });
+      const jobs = await PostgresDeltaQueue.open(d.url, tmpDir('queue-deltas'), { retry: RETRY, leaseMs: 1e12 });
       return {
         jobs,
         async done() {
@@ -150,21 +150,24 @@ for (const backend of BACKENDS) {
   });
 }
 
-describe('the PostgreSQL queue between builders: leases, takeover, the shared directory', { skip: pgSkip }, () => {
+describe('the PostgreSQL queue between builders: leases, takeover, one queue per delta directory', { skip: pgSkip }, () => {
   let d: { url: string; drop: () => Promise<void> };
   const opened: PostgresDeltaQueue[] = [];
   /** A builder process on the database; its claims are held for 1 s unless renewed. */
-  const builder = async (): Promise<PostgresDeltaQueue> => {
-    const q = await PostgresDeltaQueue.open(d.url, { retry: RETRY, leaseMs: 1000 });
+  let dir: string;
+  const builder = async (deltaDir = dir): Promise<PostgresDeltaQueue> => {
+    const q = await PostgresDeltaQueue.open(d.url, deltaDir, { retry: RETRY, leaseMs: 1000 });
     opened.push(q);
     return q;
   };
   before(async () => {
     d = await scratchDatabase('lease');
+    dir = tmpDir('lease-deltas');
   });
   after(async () => {
     for (const q of opened) await q.close();
     await d.drop();
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('takes over a claim whose builder stopped renewing it, and fences the old builder out', async () => {
@@ -195,17 +198,19 @@ describe('the PostgreSQL queue between builders: leases, takeover, the shared di
     assert.match(j.lastError ?? '', /stopped renewing/);
   });
 
-  it('refuses a delta directory that is not the one the other replicas share', async () => {
-    const q = await builder();
-    const shared = tmpDir('shared-deltas');
-    const own = tmpDir('own-deltas');
+  it('keeps one queue per delta directory: replicas share builds only where they share the files', async () => {
+    const other = tmpDir('other-deltas');
     try {
-      await q.bindDirectory(shared);
-      await (await builder()).bindDirectory(shared);
-      await assert.rejects(() => q.bindDirectory(own), { code: 'CONFIG_INVALID' });
+      const [a, b, c] = [await builder(), await builder(), await builder(other)];
+      assert.equal(a.scope, b.scope, 'one directory, one id');
+      assert.notEqual(a.scope, c.scope);
+      assert.equal((await a.request('40', '41', PRIORITY.device, 40_000)).created, true);
+      assert.equal((await b.request('40', '41', PRIORITY.device, 40_000)).created, false, 'the same job');
+      assert.equal((await c.request('40', '41', PRIORITY.device, 40_000)).created, true, 'a directory of its own: a job of its own');
+      assert.equal((await c.claimNext(40_000))?.from, '40');
+      assert.equal(await c.claimNext(40_000), undefined, "the other directory's jobs are not c's to build");
     } finally {
-      rmSync(shared, { recursive: true, force: true });
-      rmSync(own, { recursive: true, force: true });
+      rmSync(other, { recursive: true, force: true });
     }
   });
 });
