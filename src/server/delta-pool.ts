@@ -18,8 +18,9 @@ export interface PoolEvents {
 /**
  * A bounded pool running delta builds: at most `workers` at once, each claimed from the queue
  * (SQLite in this process, or PostgreSQL shared with other replicas: then the claims are renewed
- * every `renewEveryMs` while building, and a NOTIFY from another replica starts a claim). The builder does the heavy work out of this thread (child processes), so the event loop
- * keeps answering requests. Output goes to a unique `.partial`, is fsynced and renamed into place,
+ * every `renewEveryMs` while building, and a NOTIFY from another replica starts a claim). The
+ * builder does the heavy work out of this thread (child processes), so the event loop keeps
+ * answering requests. Output goes to a unique `.partial`, is fsynced and renamed into place,
  * and only then is the row marked ready: a crash leaves a temp file (removed at start), never a
  * delta that looks complete but is not.
  */

@@ -26,7 +26,7 @@ interface Replica {
   url: string;
 }
 
-describe('delta builders as a pool on PostgreSQL: --role api|builder', { skip: pgSkip }, () => {
+describe('delta builders as a pool for replicas on PostgreSQL: --role api|builder', { skip: pgSkip }, () => {
   const work = tmpDir('pool');
   const store = path.join(work, 'store');
   const shared = path.join(work, 'shared-deltas');
