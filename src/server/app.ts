@@ -210,7 +210,7 @@ async function assemble0(
   );
   const workers = role === 'api' ? 0 : Math.max(0, o.workers ?? DEFAULTS.workers);
   const pool = new DeltaWorkerPool(jobs, cache, layout, builder, workers, app.log);
-  const demand = new DeltaDemand(db, catalog, () => app.fleet !== undefined);
+  const demand = new DeltaDemand(jobs, catalog, () => app.fleet !== undefined);
   const deltas = new DeltaServiceImpl(
     jobs,
     cache,

@@ -113,6 +113,12 @@ export class DeltaJobs implements DeltaQueue {
       counts: db.prepare<[], { state: JobState; n: number }>('SELECT state, COUNT(*) AS n FROM delta_jobs GROUP BY state'),
       nextDue: db.prepare<[], { t: number | null }>("SELECT MIN(next_attempt_at) AS t FROM delta_jobs WHERE state = 'queued'"),
       involving: db.prepare<[string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? OR to_version = ?'),
+      note: db.prepare(
+        `INSERT INTO delta_demand (from_version, to_version, noted_at) VALUES (?, ?, ?)
+           ON CONFLICT (from_version, to_version) DO UPDATE SET noted_at = excluded.noted_at`,
+      ),
+      noted: db.prepare<[string, string], { noted_at: number }>('SELECT noted_at FROM delta_demand WHERE from_version = ? AND to_version = ?'),
+      prune: db.prepare('DELETE FROM delta_demand WHERE noted_at < ?'),
     };
   }
 
@@ -262,6 +268,18 @@ export class DeltaJobs implements DeltaQueue {
 
   async nextDue(): Promise<number | undefined> {
     return this.q.nextDue.get()!.t ?? undefined;
+  }
+
+  async noteDemand(from: string, to: string, now: number): Promise<void> {
+    this.q.note.run(from, to, now);
+  }
+
+  async demandNotedAt(from: string, to: string): Promise<number | undefined> {
+    return this.q.noted.get(from, to)?.noted_at;
+  }
+
+  async pruneDemand(before: number): Promise<void> {
+    this.q.prune.run(before);
   }
 
   /** Only this process queues into its file: the delta service starts the pool itself. */

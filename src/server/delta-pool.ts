@@ -59,7 +59,13 @@ export class DeltaWorkerPool extends EventEmitter<PoolEvents> {
       return;
     }
     this.kicking = this.claim()
-      .catch((err: unknown) => this.log.error({ err }, 'claiming a delta job failed; retrying at the next poll'))
+      .catch((err: unknown) => {
+        // The database away for a moment: try again shortly rather than wait for a request.
+        this.log.error({ err }, 'claiming a delta job failed; retrying in 5 s');
+        if (this.timer) clearTimeout(this.timer);
+        this.timer = setTimeout(() => this.kick(), 5_000);
+        this.timer.unref();
+      })
       .finally(() => {
         this.kicking = undefined;
         if (this.kickAgain) {

@@ -131,6 +131,15 @@ export interface DeltaQueue {
   counts(): Promise<Record<JobState, number>>;
   /** Earliest time a claim may become possible without a new request: a retry due, a lease running out. */
   nextDue(): Promise<number | undefined>;
+  /**
+   * The pairs enrolled devices were told to upgrade along (src/server/delta-demand.ts), kept beside
+   * the queue so that a check-in on one replica counts for a delta request on another.
+   */
+  noteDemand(from: string, to: string, now: number): Promise<void>;
+  /** When a check-in last named from→to, if it did. */
+  demandNotedAt(from: string, to: string): Promise<number | undefined>;
+  /** Forgets the pairs no check-in named since `before`. */
+  pruneDemand(before: number): Promise<void>;
   /** Calls `fn` when another process queued a job or gave one back (PostgreSQL NOTIFY); SQLite never does. */
   onQueued(fn: () => void): void;
   close(): Promise<void>;

@@ -94,7 +94,7 @@ export class DeltaServiceImpl implements DeltaService {
     // ibu delta's job only); the published path is read for new jobs alone (it reads files).
     const seen = await this.jobs.get(from, to);
     if (seen && (seen.state === 'building' || seen.state === 'ready')) return seen;
-    if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !this.demand.noted(pairFrom, to))) return seen;
+    if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !(await this.demand.noted(pairFrom, to)))) return seen;
     const demand = await this.demand.of(pairFrom, to);
     const priority = demand === 'none' ? PRIORITY.unneeded : PRIORITY.device;
     const a = await this.jobs.admitRequest(from, to, priority, Date.now(), { client, admit: (facts) => admit(demand, facts, this.limits) });
@@ -115,7 +115,7 @@ export class DeltaServiceImpl implements DeltaService {
     // Written (and the queue touched) once per pair every few minutes, not on every check-in; a
     // ZFS stream's job moves up when the device asks for it (its key differs).
     const known = from !== to && (await this.exists(from)) && (await this.exists(to));
-    if (known && this.demand.note(from, to)) await this.jobs.raise(from, to, PRIORITY.device);
+    if (known && (await this.demand.note(from, to))) await this.jobs.raise(from, to, PRIORITY.device);
     return this.status(from, to);
   }
 

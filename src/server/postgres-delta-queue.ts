@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS delta_jobs (
 CREATE INDEX IF NOT EXISTS delta_jobs_queue ON delta_jobs (scope, state, priority, requested_at, seq);
 CREATE INDEX IF NOT EXISTS delta_jobs_lru ON delta_jobs (scope, state, last_access_at);
 CREATE INDEX IF NOT EXISTS delta_jobs_client ON delta_jobs (scope, client, state);
+CREATE TABLE IF NOT EXISTS delta_demand (
+  from_version TEXT NOT NULL,
+  to_version TEXT NOT NULL,
+  noted_at BIGINT NOT NULL,
+  PRIMARY KEY (from_version, to_version)
+);
 `;
 
 interface Row {
@@ -291,7 +297,7 @@ export class PostgresDeltaQueue implements DeltaQueue {
         if (decision.evict) {
           const r = await this.run<Row>(
             c,
-            `DELETE FROM delta_jobs WHERE scope = :scope AND (from_version, to_version) IN (SELECT from_version, to_version FROM delta_jobs
+            `DELETE FROM delta_jobs WHERE scope = :scope AND state = 'queued' AND (from_version, to_version) IN (SELECT from_version, to_version FROM delta_jobs
                WHERE scope = :scope AND state = 'queued' AND priority >= $1 ORDER BY requested_at DESC, seq DESC LIMIT 1) RETURNING *`,
             [PRIORITY.unneeded],
           );
@@ -504,6 +510,24 @@ export class PostgresDeltaQueue implements DeltaQueue {
       [this.owner],
     );
     return r.rows[0]!.t ?? undefined;
+  }
+
+  // Demand is about devices, not files: one table for every scope on the database.
+  async noteDemand(from: string, to: string, now: number): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO delta_demand (from_version, to_version, noted_at) VALUES ($1, $2, $3)
+         ON CONFLICT (from_version, to_version) DO UPDATE SET noted_at = greatest(delta_demand.noted_at, excluded.noted_at)`,
+      [from, to, now],
+    );
+  }
+
+  async demandNotedAt(from: string, to: string): Promise<number | undefined> {
+    const r = await this.pool.query<{ noted_at: number }>('SELECT noted_at FROM delta_demand WHERE from_version = $1 AND to_version = $2', [from, to]);
+    return r.rows[0]?.noted_at;
+  }
+
+  async pruneDemand(before: number): Promise<void> {
+    await this.pool.query('DELETE FROM delta_demand WHERE noted_at < $1', [before]);
   }
 
   async close(): Promise<void> {

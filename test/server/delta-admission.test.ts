@@ -86,15 +86,15 @@ describe('DeltaJobs.admitRequest and DeltaDemand (server.sqlite)', () => {
 
   it('remembers the pairs check-ins named, across a reopen, until they are older than the TTL', async () => {
     const catalog = { channels: async () => [] as string[], channel: async () => undefined };
-    const demand = new DeltaDemand(db, catalog, () => true, 1000);
+    const demand = new DeltaDemand(jobs, catalog, () => true, 1000);
     assert.equal(await demand.of('1', '2', 10), 'none');
-    demand.note('1', '2', 10);
-    const reopened = new DeltaDemand(db, catalog, () => true, 1000);
+    await demand.note('1', '2', 10);
+    const reopened = new DeltaDemand(new DeltaJobs(db), catalog, () => true, 1000);
     assert.equal(await reopened.of('1', '2', 500), 'device');
     assert.equal(await reopened.of('1', '2', 2000), 'none');
     // Without a fleet the published path stands in for the devices.
     const fleetless = new DeltaDemand(
-      db,
+      jobs,
       { channels: async () => ['s'], channel: async () => ({ channel: 's', releases: [{ version: '1' }, { version: '3' }] }) },
       () => false,
     );

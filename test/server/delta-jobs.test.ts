@@ -138,6 +138,17 @@ for (const backend of BACKENDS) {
       assert.equal(await jobs.readyBytes(), 150);
     });
 
+    it('keeps the pairs check-ins named (the demand table), the newest time, until pruned', async () => {
+      assert.equal(await jobs.demandNotedAt('d1', 'd2'), undefined);
+      await jobs.noteDemand('d1', 'd2', 1000);
+      await jobs.noteDemand('d1', 'd2', 3000);
+      await jobs.noteDemand('d3', 'd2', 1500);
+      assert.equal(await jobs.demandNotedAt('d1', 'd2'), 3000);
+      await jobs.pruneDemand(2000);
+      assert.equal(await jobs.demandNotedAt('d3', 'd2'), undefined);
+      assert.equal(await jobs.demandNotedAt('d1', 'd2'), 3000);
+    });
+
     if (backend.name === 'SQLite') {
       it('at start puts every job left building back, the attempt counted (one process owns the file)', async () => {
         await jobs.request('11', '12', PRIORITY.device, 10_000);
