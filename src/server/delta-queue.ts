@@ -72,6 +72,8 @@ export interface DeltaQueue {
    * directory may be another process's.
    */
   readonly shared: boolean;
+  /** With a shared queue, the id of the delta directory its rows belong to (`<delta-dir>/.ibu-delta-dir`). */
+  readonly scope?: string;
   /** How often a builder must renew its claims (ms); 0 when claims never expire (SQLite: one process). */
   readonly renewEveryMs: number;
 

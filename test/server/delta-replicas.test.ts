@@ -111,6 +111,11 @@ describe('delta builders as a pool for replicas on PostgreSQL: --role api|builde
     const again = await get(`${api.url}/v1/deltas/1.0.1/1.0.2`);
     assert.equal(again.status, 200);
     assert.equal((await row('1.0.1', '1.0.2'))?.builds, 1);
+    // Every replica reports the same queue scope (the shared directory's id).
+    const scopes = new Set<unknown>();
+    for (const r of replicas) scopes.add((await get(`${r.url}/v1/admin/cache`, { authorization: 'Bearer tok' })).json().queue);
+    assert.equal(scopes.size, 3, 'three answers');
+    assert.equal(new Set([...scopes].map((q) => JSON.stringify(q))).size, 1, 'one queue');
   });
 
   it('a builder killed with -9 mid-build loses its claim when its lease runs out; the other builds the delta', async () => {

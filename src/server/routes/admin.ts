@@ -36,6 +36,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
                 properties: { queued: { type: 'integer' }, building: { type: 'integer' }, ready: { type: 'integer' }, failed: { type: 'integer' } },
               },
               images: { type: 'object', properties: { count: { type: 'integer' }, bytes: { type: 'integer' } } },
+              queue: { type: 'object', properties: { shared: { type: 'boolean' }, scope: { type: ['string', 'null'] } } },
               admission: { type: 'object', properties: { maxQueued: { type: 'integer' }, perClient: { type: 'integer' } } },
               deltas: {
                 type: 'array',
@@ -85,6 +86,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
         buildsStarted: d.pool.buildsStarted,
         jobs: await d.jobs.counts(),
         images: { count, bytes },
+        // Replicas that print the same scope share one queue and one delta directory.
+        queue: { shared: d.jobs.shared, scope: d.jobs.scope ?? null },
         admission: d.limits,
         deltas: (await d.jobs.all()).map((j) => ({
           from: j.from,
