@@ -117,7 +117,8 @@ export class DeltaWorkerPool extends EventEmitter<PoolEvents> {
   private async armTimer(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.stopping) return;
+    // Every worker busy: the next build to finish kicks again (no 50 ms polling of a backlog).
+    if (this.stopping || this.running.size >= this.workers) return;
     // A shared queue is also polled (a NOTIFY may be lost while the LISTEN connection reconnects).
     const poll = this.jobs.shared ? 5_000 : 60_000;
     const due = await this.jobs.nextDue();
