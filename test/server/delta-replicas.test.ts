@@ -159,6 +159,30 @@ describe('delta builders as a pool for replicas on PostgreSQL: --role api|builde
     await verify(api, '1.0.2', '1.0.3');
   });
 
+  it('a builder stopped with SIGTERM mid-build gives the job back at once; another builder claims it, no attempt counted', async () => {
+    const api = replicas[0]!;
+    await launch('builder-c', 'builder');
+    assert.equal((await get(`${api.url}/v1/deltas/1.0.1/1.0.3`)).status, 202);
+    const claimed = await waitFor('claimed', async () => {
+      const r = await row('1.0.1', '1.0.3');
+      return r?.state === 'building' && r.claimed_by ? r.claimed_by : undefined;
+    });
+    const stopping = replicas.find((r) => r.child.pid === Number(claimed.split(':')[1]))!;
+    assert.ok(stopping.name.startsWith('builder'));
+    const t0 = performance.now();
+    stopping.child.kill('SIGTERM');
+    const next = await waitFor('claimed by another', async () => {
+      const r = await row('1.0.1', '1.0.3');
+      return r?.claimed_by && r.claimed_by !== claimed ? r : r?.state === 'ready' && r.builds > 1 ? r : undefined;
+    });
+    const ms = performance.now() - t0;
+    console.log(`# after SIGTERM the job was claimed by another builder in ${ms.toFixed(0)} ms (no lease to wait out)`);
+    assert.equal(next.attempts, 1, 'a shutdown does not count an attempt');
+    await new Promise((r) => (stopping.child.exitCode === null ? stopping.child.once('exit', r) : r(0)));
+    await waitFor('built', async () => ((await row('1.0.1', '1.0.3'))?.state === 'ready' ? true : undefined), 120_000, 100);
+    await verify(api, '1.0.1', '1.0.3');
+  });
+
   it('refuses --role api or builder without the shared queue (exit status 2)', async () => {
     const child = spawn(process.execPath, [...cliCommand(), 'serve', '--data', store, '--role', 'builder'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
