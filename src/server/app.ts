@@ -26,6 +26,7 @@ import { releaseRoutes } from './routes/releases.js';
 import { releaseChangesRoutes } from './routes/release-changes.js';
 import { AJV_FORMATS } from './schemas.js';
 import { StoreLayout } from './store-layout.js';
+import { roleProblems, type ServeRole } from './serve-role.js';
 import { IbuError } from '../errors.js';
 import { isS3Url, S3Store, type S3StoreOptions } from '../store/s3-store.js';
 import { storeDeltaBuilder } from './store-delta-builder.js';
@@ -66,11 +67,7 @@ export interface ServeOptions {
   /** Registers the fleet plugin (default true); `databaseUrl` selects PostgreSQL for it and for the delta queue. */
   fleet?: boolean;
   databaseUrl?: string;
-  /**
-   * What this process does (docs/deployment.md): `all` (default) serves and builds; `api` serves and
-   * queues, builds nothing; `builder` claims and builds, serves no fleet. api and builder need
-   * `databaseUrl` (the queue they share) and `deltaDir` on storage they share.
-   */
+  /** What this process does (src/server/serve-role.ts); `api` and `builder` need `databaseUrl` and a shared `deltaDir`. */
   role?: ServeRole;
   /** Where built deltas live (default `<data>/cache/deltas`); with replicas, a directory all of them mount. */
   deltaDir?: string;
@@ -78,8 +75,7 @@ export interface ServeOptions {
   deltaLeaseMs?: number;
 }
 
-export type ServeRole = 'api' | 'builder' | 'all';
-export const ROLES: readonly ServeRole[] = ['api', 'builder', 'all'];
+export type { ServeRole } from './serve-role.js';
 
 export interface IbuServer {
   app: FastifyInstance;
@@ -108,11 +104,8 @@ export async function createServer(o: ServeOptions): Promise<IbuServer> {
   const root = path.resolve(o.dataDir);
   if (o.store !== undefined && !isS3Url(o.store))
     throw new IbuError('USAGE', `--store '${o.store}' is not s3://bucket/prefix; a directory store is served with --data`);
-  const role = o.role ?? 'all';
-  if (!ROLES.includes(role)) throw new IbuError('USAGE', `--role '${role}' is not one of ${ROLES.join(', ')}`);
-  if (role !== 'all' && !o.databaseUrl)
-    throw new IbuError('USAGE', `--role ${role} needs --database-url: api and builder replicas share the delta queue in PostgreSQL`);
-  if (role === 'api' && (o.workers ?? 0) > 0) throw new IbuError('USAGE', '--role api builds nothing: leave out --workers, or use --role all');
+  const roleIssues = roleProblems(o.role ?? 'all', o);
+  if (roleIssues.length > 0) throw new IbuError('USAGE', roleIssues.join('; '));
   const layout = new StoreLayout(root, o.store ? new S3Store(o.store, o.s3) : undefined, o.deltaDir);
   await fsp.mkdir(layout.deltasDir, { recursive: true });
   await fsp.mkdir(layout.imagesDir, { recursive: true });

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IbuError } from '../../errors.js';
 import { parseSize } from '../run.js';
+import { roleProblems, type ServeRole } from '../../server/serve-role.js';
 import { addS3Options, s3OptionsFromFlags, type S3Flags } from './s3-options.js';
 
 interface ServeCliOptions {
@@ -87,9 +88,7 @@ export function registerServeCommands(program: Command): void {
       const https = attempt(() => readTls(opts.tlsCert, opts.tlsKey));
       const workers = attempt(() => int('--workers', opts.workers, 0));
       const lease = attempt(() => int('--delta-lease', opts.deltaLease, 1));
-      if (!['api', 'builder', 'all'].includes(opts.role)) problems.push(`--role '${opts.role}' is not one of api, builder, all`);
-      else if (opts.role !== 'all' && !opts.databaseUrl)
-        problems.push(`--role ${opts.role} needs --database-url: api and builder replicas share the delta queue in PostgreSQL`);
+      problems.push(...roleProblems(opts.role, { databaseUrl: opts.databaseUrl }));
       const precompute = attempt(() => int('--precompute', opts.precompute, 0));
       const rescan = attempt(() => int('--rescan-interval', opts.rescanInterval, 0));
       const maxQueued = attempt(() => int('--max-queued-deltas', opts.maxQueuedDeltas, 1));
@@ -107,7 +106,7 @@ export function registerServeCommands(program: Command): void {
         adminToken: adminToken || undefined,
         // An api replica builds nothing whatever --workers says (its default is 1).
         workers: opts.role === 'api' ? 0 : workers,
-        role: opts.role as 'api' | 'builder' | 'all',
+        role: opts.role as ServeRole,
         deltaDir: opts.deltaDir,
         deltaLeaseMs: lease! * 1000,
         precompute,
