@@ -7,7 +7,9 @@ import type { DeltaBuilder } from './delta-builder.js';
 import { ADMISSION_DEFAULTS, type AdmissionLimits } from './delta-admission.js';
 import { DeltaCache } from './delta-cache.js';
 import { DeltaDemand } from './delta-demand.js';
-import { DEFAULT_RETRY, DeltaJobs, type RetryPolicy } from './delta-jobs.js';
+import { DeltaJobs } from './delta-jobs.js';
+import { DEFAULT_RETRY, type DeltaQueue, type RetryPolicy } from './delta-queue.js';
+import { PostgresDeltaQueue } from './postgres-delta-queue.js';
 import { DeltaWorkerPool } from './delta-pool.js';
 import { DeltaServiceImpl } from './delta-service.js';
 import { fleetPlugin } from './fleet/plugin.js';
@@ -24,6 +26,7 @@ import { releaseRoutes } from './routes/releases.js';
 import { releaseChangesRoutes } from './routes/release-changes.js';
 import { AJV_FORMATS } from './schemas.js';
 import { StoreLayout } from './store-layout.js';
+import { roleProblems, type ServeRole } from './serve-role.js';
 import { IbuError } from '../errors.js';
 import { isS3Url, S3Store, type S3StoreOptions } from '../store/s3-store.js';
 import { storeDeltaBuilder } from './store-delta-builder.js';
@@ -61,10 +64,18 @@ export interface ServeOptions {
   /** Fastify logger option: true/false, pino options, or a pino instance. */
   logger?: FastifyServerOptions['logger'] | FastifyBaseLogger;
   https?: { key: Buffer; cert: Buffer };
-  /** Registers the fleet plugin (default true); `databaseUrl` selects PostgreSQL for it. */
+  /** Registers the fleet plugin (default true); `databaseUrl` selects PostgreSQL for it and for the delta queue. */
   fleet?: boolean;
   databaseUrl?: string;
+  /** What this process does (src/server/serve-role.ts); `api` and `builder` need `databaseUrl` and a shared `deltaDir`. */
+  role?: ServeRole;
+  /** Where built deltas live (default `<data>/cache/deltas`); with replicas, a directory all of them mount. */
+  deltaDir?: string;
+  /** A shared queue's claim not renewed for this long is taken over by another builder. Default 30 s. */
+  deltaLeaseMs?: number;
 }
+
+export type { ServeRole } from './serve-role.js';
 
 export interface IbuServer {
   app: FastifyInstance;
@@ -93,7 +104,9 @@ export async function createServer(o: ServeOptions): Promise<IbuServer> {
   const root = path.resolve(o.dataDir);
   if (o.store !== undefined && !isS3Url(o.store))
     throw new IbuError('USAGE', `--store '${o.store}' is not s3://bucket/prefix; a directory store is served with --data`);
-  const layout = new StoreLayout(root, o.store ? new S3Store(o.store, o.s3) : undefined);
+  const roleIssues = roleProblems(o.role ?? 'all', o);
+  if (roleIssues.length > 0) throw new IbuError('USAGE', roleIssues.join('; '));
+  const layout = new StoreLayout(root, o.store ? new S3Store(o.store, o.s3) : undefined, o.deltaDir);
   await fsp.mkdir(layout.deltasDir, { recursive: true });
   await fsp.mkdir(layout.imagesDir, { recursive: true });
   const unlock = await lockDataDir(layout.lock);
@@ -138,9 +151,39 @@ async function createServer0(o: ServeOptions, root: string, layout: StoreLayout,
   }
 }
 
+/** The delta queue: the server's SQLite file, or PostgreSQL shared with the replicas that serve the same delta directory. */
+async function openQueue(db: Db, o: ServeOptions, layout: StoreLayout): Promise<DeltaQueue> {
+  const retry = { ...DEFAULT_RETRY, ...o.retry };
+  if (!o.databaseUrl) return new DeltaJobs(db, retry);
+  if (!/^postgres(ql)?:\/\//.test(o.databaseUrl))
+    throw new IbuError(
+      'CONFIG_INVALID',
+      `The database URL '${o.databaseUrl.replace(/\/\/[^@]*@/, '//***@')}' is not postgres://...; leave it out to use SQLite in the data directory.`,
+    );
+  return PostgresDeltaQueue.open(o.databaseUrl, layout.deltasDir, { retry, leaseMs: o.deltaLeaseMs });
+}
+
 async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: string, layout: StoreLayout, unlock: () => Promise<void>): Promise<IbuServer> {
-  const jobs = new DeltaJobs(db, { ...DEFAULT_RETRY, ...o.retry });
-  const recoveredJobs = jobs.recoverInterrupted();
+  const jobs = await openQueue(db, o, layout);
+  try {
+    return await assemble0(app, db, jobs, o, root, layout, unlock);
+  } catch (err) {
+    await jobs.close();
+    throw err;
+  }
+}
+
+async function assemble0(
+  app: FastifyInstance,
+  db: Db,
+  jobs: DeltaQueue,
+  o: ServeOptions,
+  root: string,
+  layout: StoreLayout,
+  unlock: () => Promise<void>,
+): Promise<IbuServer> {
+  const role = o.role ?? 'all';
+  const recoveredJobs = await jobs.recoverInterrupted();
   const cache = new DeltaCache(layout, jobs, o.deltaQuotaBytes ?? DEFAULTS.deltaQuotaBytes, app.log);
   const rec = await cache.reconcile();
   if (recoveredJobs > 0 || rec.partialsRemoved > 0 || rec.rowsDropped > 0 || rec.filesRemoved > 0) {
@@ -158,8 +201,9 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
     layout,
     o.zfsBuilder,
   );
-  const pool = new DeltaWorkerPool(jobs, cache, layout, builder, Math.max(0, o.workers ?? DEFAULTS.workers), app.log);
-  const demand = new DeltaDemand(db, catalog, () => app.fleet !== undefined);
+  const workers = role === 'api' ? 0 : Math.max(0, o.workers ?? DEFAULTS.workers);
+  const pool = new DeltaWorkerPool(jobs, cache, layout, builder, workers, app.log);
+  const demand = new DeltaDemand(jobs, catalog, () => app.fleet !== undefined);
   const deltas = new DeltaServiceImpl(
     jobs,
     cache,
@@ -187,7 +231,8 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
   zfsStreamRoutes(app, ctx);
   await app.register(rateLimit, rateLimitOptions(connectionLimits(o.connections)));
   await app.register(async (scope) => adminRoutes(scope, ctx));
-  if (o.fleet !== false) await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
+  // A builder serves no devices: the balancer sends check-ins to api replicas only.
+  if (o.fleet !== false && role !== 'builder') await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
 
   app.addHook('onReady', async () => {
     pool.kick();
@@ -200,6 +245,7 @@ async function assemble(app: FastifyInstance, db: Db, o: ServeOptions, root: str
     await precompute.stop();
     await pool.stop();
     cache.closed = true;
+    await jobs.close();
     db.close();
     await layout.releases.close?.();
     await unlock();

@@ -1,5 +1,5 @@
 import { compareVersions } from '../version.js';
-import { PRIORITY, type AdmitAnswer, type QueueFacts } from './delta-jobs.js';
+import { PRIORITY, type AdmitAnswer, type QueueFacts } from './delta-queue.js';
 
 /**
  * Whether a client's request may add a delta build to the queue (issue #15 item 5: an anonymous

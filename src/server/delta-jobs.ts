@@ -1,55 +1,19 @@
 import type { Db } from './db.js';
+import {
+  DEFAULT_RETRY,
+  PRIORITY,
+  retryDelay,
+  type AdmitAnswer,
+  type AdmitResult,
+  type DeltaJob,
+  type DeltaQueue,
+  type JobState,
+  type QueueFacts,
+  type RetryPolicy,
+} from './delta-queue.js';
 
-export type JobState = 'queued' | 'building' | 'ready' | 'failed';
-
-export interface DeltaJob {
-  from: string;
-  to: string;
-  state: JobState;
-  priority: number;
-  requestedAt: number;
-  attempts: number;
-  nextAttemptAt: number;
-  startedAt: number | null;
-  finishedAt: number | null;
-  lastError: string | null;
-  size: number | null;
-  sha256: string | null;
-  lastAccessAt: number | null;
-  builds: number;
-  /** The client address that queued a job nobody needed (src/server/delta-admission.ts), else null. */
-  client: string | null;
-}
-
-/**
- * Lower runs first: a device waiting beats a precompute guess, and both beat a pair nobody is
- * known to need (src/server/delta-admission.ts).
- */
-export const PRIORITY = { device: 0, admin: 0, precompute: 10, unneeded: 20 } as const;
-
-/** What an admission decision reads about the queue (src/server/delta-admission.ts). */
-export interface QueueFacts {
-  /** Jobs in state 'queued'. */
-  queued: number;
-  /** This client's jobs nobody is known to need (priority `unneeded`), queued or building. */
-  clientHeld: number;
-  /** A queued job nobody is known to need exists, which a needed pair may displace. */
-  evictable: boolean;
-}
-
-/** An admission answer as the queue needs it: admitted (at this priority, maybe displacing one) or refused. */
-export type AdmitAnswer<R> = { admit: true; priority: number; evict: boolean } | R;
-
-export interface RetryPolicy {
-  maxAttempts: number;
-  /** Delay before attempt n+1 is baseMs * 4^(n-1), capped at maxMs. */
-  baseMs: number;
-  maxMs: number;
-  /** A failed pair asked for again after this long is queued afresh. */
-  failedCooldownMs: number;
-}
-
-export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 3, baseMs: 10_000, maxMs: 15 * 60_000, failedCooldownMs: 60 * 60_000 };
+// The queue's vocabulary lives in delta-queue.ts; re-exported for the modules and tests that read it here.
+export { DEFAULT_RETRY, PRIORITY, type AdmitAnswer, type DeltaJob, type JobState, type QueueFacts, type RetryPolicy };
 
 interface Row {
   from_version: string;
@@ -90,11 +54,14 @@ function toJob(r: Row): DeltaJob {
 }
 
 /**
- * The delta job queue and cache index, one row per (from, to) pair. The primary key is what makes
- * "one build per pair" hold across requests and processes: a request inserts or finds the row,
- * and a worker moves it queued → building in one UPDATE, so two claimers cannot both win.
+ * The delta queue in the server's SQLite file (`<data>/server.sqlite`), the one-server default:
+ * one process owns the file (cache/server.lock), so a claim needs no lease — jobs left 'building'
+ * by a crash go back to the queue at the next start. The statements are synchronous
+ * (better-sqlite3); the methods are async only to share the DeltaQueue interface with PostgreSQL.
  */
-export class DeltaJobs {
+export class DeltaJobs implements DeltaQueue {
+  readonly shared = false;
+  readonly renewEveryMs = 0;
   private readonly q;
   constructor(
     private readonly db: Db,
@@ -139,49 +106,50 @@ export class DeltaJobs {
       recover: db.prepare("UPDATE delta_jobs SET state = 'queued', started_at = NULL, next_attempt_at = 0 WHERE state = 'building'"),
       touch: db.prepare('UPDATE delta_jobs SET last_access_at = ? WHERE from_version = ? AND to_version = ?'),
       del: db.prepare('DELETE FROM delta_jobs WHERE from_version = ? AND to_version = ?'),
+      delReady: db.prepare("DELETE FROM delta_jobs WHERE from_version = ? AND to_version = ? AND state = 'ready'"),
       lru: db.prepare<[], Row>("SELECT * FROM delta_jobs WHERE state = 'ready' ORDER BY last_access_at, rowid"),
       all: db.prepare<[], Row>('SELECT * FROM delta_jobs ORDER BY state, priority, requested_at, rowid'),
       readyBytes: db.prepare<[], { n: number | null }>("SELECT SUM(size) AS n FROM delta_jobs WHERE state = 'ready'"),
       counts: db.prepare<[], { state: JobState; n: number }>('SELECT state, COUNT(*) AS n FROM delta_jobs GROUP BY state'),
       nextDue: db.prepare<[], { t: number | null }>("SELECT MIN(next_attempt_at) AS t FROM delta_jobs WHERE state = 'queued'"),
       involving: db.prepare<[string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? OR to_version = ?'),
+      note: db.prepare(
+        `INSERT INTO delta_demand (from_version, to_version, noted_at) VALUES (?, ?, ?)
+           ON CONFLICT (from_version, to_version) DO UPDATE SET noted_at = excluded.noted_at`,
+      ),
+      noted: db.prepare<[string, string], { noted_at: number }>('SELECT noted_at FROM delta_demand WHERE from_version = ? AND to_version = ?'),
+      prune: db.prepare('DELETE FROM delta_demand WHERE noted_at < ?'),
     };
   }
 
-  get(from: string, to: string): DeltaJob | undefined {
+  private row(from: string, to: string): DeltaJob | undefined {
     const r = this.q.get.get(from, to);
     return r ? toJob(r) : undefined;
   }
 
-  /**
-   * Finds the pair's job or queues one (idempotent). A queued job asked for by a more urgent
-   * requester moves up; a failed job asked for again after the cool-down is queued afresh.
-   */
-  request(from: string, to: string, priority: number, now = Date.now()): { job: DeltaJob; created: boolean } {
-    const r = this.admitRequest<{ admit: false }>(from, to, priority, now, {});
+  async get(from: string, to: string): Promise<DeltaJob | undefined> {
+    return this.row(from, to);
+  }
+
+  async request(from: string, to: string, priority: number, now = Date.now()): Promise<{ job: DeltaJob; created: boolean }> {
+    const r = await this.admitRequest<{ admit: false }>(from, to, priority, now, {});
     if ('refused' in r) throw new Error('unreachable: a request without admission is never refused');
     return r;
   }
 
-  /**
-   * `request` for a client: a request that would add a job (none yet, or a failed one past its
-   * cool-down) first asks `admit`, in the same transaction as the insert, so the queue bound holds
-   * however requests interleave. Refused, nothing is written; with `evict`, the newest queued job
-   * nobody needed is dropped to make room.
-   */
-  admitRequest<R extends { admit: false }>(
+  async admitRequest<R extends { admit: false }>(
     from: string,
     to: string,
     priority: number,
     now: number,
     o: { client?: string; admit?: (facts: QueueFacts) => AdmitAnswer<R> },
-  ): { job: DeltaJob; created: boolean; evicted?: DeltaJob } | { refused: R } {
+  ): Promise<AdmitResult<R>> {
     // The hot path (a device polling a known pair) is one read, no write transaction.
-    const seen = this.get(from, to);
+    const seen = this.row(from, to);
     if (seen && (seen.state === 'building' || seen.state === 'ready' || (seen.state === 'queued' && seen.priority <= priority)))
       return { job: seen, created: false };
-    return this.db.transaction(() => {
-      const cur = this.get(from, to);
+    return this.db.transaction((): AdmitResult<R> => {
+      const cur = this.row(from, to);
       const adds = !cur || (cur.state === 'failed' && now - (cur.finishedAt ?? 0) >= this.retry.failedCooldownMs);
       let evicted: DeltaJob | undefined;
       if (adds && o.admit) {
@@ -205,102 +173,118 @@ export class DeltaJobs {
         if (cur?.state === 'queued') this.q.bump.run(priority, from, to, priority);
         else if (adds) {
           this.q.revive.run(priority, now, client, from, to);
-          return { job: this.get(from, to)!, created: true, evicted };
+          return { job: this.row(from, to)!, created: true, evicted };
         }
       }
-      return { job: this.get(from, to)!, created: ins.changes > 0, evicted };
+      return { job: this.row(from, to)!, created: ins.changes > 0, evicted };
     })();
   }
 
-  /** Moves a queued job up to `priority` (a device's check-in named the pair); no job, no change. */
-  raise(from: string, to: string, priority: number): void {
+  async raise(from: string, to: string, priority: number): Promise<void> {
     this.q.bump.run(priority, from, to, priority);
   }
 
-  /** How many queued jobs run before this one (0 = next). */
-  position(job: DeltaJob): number {
+  async position(job: DeltaJob): Promise<number> {
     return this.q.position.get({ p: job.priority, t: job.requestedAt, from: job.from, to: job.to })!.n;
   }
 
-  /** Atomically moves the most urgent due job to 'building'. */
-  claimNext(now = Date.now()): DeltaJob | undefined {
+  async claimNext(now = Date.now()): Promise<DeltaJob | undefined> {
     return this.db.transaction(() => {
       const r = this.q.next.get(now);
       if (!r) return undefined;
       const res = this.q.claim.run(now, r.from_version, r.to_version);
       if (res.changes === 0) return undefined;
-      return this.get(r.from_version, r.to_version);
+      return this.row(r.from_version, r.to_version);
     })();
   }
 
-  markReady(from: string, to: string, size: number, sha256: string, now = Date.now()): void {
-    this.q.ready.run(now, size, sha256, now, from, to);
+  /** One process owns the file: nothing else can take a claim, so there is nothing to renew. */
+  async renewClaims(): Promise<number> {
+    return 0;
   }
 
-  /** Records a failed attempt: back to the queue after a backoff, or 'failed' when out of attempts. */
-  markFailed(from: string, to: string, error: string, now = Date.now()): DeltaJob {
-    const job = this.get(from, to);
+  async holds(from: string, to: string): Promise<boolean> {
+    return this.row(from, to)?.state === 'building';
+  }
+
+  async markReady(from: string, to: string, size: number, sha256: string, now = Date.now()): Promise<boolean> {
+    return this.q.ready.run(now, size, sha256, now, from, to).changes > 0;
+  }
+
+  async markFailed(from: string, to: string, error: string, now = Date.now()): Promise<DeltaJob> {
+    const job = this.row(from, to);
     if (!job) throw new Error(`no delta job ${from} -> ${to}`);
-    if (job.attempts >= this.retry.maxAttempts) {
-      this.q.fail.run(now, error, from, to);
-    } else {
-      const delay = Math.min(this.retry.maxMs, this.retry.baseMs * 4 ** Math.max(0, job.attempts - 1));
-      this.q.retryLater.run(now + delay, error, from, to);
-    }
-    return this.get(from, to)!;
+    if (job.attempts >= this.retry.maxAttempts) this.q.fail.run(now, error, from, to);
+    else this.q.retryLater.run(now + retryDelay(this.retry, job.attempts), error, from, to);
+    return this.row(from, to)!;
   }
 
-  /** An operator's retry: a failed pair goes back to the queue at once with fresh attempts. */
-  retryNow(from: string, to: string, now = Date.now()): void {
+  async retryNow(from: string, to: string, now = Date.now()): Promise<void> {
     this.q.revive.run(PRIORITY.admin, now, null, from, to);
   }
 
-  /** A build stopped by shutdown goes back to the queue without counting as an attempt. */
-  requeue(from: string, to: string): void {
+  async requeue(from: string, to: string): Promise<void> {
     this.q.requeue.run(from, to);
   }
 
-  /**
-   * At start: jobs left 'building' by a process that died go back to the queue. The attempt stays
-   * counted, so a build that crashes the server every time still ends as 'failed'.
-   */
-  recoverInterrupted(): number {
+  /** The attempt stays counted, so a build that crashes the server every time still ends as 'failed'. */
+  async recoverInterrupted(): Promise<number> {
     return this.q.recover.run().changes;
   }
 
-  touch(from: string, to: string, now = Date.now()): void {
+  async touch(from: string, to: string, now = Date.now()): Promise<void> {
     this.q.touch.run(now, from, to);
   }
 
-  delete(from: string, to: string): void {
-    this.q.del.run(from, to);
+  async delete(from: string, to: string): Promise<boolean> {
+    return this.q.del.run(from, to).changes > 0;
   }
 
-  /** Ready deltas, least recently used first. */
-  readyByLru(): DeltaJob[] {
+  async evictReady(from: string, to: string): Promise<boolean> {
+    return this.q.delReady.run(from, to).changes > 0;
+  }
+
+  async readyByLru(): Promise<DeltaJob[]> {
     return this.q.lru.all().map(toJob);
   }
 
-  all(): DeltaJob[] {
+  async all(): Promise<DeltaJob[]> {
     return this.q.all.all().map(toJob);
   }
 
-  involving(version: string): DeltaJob[] {
+  async involving(version: string): Promise<DeltaJob[]> {
     return this.q.involving.all(version, version).map(toJob);
   }
 
-  readyBytes(): number {
+  async readyBytes(): Promise<number> {
     return this.q.readyBytes.get()!.n ?? 0;
   }
 
-  counts(): Record<JobState, number> {
+  async counts(): Promise<Record<JobState, number>> {
     const out: Record<JobState, number> = { queued: 0, building: 0, ready: 0, failed: 0 };
     for (const r of this.q.counts.all()) out[r.state] = r.n;
     return out;
   }
 
-  /** Earliest next_attempt_at among queued jobs (for the retry timer). */
-  nextDue(): number | undefined {
+  async nextDue(): Promise<number | undefined> {
     return this.q.nextDue.get()!.t ?? undefined;
   }
+
+  async noteDemand(from: string, to: string, now: number): Promise<void> {
+    this.q.note.run(from, to, now);
+  }
+
+  async demandNotedAt(from: string, to: string): Promise<number | undefined> {
+    return this.q.noted.get(from, to)?.noted_at;
+  }
+
+  async pruneDemand(before: number): Promise<void> {
+    this.q.prune.run(before);
+  }
+
+  /** Only this process queues into its file: the delta service starts the pool itself. */
+  onQueued(): void {}
+
+  /** The database is the server's (src/server/db.ts), closed with it. */
+  async close(): Promise<void> {}
 }

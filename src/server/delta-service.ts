@@ -5,8 +5,7 @@ import type { DeltaService, DeltaStatus } from './contracts.js';
 import { admit, type AdmissionLimits } from './delta-admission.js';
 import type { DeltaCache } from './delta-cache.js';
 import type { DeltaDemand } from './delta-demand.js';
-import type { DeltaJob, DeltaJobs } from './delta-jobs.js';
-import { PRIORITY } from './delta-jobs.js';
+import { PRIORITY, type DeltaJob, type DeltaQueue } from './delta-queue.js';
 import type { DeltaWorkerPool } from './delta-pool.js';
 import type { StoreLayout } from './store-layout.js';
 
@@ -33,7 +32,7 @@ export interface LookupOptions {
  */
 export class DeltaServiceImpl implements DeltaService {
   constructor(
-    readonly jobs: DeltaJobs,
+    readonly jobs: DeltaQueue,
     readonly cache: DeltaCache,
     readonly pool: DeltaWorkerPool,
     private readonly layout: StoreLayout,
@@ -51,7 +50,7 @@ export class DeltaServiceImpl implements DeltaService {
    * DELTA_CLIENT_LIMIT with `details.retryAfter`.
    */
   async lookup(from: string, to: string, opts: LookupOptions): Promise<DeltaLookup> {
-    let job = opts.create ? await this.request0(from, to, opts) : this.jobs.get(from, to);
+    let job = opts.create ? await this.request0(from, to, opts) : await this.jobs.get(from, to);
     if (!job) return { state: 'none' };
     if (job.state === 'ready') {
       const file = this.layout.delta(from, to);
@@ -59,7 +58,7 @@ export class DeltaServiceImpl implements DeltaService {
         await fsp.access(file);
         return { state: 'ready', job, file };
       } catch {
-        this.jobs.delete(from, to);
+        await this.jobs.evictReady(from, to);
         if (!opts.create) return { state: 'none' };
         job = await this.request0(from, to, opts);
       }
@@ -67,7 +66,7 @@ export class DeltaServiceImpl implements DeltaService {
     if (job.state === 'failed') return { state: 'failed', job };
     if (job.state === 'building') return { state: 'building', job, position: 0, retryAfter: this.retryAfterSeconds };
     // 1 = next to start; each full round of workers ahead adds one Retry-After period.
-    const position = this.jobs.position(job) + 1;
+    const position = (await this.jobs.position(job)) + 1;
     return { state: 'queued', job, position, retryAfter: this.retryAfterFor(position) };
   }
 
@@ -77,11 +76,12 @@ export class DeltaServiceImpl implements DeltaService {
   }
 
   private async request0(from: string, to: string, o: LookupOptions): Promise<DeltaJob> {
-    const r = o.client === undefined ? this.jobs.request(from, to, o.priority ?? PRIORITY.device) : await this.admitted(from, to, o.client, o);
+    const r = o.client === undefined ? await this.jobs.request(from, to, o.priority ?? PRIORITY.device) : await this.admitted(from, to, o.client, o);
     if (!('created' in r)) return r;
     if (r.created) {
       this.pool.kick();
-      return this.jobs.get(from, to) ?? r.job; // the kick may have claimed it
+      await this.pool.settled(); // the claim, when this process builds: the answer says 'building' at once
+      return (await this.jobs.get(from, to)) ?? r.job;
     }
     return r.job;
   }
@@ -92,14 +92,14 @@ export class DeltaServiceImpl implements DeltaService {
     // Known pairs cost no admission: a poll of a building or built pair is one read. A queued
     // one moves up only when a check-in named it since (a ZFS stream: the check-in raised the
     // ibu delta's job only); the published path is read for new jobs alone (it reads files).
-    const seen = this.jobs.get(from, to);
+    const seen = await this.jobs.get(from, to);
     if (seen && (seen.state === 'building' || seen.state === 'ready')) return seen;
-    if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !this.demand.noted(pairFrom, to))) return seen;
+    if (seen?.state === 'queued' && (seen.priority <= PRIORITY.device || !(await this.demand.noted(pairFrom, to)))) return seen;
     const demand = await this.demand.of(pairFrom, to);
     const priority = demand === 'none' ? PRIORITY.unneeded : PRIORITY.device;
-    const a = this.jobs.admitRequest(from, to, priority, Date.now(), { client, admit: (facts) => admit(demand, facts, this.limits) });
+    const a = await this.jobs.admitRequest(from, to, priority, Date.now(), { client, admit: (facts) => admit(demand, facts, this.limits) });
     if ('refused' in a) {
-      const retryAfter = this.retryAfterFor(this.jobs.counts().queued + 1);
+      const retryAfter = this.retryAfterFor((await this.jobs.counts()).queued + 1);
       throw new IbuError(a.refused.code, a.refused.message, { details: { retryAfter, from, to } });
     }
     if (a.evicted) this.log.info({ from: a.evicted.from, to: a.evicted.to, client: a.evicted.client }, 'queued delta job nobody needed displaced');
@@ -115,7 +115,7 @@ export class DeltaServiceImpl implements DeltaService {
     // Written (and the queue touched) once per pair every few minutes, not on every check-in; a
     // ZFS stream's job moves up when the device asks for it (its key differs).
     const known = from !== to && (await this.exists(from)) && (await this.exists(to));
-    if (known && this.demand.note(from, to)) this.jobs.raise(from, to, PRIORITY.device);
+    if (known && (await this.demand.note(from, to))) await this.jobs.raise(from, to, PRIORITY.device);
     return this.status(from, to);
   }
 

@@ -2,4 +2,4 @@
 export { createServer, DEFAULTS, type IbuServer, type ServeOptions } from './app.js';
 export type { DeltaBuilder, DeltaBuildRequest } from './delta-builder.js';
 export { runChild } from './delta-builder.js';
-export type { DeltaJob, JobState, RetryPolicy } from './delta-jobs.js';
+export type { DeltaJob, DeltaQueue, JobState, RetryPolicy } from './delta-queue.js';

@@ -4,7 +4,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { compareVersions } from '../version.js';
 import type { FleetService } from './contracts.js';
 import type { Db } from './db.js';
-import { PRIORITY } from './delta-jobs.js';
+import { PRIORITY } from './delta-queue.js';
 import type { DeltaServiceImpl } from './delta-service.js';
 import type { ReleaseCatalog } from './release-catalog.js';
 

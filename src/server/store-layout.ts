@@ -15,11 +15,15 @@ export type ReleaseStore = WriteStore & ListableStore & { close?: () => Promise<
 export class StoreLayout {
   /** Read releases through this (chunks, manifests, channels); the paths below are the local directory's. */
   readonly releases: ReleaseStore;
+  /** Built deltas: `<data>/cache/deltas`, or a directory every replica shares (`ibu serve --delta-dir`). */
+  readonly deltasDir: string;
   constructor(
     readonly root: string,
     releases?: ReleaseStore,
+    deltasDir?: string,
   ) {
     this.releases = releases ?? new LocalStore(root);
+    this.deltasDir = deltasDir ? path.resolve(deltasDir) : path.join(root, 'cache', 'deltas');
   }
   /** True when the release side is the data directory (files can be streamed from disk). */
   get releasesLocal(): boolean {
@@ -45,9 +49,6 @@ export class StoreLayout {
   }
   get cacheDir(): string {
     return path.join(this.root, 'cache');
-  }
-  get deltasDir(): string {
-    return path.join(this.root, 'cache', 'deltas');
   }
   get imagesDir(): string {
     return path.join(this.root, 'cache', 'images');

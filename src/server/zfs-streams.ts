@@ -8,7 +8,7 @@ import { buildCompressedStream } from '../zfs/stream.js';
 import { zfsGet } from '../zfs/tools.js';
 import type { ServerContext } from './context.js';
 import type { DeltaBuilder, DeltaBuildRequest } from './delta-builder.js';
-import { PRIORITY } from './delta-jobs.js';
+import { PRIORITY } from './delta-queue.js';
 import { checkPair, pairRouteSchema, serveBuilt } from './routes/deltas.js';
 import type { StoreLayout } from './store-layout.js';
 

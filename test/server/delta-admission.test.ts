@@ -64,37 +64,37 @@ describe('DeltaJobs.admitRequest and DeltaDemand (server.sqlite)', () => {
   });
   const gate = (demand: Demand) => (f: QueueFacts) => admit(demand, f, { maxQueued: 3, perClient: 2 });
 
-  it('caps one client, bounds the queue, lets a needed pair displace the newest unneeded job', () => {
+  it('caps one client, bounds the queue, lets a needed pair displace the newest unneeded job', async () => {
     const ask = (from: string, client: string, demand: Demand, now: number) =>
       jobs.admitRequest(from, 'z', demand === 'none' ? PRIORITY.unneeded : PRIORITY.device, now, { client, admit: gate(demand) });
-    assert.ok('job' in ask('a', 'c1', 'none', 1));
-    assert.ok('job' in ask('b', 'c1', 'none', 2));
-    const capped = ask('c', 'c1', 'none', 3);
+    assert.ok('job' in (await ask('a', 'c1', 'none', 1)));
+    assert.ok('job' in (await ask('b', 'c1', 'none', 2)));
+    const capped = await ask('c', 'c1', 'none', 3);
     assert.ok('refused' in capped && capped.refused.code === 'DELTA_CLIENT_LIMIT');
-    assert.equal(jobs.get('c', 'z'), undefined, 'a refusal writes nothing');
+    assert.equal(await jobs.get('c', 'z'), undefined, 'a refusal writes nothing');
     // Asking again for a pair already queued costs nothing (no admission, no refusal).
-    assert.ok('job' in ask('a', 'c1', 'none', 4));
-    assert.ok('job' in ask('d', 'c2', 'none', 5));
-    const full = ask('e', 'c3', 'none', 6);
+    assert.ok('job' in (await ask('a', 'c1', 'none', 4)));
+    assert.ok('job' in (await ask('d', 'c2', 'none', 5)));
+    const full = await ask('e', 'c3', 'none', 6);
     assert.ok('refused' in full && full.refused.code === 'DELTA_QUEUE_FULL');
-    const needed = ask('n', 'c1', 'device', 7);
+    const needed = await ask('n', 'c1', 'device', 7);
     assert.ok('job' in needed && needed.evicted?.from === 'd', 'the newest unneeded job makes room');
-    assert.equal(jobs.counts().queued, 3);
-    assert.equal(jobs.position(jobs.get('n', 'z')!), 0);
-    assert.equal(jobs.get('n', 'z')!.client, null, 'a needed job counts against no client');
+    assert.equal((await jobs.counts()).queued, 3);
+    assert.equal(await jobs.position((await jobs.get('n', 'z'))!), 0);
+    assert.equal((await jobs.get('n', 'z'))!.client, null, 'a needed job counts against no client');
   });
 
   it('remembers the pairs check-ins named, across a reopen, until they are older than the TTL', async () => {
     const catalog = { channels: async () => [] as string[], channel: async () => undefined };
-    const demand = new DeltaDemand(db, catalog, () => true, 1000);
+    const demand = new DeltaDemand(jobs, catalog, () => true, 1000);
     assert.equal(await demand.of('1', '2', 10), 'none');
-    demand.note('1', '2', 10);
-    const reopened = new DeltaDemand(db, catalog, () => true, 1000);
+    await demand.note('1', '2', 10);
+    const reopened = new DeltaDemand(new DeltaJobs(db), catalog, () => true, 1000);
     assert.equal(await reopened.of('1', '2', 500), 'device');
     assert.equal(await reopened.of('1', '2', 2000), 'none');
     // Without a fleet the published path stands in for the devices.
     const fleetless = new DeltaDemand(
-      db,
+      jobs,
       { channels: async () => ['s'], channel: async () => ({ channel: 's', releases: [{ version: '1' }, { version: '3' }] }) },
       () => false,
     );

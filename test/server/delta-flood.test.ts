@@ -74,7 +74,7 @@ describe('delta admission: a flood does not push the pairs devices need back (is
     srv = await start(options);
     return srv;
   }
-  const queued = (s: Running): number => s.ctx.deltas.jobs.counts().queued;
+  const queued = async (s: Running): Promise<number> => (await s.ctx.deltas.jobs.counts()).queued;
 
   it('with a fleet: the flood is capped per address, the queue bounded, the enrolled device first', async () => {
     const s = await fresh(true);
@@ -89,10 +89,11 @@ describe('delta admission: a flood does not push the pairs devices need back (is
       assert.equal(code(a), 'DELTA_CLIENT_LIMIT');
       assert.ok(Number(a.retryAfter) > 0, 'a refusal says when to come back');
     }
-    assert.equal(queued(s), limits.perClient);
+    assert.equal(await queued(s), limits.perClient);
 
     // Many addresses: each gets its own cap, the queue never passes its bound.
-    const rest = floodPairs([['1.0.1', NEWEST]]).filter(([f, t]) => !s.ctx.deltas.jobs.get(f, t));
+    const rest: Array<[string, string]> = [];
+    for (const [f, t] of floodPairs([['1.0.1', NEWEST]])) if (!(await s.ctx.deltas.jobs.get(f, t))) rest.push([f, t]);
     let full = 0;
     for (let i = 0; i < rest.length; i++) {
       const [f, t] = rest[i]!;
@@ -103,9 +104,9 @@ describe('delta admission: a flood does not push the pairs devices need back (is
         assert.ok(Number(a.retryAfter) > 0);
         full++;
       }
-      assert.ok(queued(s) <= limits.maxQueued, `queue at ${queued(s)} after ${i + 1} more requests`);
+      assert.ok((await queued(s)) <= limits.maxQueued, `queue at ${await queued(s)} after ${i + 1} more requests`);
     }
-    assert.equal(queued(s), limits.maxQueued);
+    assert.equal(await queued(s), limits.maxQueued);
     assert.equal(full, rest.length - (limits.maxQueued - limits.perClient));
 
     // A real device: enrolled, its check-in names 1.0.1 -> newest as its next hop.
@@ -124,7 +125,7 @@ describe('delta admission: a flood does not push the pairs devices need back (is
     const d = await getFrom(s.url, `/v1/deltas/1.0.1/${NEWEST}`, '127.0.0.1');
     assert.equal(d.status, 202, JSON.stringify(d.body));
     assert.equal(d.body.position, 1);
-    assert.ok(queued(s) <= limits.maxQueued, 'a needed pair displaces a flood job, the bound holds');
+    assert.ok((await queued(s)) <= limits.maxQueued, 'a needed pair displaces a flood job, the bound holds');
 
     // A second device's hop, which the flood may have queued first: it moves up too, both lead the queue.
     const e2 = await get(
@@ -140,7 +141,7 @@ describe('delta admission: a flood does not push the pairs devices need back (is
     assert.equal(d2.status, 202, JSON.stringify(d2.body));
     const again = await getFrom(s.url, `/v1/deltas/1.0.1/${NEWEST}`, '127.0.0.1');
     assert.deepEqual([d2.body.position, again.body.position].sort(), [1, 2]);
-    assert.ok(queued(s) <= limits.maxQueued);
+    assert.ok((await queued(s)) <= limits.maxQueued);
   });
 
   it("without a fleet: pairs into a channel's newest release go first, others are capped per address", async () => {
@@ -149,7 +150,7 @@ describe('delta admission: a flood does not push the pairs devices need back (is
     const flood = await Promise.all(offPath.map(([f, t]) => getFrom(s.url, `/v1/deltas/${f}/${t}`, '127.0.0.1')));
     assert.equal(flood.filter((a) => a.status === 202).length, limits.perClient);
     assert.ok(flood.filter((a) => a.status !== 202).every((a) => a.status === 429 && code(a) === 'DELTA_CLIENT_LIMIT'));
-    assert.equal(queued(s), limits.perClient);
+    assert.equal(await queued(s), limits.perClient);
     // The operator sees who queued them.
     const cache = (await get(`${s.url}/v1/admin/cache`, { authorization: 'Bearer tok' })).json();
     const held = (cache.deltas as Array<{ client: string | null }>).filter((j) => j.client === '127.0.0.1');

@@ -68,7 +68,7 @@ describe('delta queue: retries, failure, restart', () => {
     const retry = await get(`${srv.url}/v1/admin/deltas/1.0.1/1.0.3`, { authorization: 'Bearer tok' }, 'POST');
     assert.equal(retry.status, 202);
     assert.ok(['queued', 'building'].includes(String(retry.json().state)));
-    await waitFor('failed again', () => (srv.ctx.deltas.jobs.get('1.0.1', '1.0.3')?.state === 'failed' ? true : undefined), 30_000);
+    await waitFor('failed again', async () => ((await srv.ctx.deltas.jobs.get('1.0.1', '1.0.3'))?.state === 'failed' ? true : undefined), 30_000);
     assert.equal(calls.length, 6);
     await srv.close();
   });
@@ -90,7 +90,7 @@ describe('delta queue: retries, failure, restart', () => {
     const b = await start({ dataDir: store, precompute: 0, builder: shellBuilder(counter, 0.2) });
     running.push(b);
     // No request needed: the queue itself picks the job up again.
-    await waitFor('resumed build ready', () => (b.ctx.deltas.jobs.get('1.0.1', '1.0.2')?.state === 'ready' ? true : undefined), 30_000, 50);
+    await waitFor('resumed build ready', async () => ((await b.ctx.deltas.jobs.get('1.0.1', '1.0.2'))?.state === 'ready' ? true : undefined), 30_000, 50);
     assert.equal(counter.n, 2, 'one interrupted build and one that finished');
     assert.equal((await get(`${b.url}/v1/deltas/1.0.1/1.0.2`)).body.length, 200_000);
     const leftovers = (await fsp.readdir(path.join(store, 'cache/deltas'))).filter((n) => n.endsWith('.partial'));

@@ -145,7 +145,7 @@ describe('real deltas: one build for 1,000 devices, kill -9 during a build', () 
     running.push(srv);
     assert.equal(srv.startup.recoveredJobs, 1);
     assert.ok(srv.startup.partialsRemoved >= 1, 'start-up removes temp files of a dead build');
-    await waitFor('resumed and ready', () => (srv.ctx.deltas.jobs.get('1.0.2', '1.0.3')?.state === 'ready' ? true : undefined), 120_000, 100);
+    await waitFor('resumed and ready', async () => ((await srv.ctx.deltas.jobs.get('1.0.2', '1.0.3'))?.state === 'ready' ? true : undefined), 120_000, 100);
     assert.equal(counter.n, 1);
     assert.deepEqual(dbRow(store, '1.0.2', '1.0.3'), { state: 'ready', attempts: 2, builds: 2 });
     const r = await get(`${srv.url}/v1/deltas/1.0.2/1.0.3`);

@@ -85,7 +85,7 @@ for (const backend of BACKENDS) {
         (r.json().queued as Array<{ from: string }>).map((q) => q.from),
         ['1.0.1'],
       );
-      await waitFor('built', () => (srv.ctx.deltas.jobs.get('1.0.1', '1.0.4')?.state === 'ready' ? true : undefined), 20_000);
+      await waitFor('built', async () => ((await srv.ctx.deltas.jobs.get('1.0.1', '1.0.4'))?.state === 'ready' ? true : undefined), 20_000);
       // The fleet side asks app.deltas whether a device's delta is ready.
       assert.equal(await srv.app.deltas!.status('1.0.1', '1.0.4'), 'ready');
       assert.equal(await srv.app.deltas!.status('1.0.2', '1.0.4'), 'none');

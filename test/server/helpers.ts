@@ -4,6 +4,8 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
+import pg from 'pg';
+import { PG_URL } from '../fleet/backends.js';
 import { childExecArgv } from '../../src/server/store-delta-builder.js';
 import { generateKeys } from '../../src/release/keys.js';
 import { publishRelease } from '../../src/release/publish.js';
@@ -152,4 +154,24 @@ export function cliCommand(): string[] {
   const self = import.meta.url;
   const entry = fileURLToPath(new URL(`./serve-entry.${self.endsWith('.ts') ? 'ts' : 'js'}`, self));
   return [...childExecArgv(), entry];
+}
+
+/** A fresh PostgreSQL database for one suite, and its removal. */
+export async function scratchDatabase(tag: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `ibu_${tag}_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
+  const admin = new pg.Client({ connectionString: PG_URL });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const u = new URL(PG_URL);
+  u.pathname = `/${name}`;
+  return {
+    url: u.toString(),
+    drop: async () => {
+      const c = new pg.Client({ connectionString: PG_URL });
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await c.end();
+    },
+  };
 }

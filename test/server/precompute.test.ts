@@ -31,23 +31,19 @@ describe('precompute on publish', () => {
     await fsp.rm(work, { recursive: true, force: true });
   });
 
-  const pairs = (): string[] =>
-    srv.ctx.deltas.jobs
-      .all()
-      .map((j) => `${j.from}->${j.to}`)
-      .sort();
+  const pairs = async (): Promise<string[]> => (await srv.ctx.deltas.jobs.all()).map((j) => `${j.from}->${j.to}`).sort();
 
   it('on the first scan, builds deltas into the newest release from the previous ones', async () => {
-    await waitFor('first precompute', () => (pairs().includes('1.0.1->1.0.2') ? true : undefined));
-    assert.deepEqual(pairs(), ['1.0.1->1.0.2']);
+    await waitFor('first precompute', async () => ((await pairs()).includes('1.0.1->1.0.2') ? true : undefined));
+    assert.deepEqual(await pairs(), ['1.0.1->1.0.2']);
   });
 
   it('notices a release published while it runs and precomputes from the previous K', async () => {
     await pub.publish('1.0.3');
-    await waitFor('watch picks up 1.0.3', () => (pairs().some((p) => p.endsWith('->1.0.3')) ? true : undefined), 20_000);
-    await waitFor('both sources', () => (pairs().filter((p) => p.endsWith('->1.0.3')).length === 2 ? true : undefined), 5_000);
+    await waitFor('watch picks up 1.0.3', async () => ((await pairs()).some((p) => p.endsWith('->1.0.3')) ? true : undefined), 20_000);
+    await waitFor('both sources', async () => ((await pairs()).filter((p) => p.endsWith('->1.0.3')).length === 2 ? true : undefined), 5_000);
     assert.deepEqual(
-      pairs().filter((p) => p.endsWith('->1.0.3')),
+      (await pairs()).filter((p) => p.endsWith('->1.0.3')),
       ['1.0.1->1.0.3', '1.0.2->1.0.3'],
     );
   });
@@ -73,13 +69,13 @@ describe('precompute on publish', () => {
       ['1.0.1', '1.0.3'],
     );
     assert.deepEqual(
-      pairs().filter((p) => p.endsWith('->1.0.4')),
+      (await pairs()).filter((p) => p.endsWith('->1.0.4')),
       ['1.0.1->1.0.4', '1.0.3->1.0.4'],
     );
     // Precompute jobs wait behind device requests.
-    const job = srv.ctx.deltas.jobs.get('1.0.1', '1.0.4');
+    const job = await srv.ctx.deltas.jobs.get('1.0.1', '1.0.4');
     assert.ok(job && job.priority > 0);
-    await waitFor('all built', () => (srv.ctx.deltas.jobs.counts().ready === 5 ? true : undefined), 20_000);
+    await waitFor('all built', async () => ((await srv.ctx.deltas.jobs.counts()).ready === 5 ? true : undefined), 20_000);
   });
 
   it('refuses to announce a version that is not in the store', async () => {

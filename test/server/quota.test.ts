@@ -29,10 +29,10 @@ describe('delta cache quota: LRU eviction, never a delta being streamed', () => 
     await fsp.rm(work, { recursive: true, force: true });
   });
 
-  const state = (from: string, to: string): string => srv.ctx.deltas.jobs.get(from, to)?.state ?? 'none';
+  const state = async (from: string, to: string): Promise<string> => (await srv.ctx.deltas.jobs.get(from, to))?.state ?? 'none';
   async function build(from: string, to: string): Promise<void> {
     assert.equal((await get(`${srv.url}/v1/deltas/${from}/${to}`)).status, 202);
-    await waitFor(`${from}->${to} ready`, () => (state(from, to) === 'ready' ? true : undefined), 90_000);
+    await waitFor(`${from}->${to} ready`, async () => ((await state(from, to)) === 'ready' ? true : undefined), 90_000);
   }
   const exists = (from: string, to: string) =>
     fsp.access(path.join(store, 'cache/deltas', `${from}_${to}.ibudelta`)).then(
@@ -49,12 +49,12 @@ describe('delta cache quota: LRU eviction, never a delta being streamed', () => 
     assert.equal((await get(`${srv.url}/v1/deltas/1.0.1/1.0.2`)).status, 200);
     await new Promise((r) => setTimeout(r, 5));
     await build('1.0.2', '1.0.3'); // C: 3 x SIZE > 2.5 x SIZE
-    await waitFor('eviction', () => (state('1.0.1', '1.0.3') === 'none' ? true : undefined), 30_000);
-    assert.equal(state('1.0.1', '1.0.2'), 'ready');
-    assert.equal(state('1.0.2', '1.0.3'), 'ready');
+    await waitFor('eviction', async () => ((await state('1.0.1', '1.0.3')) === 'none' ? true : undefined), 30_000);
+    assert.equal(await state('1.0.1', '1.0.2'), 'ready');
+    assert.equal(await state('1.0.2', '1.0.3'), 'ready');
     // The row goes first (a request then queues a rebuild), the file right after it.
     await waitFor('file removed', async () => ((await exists('1.0.1', '1.0.3')) ? undefined : true), 10_000);
-    assert.ok(srv.ctx.deltas.cache.usedBytes() <= 2.5 * SIZE);
+    assert.ok((await srv.ctx.deltas.cache.usedBytes()) <= 2.5 * SIZE);
     const stats = (await get(`${srv.url}/v1/admin/cache`, { authorization: 'Bearer x' })).status;
     assert.equal(stats, 403, 'no admin token configured: admin routes refuse');
   });
@@ -72,8 +72,8 @@ describe('delta cache quota: LRU eviction, never a delta being streamed', () => 
     await new Promise((r) => setTimeout(r, 5));
     assert.equal((await get(`${srv.url}/v1/deltas/1.0.2/1.0.3`)).status, 200);
     await build('1.0.3', '1.0.4'); // D: over quota again
-    await waitFor('eviction of C', () => (state('1.0.2', '1.0.3') === 'none' ? true : undefined), 30_000);
-    assert.equal(state('1.0.1', '1.0.2'), 'ready', 'the delta being streamed stays');
+    await waitFor('eviction of C', async () => ((await state('1.0.2', '1.0.3')) === 'none' ? true : undefined), 30_000);
+    assert.equal(await state('1.0.1', '1.0.2'), 'ready', 'the delta being streamed stays');
     assert.equal(await exists('1.0.1', '1.0.2'), true);
     // The download completes intact.
     const parts: Buffer[] = [Buffer.from(first.value as Uint8Array)];

@@ -311,9 +311,9 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
       assert.equal(part.status, 206);
       assert.ok(Buffer.from(await part.arrayBuffer()).equals(body.subarray(10)));
       // The same queue and cache as ibu deltas: one row, counted in the shared quota.
-      const job = ctx.deltas.jobs.get('zfs+1', '2');
+      const job = await ctx.deltas.jobs.get('zfs+1', '2');
       assert.equal(job?.state, 'ready');
-      assert.equal(ctx.deltas.cache.usedBytes(), job?.size);
+      assert.equal(await ctx.deltas.cache.usedBytes(), job?.size);
       // No stream signed from 2 to 1 (nor any for 1): 404, and the device takes another route.
       assert.equal((await fetch(`${base}/v1/zfs-streams/2/1`)).status, 404);
       assert.equal((await fetch(`${base}/v1/zfs-streams/1/9`)).status, 404);
@@ -420,14 +420,14 @@ describe('signed manifest, server route, agent fallback (fake zfs binary)', () =
     try {
       await app.ready();
       await ctx.precompute.scan();
-      assert.equal(ctx.deltas.jobs.get('1', '2')?.state, 'queued');
-      assert.equal(ctx.deltas.jobs.get('zfs+1', '2')?.state, 'queued');
-      assert.equal(ctx.deltas.jobs.get('zfs+1', '2')?.priority, 10);
+      assert.equal((await ctx.deltas.jobs.get('1', '2'))?.state, 'queued');
+      assert.equal((await ctx.deltas.jobs.get('zfs+1', '2'))?.state, 'queued');
+      assert.equal((await ctx.deltas.jobs.get('zfs+1', '2'))?.priority, 10);
       // Deleting release 1 drops the streams from it as well as the deltas (last test using the store).
       const del = await app.inject({ method: 'DELETE', url: '/v1/admin/releases/1', headers: { authorization: 'Bearer tok' } });
       assert.equal(del.statusCode, 200);
-      assert.equal(ctx.deltas.jobs.get('zfs+1', '2'), undefined);
-      assert.equal(ctx.deltas.jobs.get('1', '2'), undefined);
+      assert.equal(await ctx.deltas.jobs.get('zfs+1', '2'), undefined);
+      assert.equal(await ctx.deltas.jobs.get('1', '2'), undefined);
     } finally {
       await app.close();
     }

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { IbuError } from '../../errors.js';
 import { parseSize } from '../run.js';
+import { roleProblems, type ServeRole } from '../../server/serve-role.js';
 import { addS3Options, s3OptionsFromFlags, type S3Flags } from './s3-options.js';
 
 interface ServeCliOptions {
@@ -21,6 +22,9 @@ interface ServeCliOptions {
   logLevel: string;
   fleet: boolean;
   store?: string;
+  role: string;
+  deltaDir?: string;
+  deltaLease: string;
 }
 
 /** Splits HOST:PORT (IPv6 in brackets) into its parts. */
@@ -57,6 +61,9 @@ export function registerServeCommands(program: Command): void {
     .option('--tls-key <file>', 'PEM private key (HTTPS)')
     .option('--admin-token <token>', 'bearer token for /v1/admin routes (or env IBU_ADMIN_TOKEN)')
     .option('--workers <n>', 'concurrent delta builds (0: queue only, build nothing)', '1')
+    .option('--role <role>', 'api (serve, queue deltas), builder (build deltas the api replicas queue) or all (both)', 'all')
+    .option('--delta-dir <dir>', 'where built deltas live (default DATA/cache/deltas); replicas share one directory')
+    .option('--delta-lease <seconds>', 'a build claim its builder stops renewing is taken over after this long (PostgreSQL queue)', '30')
     .option('--delta-quota <bytes>', 'disk quota for built deltas (e.g. 20G)')
     .option('--image-cache <bytes>', 'disk quota for release images reconstructed to build deltas (e.g. 8G)')
     .option('--precompute <k>', 'deltas built ahead per new release (0 = off)', '3')
@@ -80,6 +87,8 @@ export function registerServeCommands(program: Command): void {
       const listen = attempt(() => parseListen(opts.listen));
       const https = attempt(() => readTls(opts.tlsCert, opts.tlsKey));
       const workers = attempt(() => int('--workers', opts.workers, 0));
+      const lease = attempt(() => int('--delta-lease', opts.deltaLease, 1));
+      problems.push(...roleProblems(opts.role, { databaseUrl: opts.databaseUrl }));
       const precompute = attempt(() => int('--precompute', opts.precompute, 0));
       const rescan = attempt(() => int('--rescan-interval', opts.rescanInterval, 0));
       const maxQueued = attempt(() => int('--max-queued-deltas', opts.maxQueuedDeltas, 1));
@@ -95,7 +104,11 @@ export function registerServeCommands(program: Command): void {
         store: opts.store,
         s3: s3OptionsFromFlags(opts),
         adminToken: adminToken || undefined,
-        workers,
+        // An api replica builds nothing whatever --workers says (its default is 1).
+        workers: opts.role === 'api' ? 0 : workers,
+        role: opts.role as ServeRole,
+        deltaDir: opts.deltaDir,
+        deltaLeaseMs: lease! * 1000,
         precompute,
         admission: { maxQueued: maxQueued!, perClient: perClient! },
         rescanIntervalMs: rescan! * 1000,

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { IbuError } from '../../errors.js';
 import { adminAuth } from '../admin-auth.js';
 import type { ServerContext } from '../context.js';
-import { PRIORITY } from '../delta-jobs.js';
+import { PRIORITY } from '../delta-queue.js';
 import { removeRelease } from '../release-removal.js';
 import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
 import { checkPair, pairParams, stateBody } from './deltas.js';
@@ -36,6 +36,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
                 properties: { queued: { type: 'integer' }, building: { type: 'integer' }, ready: { type: 'integer' }, failed: { type: 'integer' } },
               },
               images: { type: 'object', properties: { count: { type: 'integer' }, bytes: { type: 'integer' } } },
+              queue: { type: 'object', properties: { shared: { type: 'boolean' }, scope: { type: ['string', 'null'] } } },
               admission: { type: 'object', properties: { maxQueued: { type: 'integer' }, perClient: { type: 'integer' } } },
               deltas: {
                 type: 'array',
@@ -79,14 +80,16 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       }
       return {
         quotaBytes: d.cache.quotaBytes,
-        usedBytes: d.cache.usedBytes(),
+        usedBytes: await d.cache.usedBytes(),
         workers: d.pool.workers,
         activeBuilds: d.pool.active,
         buildsStarted: d.pool.buildsStarted,
-        jobs: d.jobs.counts(),
+        jobs: await d.jobs.counts(),
         images: { count, bytes },
+        // Replicas that print the same scope share one queue and one delta directory.
+        queue: { shared: d.jobs.shared, scope: d.jobs.scope ?? null },
         admission: d.limits,
-        deltas: d.jobs.all().map((j) => ({
+        deltas: (await d.jobs.all()).map((j) => ({
           from: j.from,
           to: j.to,
           state: j.state,
@@ -167,10 +170,10 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       ctx.catalog.forget(version);
       let deltasRemoved = 0;
       // ZFS streams (src/server/zfs-streams.ts) are jobs keyed `zfs+<from>`: those from this version too.
-      for (const j of [...ctx.deltas.jobs.involving(version), ...ctx.deltas.jobs.involving(zfsJobFrom(version))]) {
+      for (const j of [...(await ctx.deltas.jobs.involving(version)), ...(await ctx.deltas.jobs.involving(zfsJobFrom(version)))]) {
         ctx.deltas.pool.cancel(j.from, j.to);
         // An open stream keeps its inode on Linux; the release is gone, so the file goes now.
-        ctx.deltas.jobs.delete(j.from, j.to);
+        await ctx.deltas.jobs.delete(j.from, j.to);
         await fsp.rm(ctx.layout.delta(j.from, j.to), { force: true });
         deltasRemoved++;
       }
@@ -186,7 +189,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     async (req, reply) => {
       const { from, to } = req.params;
       await checkPair(ctx, from, to);
-      ctx.deltas.jobs.retryNow(from, to);
+      await ctx.deltas.jobs.retryNow(from, to);
       const l = await ctx.deltas.lookup(from, to, { create: true, priority: PRIORITY.admin });
       ctx.deltas.pool.kick(); // a revived job is not "created", so lookup did not start it
       reply.code(l.state === 'ready' ? 200 : 202);
@@ -204,7 +207,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     },
     async (req) => {
       const { from, to } = req.params;
-      if (!ctx.deltas.jobs.get(from, to)) throw new IbuError('NOT_FOUND', `There is no delta ${from} -> ${to} (built or queued) to delete.`);
+      if (!(await ctx.deltas.jobs.get(from, to))) throw new IbuError('NOT_FOUND', `There is no delta ${from} -> ${to} (built or queued) to delete.`);
       ctx.deltas.pool.cancel(from, to);
       if (!(await ctx.deltas.cache.remove(from, to)))
         throw new IbuError('CONFLICT', `Delta ${from} -> ${to} is being downloaded right now; try again when the downloads finish.`);

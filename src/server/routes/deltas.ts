@@ -69,7 +69,7 @@ export async function serveBuilt(
   const l = await ctx.deltas.lookup(o.key, o.to, asked);
   if (l.state === 'ready') {
     const unpin = ctx.deltas.cache.pin(o.key, o.to);
-    if (req.method === 'GET') ctx.deltas.jobs.touch(o.key, o.to);
+    if (req.method === 'GET') await ctx.deltas.jobs.touch(o.key, o.to);
     const ok = await sendFile(req, reply, {
       file: l.file,
       etag: `"${l.job.sha256}"`,
