@@ -17,7 +17,7 @@ QEMU_ZFS=(dist/test/zfs/guest.test.js dist/test/zfs/zfs-transport.test.js)
 # Too long for CI's 45 minutes, only in e2e-full: the appliance's upgrade story (three TCG boots of a
 # full Debian system, ~15-25 min here), bookworm machines adopting images (systemd guests, downloads)
 # and the kexec / stuck-reboot scenarios (6 min; CI measured 42 min in all with them).
-FULL_ONLY=(dist/test/e2e/adopt.test.js dist/test/e2e/appliance-upgrade.test.js dist/test/e2e/agent-switch.test.js)
+FULL_ONLY=(dist/test/e2e/adopt.test.js dist/test/e2e/appliance-upgrade.test.js dist/test/e2e/agent-switch.test.js dist/test/e2e/appliance-switch.test.js)
 every() { find dist/test -name '*.test.js' | sort; }
 all() { every | grep -vxF -f <(printf '%s\n' "${FULL_ONLY[@]}"); }
 case "${1:-all}" in

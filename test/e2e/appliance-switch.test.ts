@@ -1,0 +1,113 @@
+// test-needs: root (loop mounts; QEMU). scripts/test-files.sh reads this line.
+/**
+ * Issue #18 on the real appliance (Debian 13, systemd 257, the agent from its .deb), one
+ * device's story in one QEMU run: 2.0 and 4.0 carry the same kernel and initrd, so the agent,
+ * told `reboot.method: soft-reboot`, mounts 4.0 at /run/nextroot (the host bound at its /host as
+ * the initramfs does) and runs `systemctl soft-reboot`: no firmware, GRUB or kernel boot. The
+ * confirm unit runs in the new root, finds it is a trial (the root's loop device is backed by
+ * 4.0.img, the committed default is 2.0) and commits. The boot id stays the same throughout.
+ * IBU_APPLIANCE_REUSE=DIR runs it against a release set built earlier (the images then carry
+ * that build's agent; this checkout's agent files are copied into the device's own 2.0 image).
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fsp, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { e2eUnavailable, repoRoot, FleetServer, ibu, timeline } from './harness.js';
+import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type DeviceFiles } from './appliance.js';
+import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
+
+const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
+
+/** This checkout's agent modules, for a device whose image came from an older build (IBU_APPLIANCE_REUSE only). */
+async function checkoutAgent(): Promise<DeviceFiles> {
+  if (!process.env.IBU_APPLIANCE_REUSE) return {};
+  const files: DeviceFiles = {};
+  for (const f of ['switch.js', 'reboot.js', 'agent.js', 'running-version.js', 'state-machine.js', 'reboot-method.js']) {
+    files[`/usr/lib/ibu/dist/src/agent/${f}`] = await fsp.readFile(path.join(repoRoot(), 'dist/src/agent', f), 'utf8');
+  }
+  return files;
+}
+
+describe('the Debian appliance switches images without a firmware reboot (issue #18): soft-reboot', { skip: unavailable ?? false }, () => {
+  let work = '';
+  let app: Appliance;
+  let server: FleetServer;
+  let keys = '';
+  let store = '';
+  let id: SshIdentity;
+  let dev: RunningDevice | null = null;
+
+  const publish = (v: '2.0' | '3.0' | '4.0') =>
+    ibu('release', 'publish', '--image', app.images[v], '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
+
+  before(async () => {
+    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-switch-'));
+    app = await applianceReleases({ specDir: process.env.IBU_APPLIANCE_SPEC });
+    keys = path.join(work, 'keys');
+    await ibu('keys', 'generate', '--out', keys);
+    store = path.join(work, 'store');
+    await publish('2.0');
+    server = await new FleetServer(store, path.join(work, 'server.log')).start();
+    id = await sshIdentity(work);
+  });
+
+  after(async () => {
+    if (dev) await dev.kill().catch(() => null);
+    await server?.stop();
+    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
+    else if (work) console.log(`e2e work dir kept: ${work}`);
+  });
+
+  async function waitForRecord(name: string, ok: (r: Awaited<ReturnType<FleetServer['deviceRecord']>>) => boolean, timeoutMs: number) {
+    const t0 = Date.now();
+    for (;;) {
+      const r = await server.deviceRecord(name);
+      if (ok(r)) return r;
+      if (Date.now() - t0 > timeoutMs) throw new Error(`server record of ${name} still ${JSON.stringify(r)}`);
+      await new Promise((res) => setTimeout(res, 3000));
+    }
+  }
+
+  test('2.0 -> 4.0 by systemctl soft-reboot (same kernel): the confirm unit commits in the new root, same boot id', async () => {
+    const name = 'appliance-soft';
+    const token = await server.enroll(name);
+    const cfg = { ...(deviceAgentConfig(name, token, { hold: false }) as object), reboot: { method: 'soft-reboot' } };
+    const { disk, host } = await makeApplianceDisk(app, {
+      work,
+      name,
+      first: '2.0',
+      files: {
+        '/etc/ibu/agent.json': JSON.stringify(cfg, null, 2) + '\n',
+        '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(keys, 'signing.pub'), 'utf8'),
+        '/root/.ssh/authorized_keys': id.pub,
+        ...TIMER_DROPINS,
+        ...(await checkoutAgent()),
+      },
+    });
+    dev = await RunningDevice.start({ disk, logFile: path.join(work, `${name}.log`), serverPort: server.port, id });
+    const d = dev;
+    await d.waitFor(/Reached target .*Multi-User System/);
+    const bootBefore = (await d.ssh('cat /proc/sys/kernel/random/boot_id')).trim();
+    await publish('4.0');
+    await waitForRecord(name, (r) => r.committedVersion === '4.0' && r.state === 'committed', 1_500_000);
+    const after4 = await d.ssh('cat /proc/sys/kernel/random/boot_id; cat /proc/cmdline; acme-agent --version; upgradectl status --json');
+    assert.ok(after4.startsWith(bootBefore), `a soft-reboot keeps the boot id: ${after4}`);
+    assert.match(after4, /loop=\/images\/2\.0\.img/, 'the kernel is still the one booted with 2.0');
+    assert.match(after4, /acme-agent 1\.3/);
+    assert.match(after4, /"running":"4\.0","committed":"4\.0"/);
+    assert.deepEqual(
+      server.events(name).map((e) => [e.type, e.from, e.to]),
+      [
+        ['apply-started', '2.0', '4.0'],
+        ['upgrade-succeeded', '2.0', '4.0'],
+      ],
+    );
+    const res = await d.powerOff();
+    console.log(`${name}: ${timeline(res.log)}`);
+    assert.match(res.log, /switch into 4\.0 by soft-reboot/);
+    const end = await host.bootState();
+    assert.deepEqual([end.defaultImage, end.tryImage], ['4.0', null]);
+  });
+});
