@@ -35,10 +35,11 @@ async function checkoutAgent(): Promise<DeviceFiles> {
  * never asserted on): the vendor service stopped after the agent started the switch, to the new
  * release's vendor service running.
  */
-export function switchDowntime(log: string, acmeTo: string): number | null {
+export function switchDowntime(log: string, to: string, acmeTo: string): number | null {
   const lines = log.split('\n');
   const t = (l: string) => Number(/^\[\s*([\d.]+)\]/.exec(l)?.[1] ?? NaN);
-  const i = lines.findIndex((l) => /rebooting \((reboot|kexec|soft-reboot)\)/.test(l));
+  const chosen = lines.findIndex((l) => l.includes(`switch into ${to} by `));
+  const i = lines.findIndex((l, k) => k > chosen && /rebooting \((reboot|kexec|soft-reboot)\)/.test(l));
   if (i < 0) return null;
   const stop = lines.findIndex((l, k) => k > i && /acme-agent stopped/.test(l));
   const up = stop < 0 ? -1 : lines.findIndex((l, k) => k > stop && new RegExp(`acme-agent ${acmeTo.replace('.', '\\.')} running`).test(l));
@@ -90,7 +91,14 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
   async function upgrade(
     method: 'soft-reboot' | 'reboot',
     name: string,
-  ): Promise<{ log: string; bootBefore: string; after: string; host: { bootState(): Promise<{ defaultImage: string | null; tryImage: string | null }> } }> {
+    o: { failFirst?: boolean } = {},
+  ): Promise<{
+    log: string;
+    bootBefore: string;
+    after: string;
+    fallback: string;
+    host: { bootState(): Promise<{ defaultImage: string | null; tryImage: string | null }> };
+  }> {
     const token = await server.enroll(name);
     const cfg = { ...(deviceAgentConfig(name, token, { hold: false }) as object), reboot: { method } };
     const { disk, host } = await makeApplianceDisk(app, {
@@ -108,13 +116,24 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
     dev = await RunningDevice.start({ disk, logFile: path.join(work, `${name}.log`), serverPort: server.port, id });
     const d = dev;
     await d.waitFor(/Reached target .*Multi-User System/);
+    let fallback = '';
+    if (o.failFirst) {
+      // 3.0's vendor service fails: the trial (same kernel, so soft-reboot too) fails its health
+      // check and the agent goes back to the committed 2.0 by a full reboot.
+      await publish('3.0');
+      await waitForRecord(name, () => server.events(name).some((e) => e.type === 'upgrade-failed'), 1_500_000);
+      fallback = await d.ssh('cat /proc/cmdline; acme-agent --version; upgradectl status --json');
+    }
     const bootBefore = (await d.ssh('cat /proc/sys/kernel/random/boot_id')).trim();
     if (!published4) await publish('4.0');
     published4 = true;
     await waitForRecord(name, (r) => r.committedVersion === '4.0' && r.state === 'committed', 1_500_000);
     const after = await d.ssh('cat /proc/sys/kernel/random/boot_id; cat /proc/cmdline; acme-agent --version; upgradectl status --json');
     assert.deepEqual(
-      server.events(name).map((e) => [e.type, e.from, e.to]),
+      server
+        .events(name)
+        .slice(o.failFirst ? 2 : 0)
+        .map((e) => [e.type, e.from, e.to]),
       [
         ['apply-started', '2.0', '4.0'],
         ['upgrade-succeeded', '2.0', '4.0'],
@@ -123,12 +142,26 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
     const res = await d.powerOff();
     dev = null;
     console.log(`${name}: ${timeline(res.log)}`);
-    console.log(`${name}: downtime 2.0 -> 4.0 by ${method} (s): ${switchDowntime(res.log, '1.3')}`);
-    return { log: res.log, bootBefore, after, host };
+    console.log(`${name}: downtime 2.0 -> 4.0 by ${method} (s): ${switchDowntime(res.log, '4.0', '1.3')}`);
+    return { log: res.log, bootBefore, after, host, fallback };
   }
 
-  test('2.0 -> 4.0 by systemctl soft-reboot (same kernel): the confirm unit commits in the new root, same boot id', async () => {
-    const { log, bootBefore, after: after4, host } = await upgrade('soft-reboot', 'appliance-soft');
+  test('soft-reboot: 3.0 fails its health check and ends on the committed 2.0; 2.0 -> 4.0 commits in the new root, same boot id', async () => {
+    const { log, bootBefore, after: after4, host, fallback } = await upgrade('soft-reboot', 'appliance-soft', { failFirst: true });
+    assert.match(fallback, /acme-agent 1\.1/);
+    assert.match(fallback, /"running":"2\.0","committed":"2\.0"/);
+    assert.deepEqual(
+      server
+        .events('appliance-soft')
+        .slice(0, 2)
+        .map((e) => [e.type, e.from, e.to]),
+      [
+        ['apply-started', '2.0', '3.0'],
+        ['upgrade-failed', '3.0', '2.0'],
+      ],
+    );
+    assert.match(log, /switch into 3\.0 by soft-reboot/);
+    assert.match(log, /acme-agent 1\.2: cannot start/);
     assert.ok(after4.startsWith(bootBefore), `a soft-reboot keeps the boot id: ${after4}`);
     assert.match(after4, /loop=\/images\/2\.0\.img/, 'the kernel is still the one booted with 2.0');
     assert.match(after4, /acme-agent 1\.3/);
