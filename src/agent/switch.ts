@@ -122,7 +122,7 @@ export async function unloadSwitch(method: RebootMethod): Promise<void> {
 export const NEXTROOT = '/run/nextroot';
 
 /**
- * soft-reboot: the target loop-mounted read-only at /run/nextroot, with the host partition bound
+ * soft-reboot: the target loop-mounted at /run/nextroot (ro or rw like the running root), with the host partition bound
  * at its /host the way the initramfs mounts it (assets/initramfs-tools), so the new root finds its
  * images and grubenv where a normal boot puts them. systemd then switches into it.
  */
@@ -130,8 +130,20 @@ export async function mountNextRoot(ctx: AgentContext, target: string): Promise<
   const root = process.env.IBU_NEXTROOT ?? NEXTROOT;
   await fsp.mkdir(root, { recursive: true });
   const mounted = (await readOr('/proc/self/mountinfo'))?.split('\n').some((l) => l.split(' ')[4] === root);
-  if (!mounted) await run('mount', ['-o', 'loop,ro', ctx.dir.image(target), root]);
+  // the same mode as the running root (the initramfs mounts it ro or rw, boot.md): a ro trial
+  // root on a rw appliance would fail its services, not the release
+  if (!mounted) await run('mount', ['-o', `loop,${await rootMode()}`, ctx.dir.image(target), root]);
   const host = path.join(root, ctx.cfg.hostMount);
   const hostMounted = (await readOr('/proc/self/mountinfo'))?.split('\n').some((l) => l.split(' ')[4] === host);
   if (!hostMounted) await run('mount', ['--bind', ctx.cfg.hostMount, host]);
+}
+
+/** 'ro' or 'rw': how / is mounted now (the last mount on / in mountinfo is the one in use). */
+async function rootMode(): Promise<'ro' | 'rw'> {
+  const root = (await readOr('/proc/self/mountinfo'))
+    ?.split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[4] === '/')
+    .at(-1);
+  return root?.[5]?.split(',').includes('rw') ? 'rw' : 'ro';
 }

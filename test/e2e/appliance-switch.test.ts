@@ -1,0 +1,185 @@
+// test-needs: root (loop mounts; QEMU). scripts/test-files.sh reads this line.
+/**
+ * Issue #18 on the real appliance (Debian 13, systemd 257, the agent from its .deb), one
+ * device's story in one QEMU run: 2.0 and 4.0 carry the same kernel and initrd, so the agent,
+ * told `reboot.method: soft-reboot`, mounts 4.0 at /run/nextroot (the host bound at its /host as
+ * the initramfs does) and runs `systemctl soft-reboot`: no firmware, GRUB or kernel boot. The
+ * confirm unit runs in the new root, finds it is a trial (the root's loop device is backed by
+ * 4.0.img, the committed default is 2.0) and commits. The boot id stays the same throughout.
+ * IBU_APPLIANCE_REUSE=DIR runs it against a release set built earlier (the images then carry
+ * that build's agent; this checkout's agent files are copied into the device's own 2.0 image).
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fsp, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { e2eUnavailable, repoRoot, FleetServer, ibu, timeline } from './harness.js';
+import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type DeviceFiles } from './appliance.js';
+import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
+
+const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
+
+/** This checkout's agent modules, for a device whose image came from an older build (IBU_APPLIANCE_REUSE only). */
+async function checkoutAgent(): Promise<DeviceFiles> {
+  if (!process.env.IBU_APPLIANCE_REUSE) return {};
+  const files: DeviceFiles = {};
+  for (const f of ['switch.js', 'reboot.js', 'agent.js', 'running-version.js', 'state-machine.js', 'reboot-method.js']) {
+    files[`/usr/lib/ibu/dist/src/agent/${f}`] = await fsp.readFile(path.join(repoRoot(), 'dist/src/agent', f), 'utf8');
+  }
+  return files;
+}
+
+/**
+ * Downtime of a switch from the serial log (QEMU wall clock, seconds; for docs/benchmarks.md,
+ * never asserted on): the vendor service stopped after the agent started the switch, to the new
+ * release's vendor service running.
+ */
+export function switchDowntime(log: string, to: string, acmeTo: string): number | null {
+  const lines = log.split('\n');
+  const t = (l: string) => Number(/^\[\s*([\d.]+)\]/.exec(l)?.[1] ?? NaN);
+  const chosen = lines.findIndex((l) => l.includes(`switch into ${to} by `));
+  const i = lines.findIndex((l, k) => k > chosen && /rebooting \((reboot|kexec|soft-reboot)\)/.test(l));
+  if (i < 0) return null;
+  const stop = lines.findIndex((l, k) => k > i && /acme-agent stopped/.test(l));
+  const up = stop < 0 ? -1 : lines.findIndex((l, k) => k > stop && new RegExp(`acme-agent ${acmeTo.replace('.', '\\.')} running`).test(l));
+  return up < 0 ? null : Math.round((t(lines[up]!) - t(lines[stop]!)) * 10) / 10;
+}
+
+describe('the Debian appliance switches images without a firmware reboot (issue #18): soft-reboot', { skip: unavailable ?? false }, () => {
+  let work = '';
+  let app: Appliance;
+  let server: FleetServer;
+  let keys = '';
+  let store = '';
+  let id: SshIdentity;
+  let dev: RunningDevice | null = null;
+  let published4 = false;
+
+  const publish = (v: '2.0' | '3.0' | '4.0') =>
+    ibu('release', 'publish', '--image', app.images[v], '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
+
+  before(async () => {
+    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-switch-'));
+    app = await applianceReleases({ specDir: process.env.IBU_APPLIANCE_SPEC });
+    keys = path.join(work, 'keys');
+    await ibu('keys', 'generate', '--out', keys);
+    store = path.join(work, 'store');
+    await publish('2.0');
+    server = await new FleetServer(store, path.join(work, 'server.log')).start();
+    id = await sshIdentity(work);
+  });
+
+  after(async () => {
+    if (dev) await dev.kill().catch(() => null);
+    await server?.stop();
+    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
+    else if (work) console.log(`e2e work dir kept: ${work}`);
+  });
+
+  async function waitForRecord(name: string, ok: (r: Awaited<ReturnType<FleetServer['deviceRecord']>>) => boolean, timeoutMs: number) {
+    const t0 = Date.now();
+    for (;;) {
+      const r = await server.deviceRecord(name);
+      if (ok(r)) return r;
+      if (Date.now() - t0 > timeoutMs) throw new Error(`server record of ${name} still ${JSON.stringify(r)}`);
+      await new Promise((res) => setTimeout(res, 3000));
+    }
+  }
+
+  /** The device's events as [type, from, to], a repeat of the one before folded (see the known gap below). */
+  function foldedEvents(name: string): (string | undefined)[][] {
+    const seen = server.events(name).map((e) => [e.type, e.from, e.to]);
+    const folded = seen.filter((e, i) => i === 0 || JSON.stringify(e) !== JSON.stringify(seen[i - 1]));
+    if (folded.length !== seen.length) console.log(`${name}: repeated events from the device: ${JSON.stringify(seen)}`);
+    return folded;
+  }
+
+  /** A device on 2.0 upgraded to 4.0 by its timers with reboot.method = method; returns its serial log. */
+  async function upgrade(
+    method: 'soft-reboot' | 'reboot',
+    name: string,
+    o: { failFirst?: boolean } = {},
+  ): Promise<{
+    log: string;
+    bootBefore: string;
+    after: string;
+    fallback: string;
+    host: { bootState(): Promise<{ defaultImage: string | null; tryImage: string | null }> };
+  }> {
+    const token = await server.enroll(name);
+    const cfg = { ...(deviceAgentConfig(name, token, { hold: false }) as object), reboot: { method } };
+    const { disk, host } = await makeApplianceDisk(app, {
+      work,
+      name,
+      first: '2.0',
+      files: {
+        '/etc/ibu/agent.json': JSON.stringify(cfg, null, 2) + '\n',
+        '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(keys, 'signing.pub'), 'utf8'),
+        '/root/.ssh/authorized_keys': id.pub,
+        ...TIMER_DROPINS,
+        ...(await checkoutAgent()),
+      },
+    });
+    dev = await RunningDevice.start({ disk, logFile: path.join(work, `${name}.log`), serverPort: server.port, id });
+    const d = dev;
+    await d.waitFor(/Reached target .*Multi-User System/);
+    let fallback = '';
+    if (o.failFirst) {
+      // 3.0's vendor service fails: the trial (same kernel, so soft-reboot too) fails its health
+      // check and the agent goes back to the committed 2.0 by a full reboot.
+      await publish('3.0');
+      await waitForRecord(name, () => server.events(name).some((e) => e.type === 'upgrade-failed'), 1_500_000);
+      fallback = await d.ssh('cat /proc/cmdline; acme-agent --version; upgradectl status --json');
+    }
+    const bootBefore = (await d.ssh('cat /proc/sys/kernel/random/boot_id')).trim();
+    if (!published4) await publish('4.0');
+    published4 = true;
+    await waitForRecord(name, (r) => r.committedVersion === '4.0' && r.state === 'committed', 1_500_000);
+    const after = await d.ssh('cat /proc/sys/kernel/random/boot_id; cat /proc/cmdline; acme-agent --version; upgradectl status --json');
+    // Known gap (docs/agent.md): after a soft-reboot the server may get apply-started twice (seen
+    // on the first run, 2026-12-04); the story is checked with repeats folded.
+    const folded = foldedEvents(name);
+    assert.deepEqual(folded.slice(o.failFirst ? 2 : 0), [
+      ['apply-started', '2.0', '4.0'],
+      ['upgrade-succeeded', '2.0', '4.0'],
+    ]);
+    const res = await d.powerOff();
+    dev = null;
+    console.log(`${name}: ${timeline(res.log)}`);
+    console.log(`${name}: downtime 2.0 -> 4.0 by ${method} (s): ${switchDowntime(res.log, '4.0', '1.3')}`);
+    return { log: res.log, bootBefore, after, host, fallback };
+  }
+
+  test('soft-reboot: 3.0 fails its health check and ends on the committed 2.0; 2.0 -> 4.0 commits in the new root, same boot id', async () => {
+    const { log, bootBefore, after: after4, host, fallback } = await upgrade('soft-reboot', 'appliance-soft', { failFirst: true });
+    assert.match(fallback, /acme-agent 1\.1/);
+    assert.match(fallback, /"running":"2\.0","committed":"2\.0"/);
+    assert.deepEqual(foldedEvents('appliance-soft').slice(0, 2), [
+      ['apply-started', '2.0', '3.0'],
+      ['upgrade-failed', '3.0', '2.0'],
+    ]);
+    assert.match(log, /switch into 3\.0 by soft-reboot/);
+    assert.match(log, /acme-agent 1\.2: cannot start/);
+    assert.ok(after4.startsWith(bootBefore), `a soft-reboot keeps the boot id: ${after4}`);
+    assert.match(after4, /loop=\/images\/2\.0\.img/, 'the kernel is still the one booted with 2.0');
+    assert.match(after4, /acme-agent 1\.3/);
+    assert.match(after4, /"running":"4\.0","committed":"4\.0"/);
+    assert.match(log, /switch into 4\.0 by soft-reboot/);
+    const end = await host.bootState();
+    assert.deepEqual([end.defaultImage, end.tryImage], ['4.0', null]);
+  });
+
+  // The anchor for docs/benchmarks.md: the same pair by a full reboot (firmware, GRUB, kernel).
+  // Not in CI (a fourth TCG boot); IBU_SWITCH_ANCHOR=1 runs it.
+  test(
+    '2.0 -> 4.0 by a full reboot: the downtime anchor',
+    { skip: process.env.IBU_SWITCH_ANCHOR === '1' ? false : 'IBU_SWITCH_ANCHOR=1 runs it' },
+    async () => {
+      const { after, host } = await upgrade('reboot', 'appliance-reboot');
+      assert.match(after, /loop=\/images\/4\.0\.img/);
+      const end = await host.bootState();
+      assert.deepEqual([end.defaultImage, end.tryImage], ['4.0', null]);
+    },
+  );
+});
