@@ -10,48 +10,12 @@ import {
   type JobState,
   type QueueFacts,
   type RetryPolicy,
+  jobFromRow as toJob,
+  type JobRow as Row,
 } from './delta-queue.js';
 
 // The queue's vocabulary lives in delta-queue.ts; re-exported for the modules and tests that read it here.
 export { DEFAULT_RETRY, PRIORITY, type AdmitAnswer, type DeltaJob, type JobState, type QueueFacts, type RetryPolicy };
-
-interface Row {
-  from_version: string;
-  to_version: string;
-  state: JobState;
-  priority: number;
-  requested_at: number;
-  attempts: number;
-  next_attempt_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  last_error: string | null;
-  size: number | null;
-  sha256: string | null;
-  last_access_at: number | null;
-  builds: number;
-  client: string | null;
-}
-
-function toJob(r: Row): DeltaJob {
-  return {
-    from: r.from_version,
-    to: r.to_version,
-    state: r.state,
-    priority: r.priority,
-    requestedAt: r.requested_at,
-    attempts: r.attempts,
-    nextAttemptAt: r.next_attempt_at,
-    startedAt: r.started_at,
-    finishedAt: r.finished_at,
-    lastError: r.last_error,
-    size: r.size,
-    sha256: r.sha256,
-    lastAccessAt: r.last_access_at,
-    builds: r.builds,
-    client: r.client,
-  };
-}
 
 /**
  * The delta queue in the server's SQLite file (`<data>/server.sqlite`), the one-server default:

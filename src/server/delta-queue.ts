@@ -31,6 +31,45 @@ export interface DeltaJob {
  * Lower runs first: a device waiting beats a precompute guess, and both beat a pair nobody is
  * known to need (src/server/delta-admission.ts).
  */
+/** A job as both backends store it (one row per pair; SQLite and PostgreSQL share the columns). */
+export interface JobRow {
+  from_version: string;
+  to_version: string;
+  state: JobState;
+  priority: number;
+  requested_at: number;
+  attempts: number;
+  next_attempt_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  last_error: string | null;
+  size: number | null;
+  sha256: string | null;
+  last_access_at: number | null;
+  builds: number;
+  client: string | null;
+}
+
+export function jobFromRow(r: JobRow): DeltaJob {
+  return {
+    from: r.from_version,
+    to: r.to_version,
+    state: r.state,
+    priority: r.priority,
+    requestedAt: r.requested_at,
+    attempts: r.attempts,
+    nextAttemptAt: r.next_attempt_at,
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+    lastError: r.last_error,
+    size: r.size,
+    sha256: r.sha256,
+    lastAccessAt: r.last_access_at,
+    builds: r.builds,
+    client: r.client,
+  };
+}
+
 export const PRIORITY = { device: 0, admin: 0, precompute: 10, unneeded: 20 } as const;
 
 /** What an admission decision reads about the queue (src/server/delta-admission.ts). */

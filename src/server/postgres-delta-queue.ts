@@ -16,6 +16,8 @@ import {
   type JobState,
   type QueueFacts,
   type RetryPolicy,
+  jobFromRow as toJob,
+  type JobRow as Row,
 } from './delta-queue.js';
 
 /** NOTIFY channel: a job was queued or given back, a builder with a free worker may claim it. */
@@ -66,44 +68,6 @@ CREATE TABLE IF NOT EXISTS delta_demand (
   PRIMARY KEY (from_version, to_version)
 );
 `;
-
-interface Row {
-  from_version: string;
-  to_version: string;
-  state: JobState;
-  priority: number;
-  requested_at: number;
-  attempts: number;
-  next_attempt_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  last_error: string | null;
-  size: number | null;
-  sha256: string | null;
-  last_access_at: number | null;
-  builds: number;
-  client: string | null;
-}
-
-function toJob(r: Row): DeltaJob {
-  return {
-    from: r.from_version,
-    to: r.to_version,
-    state: r.state,
-    priority: r.priority,
-    requestedAt: r.requested_at,
-    attempts: r.attempts,
-    nextAttemptAt: r.next_attempt_at,
-    startedAt: r.started_at,
-    finishedAt: r.finished_at,
-    lastError: r.last_error,
-    size: r.size,
-    sha256: r.sha256,
-    lastAccessAt: r.last_access_at,
-    builds: r.builds,
-    client: r.client,
-  };
-}
 
 type Query = Pick<pg.PoolClient, 'query'>;
 

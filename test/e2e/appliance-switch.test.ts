@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, timeline } from './harness.js';
 import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type DeviceFiles } from './appliance.js';
+import { removeWorkDir } from './work-dir.js';
 import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
@@ -73,19 +74,8 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
   after(async () => {
     if (dev) await dev.kill().catch(() => null);
     await server?.stop();
-    if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-    else if (work) console.log(`e2e work dir kept: ${work}`);
+    await removeWorkDir(work);
   });
-
-  async function waitForRecord(name: string, ok: (r: Awaited<ReturnType<FleetServer['deviceRecord']>>) => boolean, timeoutMs: number) {
-    const t0 = Date.now();
-    for (;;) {
-      const r = await server.deviceRecord(name);
-      if (ok(r)) return r;
-      if (Date.now() - t0 > timeoutMs) throw new Error(`server record of ${name} still ${JSON.stringify(r)}`);
-      await new Promise((res) => setTimeout(res, 3000));
-    }
-  }
 
   /** The device's events as [type, from, to], a repeat of the one before folded (see the known gap below). */
   function foldedEvents(name: string): (string | undefined)[][] {
@@ -129,13 +119,13 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
       // 3.0's vendor service fails: the trial (same kernel, so soft-reboot too) fails its health
       // check and the agent goes back to the committed 2.0 by a full reboot.
       await publish('3.0');
-      await waitForRecord(name, () => server.events(name).some((e) => e.type === 'upgrade-failed'), 1_500_000);
+      await server.waitForRecord(name, () => server.events(name).some((e) => e.type === 'upgrade-failed'), 1_500_000);
       fallback = await d.ssh('cat /proc/cmdline; acme-agent --version; upgradectl status --json');
     }
     const bootBefore = (await d.ssh('cat /proc/sys/kernel/random/boot_id')).trim();
     if (!published4) await publish('4.0');
     published4 = true;
-    await waitForRecord(name, (r) => r.committedVersion === '4.0' && r.state === 'committed', 1_500_000);
+    await server.waitForRecord(name, (r) => r.committedVersion === '4.0' && r.state === 'committed', 1_500_000);
     const after = await d.ssh('cat /proc/sys/kernel/random/boot_id; cat /proc/cmdline; acme-agent --version; upgradectl status --json');
     // Known gap (docs/agent.md): after a soft-reboot the server may get apply-started twice (seen
     // on the first run, 2026-12-04); the story is checked with repeats folded.

@@ -29,6 +29,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, missingInOrder, timeline } from './harness.js';
 import { applianceReleases, deviceFiles, makeApplianceDisk, upgradeTimings, type Appliance } from './appliance.js';
+import { removeWorkDir } from './work-dir.js';
 import { RunningDevice, ServerTap, sshIdentity, type SshIdentity } from './appliance-device.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
@@ -68,19 +69,8 @@ describe(
       if (dev) await dev.kill().catch(() => null);
       await tap?.close();
       await server?.stop();
-      if (work && process.env.IBU_E2E_KEEP !== '1') await fsp.rm(work, { recursive: true, force: true });
-      else if (work) console.log(`e2e work dir kept: ${work}`);
+      await removeWorkDir(work);
     });
-
-    async function waitForRecord(name: string, ok: (r: Awaited<ReturnType<FleetServer['deviceRecord']>>) => boolean, timeoutMs: number) {
-      const t0 = Date.now();
-      for (;;) {
-        const r = await server.deviceRecord(name);
-        if (ok(r)) return r;
-        if (Date.now() - t0 > timeoutMs) throw new Error(`server record of ${name} still ${JSON.stringify(r)}`);
-        await new Promise((res) => setTimeout(res, 3000));
-      }
-    }
 
     const STATE =
       'echo "state: $(cat /etc/machine-id) $(hostname) $(grep ^root: /etc/shadow | cut -d: -f2) $(sha256sum /etc/ssh/ssh_host_ed25519_key.pub | cut -c1-16)"';
@@ -148,7 +138,7 @@ describe(
       tap.release();
       dev = await start('2');
       const d = dev;
-      await waitForRecord(name, (r) => r.committedVersion === '2.0' && r.state === 'committed', 1_800_000);
+      await server.waitForRecord(name, (r) => r.committedVersion === '2.0' && r.state === 'committed', 1_800_000);
       const running = await d.ssh(
         `${STATE}; cat /proc/cmdline; uname -r; ls /lib/modules; lsmod | grep -c . ; acme-agent --version; getent passwd fieldtech; ` +
           'cat /etc/systemd/network/20-wired.network /etc/acme/acme.conf; upgradectl status --json',
@@ -181,7 +171,7 @@ describe(
 
       // (c) a release whose vendor service fails to start
       await publish('3.0');
-      await waitForRecord(name, () => server.events(name).some((e) => e.type === 'upgrade-failed'), 1_500_000);
+      await server.waitForRecord(name, () => server.events(name).some((e) => e.type === 'upgrade-failed'), 1_500_000);
       const back = await d.ssh('cat /proc/cmdline; acme-agent --version; upgradectl status --json');
       assert.match(back, /loop=\/images\/2\.0\.img/);
       assert.match(back, /"running":"2\.0","committed":"2\.0"/);

@@ -737,6 +737,17 @@ export class FleetServer {
     return { version: d.version, committedVersion: d.committedVersion, state: d.state, trial: d.trial, lastErrorCode: d.lastErrorCode };
   }
 
+  /** Polls the device's record every 3 s until `ok` holds; throws with the last record after timeoutMs. */
+  async waitForRecord(name: string, ok: (r: Awaited<ReturnType<FleetServer['deviceRecord']>>) => boolean, timeoutMs: number) {
+    const t0 = Date.now();
+    for (;;) {
+      const r = await this.deviceRecord(name);
+      if (ok(r)) return r;
+      if (Date.now() - t0 > timeoutMs) throw new Error(`server record of ${name} still ${JSON.stringify(r)}`);
+      await new Promise((res) => setTimeout(res, 3000));
+    }
+  }
+
   /** The device's events as the server stored them (the fleet's own SQLite file: the admin API lists none). */
   events(name: string): { type: string; from: string; to: string; errorCode: string | null }[] {
     return this.eventsWithMethod(name).map(({ type, from, to, errorCode }) => ({ type, from, to, errorCode }));
