@@ -172,8 +172,8 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
         /IBU-E2E status .*"running":"1\.0","committed":"1\.0"/,
         /IBU-E2E POWEROFF version=1\.0/,
       ]);
-      const adopted = JSON.parse(/IBU-E2E adopt exit 0: (\{.*)/.exec(log)?.[1]?.replace(/\s*$/, '') ?? '{}') as Record<string, unknown>;
-      console.log(`${name}: adopt said ${JSON.stringify(adopted).slice(0, 400)}`);
+      // the guest prints the first 600 characters of adopt's JSON (a console line): shown, not parsed
+      console.log(`${name}: adopt said ${(/IBU-E2E adopt exit 0: (.*)/.exec(log)?.[1] ?? '').slice(0, 400)}`);
       const st = await envOf(root);
       assert.deepEqual([st.defaultImage, st.tryImage, st.adopted ?? null], ['1.0', null, '1.0'], 'committed; the conventional system stays the last resort');
       assert.ok(await root.readFile('/etc/grub.d/05_ibu'), 'the grub.d script is installed');
