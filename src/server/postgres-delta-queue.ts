@@ -1,10 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
-import * as path from 'node:path';
 import * as os from 'node:os';
 import pg from 'pg';
 import { IbuError } from '../errors.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { inTransaction } from '../util/pg-transaction.js';
 import {
   DEFAULT_RETRY,
   PRIORITY,
@@ -19,55 +17,15 @@ import {
   jobFromRow as toJob,
   type JobRow as Row,
 } from './delta-queue.js';
+import { openDeltaSchema, pgTypes } from './postgres-delta-schema.js';
 
 /** NOTIFY channel: a job was queued or given back, a builder with a free worker may claim it. */
 const CHANNEL = 'ibu_delta_jobs';
-/** Advisory lock keys (the fleet uses 7141–7144): schema creation, and admission of new jobs. */
-const SCHEMA_LOCK = 7145;
+/** Advisory lock key (the fleet uses 7141–7144, the schema 7145): admission of new jobs. */
 const ADMIT_LOCK = 7146;
 
 /** A claim not renewed for this long is taken over by another builder (ibu serve --delta-lease). */
 export const DEFAULT_LEASE_MS = 30_000;
-
-// BIGINT (oid 20) as a number: times in ms and sizes stay far below 2^53.
-const types = {
-  getTypeParser: ((oid: number, format?: string) =>
-    oid === 20 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
-};
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS delta_jobs (
-  seq BIGSERIAL NOT NULL,
-  scope TEXT NOT NULL,
-  from_version TEXT NOT NULL,
-  to_version TEXT NOT NULL,
-  state TEXT NOT NULL CHECK (state IN ('queued', 'building', 'ready', 'failed')),
-  priority INTEGER NOT NULL DEFAULT 0,
-  requested_at BIGINT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  next_attempt_at BIGINT NOT NULL DEFAULT 0,
-  started_at BIGINT,
-  finished_at BIGINT,
-  last_error TEXT,
-  size BIGINT,
-  sha256 TEXT,
-  last_access_at BIGINT,
-  builds INTEGER NOT NULL DEFAULT 0,
-  client TEXT,
-  claimed_by TEXT,
-  lease_until BIGINT,
-  PRIMARY KEY (scope, from_version, to_version)
-);
-CREATE INDEX IF NOT EXISTS delta_jobs_queue ON delta_jobs (scope, state, priority, requested_at, seq);
-CREATE INDEX IF NOT EXISTS delta_jobs_lru ON delta_jobs (scope, state, last_access_at);
-CREATE INDEX IF NOT EXISTS delta_jobs_client ON delta_jobs (scope, client, state);
-CREATE TABLE IF NOT EXISTS delta_demand (
-  from_version TEXT NOT NULL,
-  to_version TEXT NOT NULL,
-  noted_at BIGINT NOT NULL,
-  PRIMARY KEY (from_version, to_version)
-);
-`;
 
 type Query = Pick<pg.PoolClient, 'query'>;
 
@@ -116,7 +74,7 @@ export class PostgresDeltaQueue implements DeltaQueue {
     this.retry = o.retry ?? DEFAULT_RETRY;
     this.leaseMs = o.leaseMs ?? DEFAULT_LEASE_MS;
     this.owner = o.owner ?? `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
-    this.pool = new pg.Pool({ connectionString: url, max: 6, types });
+    this.pool = new pg.Pool({ connectionString: url, max: 6, types: pgTypes });
     // An idle connection dropped by the server must not crash the process; the next query reconnects.
     this.pool.on('error', () => {});
   }
@@ -130,24 +88,7 @@ export class PostgresDeltaQueue implements DeltaQueue {
    * has none), all under an advisory lock: replicas may start together on a fresh shared directory.
    */
   static async open(url: string, dir: string, o: PostgresQueueOptions = {}): Promise<PostgresDeltaQueue> {
-    const setup = new pg.Client({ connectionString: url });
-    let scope: string;
-    try {
-      await setup.connect();
-      await setup.query('BEGIN');
-      await setup.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
-      await setup.query(SCHEMA);
-      scope = await directoryId(dir);
-      await setup.query('COMMIT');
-    } catch (err) {
-      throw new IbuError(
-        'STORE_UNAVAILABLE',
-        `Cannot use the PostgreSQL delta queue: ${(err as Error).message}. Check --database-url, that the server is running and that ${dir} is writable.`,
-        { cause: err },
-      );
-    } finally {
-      await setup.end().catch(() => {});
-    }
+    const scope = await openDeltaSchema(url, dir);
     const q = new PostgresDeltaQueue(url, scope, o);
     try {
       await q.listen();
@@ -198,19 +139,8 @@ export class PostgresDeltaQueue implements DeltaQueue {
     this.listeners.push(fn);
   }
 
-  private async tx<T>(fn: (c: Query) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect();
-    try {
-      await c.query('BEGIN');
-      const out = await fn(c);
-      await c.query('COMMIT');
-      return out;
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      c.release();
-    }
+  private tx<T>(fn: (c: Query) => Promise<T>): Promise<T> {
+    return inTransaction(this.pool, fn);
   }
 
   private async row(c: Query, from: string, to: string): Promise<DeltaJob | undefined> {
@@ -502,15 +432,4 @@ export class PostgresDeltaQueue implements DeltaQueue {
     await l?.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
-}
-
-/** The id in `<dir>/.ibu-delta-dir`, written (fsynced, renamed) when missing. */
-async function directoryId(dir: string): Promise<string> {
-  const file = path.join(dir, '.ibu-delta-dir');
-  const known = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
-  if (known) return known;
-  await fsp.mkdir(dir, { recursive: true });
-  const id = randomBytes(16).toString('hex');
-  await writeFileAtomic(file, `${id}\n`);
-  return id;
 }

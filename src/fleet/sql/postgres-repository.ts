@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { inTransaction } from '../../util/pg-transaction.js';
 import type { FleetRepository } from '../repository.js';
 import type {
   DeviceRecord,
@@ -79,20 +80,8 @@ export class PostgresFleetRepository implements FleetRepository {
     await this.pool.end();
   }
 
-  /** Runs fn in one transaction on one pooled connection: COMMIT when it returns, ROLLBACK when it throws. */
-  private async transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect();
-    try {
-      await c.query('BEGIN');
-      const out = await fn(c);
-      await c.query('COMMIT');
-      return out;
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      c.release();
-    }
+  private transaction<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    return inTransaction(this.pool, fn);
   }
 
   private async q(sql: string, params: unknown[] = []): Promise<Row[]> {
