@@ -15,7 +15,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FleetServer, ibu } from '../test/e2e/harness.js';
-import { applianceReleases, deviceFiles, makeApplianceDisk, upgradeTimings } from '../test/e2e/appliance.js';
+import { applianceReleases, deviceFiles, publishAppliance, makeApplianceDisk, upgradeTimings } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity } from '../test/e2e/appliance-device.js';
 
 function arg(name: string, def: string): string {
@@ -37,8 +37,7 @@ async function main(): Promise<void> {
   const keys = path.join(work, 'keys');
   const store = path.join(work, 'store');
   await ibu('keys', 'generate', '--out', keys);
-  for (const v of ['1.0', '2.0'] as const)
-    await ibu('release', 'publish', '--image', app.images[v], '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
+  for (const v of ['1.0', '2.0'] as const) await publishAppliance(app, v, store, keys);
   const server = await new FleetServer(store, path.join(work, 'server.log')).start();
   const id = await sshIdentity(work);
   const runs: Record<string, number | null>[] = [];

@@ -20,7 +20,7 @@ import { e2eUnavailable, repoRoot, timeline, ibu, FleetServer } from '../test/e2
 import { applianceReleases, deviceFiles, makeApplianceDisk } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity } from '../test/e2e/appliance-device.js';
 import { formatBytes } from '../src/util/bytes.js';
-import { DemoError, followServerLog, publishReleases, say, step, t0 } from './narration.js';
+import { DemoError, followServerLog, publishReleases, say, step, t0, runDemo } from './narration.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
 const DEVICE = 'demo-device-1';
@@ -176,12 +176,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    process.stdout.write('\n');
-    const msg = err instanceof DemoError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
-    say(`DEMO FAILED: ${msg}`);
-    process.exit(1);
-  },
-);
+runDemo(main);

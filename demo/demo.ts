@@ -37,7 +37,7 @@ import {
 } from '../test/e2e/harness.js';
 import { COMMITTED_RECORD, HEALTHY_CHECKS, UPGRADE_EVENTS, UPGRADE_STORY } from '../test/e2e/upgrade-story.js';
 import { formatBytes } from '../src/util/bytes.js';
-import { DemoError, followServerLog, publishReleases, say, step, t0 } from './narration.js';
+import { DemoError, followServerLog, publishReleases, say, step, t0, runDemo } from './narration.js';
 import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 
 const keep = process.argv.includes('--keep') || process.env.IBU_DEMO_KEEP === '1';
@@ -290,12 +290,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    process.stdout.write('\n');
-    const msg = err instanceof DemoError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
-    say(`DEMO FAILED: ${msg}`);
-    process.exit(1);
-  },
-);
+runDemo(main);

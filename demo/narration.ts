@@ -121,3 +121,16 @@ export async function publishReleases(work: string, images: [version: string, im
   }
   return { keys, store };
 }
+
+/** Runs a demo: exit 0 on success; on failure the reason (a DemoError's message, else the stack) and exit 1. */
+export function runDemo(main: () => Promise<void>): void {
+  main().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stdout.write('\n');
+      const msg = err instanceof DemoError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
+      say(`DEMO FAILED: ${msg}`);
+      process.exit(1);
+    },
+  );
+}

@@ -15,7 +15,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, timeline } from './harness.js';
-import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type DeviceFiles } from './appliance.js';
+import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type DeviceFiles, publishAppliance } from './appliance.js';
 import { removeWorkDir } from './work-dir.js';
 import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
 
@@ -57,8 +57,7 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
   let dev: RunningDevice | null = null;
   let published4 = false;
 
-  const publish = (v: '2.0' | '3.0' | '4.0') =>
-    ibu('release', 'publish', '--image', app.images[v], '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
+  const publish = (v: '2.0' | '3.0' | '4.0') => publishAppliance(app, v, store, keys);
 
   before(async () => {
     work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-switch-'));

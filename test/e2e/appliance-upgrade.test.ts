@@ -28,7 +28,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, missingInOrder, timeline } from './harness.js';
-import { applianceReleases, deviceFiles, makeApplianceDisk, upgradeTimings, type Appliance } from './appliance.js';
+import { applianceReleases, deviceFiles, makeApplianceDisk, upgradeTimings, type Appliance, publishAppliance } from './appliance.js';
 import { removeWorkDir } from './work-dir.js';
 import { RunningDevice, ServerTap, sshIdentity, type SshIdentity } from './appliance-device.js';
 
@@ -47,8 +47,7 @@ describe(
     let dev: RunningDevice | null = null;
     let tap: ServerTap;
 
-    const publish = (v: '1.0' | '2.0' | '3.0' | '4.0') =>
-      ibu('release', 'publish', '--image', app.images[v], '--version', v, '--store', store, '--key', path.join(keys, 'signing.key'), '--channel', 'stable');
+    const publish = (v: '1.0' | '2.0' | '3.0' | '4.0') => publishAppliance(app, v, store, keys);
 
     before(async () => {
       work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-appliance-'));

@@ -247,6 +247,24 @@ export async function applianceReleases(o: { specDir?: string; ibuDevice?: strin
   }
 }
 
+/** `ibu release publish` of one appliance release into `store` on channel 'stable', signed with `<keysDir>/signing.key`. */
+export function publishAppliance(app: Appliance, v: ApplianceVersion, store: string, keysDir: string) {
+  return ibu(
+    'release',
+    'publish',
+    '--image',
+    app.images[v],
+    '--version',
+    v,
+    '--store',
+    store,
+    '--key',
+    path.join(keysDir, 'signing.key'),
+    '--channel',
+    'stable',
+  );
+}
+
 /** Files to put into the device's own copy of its first image (its provisioning), path -> content. */
 export type DeviceFiles = Record<string, string>;
 
