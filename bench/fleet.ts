@@ -18,8 +18,10 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Agent, request } from 'undici';
 import pg from 'pg';
-import { simulate, type SimulateResult } from '../src/fleet/simulator/simulate.js';
+import { simulate, type ClusterOptions, type SimulateResult } from '../src/fleet/simulator/simulate.js';
 import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
+import { startCdn } from '../test/helpers/nginx-cdn.js';
+import { newBucket, radosgw } from '../test/helpers/radosgw.js';
 
 const devices = Number(process.env.FLEET_DEVICES ?? 80_000);
 const runs = Number(process.env.FLEET_RUNS ?? 3); // 0: only the capacity and anchor measurements
@@ -30,6 +32,10 @@ const concurrency = Number(process.env.FLEET_CONCURRENCY ?? 128);
 // restart kills one of them).
 const adminDatabaseUrl = process.env.FLEET_DATABASE_URL || undefined;
 const replicas = Number(process.env.FLEET_REPLICAS ?? 1);
+// FLEET_CLUSTER=1 (with FLEET_DATABASE_URL and FLEET_REPLICAS >= 2): the scaled deployment of issue #21 —
+// the replicas run --role api on releases in a radosgw bucket, one more runs --role builder, and nginx
+// (assets/nginx/ibu-cdn.conf) balances in front; devices speak to nginx only.
+const cluster = process.env.FLEET_CLUSTER === '1';
 
 /** A new, empty database beside the one `url` names; returns its URL. */
 async function freshDatabase(url: string, name: string): Promise<string> {
@@ -201,6 +207,16 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
   };
 }
 
+/** FLEET_CLUSTER=1: a bucket on the shared radosgw and an nginx for run i. */
+async function clusterOptions(i: number): Promise<ClusterOptions> {
+  const gw = await radosgw();
+  if (typeof gw === 'string') throw new Error(`FLEET_CLUSTER=1: ${gw}`);
+  const bucket = await newBucket(gw, `bench-${i}`);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ibu-bench-cdn-'));
+  rmSync(dir, { recursive: true });
+  return { store: `s3://${bucket}/rel`, env: gw.env, builders: 1, balancer: (origins) => startCdn(dir, origins) };
+}
+
 const results: SimulateResult[] = [];
 const anchors: Array<Awaited<ReturnType<typeof openLoopFloor>>> = [];
 console.log(
@@ -216,6 +232,7 @@ for (let i = 0; i < runs; i++) {
     concurrency,
     databaseUrl,
     replicas,
+    cluster: cluster ? await clusterOptions(i) : undefined,
     log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`),
   });
   const loadAfter = load();

@@ -9,8 +9,10 @@
 #             (CI) and `e2e`: too long for CI's 45-minute budget
 #   zfs       the ZFS guest tests (npm run test:zfs)
 #   scale     replicas on one PostgreSQL (npm run test:scale; also part of all): the lease hammer
-#             with two server processes, the release day with two replicas, one killed midway, and the
-#             delta builder pool (one api and two builder processes: one build per pair, a killed builder)
+#             with two server processes, the delta builder pool (one api and two builder processes: one
+#             build per pair, a killed builder), and the scaled deployment together (2 api + 1 builder,
+#             releases on radosgw, nginx in front: one build for 1,000 requests, a release day of
+#             2,000 devices with one api replica killed midway)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Test files that boot a QEMU guest outside test/e2e (test/zfs/zfs-units.test.ts does not).
@@ -31,6 +33,6 @@ case "${1:-all}" in
   e2e) all | grep '^dist/test/e2e/' ;;
   e2e-full) find dist/test/e2e -name '*.test.js' | sort ;;
   zfs) find dist/test/zfs -name '*.test.js' | sort ;;
-  scale) printf '%s\n' dist/test/fleet/replicas.test.js dist/test/fleet/simulate.test.js dist/test/server/delta-replicas.test.js ;;
+  scale) printf '%s\n' dist/test/fleet/replicas.test.js dist/test/fleet/cluster.test.js dist/test/server/delta-replicas.test.js ;;
   *) echo "usage: $0 all|unit|e2e|e2e-full|zfs|scale" >&2; exit 2 ;;
 esac

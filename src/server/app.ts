@@ -232,7 +232,11 @@ async function assemble0(
   await app.register(rateLimit, rateLimitOptions(connectionLimits(o.connections)));
   await app.register(async (scope) => adminRoutes(scope, ctx));
   // A builder serves no devices: the balancer sends check-ins to api replicas only.
-  if (o.fleet !== false && role !== 'builder') await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken });
+  // The fleet learns releases from the same catalog devices download from (a bucket on S3).
+  const channels = async () =>
+    Promise.all((await catalog.channels()).map(async (c) => ({ channel: c, versions: ((await catalog.channel(c))?.releases ?? []).map((r) => r.version) })));
+  if (o.fleet !== false && role !== 'builder')
+    await app.register(fleetPlugin, { dataDir: root, databaseUrl: o.databaseUrl, adminToken: o.adminToken, channels });
 
   app.addHook('onReady', async () => {
     pool.kick();

@@ -28,6 +28,12 @@ export interface FleetPluginOptions {
   /** `postgres://...` selects PostgreSQL; otherwise SQLite at <dataDir>/fleet.sqlite. */
   databaseUrl?: string;
   adminToken?: string;
+  /**
+   * The release store's channels as `{ channel, versions }` (the server's catalog: the data
+   * directory or an S3 bucket), re-read every few seconds to register new releases. Default: the
+   * data directory's channels/*.json (the fleet served alone).
+   */
+  channels?: () => Promise<Array<{ channel: string; versions: string[] }>>;
 }
 
 declare module 'fastify' {

@@ -8,7 +8,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
-import { createServer as netServer } from 'node:net';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,16 +15,9 @@ import { promisify } from 'node:util';
 import type { Manifest } from '../../src/release/types.js';
 import { cli, makeDevice } from './device.js';
 import { storeServer } from './store-server.js';
+import { freePort } from '../helpers/nginx-cdn.js';
 
 const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/nginx-cdn.sh');
-
-async function freePort(): Promise<number> {
-  const s = netServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function req(url: string, headers: Record<string, string> = {}, method = 'GET', body?: unknown) {
   const res = await fetch(url, {

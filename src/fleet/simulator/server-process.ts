@@ -5,6 +5,19 @@ import { fileURLToPath } from 'node:url';
 import { IbuError } from '../../errors.js';
 import { unrefSleep } from './naps.js';
 
+export interface ServerProcessOptions {
+  dataDir: string;
+  adminToken: string;
+  databaseUrl?: string;
+  /** `s3://bucket/prefix`: releases from a bucket (settings and credentials from `env`, the AWS variables). */
+  store?: string;
+  /** `ibu serve --role`: api replicas serve devices; a builder builds deltas only. Default all. */
+  role?: 'api' | 'builder' | 'all';
+  /** The delta directory every replica shares (`ibu serve --delta-dir`). */
+  deltaDir?: string;
+  env?: Record<string, string>;
+}
+
 /**
  * The server under test as a child process (src/server/fleet/sim-server.ts: the real `ibu serve`
  * application on loopback). It reports its port when listening, and its CPU time and event-loop
@@ -19,7 +32,7 @@ export class ServerProcess {
   readonly lag = { p99Ms: 0, maxMs: 0 };
   private child: ChildProcess | null = null;
 
-  constructor(private readonly o: { dataDir: string; adminToken: string; databaseUrl?: string }) {}
+  constructor(private readonly o: ServerProcessOptions) {}
 
   get dataDir(): string {
     return this.o.dataDir;
@@ -44,7 +57,10 @@ export class ServerProcess {
       this.o.adminToken,
     ];
     if (this.o.databaseUrl) args.push('--database-url', this.o.databaseUrl);
-    const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    if (this.o.store) args.push('--store', this.o.store);
+    if (this.o.role) args.push('--role', this.o.role);
+    if (this.o.deltaDir) args.push('--delta-dir', this.o.deltaDir);
+    const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...this.o.env } });
     this.child = c;
     const lines = createInterface({ input: c.stdout! });
     await new Promise<void>((resolve, reject) => {

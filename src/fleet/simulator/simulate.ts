@@ -45,6 +45,13 @@ export interface SimulateOptions {
    * (SIGKILL) and started again while the others serve. Default 1.
    */
   replicas?: number;
+  /**
+   * The replicas as a scaled deployment (docs/deployment.md): they run `--role api` on a shared
+   * release store and delta directory, `builders` more run `--role builder`, and `balancer`
+   * (nginx, say) is started in front of the api replicas; devices and the operator then speak to
+   * it only, and the replica killed midway is one of its upstreams.
+   */
+  cluster?: ClusterOptions;
   /** Injected failure shares among devices upgrading to the good release. */
   failRatio?: number;
   rollbackRatio?: number;
@@ -58,6 +65,16 @@ export interface SimulateOptions {
   restart?: boolean;
   keep?: boolean;
   log?: (msg: string) => void;
+}
+
+export interface ClusterOptions {
+  /** `s3://bucket/prefix`; S3 settings and credentials in `env` (the AWS variables). */
+  store?: string;
+  env?: Record<string, string>;
+  /** Shared by every replica (`--delta-dir`). Default: a temp dir made here. */
+  deltaDir?: string;
+  builders?: number;
+  balancer?: (origins: string[]) => Promise<{ origin: string; stop(): Promise<void> }>;
 }
 
 export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
@@ -83,14 +100,22 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const m = new Measurements();
   const naps = new Naps();
   // Replica i > 0 gets its own data dir (one server per directory); the releases reach it through the database.
-  const servers = Array.from(
-    { length: replicas },
-    (_, i) =>
-      new ServerProcess({ dataDir: i === 0 ? dataDir : mkdtempSync(path.join(os.tmpdir(), `ibu-fleet-sim-r${i}-`)), adminToken, databaseUrl: o.databaseUrl }),
-  );
+  const cl = o.cluster;
+  if (cl && !o.databaseUrl) throw new IbuError('USAGE', 'A cluster shares one fleet and one delta queue through PostgreSQL: give --database-url.');
+  const deltaDir = cl ? (cl.deltaDir ?? mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sim-deltas-'))) : undefined;
+  const replica = (i: number, role?: 'api' | 'builder') =>
+    new ServerProcess({
+      dataDir: i === 0 ? dataDir : mkdtempSync(path.join(os.tmpdir(), `ibu-fleet-sim-r${i}-`)),
+      adminToken,
+      databaseUrl: o.databaseUrl,
+      ...(cl ? { role, store: cl.store, deltaDir, env: cl.env } : {}),
+    });
+  const servers = Array.from({ length: replicas }, (_, i) => replica(i, 'api'));
+  const builders = Array.from({ length: cl?.builders ?? 0 }, (_, i) => replica(replicas + i, 'builder'));
   const server = servers[0]!;
   let turn = 0;
-  const client = new SimClient(() => servers[turn++ % servers.length]!.origin, adminToken, concurrency, naps, m);
+  let front: { origin: string; stop(): Promise<void> } | null = null;
+  const client = new SimClient(() => front?.origin ?? servers[turn++ % servers.length]!.origin, adminToken, concurrency, naps, m);
   const model = new DeviceModel(client, naps, m, {
     interval,
     active,
@@ -104,8 +129,11 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const wall0 = Date.now();
 
   try {
-    await Promise.all(servers.map((s) => s.start()));
-    const where = `${replicas > 1 ? `${replicas} replicas, first ` : ''}server on ${server.origin} (data ${dataDir})`;
+    await Promise.all([...servers, ...builders].map((s) => s.start()));
+    if (cl?.balancer) front = await cl.balancer(servers.map((s) => s.origin));
+    const where =
+      `${replicas > 1 ? `${replicas} replicas${builders.length ? ` + ${builders.length} builder(s)` : ''}, first ` : ''}server on ${server.origin}` +
+      `${front ? ` behind ${front.origin}` : ''} (data ${dataDir})`;
     log(`${where}; ${n} devices, idle interval ${interval.toFixed(1)} s, active ${active.toFixed(1)} s`);
     await setUpFleet(ctx, { interval, active, maxReboots });
     // Every replica must have heard the set-up (its last write is the default group) before devices enroll anywhere.
@@ -177,7 +205,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     await Promise.race([Promise.all(loops), unrefSleep(60_000)]);
     const lostUpdates = await countLostUpdates(ctx, devices);
     const finalVersions = await client.admin<Array<{ version: string; devices: number }>>('GET', '/v1/admin/fleet/versions');
-    await Promise.all(servers.map((s) => s.stop()));
+    await Promise.all([...servers, ...builders].map((s) => s.stop()));
     const cpu = process.cpuUsage(cpu0);
     return {
       devices: n,
@@ -196,18 +224,28 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       injected: model.injected,
       finalVersions,
       cpu: {
-        serverSeconds: Math.round(servers.reduce((n, s) => n + s.cpuSeconds, 0) * 10) / 10,
+        serverSeconds: Math.round([...servers, ...builders].reduce((n, s) => n + s.cpuSeconds, 0) * 10) / 10,
         clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10,
         wallSeconds: Math.round((Date.now() - wall0) / 100) / 10,
       },
       realServer: server.realServer,
-      config: { replicas, checkinIntervalSeconds: interval, activeCheckinIntervalSeconds: active, rate, concurrency, maxConcurrentReboots: maxReboots },
+      config: {
+        replicas,
+        checkinIntervalSeconds: interval,
+        activeCheckinIntervalSeconds: active,
+        rate,
+        concurrency,
+        maxConcurrentReboots: maxReboots,
+        ...(cl ? { cluster: { builders: builders.length, balancer: front !== null, store: cl.store ?? null } } : {}),
+      },
     };
   } finally {
     naps.stopping = true;
     lag.disable();
-    await Promise.all(servers.map((s) => s.stop().catch(() => {})));
+    await Promise.all([...servers, ...builders].map((s) => s.stop().catch(() => {})));
+    await front?.stop().catch(() => {});
     await client.close().catch(() => {});
-    if (!o.keep) for (const s of servers) rmSync(s.dataDir, { recursive: true, force: true });
+    if (!o.keep) for (const s of [...servers, ...builders]) rmSync(s.dataDir, { recursive: true, force: true });
+    if (!o.keep && deltaDir && !cl?.deltaDir) rmSync(deltaDir, { recursive: true, force: true });
   }
 }

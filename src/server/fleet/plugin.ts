@@ -20,7 +20,7 @@ export interface FleetPluginOptionsExt extends FleetPluginOptions {
   config?: Partial<FleetConfig>;
   /** Enrollment secret for ids not pre-authorized (only its hash is kept). Default: IBU_ENROLLMENT_SECRET. */
   enrollmentSecret?: string;
-  /** How often channels/*.json in the data dir is re-read for new releases. Default 5 s; 0 = only at start. */
+  /** How often the release store's channels are re-read for new releases. Default 5 s; 0 = only at start. */
   storeSyncMs?: number;
   /** Replaces the repository (tests). */
   repository?: FleetRepository;
@@ -55,7 +55,8 @@ async function fleetPluginImpl(app: FastifyInstance, o: FleetPluginOptionsExt): 
     (err, what) => app.log.error({ err }, `fleet: ${what} failed`),
   );
   await service.start();
-  await syncReleasesFromStore(service, o.dataDir, app);
+  const channels = o.channels ?? (() => dataDirChannels(o.dataDir));
+  await syncReleasesFromStore(service, channels, app);
   const metrics = new FleetMetrics(service);
   app.decorate('fleet', service);
   app.decorate('fleetService', service);
@@ -77,7 +78,7 @@ async function fleetPluginImpl(app: FastifyInstance, o: FleetPluginOptionsExt): 
     schedule();
     const every = o.storeSyncMs ?? 5000;
     if (every > 0) {
-      storeTimer = setInterval(() => void syncReleasesFromStore(service, o.dataDir, app), every);
+      storeTimer = setInterval(() => void syncReleasesFromStore(service, channels, app), every);
       storeTimer.unref();
     }
   });
@@ -107,29 +108,55 @@ declare module 'fastify' {
   }
 }
 
-/** Registers every version in channels/<channel>.json of the data dir (the release store). */
-export async function syncReleasesFromStore(service: Fleet, dataDir: string, app?: FastifyInstance): Promise<number> {
-  let added = 0;
+/** The channels/*.json of a data directory (the fleet served alone, without the release side's catalog). */
+export async function dataDirChannels(dataDir: string): Promise<Array<{ channel: string; versions: string[] }>> {
   let names: string[];
   try {
     names = await fsp.readdir(path.join(dataDir, 'channels'));
   } catch {
-    return 0;
+    return [];
   }
+  const out: Array<{ channel: string; versions: string[] }> = [];
   for (const n of names) {
     if (!n.endsWith('.json') || n.startsWith('.')) continue;
-    const channel = n.slice(0, -5);
     try {
       const doc = JSON.parse(await fsp.readFile(path.join(dataDir, 'channels', n), 'utf8')) as { versions?: unknown };
-      const versions = Array.isArray(doc.versions) ? doc.versions.map(String).filter(isValidVersion) : [];
+      out.push({ channel: n.slice(0, -5), versions: Array.isArray(doc.versions) ? doc.versions.map(String) : [] });
+    } catch {
+      // half-written by hand or not ours: the next sync reads it again
+    }
+  }
+  return out;
+}
+
+/**
+ * Registers every version of the release store's channels that the fleet does not know yet. The
+ * store is read through `channels` (the data directory or S3): a release published to a bucket
+ * reaches the fleet of every replica without an admin call.
+ */
+export async function syncReleasesFromStore(
+  service: Fleet,
+  channels: () => Promise<Array<{ channel: string; versions: string[] }>>,
+  app?: FastifyInstance,
+): Promise<number> {
+  let added = 0;
+  let listed: Array<{ channel: string; versions: string[] }>;
+  try {
+    listed = await channels();
+  } catch (err) {
+    app?.log.warn({ err }, "cannot read the release store's channels; trying again later");
+    return 0;
+  }
+  for (const { channel, versions } of listed) {
+    try {
       const known = new Set(service.releasesOf(channel).map((r) => r.version));
-      for (const v of versions) {
+      for (const v of versions.filter(isValidVersion)) {
         if (known.has(v)) continue;
         await service.registerRelease({ channel, version: v }, 'store');
         added++;
       }
     } catch (err) {
-      app?.log.warn({ err, channel }, 'cannot read a channel file of the release store; skipping it');
+      app?.log.warn({ err, channel }, 'cannot register a channel of the release store; skipping it');
     }
   }
   return added;

@@ -5,6 +5,8 @@
  * group commit flushes), prints {"cpu": {...}, "lag": {...}} (CPU used, and how late its event loop
  * ran: a stall there delays every request in flight) and exits 0.
  *   node sim-server.js --data DIR --port N --admin-token T [--database-url URL]
+ *                      [--store s3://bucket/prefix] [--role api|builder|all] [--delta-dir DIR]
+ * (S3 settings and credentials from the AWS environment, as `ibu serve` reads them.)
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -20,15 +22,30 @@ const dataDir = arg('data')!;
 const port = Number(arg('port') ?? 0);
 const adminToken = arg('admin-token')!;
 const databaseUrl = arg('database-url');
+const store = arg('store');
+const role = arg('role') as 'api' | 'builder' | 'all' | undefined;
+const deltaDir = arg('delta-dir');
 
 let app: FastifyInstance;
 let real = false;
 try {
   const { createServer } = await import('../app.js');
-  const srv = await createServer({ dataDir, adminToken, precompute: 0, databaseUrl, logger: false, connections: { unauthenticatedPerMinute: 0 } });
+  const srv = await createServer({
+    dataDir,
+    adminToken,
+    precompute: 0,
+    databaseUrl,
+    store,
+    role,
+    deltaDir,
+    logger: false,
+    connections: { unauthenticatedPerMinute: 0 },
+  });
   app = srv.app;
   real = true;
 } catch (err) {
+  // A replica of a cluster (store, role) must be the real server or nothing.
+  if (store || role || deltaDir) throw err;
   // The release/delta side failed to start here: serve the fleet alone rather than not at all.
   process.stderr.write(`sim-server: createServer failed (${(err as Error).message}); serving the fleet plugin alone\n`);
   // The same connection limits as `ibu serve`: silent sockets are closed here too.
@@ -36,7 +53,7 @@ try {
   app = Fastify({ logger: false, http: httpServerOptions(l), connectionTimeout: l.idleMs, keepAliveTimeout: l.keepAliveMs });
   app.server.maxConnections = l.maxConnections;
 }
-if (!app.fleet) await app.register(fleetPlugin, { dataDir, adminToken, databaseUrl, storeSyncMs: 1000 });
+if (!app.fleet && role !== 'builder') await app.register(fleetPlugin, { dataDir, adminToken, databaseUrl, storeSyncMs: 1000 });
 await app.listen({ host: '127.0.0.1', port });
 const lag = monitorEventLoopDelay({ resolution: 10 });
 lag.enable();
