@@ -10,23 +10,15 @@ import net from 'node:net';
 import Database from 'better-sqlite3';
 import { promises as fsp, existsSync, createWriteStream, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { run } from '../../src/util/exec.js';
 import { GrubBootloader } from '../../src/boot/grub-bootloader.js';
 import type { BootState } from '../../src/boot/bootloader.js';
 import { compareVersions } from '../../src/version.js';
 import { signed } from '../helpers/enroll.js';
 
-/** The checkout root (works from test/e2e/*.ts under tsx and from dist/test/e2e/*.js). */
-export function repoRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(path.join(dir, 'package.json')) && existsSync(path.join(dir, 'assets'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('cannot find the ibu checkout above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-}
+import { repoRoot } from '../helpers/repo-root.js';
+
+export { repoRoot };
 
 export const HOST_UUID = '1e0f4b8a-3c2d-4e5f-8a9b-0c1d2e3f4a5b';
 export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';

@@ -2,10 +2,10 @@ import { execFile } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
 import { createServer as netServer } from 'node:net';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { repoRoot } from './repo-root.js';
 import { promisify } from 'node:util';
 
-const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/nginx-cdn.sh');
+const script = path.join(repoRoot(), 'scripts/nginx-cdn.sh');
 
 /** A port nobody listens on right now (for a server that must be told its port up front). */
 export async function freePort(): Promise<number> {
