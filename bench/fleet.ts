@@ -11,7 +11,7 @@
  * route and of the bare route. The load average is printed before and after every run.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -148,10 +148,14 @@ async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: num
  * 5,000 enrolled devices, hammered by the same client loop as the anchor: saturation throughput
  * and latency of real check-ins (read device, decide, group-commit, answer).
  */
-async function checkinCapacity(requests: number): Promise<{ perSec: number; p50Ms: number; p99Ms: number; serverCpuMsPerCheckin: number }> {
+async function checkinCapacity(
+  requests: number,
+  databaseUrl?: string,
+): Promise<{ perSec: number; p50Ms: number; p99Ms: number; serverCpuMsPerCheckin: number; postgresCpuMsPerCheckin?: number }> {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-bench-'));
   const entry = fileURLToPath(new URL('../src/server/fleet/sim-server.ts', import.meta.url));
-  const child = spawn(process.execPath, [...process.execArgv, entry, '--data', dataDir, '--port', '0', '--admin-token', 'bench'], {
+  const db = databaseUrl ? ['--database-url', databaseUrl] : [];
+  const child = spawn(process.execPath, [...process.execArgv, entry, '--data', dataDir, '--port', '0', '--admin-token', 'bench', ...db], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let cpu = 0;
@@ -181,6 +185,7 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
     tokens.push((await call('POST', '/v1/devices/enroll', signEnrollment(key, { deviceId: `cap-${i}`, enrollmentSecret: 'bench' }))).token!);
   const lat: number[] = [];
   let next = 0;
+  const pg0 = databaseUrl ? postgresCpuMs() : 0;
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
@@ -193,6 +198,7 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
     }),
   );
   const secs = (performance.now() - t0) / 1000;
+  const pgMs = databaseUrl ? postgresCpuMs() - pg0 : 0;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
   await exited;
@@ -204,7 +210,26 @@ async function checkinCapacity(requests: number): Promise<{ perSec: number; p50M
     p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10,
     p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
     serverCpuMsPerCheckin: Math.round((cpu / (requests + 5000)) * 1000) / 1000,
+    // PostgreSQL's own processes (the server's sessions): CPU the database spends per check-in, beside ibu's.
+    ...(databaseUrl ? { postgresCpuMsPerCheckin: Math.round((pgMs / requests) * 1000) / 1000 } : {}),
   };
+}
+
+/** CPU milliseconds used so far by every `postgres` process on this machine (utime + stime, /proc). */
+function postgresCpuMs(): number {
+  const tick = 1000 / 100; // USER_HZ is 100 on Linux
+  let ms = 0;
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (!stat.includes('(postgres)')) continue;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ms += (Number(f[11]) + Number(f[12])) * tick;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ms;
 }
 
 /** FLEET_CLUSTER=1: a bucket on the shared radosgw and an nginx for run i. */
@@ -271,6 +296,8 @@ for (let i = 0; i < runs; i++) {
   );
 }
 const capacity = await checkinCapacity(50_000);
+// CPU per check-in on PostgreSQL beside SQLite (issue #21 item 7): the same hammer on a fresh database.
+const capacityPostgres = adminDatabaseUrl ? await checkinCapacity(50_000, await freshDatabase(adminDatabaseUrl, `ibu_bench_cap_${process.pid}`)) : null;
 const floor = await httpFloor(50_000);
 const summary = {
   devices,
@@ -288,6 +315,7 @@ const summary = {
   allPausedCorrectly: results.every((r) => r.rolloutPausedCorrectly),
   lostUpdates: results.reduce((n, r) => n + r.lostUpdates, 0),
   checkinCapacity: capacity,
+  checkinCapacityPostgres: capacityPostgres,
   anchorHttpFloor: floor,
   load: load(),
 };
