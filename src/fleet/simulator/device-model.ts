@@ -24,6 +24,8 @@ export interface SimDevice {
   /** What the server acknowledged last, and how many check-ins it acknowledged. */
   acked: { version: string; state: DeviceState; trial: boolean } | null;
   ackCount: number;
+  /** A check-in sent and not answered yet: the server may already hold it (it is ahead, not behind). */
+  checkinInFlight: boolean;
   dead: boolean;
   attempts: Map<string, number>;
 }
@@ -70,6 +72,7 @@ export class DeviceModel {
       lastError: null,
       acked: null,
       ackCount: 0,
+      checkinInFlight: false,
       dead: false,
       attempts: new Map(),
     };
@@ -117,7 +120,8 @@ export class DeviceModel {
 
   private async checkin(d: SimDevice, extra: Partial<CheckinRequest> = {}, due?: number): Promise<CheckinResponse | null> {
     const body = this.report(d, extra);
-    const res = await this.client.device<CheckinResponse>(`/v1/devices/${d.id}/checkin`, body, d.token, true, due);
+    d.checkinInFlight = true;
+    const res = await this.client.device<CheckinResponse>(`/v1/devices/${d.id}/checkin`, body, d.token, true, due).finally(() => (d.checkinInFlight = false));
     if (res) {
       this.m.checkins++;
       d.acked = { version: body.version, state: body.state, trial: body.trial };
