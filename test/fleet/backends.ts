@@ -70,3 +70,19 @@ export const BACKENDS: Backend[] = [
     },
   },
 ];
+
+/**
+ * The small release day the simulation tests run (2,000 devices, injected failures). Generous
+ * deadline: CI runs it beside mmdebstrap and QEMU on 2 cores; a wave that opens late is not a
+ * failure here (speed is bench/fleet.ts's business), a rollout that never completes is.
+ */
+export const SMALL_RELEASE_DAY = {
+  devices: 2000,
+  rate: 1000,
+  concurrency: 64,
+  failRatio: 0.005,
+  rollbackRatio: 0.005,
+  silentRatio: 0.005,
+  timeoutSeconds: 900,
+  log: process.env.IBU_SIM_LOG ? (m: string) => process.stderr.write(`simulate: ${m}\n`) : undefined,
+};

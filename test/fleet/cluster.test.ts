@@ -25,6 +25,7 @@ import { publishRelease } from '../../src/release/publish.js';
 import { S3Store } from '../../src/store/s3-store.js';
 import { startCdn } from '../helpers/nginx-cdn.js';
 import { dropBucket, newBucket, radosgw, type Radosgw } from '../helpers/radosgw.js';
+import { SMALL_RELEASE_DAY } from './backends.js';
 import { get, makeImage, releaseTree, scratchDatabase, sha256File, waitFor } from '../server/helpers.js';
 
 const pgSkip = !process.env.IBU_TEST_PG && !process.env.CI ? 'needs IBU_TEST_PG (bash scripts/postgres.sh start)' : false;
@@ -139,15 +140,7 @@ describe('a scaled deployment: 2 api + 1 builder on PostgreSQL, releases on S3 (
         databaseUrl: db.url,
         replicas: 2,
         cluster: { store: `s3://${bucket}/rel`, env: gw.env, builders: 1, balancer: (origins) => startCdn(path.join(work, 'cdn-sim'), origins) },
-        devices: 2000,
-        rate: 1000,
-        concurrency: 64,
-        failRatio: 0.005,
-        rollbackRatio: 0.005,
-        silentRatio: 0.005,
-        // CI runs this beside QEMU on 2 cores: a late wave is not a failure here, a stuck rollout is.
-        timeoutSeconds: 900,
-        log: process.env.IBU_SIM_LOG ? (m) => process.stderr.write(`simulate: ${m}\n`) : undefined,
+        ...SMALL_RELEASE_DAY,
       });
       console.log(`# cluster simulation: ${r.checkinsPerSec} check-ins/s, p99 ${r.p99Ms} ms, retries ${r.retries}, ${r.durationSeconds} s`);
       assert.deepEqual(r.config.cluster, { builders: 1, balancer: true, store: `s3://${bucket}/rel` });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { simulate } from '../../src/fleet/simulator/simulate.js';
-import { BACKENDS } from './backends.js';
+import { BACKENDS, SMALL_RELEASE_DAY } from './backends.js';
 
 // A small release day: 2,000 simulated devices speak the real protocol over loopback to the real
 // server in a child process, through a staged rollout with injected failures, rollbacks and
@@ -22,16 +22,7 @@ for (const { backend, replicas } of CASES) {
         const r = await simulate({
           databaseUrl: made.url,
           replicas,
-          devices: 2000,
-          rate: 1000,
-          concurrency: 64,
-          failRatio: 0.005,
-          rollbackRatio: 0.005,
-          silentRatio: 0.005,
-          // Generous: CI runs this beside mmdebstrap and QEMU on 2 cores; a wave that opens late is
-          // not a failure here (speed is bench/fleet.ts's business), a rollout that never completes is.
-          timeoutSeconds: 900,
-          log: process.env.IBU_SIM_LOG ? (m) => process.stderr.write(`simulate: ${m}\n`) : undefined,
+          ...SMALL_RELEASE_DAY,
         });
         assert.equal(r.devices, 2000);
         assert.equal(r.config.maxConcurrentReboots, 200, 'a tenth of the fleet may reboot at once');
