@@ -3,10 +3,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
-import { encoderArgs, MAX_XZ_DICT, type Codec, type EncoderParams } from './compressed-stream.js';
+import { encoderArgs, MAX_XZ_DICT, MAX_ZSTD_WINDOW, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
 
 /**
- * The encoders behind RECOMPRESS ops: the system `xz` and `gzip`, whose exact versions the
+ * The encoders behind RECOMPRESS ops: the system `xz`, `gzip` and `zstd`, whose exact versions the
  * delta records and apply checks (an encoder of another version may write other bytes; the
  * op hashes would catch it, but a clear refusal up front is better than a fallback for
  * thousands of files). Many files go through one process (`xz -k f1 f2 …`) and the files are
@@ -17,6 +17,11 @@ import { encoderArgs, MAX_XZ_DICT, type Codec, type EncoderParams } from './comp
 const versions = new Map<Codec, string>();
 /** xz needs about the dictionary size to decode; MAX_XZ_DICT plus room. */
 const DECODE_MEMLIMIT = MAX_XZ_DICT + (16 << 20);
+/** The decoders of concatenated streams, with their memory limits (a stream needing more is refused, not decoded). */
+const DECODER: Record<'xz' | 'zstd', string[]> = {
+  xz: ['xz', '-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`],
+  zstd: ['zstd', '-dcq', `--memory=${MAX_ZSTD_WINDOW >> 20}MB`],
+};
 
 /** The encoder's version (`5.4.1` for `xz (XZ Utils) 5.4.1`), or TOOL_MISSING when it is not installed. */
 export function encoderVersion(codec: Codec): string {
@@ -80,10 +85,10 @@ function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cw
 
 /**
  * Decodes whole compressed files, each into its buffer (whose length is the size expected).
- * gzip in-process (any inflate gives the same bytes); xz through one `xz -dc` fed the files
- * back to back (concatenated streams decode to the concatenated contents), its output copied
+ * gzip in-process (any inflate gives the same bytes); xz and zstd through one `xz -dc` / `zstd -dc`
+ * fed the files back to back (concatenated streams decode to the concatenated contents), its output copied
  * straight into the buffers, so nothing is held twice. Returns which files decoded to exactly
- * their expected size; when an xz batch fails, each file is tried alone to find which.
+ * their expected size; when a batch fails, each file is tried alone to find which.
  */
 export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer[]): Promise<boolean[]> {
   if (codec === 'gzip') {
@@ -97,9 +102,10 @@ export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer
     });
   }
   const total = into.reduce((a, b) => a + b.length, 0);
+  const [cmd, ...args] = DECODER[codec];
   const ok = await new Promise<boolean>((resolve, reject) => {
     // The memory limit refuses streams that would need a larger dictionary than any encoder setting a delta may name.
-    const child = spawn('xz', ['-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const child = spawn(cmd!, args, { stdio: ['pipe', 'pipe', 'ignore'] });
     let k = 0;
     let at = 0;
     let over = false;
@@ -120,7 +126,7 @@ export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer
       }
     });
     child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `xz: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
+      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `${cmd}: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
     );
     child.on('close', (code) => {
       const filled = into.slice(0, k).reduce((a, b) => a + b.length, 0) + at;
@@ -151,6 +157,7 @@ export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: 
  */
 export async function compressMany(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
   if (raws.length === 0) return [];
+  if (params.codec === 'zstd') return compressZstd(params, raws, work, jobs);
   const dir = fs.mkdtempSync(path.join(work, 'rc-'));
   try {
     const names = raws.map((r, i) => {
@@ -172,4 +179,73 @@ export async function compressMany(params: EncoderParams, raws: Buffer[], work: 
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * zstd, a process per file, `jobs` at once: a frame without a content size was written from a
+ * pipe (mkinitramfs pipes cpio into zstd), one with it from a file, and zstd picks its
+ * parameters from the size it knows, so each is made again the same way.
+ */
+async function compressZstd(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
+  const out = new Array<Buffer>(raws.length);
+  const dir = params.dict === 1 ? fs.mkdtempSync(path.join(work, 'rc-')) : undefined;
+  try {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < raws.length) {
+        const i = next++;
+        const args = [...encoderArgs(params), '-q', '-c'];
+        if (dir) {
+          const f = path.join(dir, `f${i}`);
+          fs.writeFileSync(f, raws[i]!);
+          out[i] = await spawnBuffers('zstd', [...args, '--', f], undefined);
+          fs.rmSync(f);
+        } else {
+          out[i] = await spawnBuffers('zstd', args, raws[i]!);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(jobs, raws.length)) }, worker));
+    return out;
+  } finally {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A zstd frame's content, decoded whole by the system zstd, when it is at most `max` bytes
+ * (make: a frame without a content size says nothing of it until decoded). Undefined when it
+ * does not decode, needs more than the window limit, or is larger.
+ */
+export async function decodeZstd(frame: Buffer, max: number): Promise<Buffer | undefined> {
+  try {
+    const [cmd, ...args] = DECODER.zstd;
+    const raw = await spawnBuffers(cmd!, args, frame, undefined, max);
+    return raw.length <= max ? raw : undefined;
+  } catch (err) {
+    if ((err as IbuError).code === 'TOOL_MISSING') throw err;
+    return undefined;
+  }
+}
+
+/**
+ * Tries zstd settings on a frame's content until one gives the frame back bit for bit. For
+ * frames made from a pipe, each setting is first tried on the first 2 MiB alone: zstd writes
+ * the start of a frame from the start of its input, so a wrong level shows in the first
+ * blocks at a fraction of a whole encoding.
+ */
+export async function findZstdParams(candidates: EncoderParams[], raw: Buffer, packed: Buffer, work: string): Promise<EncoderParams | undefined> {
+  const TRIAL = 2 << 20;
+  for (const c of candidates) {
+    // A large frame with its size stored cannot be tried on a prefix: only the likeliest levels are tried whole.
+    if (c.dict === 1 && raw.length > TRIAL && !ZSTD_LEVELS.slice(0, 3).includes(c.level)) continue;
+    if (c.dict === 0 && raw.length > TRIAL) {
+      const [head] = await compressZstd(c, [raw.subarray(0, TRIAL)], work, 1);
+      const n = Math.min(64 << 10, Math.floor(head!.length / 2));
+      if (!head!.subarray(0, n).equals(packed.subarray(0, n))) continue;
+    }
+    const [whole] = await compressZstd(c, [raw], work, 1);
+    if (whole!.equals(packed)) return c;
+  }
+  return undefined;
 }
