@@ -133,11 +133,14 @@ function streamsOf(packed: Buffer, srcPacked: Buffer): Array<{ start: number; le
   const s = t && cpioLayout(srcPacked);
   if (!t || !s) return [];
   const out: Array<{ start: number; length: number; srcStart: number; srcLength: number }> = [];
+  // A member's old self: the same name, else the same name with the digits of its directories
+  // let go (/usr/lib/modules/6.12.117+deb13-amd64/… → 6.12.118…): module names have digits of their own.
+  const inDir = (n: string): string => normaliseDigits(n.slice(0, n.lastIndexOf('/') + 1)) + n.slice(n.lastIndexOf('/') + 1);
   const old = new Map(s.members.map((m) => [m.name, m]));
-  const oldNorm = new Map(s.members.map((m) => [normaliseDigits(m.name), m]));
+  const oldInDir = new Map(s.members.map((m) => [inDir(m.name), m]));
   for (const m of t.members) {
     if (m.length < 18 || !codecOf(packed.subarray(m.start, m.start + 18))) continue;
-    const o = old.get(m.name) ?? oldNorm.get(normaliseDigits(m.name));
+    const o = old.get(m.name) ?? oldInDir.get(inDir(m.name));
     if (o) out.push({ start: m.start, length: m.length, srcStart: o.start, srcLength: o.length });
   }
   if (t.tail !== undefined && s.tail !== undefined) out.push({ start: t.tail, length: packed.length - t.tail, srcStart: s.tail, srcLength: srcPacked.length - s.tail });
