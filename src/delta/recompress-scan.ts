@@ -231,7 +231,7 @@ export async function scanRecompressible(input: RecompressScanInput): Promise<Re
 
 /** Decodes streams of one codec whose sizes are known through one process; zstd streams without one, each alone. */
 async function decodeAll(codec: Codec, streams: Buffer[], lengths: Array<number | undefined>): Promise<Array<Buffer | undefined>> {
-  if (codec === 'zstd') return Promise.all(streams.map((s) => decodeZstd(s, MAX_RECOMPRESS_RAW)));
+  if (codec === 'zstd') return streams.map((s) => decodeZstd(s, MAX_RECOMPRESS_RAW));
   return decompressMany(
     codec,
     streams,
@@ -258,7 +258,7 @@ async function checkBatch(batch: Pending[], input: RecompressScanInput, result: 
     const found = new Array<EncoderParams | undefined>(mine.length);
     if (codec === 'zstd') {
       // The level is not in the frame: try the candidates, one stream at a time.
-      for (let i = 0; i < mine.length; i++) if (ok[i]) found[i] = await findZstdParams(mine[i]!.params, raws[i]!, mine[i]!.packed, input.work);
+      for (let i = 0; i < mine.length; i++) if (ok[i]) found[i] = findZstdParams(mine[i]!.params, raws[i]!, mine[i]!.packed, input.jobs);
     } else {
       // Encode every decodable new content with the settings its own header gave, grouped by settings.
       const groups: EncoderParams[] = [];

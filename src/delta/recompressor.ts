@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
-import { encoderArgs, MAX_XZ_DICT, MAX_ZSTD_WINDOW, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
+import { encoderArgs, MAX_XZ_DICT, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
+import { zstdCompress, zstdDecode, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
 
 /**
  * The encoders behind RECOMPRESS ops: the system `xz`, `gzip` and `zstd`, whose exact versions the
@@ -18,13 +19,13 @@ const versions = new Map<Codec, string>();
 /** xz needs about the dictionary size to decode; MAX_XZ_DICT plus room. */
 const DECODE_MEMLIMIT = MAX_XZ_DICT + (16 << 20);
 /** The decoders of concatenated streams, with their memory limits (a stream needing more is refused, not decoded). */
-const DECODER: Record<'xz' | 'zstd', string[]> = {
+const DECODER: Record<'xz', string[]> = {
   xz: ['xz', '-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`],
-  zstd: ['zstd', '-dcq', `--memory=${MAX_ZSTD_WINDOW >> 20}MB`],
 };
 
 /** The encoder's version (`5.4.1` for `xz (XZ Utils) 5.4.1`), or TOOL_MISSING when it is not installed. */
 export function encoderVersion(codec: Codec): string {
+  if (codec === 'zstd') return zstdVersion();
   const known = versions.get(codec);
   if (known) return known;
   let out: string;
@@ -44,6 +45,14 @@ export function encoderVersion(codec: Codec): string {
 export function checkEncoders(wanted: Partial<Record<Codec, string>>, delta: string): void {
   for (const [codec, v] of Object.entries(wanted) as Array<[Codec, string]>) {
     const have = encoderVersion(codec);
+    if (have !== v && codec === 'zstd') {
+      throw new IbuError(
+        'TOOL_MISSING',
+        `The delta ${delta} recompresses files with libzstd ${v}, but this ibu bundles libzstd ${have} (zstd-napi); its output may differ. ` +
+          'Apply it with the ibu version that made it, or use a delta made without --recompress, or download the full image.',
+        { details: { codec, wanted: v, installed: have } },
+      );
+    }
     if (have !== v) {
       throw new IbuError(
         'TOOL_MISSING',
@@ -101,6 +110,7 @@ export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer
       }
     });
   }
+  if (codec === 'zstd') return files.map((f, i) => zstdDecodeInto(f, into[i]!));
   const total = into.reduce((a, b) => a + b.length, 0);
   const [cmd, ...args] = DECODER[codec];
   const ok = await new Promise<boolean>((resolve, reject) => {
@@ -157,7 +167,7 @@ export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: 
  */
 export async function compressMany(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
   if (raws.length === 0) return [];
-  if (params.codec === 'zstd') return compressZstd(params, raws, work, jobs);
+  if (params.codec === 'zstd') return compressZstd(params, raws, jobs);
   const dir = fs.mkdtempSync(path.join(work, 'rc-'));
   try {
     const names = raws.map((r, i) => {
@@ -181,51 +191,14 @@ export async function compressMany(params: EncoderParams, raws: Buffer[], work: 
   }
 }
 
-/**
- * zstd, a process per file, `jobs` at once: a frame without a content size was written from a
- * pipe (mkinitramfs pipes cpio into zstd), one with it from a file, and zstd picks its
- * parameters from the size it knows, so each is made again the same way.
- */
-async function compressZstd(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
-  const out = new Array<Buffer>(raws.length);
-  const dir = params.dict === 1 ? fs.mkdtempSync(path.join(work, 'rc-')) : undefined;
-  try {
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < raws.length) {
-        const i = next++;
-        const args = [...encoderArgs(params), '-q', '-c'];
-        if (dir) {
-          const f = path.join(dir, `f${i}`);
-          fs.writeFileSync(f, raws[i]!);
-          out[i] = await spawnBuffers('zstd', [...args, '--', f], undefined);
-          fs.rmSync(f);
-        } else {
-          out[i] = await spawnBuffers('zstd', args, raws[i]!);
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.max(1, Math.min(jobs, raws.length)) }, worker));
-    return out;
-  } finally {
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  }
+/** zstd, in-process (`zstd-recompress.ts`), a file at a time; multi-threaded mode uses `jobs` workers. */
+function compressZstd(params: EncoderParams, raws: Buffer[], jobs: number): Buffer[] {
+  return raws.map((r) => zstdCompress(params, r, jobs));
 }
 
-/**
- * A zstd frame's content, decoded whole by the system zstd, when it is at most `max` bytes
- * (make: a frame without a content size says nothing of it until decoded). Undefined when it
- * does not decode, needs more than the window limit, or is larger.
- */
-export async function decodeZstd(frame: Buffer, max: number): Promise<Buffer | undefined> {
-  try {
-    const [cmd, ...args] = DECODER.zstd;
-    const raw = await spawnBuffers(cmd!, args, frame, undefined, max);
-    return raw.length <= max ? raw : undefined;
-  } catch (err) {
-    if ((err as IbuError).code === 'TOOL_MISSING') throw err;
-    return undefined;
-  }
+/** A zstd frame's content when it is at most `max` bytes (make: a frame without a content size says nothing of it until decoded). */
+export function decodeZstd(frame: Buffer, max: number): Buffer | undefined {
+  return zstdDecode(frame, max);
 }
 
 /**
@@ -234,18 +207,17 @@ export async function decodeZstd(frame: Buffer, max: number): Promise<Buffer | u
  * the start of a frame from the start of its input, so a wrong level shows in the first
  * blocks at a fraction of a whole encoding.
  */
-export async function findZstdParams(candidates: EncoderParams[], raw: Buffer, packed: Buffer, work: string): Promise<EncoderParams | undefined> {
+export function findZstdParams(candidates: EncoderParams[], raw: Buffer, packed: Buffer, jobs: number): EncoderParams | undefined {
   const TRIAL = 2 << 20;
   for (const c of candidates) {
     // A large frame with its size stored cannot be tried on a prefix: only the likeliest levels are tried whole.
     if (c.dict === 1 && raw.length > TRIAL && !ZSTD_LEVELS.slice(0, 3).includes(c.level)) continue;
     if (c.dict === 0 && raw.length > TRIAL) {
-      const [head] = await compressZstd(c, [raw.subarray(0, TRIAL)], work, 1);
-      const n = Math.min(64 << 10, Math.floor(head!.length / 2));
-      if (!head!.subarray(0, n).equals(packed.subarray(0, n))) continue;
+      const head = zstdCompress(c, raw.subarray(0, TRIAL), jobs);
+      const n = Math.min(64 << 10, Math.floor(head.length / 2));
+      if (!head.subarray(0, n).equals(packed.subarray(0, n))) continue;
     }
-    const [whole] = await compressZstd(c, [raw], work, 1);
-    if (whole!.equals(packed)) return c;
+    if (zstdCompress(c, raw, jobs).equals(packed)) return c;
   }
   return undefined;
 }

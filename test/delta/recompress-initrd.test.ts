@@ -1,6 +1,6 @@
 /**
- * zstd frames and initramfs images in RECOMPRESS ops (issue #20 items 1–2): real frames from the
- * system `zstd` (from a pipe as mkinitramfs writes them, from a file, multi- and single-threaded),
+ * zstd frames and initramfs images in RECOMPRESS ops (issue #20 items 1–2): frames as Debian 13's
+ * `zstd` writes them (from a pipe as mkinitramfs does, from a file, multi- and single-threaded),
  * a real initramfs laid out as Debian 13's mkinitramfs lays it out (an uncompressed cpio of the
  * `.ko.xz` modules, then the main cpio through `zstd -q -9`) made with the real `cpio`, real
  * mke2fs images and a real apply: the output must be the target bit for bit. Frames no level
@@ -12,6 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { zstdBinding } from '../../src/chunk/compress.js';
 import { encoderArgs, paramsValid, zstdCandidates, zstdFacts } from '../../src/delta/compressed-stream.js';
 import { cpioLayout } from '../../src/delta/cpio-layout.js';
 import { applyDelta, makeDelta, readDelta } from '../../src/delta/index.js';
@@ -20,19 +21,35 @@ import { binaryish, imageJson, makeImage, mutate, tempDir, writeTree, type TreeE
 import { sealDelta, splitDelta } from './fuzz-mutants.js';
 
 const REPO = path.resolve(import.meta.dirname, '../../..');
-/** What mkinitramfs runs: `zstd -q -9` with cpio on its stdin (no content size in the frame). */
-const zstdPipe = (data: Buffer, args = ['-q', '-9']): Buffer => execFileSync('zstd', [...args, '-c'], { input: data, maxBuffer: 1 << 28 });
-/** `zstd -19 FILE`: the frame stores the content size, and zstd chose its parameters knowing it. */
-function zstdFile(data: Buffer, args: string[]): Buffer {
-  const dir = tempDir('ibu-zstd-file-');
-  try {
-    const f = path.join(dir.dir, 'f');
-    fs.writeFileSync(f, data);
-    return execFileSync('zstd', [...args, '-q', '-c', f], { maxBuffer: 1 << 28 });
-  } finally {
-    dir.cleanup();
+/**
+ * Frames as Debian 13's `zstd` 1.5.7 writes them. This host's `zstd` is Debian 12's 1.5.4,
+ * which writes other bytes, so the frames come from libzstd 1.5.7 (zstd-napi) fed as the CLI
+ * feeds it: 128 KiB at a time, the size pledged only for a file. That this is byte for byte
+ * what trixie's `zstd` CLI writes was checked with its binary (docs/delta-format.md).
+ */
+function cliZstd(data: Buffer, level: number, o: { file?: boolean; check?: boolean; single?: boolean } = {}): Buffer {
+  const c = new zstdBinding.CCtx();
+  c.setParameter(zstdBinding.CParameter.compressionLevel, level);
+  c.setParameter(zstdBinding.CParameter.checksumFlag, o.check === false ? 0 : 1);
+  if (!o.single) c.setParameter(zstdBinding.CParameter.nbWorkers, 1);
+  if (o.file) c.setPledgedSrcSize(data.length);
+  const out: Buffer[] = [];
+  const buf = Buffer.alloc(1 << 20);
+  for (let at = 0; at < data.length; ) {
+    const [, produced, consumed] = c.compressStream2(buf, data.subarray(at, at + (128 << 10)), zstdBinding.EndDirective.continue);
+    out.push(Buffer.from(buf.subarray(0, produced)));
+    at += consumed;
+  }
+  for (;;) {
+    const [left, produced] = c.compressStream2(buf, Buffer.alloc(0), zstdBinding.EndDirective.end);
+    out.push(Buffer.from(buf.subarray(0, produced)));
+    if (left === 0) return Buffer.concat(out);
   }
 }
+/** What mkinitramfs runs: `zstd -q -9` with cpio on its stdin (no content size in the frame). */
+const zstdPipe = (data: Buffer): Buffer => cliZstd(data, 9);
+/** This host's own `zstd` (1.5.4): another version than the pinned encoder. */
+const hostZstd = (data: Buffer, args: string[]): Buffer => execFileSync('zstd', [...args, '-c'], { input: data, maxBuffer: 1 << 28 });
 const KBUILD_XZ = ['-T2', '--check=crc32', '--lzma2=dict=1MiB'];
 const xz = (data: Buffer): Buffer => execFileSync('xz', [...KBUILD_XZ, '-c'], { input: data, maxBuffer: 1 << 28 });
 const text = (seed: number, n: number): Buffer =>
@@ -47,7 +64,7 @@ const text = (seed: number, n: number): Buffer =>
  * An initramfs as Debian 13's mkinitramfs writes it: `cpio -o -H newc --reproducible` of the
  * already-compressed files, then the rest through `cpio | zstd -q -9` (or `gzip -n`).
  */
-function initramfs(files: Record<string, Buffer>, compress: string[]): Buffer {
+function initramfs(files: Record<string, Buffer>): Buffer {
   const dir = tempDir('ibu-initramfs-');
   try {
     for (const [p, data] of Object.entries(files)) {
@@ -59,7 +76,7 @@ function initramfs(files: Record<string, Buffer>, compress: string[]): Buffer {
     const cpio = (list: string[]): Buffer =>
       execFileSync('cpio', ['--quiet', '-R', '0:0', '--reproducible', '-o', '-H', 'newc'], { cwd: dir.dir, input: list.join('\n') + '\n', maxBuffer: 1 << 28 });
     const early = cpio(names.filter((n) => n.endsWith('.xz')));
-    const main = execFileSync(compress[0]!, [...compress.slice(1), '-c'], { input: cpio(names.filter((n) => !n.endsWith('.xz'))), maxBuffer: 1 << 28 });
+    const main = zstdPipe(cpio(names.filter((n) => !n.endsWith('.xz'))));
     return Buffer.concat([early, main]);
   } finally {
     dir.cleanup();
@@ -72,14 +89,13 @@ describe('zstd frames and initramfs layout', () => {
   it('reads a frame: content size only when made from a file, the checksum flag; the settings tried include the ones used', () => {
     const piped = zstdFacts(zstdPipe(raw));
     assert.deepEqual(piped, { contentSize: undefined, check: 1, window: piped!.window });
-    const filed = zstdFacts(zstdFile(raw, ['-19', '--no-check']));
+    const filed = zstdFacts(cliZstd(raw, 19, { file: true, check: false }));
     assert.equal(filed?.contentSize, raw.length);
     assert.equal(filed?.check, 0);
     const c = zstdCandidates(piped!);
     assert.deepEqual(c[0], { codec: 'zstd', level: 9, check: 1, dict: 0, threads: 1 }, "Debian 13's mkinitramfs first");
     assert.ok(c.every(paramsValid));
-    // The first candidate is what mkinitramfs ran, and it gives the frame back.
-    assert.ok(zstdPipe(raw, ['-q', ...encoderArgs(c[0]!)]).equals(zstdPipe(raw)));
+    assert.deepEqual(encoderArgs(c[0]!), ['-9', '--check', '-T1'], 'the zstd command line these settings stand for');
   });
 
   it('refuses what is not one whole frame: two frames, trailing bytes, a truncated frame, a window over 8 MiB', () => {
@@ -87,7 +103,7 @@ describe('zstd frames and initramfs layout', () => {
     assert.equal(zstdFacts(Buffer.concat([f, f])), undefined);
     assert.equal(zstdFacts(Buffer.concat([f, Buffer.alloc(4)])), undefined);
     assert.equal(zstdFacts(f.subarray(0, f.length - 10)), undefined);
-    assert.equal(zstdFacts(zstdPipe(binaryish(2, 1 << 20), ['-q', '--long=27', '-3'])), undefined);
+    assert.equal(zstdFacts(hostZstd(binaryish(2, 1 << 20), ['-q', '--long=27', '-3'])), undefined);
     for (const bad of [{ level: 20 }, { level: 0 }, { check: 2 }, { dict: 2 }, { threads: 2 }]) {
       assert.equal(paramsValid({ codec: 'zstd', level: 9, check: 1, dict: 0, threads: 1, ...bad }), false, JSON.stringify(bad));
     }
@@ -95,7 +111,7 @@ describe('zstd frames and initramfs layout', () => {
 
   it('finds the members and the compressed main archive of an initramfs', () => {
     const mod = xz(binaryish(3, 40_000));
-    const img = initramfs({ 'usr/lib/modules/6.12.1/kernel/a.ko.xz': mod, 'init': Buffer.from('#!/bin/sh\n') }, ['zstd', '-q', '-9']);
+    const img = initramfs({ 'usr/lib/modules/6.12.1/kernel/a.ko.xz': mod, 'init': Buffer.from('#!/bin/sh\n') });
     const l = cpioLayout(img)!;
     assert.deepEqual(
       l.members.map((m) => m.name),
@@ -128,13 +144,15 @@ describe('delta make --recompress / apply: zstd files and an initramfs', () => {
     const change = (b: Buffer, seed: number): Buffer => (v === 'a' ? b : mutate(b, seed));
     return {
       'etc/ibu/image.json': imageJson(v === 'a' ? '1.0' : '1.1'),
-      [`boot/initrd.img-${abi}`]: initramfs(files, ['zstd', '-q', '-9']),
-      // More than the 2 MiB trial prefix, level 19 from a pipe: levels 9 is tried on the prefix and refused first.
-      'usr/share/big.zst': zstdPipe(change(big, 31), ['-q', '-19']),
+      [`boot/initrd.img-${abi}`]: initramfs(files),
+      // More than the 2 MiB trial prefix, level 19 from a pipe: level 9 is tried on the prefix and refused first.
+      'usr/share/big.zst': cliZstd(change(big, 31), 19),
       // From a file, single-threaded, no checksum.
-      'usr/share/small.zst': zstdFile(change(small, 32), ['-5', '--single-thread', '--no-check']),
+      'usr/share/small.zst': cliZstd(change(small, 32), 5, { file: true, single: true, check: false }),
       // Parameters no level gives: not reproduced, a PATCH.
-      'usr/share/custom.zst': zstdPipe(change(small, 33), ['-q', '-6', '--zstd=hashLog=12,chainLog=12']),
+      'usr/share/custom.zst': hostZstd(change(small, 33), ['-q', '-6', '--zstd=hashLog=12,chainLog=12']),
+      // Another zstd version (this host's 1.5.4, -9 as mkinitramfs): not reproduced by the pinned 1.5.7, a PATCH.
+      'usr/share/older.zst': hostZstd(change(big, 35), ['-q', '-9']),
       // A corrupted old frame (its structure intact, a block's bytes not): it does not decode, so a PATCH.
       'usr/share/corrupt.zst': v === 'a' ? corruptFrame(zstdPipe(text(23, 100_000))) : zstdPipe(mutate(text(23, 100_000), 34)),
     };
@@ -158,13 +176,13 @@ describe('delta make --recompress / apply: zstd files and an initramfs', () => {
   it('the initramfs (its modules and its zstd main archive) and the zstd files rebuild bit for bit, under half the plain patches', async () => {
     const plain = await makeDelta({ fromImage: A, toImage: B, out: p('plain.ibudelta'), jobs: 2 });
     const rc = await makeDelta({ fromImage: A, toImage: B, out: p('rc.ibudelta'), jobs: 2, recompress: true });
-    // Streams: 8 modules + the initramfs main archive + big + small reproduced; custom not; corrupt.zst is tried and does not decode.
-    assert.deepEqual(rc.recompress, { candidates: MODULES + 5, reproduced: MODULES + 3, notReproduced: 2 });
+    // Streams: 8 modules + the initramfs main archive + big + small reproduced; custom and older not; corrupt.zst does not decode.
+    assert.deepEqual(rc.recompress, { candidates: MODULES + 6, reproduced: MODULES + 3, notReproduced: 3 });
     assert.equal(rc.files.recompressed, 3, 'the initramfs, big.zst, small.zst');
     assert.ok(rc.bytes * 2 < plain.bytes, `recompress ${rc.bytes} B vs plain ${plain.bytes} B`);
 
     const d = readDelta(p('rc.ibudelta'));
-    assert.deepEqual(Object.keys(d.header.encoders ?? {}).sort(), ['xz', 'zstd']);
+    assert.deepEqual(d.header.encoders, { xz: d.header.encoders?.xz, zstd: zstdBinding.versionString() }, 'the pinned libzstd');
     const initrd = d.ops.filter((o) => 'path' in o && o.path.startsWith('/boot/initrd.img'));
     assert.equal(initrd.filter((o) => o.type === 'recompress').length, MODULES + 1);
     assert.equal(initrd.filter((o) => o.type === 'patch').length, 1, 'the cpio headers and the uncompressed bytes: one PATCH');
@@ -178,7 +196,7 @@ describe('delta make --recompress / apply: zstd files and an initramfs', () => {
     // Under one job's size, multi-threaded mode writes what --single-thread does: the first candidate that matches is kept.
     assert.ok(smallOp?.type === 'recompress');
     assert.deepEqual({ ...smallOp.params, threads: 0 }, { codec: 'zstd', level: 5, check: 0, dict: 1, threads: 0 });
-    for (const f of ['/usr/share/custom.zst', '/usr/share/corrupt.zst']) {
+    for (const f of ['/usr/share/custom.zst', '/usr/share/corrupt.zst', '/usr/share/older.zst']) {
       assert.equal(d.ops.find((o) => 'path' in o && o.path === f)?.type, 'patch', `${f} falls back to a PATCH`);
     }
 
