@@ -143,7 +143,8 @@ function streamsOf(packed: Buffer, srcPacked: Buffer): Array<{ start: number; le
     const o = old.get(m.name) ?? oldInDir.get(inDir(m.name));
     if (o) out.push({ start: m.start, length: m.length, srcStart: o.start, srcLength: o.length });
   }
-  if (t.tail !== undefined && s.tail !== undefined) out.push({ start: t.tail, length: packed.length - t.tail, srcStart: s.tail, srcLength: srcPacked.length - s.tail });
+  if (t.tail !== undefined && s.tail !== undefined)
+    out.push({ start: t.tail, length: packed.length - t.tail, srcStart: s.tail, srcLength: srcPacked.length - s.tail });
   return out;
 }
 

@@ -34,7 +34,7 @@ export function zstdCompress(p: EncoderParams, raw: Buffer, workers = 1): Buffer
   if (p.dict === 1) c.setPledgedSrcSize(raw.length);
   const out: Buffer[] = [];
   const buf = Buffer.allocUnsafe(1 << 20);
-  for (let at = 0; at < raw.length; ) {
+  for (let at = 0; at < raw.length;) {
     const [, produced, consumed] = c.compressStream2(buf, raw.subarray(at, Math.min(raw.length, at + CLI_READ)), binding.EndDirective.continue);
     if (produced > 0) out.push(Buffer.from(buf.subarray(0, produced)));
     at += consumed;

@@ -35,7 +35,7 @@ function cliZstd(data: Buffer, level: number, o: { file?: boolean; check?: boole
   if (o.file) c.setPledgedSrcSize(data.length);
   const out: Buffer[] = [];
   const buf = Buffer.alloc(1 << 20);
-  for (let at = 0; at < data.length; ) {
+  for (let at = 0; at < data.length;) {
     const [, produced, consumed] = c.compressStream2(buf, data.subarray(at, at + (128 << 10)), zstdBinding.EndDirective.continue);
     out.push(Buffer.from(buf.subarray(0, produced)));
     at += consumed;
@@ -111,7 +111,7 @@ describe('zstd frames and initramfs layout', () => {
 
   it('finds the members and the compressed main archive of an initramfs', () => {
     const mod = xz(binaryish(3, 40_000));
-    const img = initramfs({ 'usr/lib/modules/6.12.1/kernel/a.ko.xz': mod, 'init': Buffer.from('#!/bin/sh\n') });
+    const img = initramfs({ 'usr/lib/modules/6.12.1/kernel/a.ko.xz': mod, init: Buffer.from('#!/bin/sh\n') });
     const l = cpioLayout(img)!;
     assert.deepEqual(
       l.members.map((m) => m.name),
@@ -206,9 +206,13 @@ describe('delta make --recompress / apply: zstd files and an initramfs', () => {
   });
 
   it("apply's peak RSS stays bounded (a child process, GNU time)", () => {
-    const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, path.join(REPO, 'bin/ibu'), 'delta', 'apply', '--from', A, '--delta', p('rc.ibudelta'), '--out', p('out-rss.img')], {
-      encoding: 'utf8',
-    });
+    const r = spawnSync(
+      '/usr/bin/time',
+      ['-f', '%M', process.execPath, path.join(REPO, 'bin/ibu'), 'delta', 'apply', '--from', A, '--delta', p('rc.ibudelta'), '--out', p('out-rss.img')],
+      {
+        encoding: 'utf8',
+      },
+    );
     assert.equal(r.status, 0, r.stderr);
     const kib = Number(r.stderr.trim().split('\n').at(-1));
     assert.ok(kib > 0 && kib < 200 * 1024, `peak RSS ${kib} KiB`);
