@@ -25,7 +25,7 @@ export interface OpPart {
 
 /** Decodes the old files straight into the dictionary, all of one codec at once: the segment's memory is all apply holds. */
 export async function decodeIntoDictionary(oldFiles: OldFile[], dict: Buffer): Promise<void> {
-  for (const codec of ['xz', 'gzip'] as const) {
+  for (const codec of ['xz', 'gzip', 'zstd'] as const) {
     const mine = oldFiles.filter((x) => x.op.params.codec === codec);
     if (mine.length === 0) continue;
     const ok = await decompressInto(

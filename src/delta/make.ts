@@ -15,8 +15,8 @@ import { scanImages } from './image-scan.js';
 import { versionOf } from './image-version.js';
 import { OpHasher } from './op-hash.js';
 import { DEFAULT_LIMITS, plan, type PlanFile, type PlanLimits, type PlannedSegment } from './plan.js';
-import { scanRecompressible, type RecompressedFile, type RecompressScan } from './recompress-scan.js';
-import type { DeltaHeader, DeltaOp, DeltaStats, OpType, ProgressEvent, Range, Segment } from './types.js';
+import { scanRecompressible, type RecompressedPiece, type RecompressScan } from './recompress-scan.js';
+import type { DeltaHeader, DeltaOp, DeltaStats, OpType, ProgressEvent, Range, RecompressOp, Segment } from './types.js';
 
 export interface MakeDeltaOptions {
   fromImage: string;
@@ -159,12 +159,8 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         pumpRanges(sfd, [{ offset: op.src, length: op.length }], buf, h);
         op.hash = h.digest();
       }
-      // Where each RECOMPRESS op's uncompressed contents wait (by target path: the plan names a file by its first path).
-      const raw = new Map<string, RecompressedFile>();
-      for (const f of targetFiles) {
-        const r = rc?.files.get(f.ino);
-        if (r && !raw.has(f.path)) raw.set(f.path, r);
-      }
+      // Where each RECOMPRESS op's uncompressed contents wait: the scan's piece the plan made it from.
+      const raw = p.pieces as Map<RecompressOp, RecompressedPiece>;
       const segments = await compressSegments(p.ops, p.segments, { sfd, tfd, work: workDir, level, jobs, buf, progress, raw });
 
       // Assemble: fixed header, JSON, op table, payload, trailer.
@@ -209,7 +205,7 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
         segments: segments.length,
         payloadBytes: payloadLength,
         files: p.files,
-        ...(rc ? { recompress: { candidates: rc.candidates, reproduced: rc.files.size, notReproduced: rc.notReproduced } } : {}),
+        ...(rc ? { recompress: { candidates: rc.candidates, reproduced: rc.reproduced, notReproduced: rc.notReproduced } } : {}),
         seconds: (performance.now() - t0) / 1000,
       };
     } finally {
@@ -246,7 +242,7 @@ function writeSegmentInputs(ops: DeltaOp[], seg: PlannedSegment, ctx: SegmentCon
       }
       if (op.type === 'recompress') {
         // Hashes over the compressed bytes; the segment carries the uncompressed contents.
-        const r = ctx.raw.get(op.path);
+        const r = ctx.raw.get(op);
         if (!r) throw new IbuError('INTERNAL', `no uncompressed content kept for ${op.path}`);
         const sh = new OpHasher();
         pumpRanges(ctx.sfd, op.src, ctx.buf, sh);
@@ -278,7 +274,7 @@ interface SegmentContext {
   jobs: number;
   buf: Buffer;
   progress?: (e: ProgressEvent) => void;
-  raw: Map<string, RecompressedFile>;
+  raw: Map<RecompressOp, RecompressedPiece>;
 }
 
 /**

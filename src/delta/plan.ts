@@ -37,15 +37,31 @@ export interface PlanFile extends MatchFile {
 }
 
 /**
- * A changed compressed file that make found to recompress bit-exactly: it travels as its
- * uncompressed content, diffed against the old file's (`RecompressOp`). make has checked that
- * the file's blocks hold it whole from logical block 0 and that the rest of its last block is zero.
+ * One compressed stream inside a changed file that make found to recompress bit-exactly: it
+ * travels as its uncompressed content, diffed against the old stream's (`RecompressOp`). A
+ * compressed file is one piece, the whole file; an initramfs (`cpio-layout.ts`) is a piece per
+ * compressed member and one for its compressed main archive.
  */
-export interface RecompressFacts {
-  source: MatchFile;
+export interface RecompressPiece {
+  /** Byte offset and length of the stream in the target file, and of its old version in the source file. */
+  start: number;
+  length: number;
+  srcStart: number;
+  srcLength: number;
   params: EncoderParams;
   rawLength: number;
   srcRawLength: number;
+}
+
+/**
+ * A changed file with recompressed pieces. Its other bytes (cpio headers, uncompressed
+ * members) are one PATCH against the old file's bytes outside its pieces. make has checked
+ * that the file's blocks hold it whole from logical block 0 and that the rest of its last
+ * block is zero.
+ */
+export interface RecompressFacts {
+  source: MatchFile;
+  pieces: RecompressPiece[];
 }
 
 export interface PlanInput {
@@ -67,6 +83,8 @@ export interface PlannedSegment {
 
 export interface Plan {
   ops: DeltaOp[];
+  /** The piece each RECOMPRESS op carries (make finds its uncompressed contents by it). */
+  pieces: Map<RecompressOp, RecompressPiece>;
   segments: PlannedSegment[];
   files: { patched: number; replaced: number; byPath: number; byRename: number; byBasename: number; recompressed: number };
 }
@@ -80,6 +98,33 @@ export function clipRanges(rs: Range[], n: number): Range[] {
     out.push({ offset: r.offset, length });
     n -= length;
   }
+  return out;
+}
+
+/** The ranges holding bytes [start, start + length) of the byte string `rs` describes. */
+export function sliceRanges(rs: Range[], start: number, length: number): Range[] {
+  const out: Range[] = [];
+  let at = 0;
+  const end = start + length;
+  for (const r of rs) {
+    const a = Math.max(start, at);
+    const b = Math.min(end, at + r.length);
+    if (a < b) out.push({ offset: r.offset + (a - at), length: b - a });
+    at += r.length;
+    if (at >= end) break;
+  }
+  return out;
+}
+
+/** The spans of [0, size) that none of `spans` covers (spans must not overlap). */
+export function gapsOf(spans: Array<[number, number]>, size: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let at = 0;
+  for (const [s, l] of [...spans].sort((x, y) => x[0] - y[0])) {
+    if (s > at) out.push([at, s - at]);
+    at = Math.max(at, s + l);
+  }
+  if (at < size) out.push([at, size - at]);
   return out;
 }
 
@@ -125,6 +170,7 @@ export function plan(input: PlanInput): Plan {
   const sBlocks = sourceZero.length;
   const claimed = new Uint8Array(tBlocks);
   const ops: DeltaOp[] = [];
+  const pieces = new Map<RecompressOp, RecompressPiece>();
   const files = { patched: 0, replaced: 0, byPath: 0, byRename: 0, byBasename: 0, recompressed: 0 };
   const byKind: Record<MatchKind, 'byPath' | 'byRename' | 'byBasename'> = { path: 'byPath', rename: 'byRename', basename: 'byBasename' };
   const seenIno = new Set<number>();
@@ -140,24 +186,42 @@ export function plan(input: PlanInput): Plan {
     if (!blocks.some((b) => kind[b] === BLOCK.literal)) continue;
     const rc = input.recompress?.(f);
     if (rc) {
-      // The whole file, recompressed on the device; the rest of its last block stays zero.
+      // Each piece recompressed on the device, the bytes between them one PATCH; the rest of the last block stays zero.
       for (const b of blocks) claimed[b] = 1;
       const all = blocksToRanges(blocks, bs, targetSize);
-      const dst = clipRanges(all, f.size);
-      const src = clipRanges(blocksToRanges(fileBlocks(input.sourceExtents(rc.source), sBlocks), bs, sourceSize), rc.source.size);
-      ops.push({
-        type: 'recompress',
-        segment: -1,
-        dst,
-        src,
-        srcHash: NO_HASH,
-        dstHash: NO_HASH,
-        srcRawLength: rc.srcRawLength,
-        rawLength: rc.rawLength,
-        params: rc.params,
-        path: opPath(f),
-        srcPath: opPath(rc.source),
-      } satisfies RecompressOp);
+      const dstAll = clipRanges(all, f.size);
+      const srcAll = clipRanges(blocksToRanges(fileBlocks(input.sourceExtents(rc.source), sBlocks), bs, sourceSize), rc.source.size);
+      const glue = gapsOf(
+        rc.pieces.map((x) => [x.start, x.length]),
+        f.size,
+      );
+      if (glue.length > 0) {
+        const dst = glue.flatMap(([a, n]) => sliceRanges(dstAll, a, n));
+        const srcGlue = gapsOf(
+          rc.pieces.map((x) => [x.srcStart, x.srcLength]),
+          rc.source.size,
+        );
+        const src = srcGlue.flatMap(([a, n]) => sliceRanges(srcAll, a, n));
+        if (src.length > 0) ops.push({ type: 'patch', segment: -1, dst, src, srcHash: NO_HASH, dstHash: NO_HASH, path: opPath(f), srcPath: opPath(rc.source) });
+        else ops.push({ type: 'replace', segment: -1, dst, dstHash: NO_HASH, path: opPath(f) });
+      }
+      for (const piece of rc.pieces) {
+        const op: RecompressOp = {
+          type: 'recompress',
+          segment: -1,
+          dst: sliceRanges(dstAll, piece.start, piece.length),
+          src: sliceRanges(srcAll, piece.srcStart, piece.srcLength),
+          srcHash: NO_HASH,
+          dstHash: NO_HASH,
+          srcRawLength: piece.srcRawLength,
+          rawLength: piece.rawLength,
+          params: piece.params,
+          path: opPath(f),
+          srcPath: opPath(rc.source),
+        };
+        ops.push(op);
+        pieces.set(op, piece);
+      }
       const tail = rangesBytes(all) - f.size;
       if (tail > 0) ops.push({ type: 'zero', dst: blocks[blocks.length - 1]! * bs + (bs - tail), length: tail } satisfies ZeroOp);
       files.patched++;
@@ -284,5 +348,5 @@ export function plan(input: PlanInput): Plan {
     cur.dictLength += dict;
     op.segment = segments.length - 1;
   });
-  return { ops, segments, files };
+  return { ops, pieces, segments, files };
 }

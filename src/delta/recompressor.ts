@@ -3,10 +3,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
-import { encoderArgs, MAX_XZ_DICT, type Codec, type EncoderParams } from './compressed-stream.js';
+import { encoderArgs, MAX_XZ_DICT, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
+import { zstdCompress, zstdDecode, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
 
 /**
- * The encoders behind RECOMPRESS ops: the system `xz` and `gzip`, whose exact versions the
+ * The encoders behind RECOMPRESS ops: the system `xz`, `gzip` and `zstd`, whose exact versions the
  * delta records and apply checks (an encoder of another version may write other bytes; the
  * op hashes would catch it, but a clear refusal up front is better than a fallback for
  * thousands of files). Many files go through one process (`xz -k f1 f2 …`) and the files are
@@ -17,9 +18,14 @@ import { encoderArgs, MAX_XZ_DICT, type Codec, type EncoderParams } from './comp
 const versions = new Map<Codec, string>();
 /** xz needs about the dictionary size to decode; MAX_XZ_DICT plus room. */
 const DECODE_MEMLIMIT = MAX_XZ_DICT + (16 << 20);
+/** The decoders of concatenated streams, with their memory limits (a stream needing more is refused, not decoded). */
+const DECODER: Record<'xz', string[]> = {
+  xz: ['xz', '-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`],
+};
 
 /** The encoder's version (`5.4.1` for `xz (XZ Utils) 5.4.1`), or TOOL_MISSING when it is not installed. */
 export function encoderVersion(codec: Codec): string {
+  if (codec === 'zstd') return zstdVersion();
   const known = versions.get(codec);
   if (known) return known;
   let out: string;
@@ -39,6 +45,14 @@ export function encoderVersion(codec: Codec): string {
 export function checkEncoders(wanted: Partial<Record<Codec, string>>, delta: string): void {
   for (const [codec, v] of Object.entries(wanted) as Array<[Codec, string]>) {
     const have = encoderVersion(codec);
+    if (have !== v && codec === 'zstd') {
+      throw new IbuError(
+        'TOOL_MISSING',
+        `The delta ${delta} recompresses files with libzstd ${v}, but this ibu bundles libzstd ${have} (zstd-napi); its output may differ. ` +
+          'Apply it with the ibu version that made it, or use a delta made without --recompress, or download the full image.',
+        { details: { codec, wanted: v, installed: have } },
+      );
+    }
     if (have !== v) {
       throw new IbuError(
         'TOOL_MISSING',
@@ -80,10 +94,10 @@ function spawnBuffers(cmd: string, args: string[], input: Buffer | undefined, cw
 
 /**
  * Decodes whole compressed files, each into its buffer (whose length is the size expected).
- * gzip in-process (any inflate gives the same bytes); xz through one `xz -dc` fed the files
- * back to back (concatenated streams decode to the concatenated contents), its output copied
+ * gzip in-process (any inflate gives the same bytes); xz and zstd through one `xz -dc` / `zstd -dc`
+ * fed the files back to back (concatenated streams decode to the concatenated contents), its output copied
  * straight into the buffers, so nothing is held twice. Returns which files decoded to exactly
- * their expected size; when an xz batch fails, each file is tried alone to find which.
+ * their expected size; when a batch fails, each file is tried alone to find which.
  */
 export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer[]): Promise<boolean[]> {
   if (codec === 'gzip') {
@@ -96,10 +110,12 @@ export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer
       }
     });
   }
+  if (codec === 'zstd') return files.map((f, i) => zstdDecodeInto(f, into[i]!));
   const total = into.reduce((a, b) => a + b.length, 0);
+  const [cmd, ...args] = DECODER[codec];
   const ok = await new Promise<boolean>((resolve, reject) => {
     // The memory limit refuses streams that would need a larger dictionary than any encoder setting a delta may name.
-    const child = spawn('xz', ['-dcq', `--memlimit-decompress=${DECODE_MEMLIMIT}`], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const child = spawn(cmd!, args, { stdio: ['pipe', 'pipe', 'ignore'] });
     let k = 0;
     let at = 0;
     let over = false;
@@ -120,7 +136,7 @@ export async function decompressInto(codec: Codec, files: Buffer[], into: Buffer
       }
     });
     child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `xz: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
+      reject(new IbuError(e.code === 'ENOENT' ? 'TOOL_MISSING' : 'TOOL_FAILED', `${cmd}: ${e.message} (run scripts/install-deps.sh)`, { cause: e })),
     );
     child.on('close', (code) => {
       const filled = into.slice(0, k).reduce((a, b) => a + b.length, 0) + at;
@@ -151,6 +167,7 @@ export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: 
  */
 export async function compressMany(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
   if (raws.length === 0) return [];
+  if (params.codec === 'zstd') return compressZstd(params, raws, jobs);
   const dir = fs.mkdtempSync(path.join(work, 'rc-'));
   try {
     const names = raws.map((r, i) => {
@@ -172,4 +189,35 @@ export async function compressMany(params: EncoderParams, raws: Buffer[], work: 
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** zstd, in-process (`zstd-recompress.ts`), a file at a time; multi-threaded mode uses `jobs` workers. */
+function compressZstd(params: EncoderParams, raws: Buffer[], jobs: number): Buffer[] {
+  return raws.map((r) => zstdCompress(params, r, jobs));
+}
+
+/** A zstd frame's content when it is at most `max` bytes (make: a frame without a content size says nothing of it until decoded). */
+export function decodeZstd(frame: Buffer, max: number): Buffer | undefined {
+  return zstdDecode(frame, max);
+}
+
+/**
+ * Tries zstd settings on a frame's content until one gives the frame back bit for bit. For
+ * frames made from a pipe, each setting is first tried on the first 2 MiB alone: zstd writes
+ * the start of a frame from the start of its input, so a wrong level shows in the first
+ * blocks at a fraction of a whole encoding.
+ */
+export function findZstdParams(candidates: EncoderParams[], raw: Buffer, packed: Buffer, jobs: number): EncoderParams | undefined {
+  const TRIAL = 2 << 20;
+  for (const c of candidates) {
+    // A large frame with its size stored cannot be tried on a prefix: only the likeliest levels are tried whole.
+    if (c.dict === 1 && raw.length > TRIAL && !ZSTD_LEVELS.slice(0, 3).includes(c.level)) continue;
+    if (c.dict === 0 && raw.length > TRIAL) {
+      const head = zstdCompress(c, raw.subarray(0, TRIAL), jobs);
+      const n = Math.min(64 << 10, Math.floor(head.length / 2));
+      if (!head.subarray(0, n).equals(packed.subarray(0, n))) continue;
+    }
+    if (zstdCompress(c, raw, jobs).equals(packed)) return c;
+  }
+  return undefined;
 }

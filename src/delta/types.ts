@@ -1,4 +1,4 @@
-import type { EncoderParams } from './compressed-stream.js';
+import type { Codec, EncoderParams } from './compressed-stream.js';
 
 /**
  * The shapes of a delta (docs/delta-format.md has the byte layout). A delta is a list of
@@ -104,7 +104,7 @@ export interface DeltaHeader {
   segmentCount: number;
   generator: string;
   /** Format 2: the encoder versions RECOMPRESS ops need on the device (`{ "xz": "5.4.1" }`). */
-  encoders?: Partial<Record<'xz' | 'gzip', string>>;
+  encoders?: Partial<Record<Codec, string>>;
 }
 
 export interface DeltaFile {

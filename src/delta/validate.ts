@@ -40,7 +40,7 @@ export function validateHeader(h: DeltaHeader, file: string): void {
 function encodersValid(e: unknown): boolean {
   if (e === undefined) return true;
   if (typeof e !== 'object' || e === null) return false;
-  return Object.entries(e).every(([k, v]) => (k === 'xz' || k === 'gzip') && typeof v === 'string' && v.length < 64);
+  return Object.entries(e).every(([k, v]) => (k === 'xz' || k === 'gzip' || k === 'zstd') && typeof v === 'string' && v.length < 64);
 }
 
 /** The op table holds as many ops and segments as the header says. */

@@ -119,7 +119,10 @@ describe('plan', () => {
       targetFiles: [file],
       match,
       sourceExtents,
-      recompress: (t) => (t.ino === 5 ? { source: old, params, rawLength: 50_000, srcRawLength: 48_000 } : undefined),
+      recompress: (t) =>
+        t.ino === 5
+          ? { source: old, pieces: [{ start: 0, length: file.size, srcStart: 0, srcLength: old.size, params, rawLength: 50_000, srcRawLength: 48_000 }] }
+          : undefined,
     });
     const rc = p.ops.find((o) => o.type === 'recompress');
     assert.ok(rc && rc.type === 'recompress');

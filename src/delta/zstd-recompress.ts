@@ -1,0 +1,102 @@
+import { zstdBinding as binding } from '../chunk/compress.js';
+import { MAX_ZSTD_WINDOW, type EncoderParams } from './compressed-stream.js';
+
+/**
+ * The zstd encoder and decoder of RECOMPRESS ops: the libzstd bundled in zstd-napi (pinned by
+ * package-lock.json), in-process, not the system `zstd`. Two zstd versions write different
+ * bytes at the same level (1.5.4, Debian 12's, and 1.5.7 differ at -3 and -9), so the encoder
+ * must be the same on the machine that makes the delta and on the device: the package is,
+ * whatever either system has installed (a Debian 13 appliance has no `zstd` unless it asks
+ * for one). Its libzstd is 1.5.7, Debian 13's; fed the way the `zstd` CLI feeds it (128 KiB
+ * at a time, the content size pledged only for a file), it gives Debian 13's
+ * `zstd -q -9` frames back bit for bit (docs/delta-format.md).
+ */
+
+/** The version the delta records for zstd and apply checks ("1.5.7"). */
+export function zstdVersion(): string {
+  return binding.versionString();
+}
+
+/** What the `zstd` CLI reads from its input at a time (ZSTD_CStreamInSize): it ends blocks at the same places only when fed alike. */
+const CLI_READ = 128 << 10;
+const WINDOW_LOG_MAX = Math.log2(MAX_ZSTD_WINDOW);
+
+/**
+ * Compresses like `zstd -<level> [--no-check] [-T1 | --single-thread]`: from a pipe (`dict` 0:
+ * no content size) or from a file (`dict` 1: its size pledged, so stored and used to size the
+ * parameters). Multi-threaded mode writes the same bytes for any number of workers, so `workers` only sets the speed.
+ */
+export function zstdCompress(p: EncoderParams, raw: Buffer, workers = 1): Buffer {
+  const c = new binding.CCtx();
+  c.setParameter(binding.CParameter.compressionLevel, p.level);
+  c.setParameter(binding.CParameter.checksumFlag, p.check);
+  if (p.threads) c.setParameter(binding.CParameter.nbWorkers, Math.max(1, workers));
+  if (p.dict === 1) c.setPledgedSrcSize(raw.length);
+  const out: Buffer[] = [];
+  const buf = Buffer.allocUnsafe(1 << 20);
+  for (let at = 0; at < raw.length;) {
+    const [, produced, consumed] = c.compressStream2(buf, raw.subarray(at, Math.min(raw.length, at + CLI_READ)), binding.EndDirective.continue);
+    if (produced > 0) out.push(Buffer.from(buf.subarray(0, produced)));
+    at += consumed;
+  }
+  for (;;) {
+    const [left, produced] = c.compressStream2(buf, Buffer.alloc(0), binding.EndDirective.end);
+    if (produced > 0) out.push(Buffer.from(buf.subarray(0, produced)));
+    if (left === 0) break;
+  }
+  return Buffer.concat(out);
+}
+
+function decoder(): InstanceType<typeof binding.DCtx> {
+  const d = new binding.DCtx();
+  // A frame that needs a larger window than any setting a delta may name is refused, not decoded.
+  d.setParameter(binding.DParameter.windowLogMax, WINDOW_LOG_MAX);
+  return d;
+}
+
+/**
+ * Decodes one whole frame into `into`, which must be exactly its content: false when the frame
+ * is damaged, truncated, followed by anything, needs a larger window, or decodes to another
+ * size (a decompression bomb stops at one byte past `into`).
+ */
+export function zstdDecodeInto(frame: Buffer, into: Buffer): boolean {
+  try {
+    const d = decoder();
+    const spare = Buffer.alloc(1);
+    let inAt = 0;
+    let outAt = 0;
+    for (;;) {
+      const dst = outAt < into.length ? into.subarray(outAt) : spare;
+      const [left, produced, consumed] = d.decompressStream(dst, frame.subarray(inAt));
+      if (dst === spare && produced > 0) return false;
+      outAt += produced;
+      inAt += consumed;
+      if (left === 0) return inAt === frame.length && outAt === into.length;
+      if (produced === 0 && consumed === 0) return false; // truncated
+    }
+  } catch {
+    return false;
+  }
+}
+
+/** Decodes one whole frame whose size is not known, up to `max` bytes; undefined as `zstdDecodeInto` fails. */
+export function zstdDecode(frame: Buffer, max: number): Buffer | undefined {
+  try {
+    const d = decoder();
+    const parts: Buffer[] = [];
+    let total = 0;
+    let inAt = 0;
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (;;) {
+      const [left, produced, consumed] = d.decompressStream(buf, frame.subarray(inAt));
+      total += produced;
+      if (total > max) return undefined;
+      if (produced > 0) parts.push(Buffer.from(buf.subarray(0, produced)));
+      inAt += consumed;
+      if (left === 0) return inAt === frame.length ? Buffer.concat(parts, total) : undefined;
+      if (produced === 0 && consumed === 0) return undefined;
+    }
+  } catch {
+    return undefined;
+  }
+}
