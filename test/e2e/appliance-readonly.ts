@@ -44,7 +44,10 @@ export async function readonlyApplianceSpec(dir: string): Promise<string> {
   await fsp.cp(src, dir, { recursive: true });
   await fsp.rm(path.join(dir, 'vendor'), { recursive: true, force: true });
   const spec = await fsp.readFile(path.join(dir, 'product.yaml'), 'utf8');
-  await fsp.writeFile(path.join(dir, 'product.yaml'), `${spec.trimEnd()}\n# the root is read-only (and verified when published --verity); /etc and /var live on the host\nreadonly: true\n`);
+  await fsp.writeFile(
+    path.join(dir, 'product.yaml'),
+    `${spec.trimEnd()}\n# the root is read-only (and verified when published --verity); /etc and /var live on the host\nreadonly: true\n`,
+  );
   await fsp.rename(path.join(dir, 'make-acme-agent.sh'), path.join(dir, 'make-acme-agent-base.sh'));
   await fsp.writeFile(path.join(dir, 'make-acme-agent.sh'), VENDOR_ETC, { mode: 0o755 });
   // fixed modes: they enter the cache key
