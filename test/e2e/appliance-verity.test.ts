@@ -172,7 +172,7 @@ describe(
         '/etc/ssh/authorized_keys/root': id.pub,
         ...TIMER_DROPINS,
       };
-      const { disk, host } = await makeApplianceDisk(app, { work, name, files, readonly: { image: published['1.0']!.image } });
+      const { disk, host } = await makeApplianceDisk(app, { work, name, files, readonly: { image: published['1.0']!.image }, hostMiB: 5120 });
       dev = await RunningDevice.start({ disk, logFile: path.join(work, `${name}.log`), serverPort: server.port, id, timeoutMs: 3_600_000 });
       const d = dev;
       await d.waitFor(/Reached target .*Multi-User System|Reached target multi-user\.target/);
@@ -189,7 +189,7 @@ describe(
           'set -e',
           'echo box-ro-42 > /etc/hostname; hostname box-ro-42',
           "echo 'root:e2e-Secret-1' | chpasswd",
-          'useradd -m -d /var/home/fieldtech -s /bin/bash fieldtech',
+          'mkdir -p /var/home; useradd -m -d /var/home/fieldtech -s /bin/bash fieldtech',
           "printf 'Domains=e2e.lab\\n' >> /etc/systemd/network/20-wired.network",
           "printf 'site = e2e-lab\\n' >> /etc/acme/acme.conf",
           "printf 'upload = https://mirror.e2e.lab\\n' >> /etc/acme/policy.conf",
