@@ -204,11 +204,11 @@ ibu_mount_state() {
 	_s="$1/${IBU_LOOP#/}" && _s="${_s%/*}/.ibu"
 	modprobe -q overlay 2>/dev/null
 	mkdir -p "$_s/etc/$_v/upper" "$_s/etc/$_v/work" || ibu_fatal "cannot create the /etc overlay dirs in $_s/etc/$_v"
-	mount -t overlay overlay -o "lowerdir=$2/etc,upperdir=$_s/etc/$_v/upper,workdir=$_s/etc/$_v/work" "$2/etc" ||
+	mount -t overlay -o "lowerdir=$2/etc,upperdir=$_s/etc/$_v/upper,workdir=$_s/etc/$_v/work" overlay "$2/etc" ||
 		ibu_fatal "cannot mount the /etc overlay of $IBU_LOOP (upper $_s/etc/$_v/upper)"
 	if [ -d "$2/var" ]; then
 		mkdir -p "$_s/var/upper" "$_s/var/work" || ibu_fatal "cannot create the /var overlay dirs in $_s/var"
-		mount -t overlay overlay -o "lowerdir=$2/var,upperdir=$_s/var/upper,workdir=$_s/var/work" "$2/var" ||
+		mount -t overlay -o "lowerdir=$2/var,upperdir=$_s/var/upper,workdir=$_s/var/work" overlay "$2/var" ||
 			ibu_fatal "cannot mount the /var overlay of $IBU_LOOP (upper $_s/var/upper)"
 	fi
 	ibu_log "read-only image $IBU_LOOP: /etc and /var are overlays on the host ($_s/etc/$_v, $_s/var)"
