@@ -230,6 +230,11 @@ export async function applianceReleases(o: { specDir?: string; ibuDevice?: strin
     await fsp.mkdir(dir, { recursive: true });
     let previous: string | null = null;
     for (const [i, r] of APPLIANCE_RELEASES.entries()) {
+      // a release already in the cache (a build cut short after it): same key, same bytes
+      if (existsSync(images[r.version])) {
+        previous = images[r.version];
+        continue;
+      }
       const lockFile = path.join(work, `${r.version}.lock`);
       await fsp.writeFile(lockFile, serializeLock(locks[i]!));
       const t0 = Date.now();
