@@ -49,7 +49,7 @@ interface Published {
  * Per boot in the serial log: GRUB's line for the image, the initramfs (start -> image mounted)
  * and multi-user.target, in QEMU seconds (for docs/benchmarks.md; never asserted on).
  */
-export function bootSpans(log: string): { image: string; verity: boolean; initramfs: number | null; toMultiUser: number | null }[] {
+function bootSpans(log: string): { image: string; verity: boolean; initramfs: number | null; toMultiUser: number | null }[] {
   const out: { image: string; verity: boolean; initramfs: number | null; toMultiUser: number | null }[] = [];
   let cur: { image: string; verity: boolean; t0: number; init: number | null; initEnd: number | null } | null = null;
   for (const line of log.split('\n')) {
