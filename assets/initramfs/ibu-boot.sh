@@ -138,8 +138,10 @@ ibu_mount_image() {
 	[ -n "$IBU_LOOP" ] || ibu_fatal "no loop= on the kernel command line: name the image file, e.g. loop=/images/1.img"
 	_img="$1/${IBU_LOOP#/}"
 	[ -f "$_img" ] || ibu_fatal "image file $IBU_LOOP not found on the host partition $IBU_HOSTDEV (have: $(ls "$1/images" 2>/dev/null | tr '\n' ' '))"
-	_v=$(basename "$IBU_LOOP" .img)
-	_rec="$(dirname "$_img")/.ibu/verity/$_v"
+	# parameter expansion, not basename/dirname: initramfs-tools without busybox (the Debian
+	# appliance) has only klibc's tools, and neither of those
+	_v=${IBU_LOOP##*/} && _v=${_v%.img}
+	_rec="${_img%/*}/.ibu/verity/$_v"
 	_hash= _off=
 	if [ -f "$_rec" ]; then
 		read -r _hash _off < "$_rec"
@@ -198,15 +200,15 @@ ibu_mount_image() {
 # /var as overlays whose upper dirs are on the host fs (see the top of this file).
 ibu_mount_state() {
 	[ -e "$2/usr/lib/ibu/readonly" ] || return 0
-	_v=$(basename "$IBU_LOOP" .img)
-	_s="$(dirname "$1/${IBU_LOOP#/}")/.ibu"
+	_v=${IBU_LOOP##*/} && _v=${_v%.img}
+	_s="$1/${IBU_LOOP#/}" && _s="${_s%/*}/.ibu"
 	modprobe -q overlay 2>/dev/null
 	mkdir -p "$_s/etc/$_v/upper" "$_s/etc/$_v/work" || ibu_fatal "cannot create the /etc overlay dirs in $_s/etc/$_v"
-	mount -t overlay overlay -o "lowerdir=$2/etc,upperdir=$_s/etc/$_v/upper,workdir=$_s/etc/$_v/work" "$2/etc" ||
+	mount -t overlay -o "lowerdir=$2/etc,upperdir=$_s/etc/$_v/upper,workdir=$_s/etc/$_v/work" overlay "$2/etc" ||
 		ibu_fatal "cannot mount the /etc overlay of $IBU_LOOP (upper $_s/etc/$_v/upper)"
 	if [ -d "$2/var" ]; then
 		mkdir -p "$_s/var/upper" "$_s/var/work" || ibu_fatal "cannot create the /var overlay dirs in $_s/var"
-		mount -t overlay overlay -o "lowerdir=$2/var,upperdir=$_s/var/upper,workdir=$_s/var/work" "$2/var" ||
+		mount -t overlay -o "lowerdir=$2/var,upperdir=$_s/var/upper,workdir=$_s/var/work" overlay "$2/var" ||
 			ibu_fatal "cannot mount the /var overlay of $IBU_LOOP (upper $_s/var/upper)"
 	fi
 	ibu_log "read-only image $IBU_LOOP: /etc and /var are overlays on the host ($_s/etc/$_v, $_s/var)"

@@ -230,6 +230,11 @@ export async function applianceReleases(o: { specDir?: string; ibuDevice?: strin
     await fsp.mkdir(dir, { recursive: true });
     let previous: string | null = null;
     for (const [i, r] of APPLIANCE_RELEASES.entries()) {
+      // a release already in the cache (a build cut short after it): same key, same bytes
+      if (existsSync(images[r.version])) {
+        previous = images[r.version];
+        continue;
+      }
       const lockFile = path.join(work, `${r.version}.lock`);
       await fsp.writeFile(lockFile, serializeLock(locks[i]!));
       const t0 = Date.now();
@@ -272,20 +277,26 @@ export type DeviceFiles = Record<string, string>;
  * A device disk laid out the ibu way: ESP with GRUB EFI, host ext4 with /images/1.0.img (the
  * device's own copy, provisioned with `files` through a loop mount), grub.cfg from
  * assets/grub/10_ibu (rw root), both env copies committing 1.0.
+ * A read-only appliance (`readonly`): the image stays as published (`image`: e.g. a copy with
+ * its verity tree) and booted `ro`; the factory's files, all under /etc, go into the image's
+ * /etc overlay layer on the host (images/.ibu/etc/<first>/upper), where the device keeps its own
+ * /etc; `verity`: "<root hash> <hash offset>", the first image's verity record (else it boots unverified).
  */
 export async function makeApplianceDisk(
   app: Appliance,
-  o: { work: string; name: string; files?: DeviceFiles; hostMiB?: number; first?: ApplianceVersion },
+  o: { work: string; name: string; files?: DeviceFiles; hostMiB?: number; first?: ApplianceVersion; readonly?: { image: string; verity?: string } },
 ): Promise<{ disk: string; host: HostFs }> {
   const first = o.first ?? '1.0';
-  const efi = path.join(o.work, 'BOOTX64-appliance.EFI');
-  if (!existsSync(efi)) await buildEfi(efi, APPLIANCE_GRUB);
+  const grub: GrubSettings = o.readonly ? { ...APPLIANCE_GRUB, IBU_ROOT_MODE: 'ro' } : APPLIANCE_GRUB;
+  const efi = path.join(o.work, `BOOTX64-appliance-${grub.IBU_ROOT_MODE}.EFI`);
+  if (!existsSync(efi)) await buildEfi(efi, grub);
   const hostTree = path.join(o.work, `host-${o.name}`);
   await fsp.mkdir(path.join(hostTree, 'images'), { recursive: true });
   const img = path.join(hostTree, `images/${first}.img`);
-  await run('cp', ['--sparse=always', app.images[first], img]);
-  if (o.files && Object.keys(o.files).length > 0) await provision(img, o.files, path.join(o.work, `mnt-${o.name}`));
-  await writeGrubCfg(hostTree, APPLIANCE_GRUB);
+  await run('cp', ['--sparse=always', o.readonly?.image ?? app.images[first], img]);
+  if (o.readonly) await provisionEtcLayer(path.join(hostTree, 'images/.ibu'), first, o.files ?? {}, o.readonly.verity);
+  else if (o.files && Object.keys(o.files).length > 0) await provision(img, o.files, path.join(o.work, `mnt-${o.name}`));
+  await writeGrubCfg(hostTree, grub);
   await createGrubenv(hostTree, first);
   const disk = path.join(o.work, `disk-${o.name}.img`);
   const offset = await makeDisk({ efi, hostTree, hostMiB: o.hostMiB ?? 3072, out: disk });
@@ -306,6 +317,20 @@ async function provision(img: string, files: DeviceFiles, mnt: string): Promise<
   } finally {
     await run('umount', [mnt]);
     await fsp.rm(mnt, { recursive: true, force: true });
+  }
+}
+
+/** A read-only image's factory state on the host: its /etc layer (what the initramfs overlays on the image's /etc) and verity record. */
+async function provisionEtcLayer(state: string, v: string, files: DeviceFiles, verity: string | undefined): Promise<void> {
+  for (const [p, content] of Object.entries(files)) {
+    if (!p.startsWith('/etc/')) throw new Error(`${p}: a read-only appliance keeps its own files in /etc (or /var) only`);
+    const dest = path.join(state, 'etc', v, 'upper', p.slice('/etc/'.length));
+    await fsp.mkdir(path.dirname(dest), { recursive: true });
+    await fsp.writeFile(dest, content, { mode: p.endsWith('.sh') ? 0o755 : 0o644 });
+  }
+  if (verity !== undefined) {
+    await fsp.mkdir(path.join(state, 'verity'), { recursive: true });
+    await fsp.writeFile(path.join(state, 'verity', v), `${verity}\n`);
   }
 }
 
