@@ -77,7 +77,7 @@ export function switchPhases(log: string, method: Method): Omit<SwitchSample, 'l
     stop < 0 ? -1 : find(method === 'reboot' ? /reboot: Restarting system/ : method === 'kexec' ? /kexec_core: Starting new kernel|Linux version/ : /$^/, stop);
   const grub = stop < 0 ? -1 : find(/ibu: booting image 4\.0/, stop);
   // the new root's systemd announces itself (after a kernel boot and after a soft-reboot alike)
-  const init = stop < 0 ? -1 : find(/systemd\[1\]: systemd \d+.* running in system mode|Welcome to Debian/, stop);
+  const init = stop < 0 ? -1 : find(/systemd\[1\]: systemd \d+.* running in system mode|Welcome to .*Debian/, stop);
   const up = stop < 0 ? -1 : find(/acme-agent 1\.3 running/, stop);
   return {
     method,
@@ -177,6 +177,8 @@ async function main(): Promise<void> {
           const s = await oneRun(base, job.m, server, id, work, `w${k + 1}-${job.m}-${job.i + 1}`);
           samples.push(s);
           process.stderr.write(`${job.m} run ${job.i + 1} (worker ${k + 1}): ${JSON.stringify(s)}\n`);
+          // kept as it goes: a bench stopped early still has its runs
+          if (JSON_OUT) await fsp.writeFile(`${JSON_OUT}.partial`, JSON.stringify(samples, null, 2));
         }
       }),
     );
