@@ -6,7 +6,7 @@
  *
  * A device disk is prepared once per parallel worker: the device boots 2.0 (committed), its timers
  * prepare 4.0 while the operator's inhibitor holds the apply back, then it powers off. Each run
- * boots a qcow2 overlay over that disk (so every run starts from the same bytes), waits for
+ * boots that disk under QEMU's `snapshot=on` (a throw-away qcow2 overlay: every run starts from the same bytes), waits for
  * multi-user.target, sets `reboot.method` in /etc/ibu/agent.json, lets go of the inhibitor and starts
  * upgradectl-apply.service (the timer's unit), then reads the serial log (QEMU wall clock) until
  * acme-agent 1.3 runs on 4.0; the overlay is thrown away. The methods take turns, so each sees
@@ -28,7 +28,6 @@ import * as path from 'node:path';
 import { FleetServer, ibu } from '../test/e2e/harness.js';
 import { applianceReleases, deviceAgentConfig, makeApplianceDisk, publishAppliance, TIMER_DROPINS, type Appliance } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity, type SshIdentity } from '../test/e2e/appliance-device.js';
-import { run } from '../src/util/exec.js';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -120,11 +119,10 @@ async function prepareDisk(app: Appliance, server: FleetServer, work: string, ke
 }
 
 async function oneRun(base: string, method: Method, server: FleetServer, id: SshIdentity, work: string, tag: string): Promise<SwitchSample> {
-  const overlay = path.join(work, `${tag}.qcow2`);
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', overlay]);
+  // snapshot=on: QEMU's own throw-away qcow2 overlay over the prepared disk
   const dev = await RunningDevice.start({
-    disk: overlay,
-    diskFormat: 'qcow2',
+    disk: base,
+    snapshot: true,
     logFile: path.join(work, `${tag}.log`),
     serverPort: server.port,
     id,
@@ -149,7 +147,6 @@ async function oneRun(base: string, method: Method, server: FleetServer, id: Ssh
     await dev.waitFor(/acme-agent 1\.3 running/, { from, timeoutMs: 1_200_000 });
   } finally {
     await dev.kill();
-    await fsp.rm(overlay, { force: true });
   }
   const res = await fsp.readFile(path.join(work, `${tag}.log`), 'latin1');
   return { ...switchPhases(res, method), loadavg: Math.round(load * 10) / 10 };

@@ -48,7 +48,7 @@ export class RunningDevice {
     private readonly id: SshIdentity,
     o: {
       disk: string;
-      diskFormat?: 'raw' | 'qcow2';
+      snapshot?: boolean;
       logFile: string;
       serverPort: number;
       timeoutMs: number;
@@ -58,7 +58,7 @@ export class RunningDevice {
   ) {
     this.done = boot({
       disk: o.disk,
-      diskFormat: o.diskFormat,
+      snapshot: o.snapshot,
       logFile: o.logFile,
       memMiB: 1024,
       timeoutMs: o.timeoutMs,
@@ -84,7 +84,7 @@ export class RunningDevice {
 
   static async start(o: {
     disk: string;
-    diskFormat?: 'raw' | 'qcow2';
+    snapshot?: boolean;
     logFile: string;
     serverPort: number;
     id: SshIdentity;
