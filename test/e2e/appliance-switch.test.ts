@@ -6,6 +6,9 @@
  * the initramfs does) and runs `systemctl soft-reboot`: no firmware, GRUB or kernel boot. The
  * confirm unit runs in the new root, finds it is a trial (the root's loop device is backed by
  * 4.0.img, the committed default is 2.0) and commits. The boot id stays the same throughout.
+ * A second device (second describe) switches by kexec: 1.0 -> 2.0 onto a new kernel ABI without
+ * firmware or GRUB, then into a signed release with a corrupt initrd whose kernel panics; the
+ * firmware reboot lands on the committed 2.0.
  * IBU_APPLIANCE_REUSE=DIR runs it against a release set built earlier (the images then carry
  * that build's agent; this checkout's agent files are copied into the device's own 2.0 image).
  */
