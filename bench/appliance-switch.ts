@@ -16,8 +16,8 @@
  * Downtime = `acme-agent stopped` (after the agent's `rebooting (<method>)`) -> `acme-agent 1.3
  * running`. Its parts: shutdown (stopped -> the old kernel's last line: `reboot: Restarting
  * system` / `kexec_core: Starting new kernel`; for soft-reboot, stopped -> the new root's
- * systemd), firmware + GRUB (the reset -> GRUB's `ibu: booting image 4.0`, reboot only), kernel +
- * initramfs (-> the new systemd's first line), and the new root's systemd up to the vendor service.
+ * systemd), firmware + GRUB (the reset -> the new kernel's `Linux version`: GRUB loads the kernel
+ * and initrd through `loopback`; reboot only), kernel + initramfs (-> the new systemd's first line), and the new root's systemd up to the vendor service.
  *
  *   npm run bench:appliance-switch [-- --runs 5] [--parallel 2] [--methods reboot,kexec,soft-reboot] [--json FILE]
  * IBU_APPLIANCE_REUSE=DIR as in the tests; IBU_BENCH_KEEP=1 keeps the work dir (serial logs).
@@ -49,7 +49,7 @@ export interface SwitchSample {
   method: Method;
   /** QEMU start -> acme-agent 1.1 running on 2.0 (the cold boot, this run's anchor). */
   coldBoot: number | null;
-  /** QEMU start -> GRUB boots 2.0 (firmware + GRUB of the cold boot). */
+  /** QEMU start -> the kernel's first line (firmware + GRUB, which loads the kernel and initrd, of the cold boot). */
   coldFirmwareGrub: number | null;
   downtime: number | null;
   shutdown: number | null;
@@ -69,23 +69,24 @@ export function switchPhases(log: string, method: Method): Omit<SwitchSample, 'l
   const at = (i: number): number | null => (i < 0 ? null : lines[i]!.t);
   const d = (a: number | null, b: number | null) => (a === null || b === null ? null : Math.round((b - a) * 10) / 10);
   const cold = find(/acme-agent 1\.1 running/, 0);
-  const coldGrub = find(/ibu: booting image 2\.0/, 0);
+  const coldKernel = find(/\] Linux version /, 0);
   const sw = find(/rebooting \((reboot|kexec|soft-reboot)\)/, 0);
   const stop = sw < 0 ? -1 : find(/acme-agent stopped/, sw);
   const gone =
     stop < 0 ? -1 : find(method === 'reboot' ? /reboot: Restarting system/ : method === 'kexec' ? /kexec_core: Starting new kernel|Linux version/ : /$^/, stop);
-  const grub = stop < 0 ? -1 : find(/ibu: booting image 4\.0/, stop);
+  // the new kernel's first line: after the firmware and GRUB (which loads the kernel and initrd), or after kexec's hand-over
+  const kernel = stop < 0 ? -1 : find(/\] Linux version /, stop);
   // the new root's systemd announces itself (after a kernel boot and after a soft-reboot alike)
   const init = stop < 0 ? -1 : find(/systemd\[1\]: systemd \d+.* running in system mode|Welcome to .*Debian/, stop);
   const up = stop < 0 ? -1 : find(/acme-agent 1\.3 running/, stop);
   return {
     method,
     coldBoot: at(cold),
-    coldFirmwareGrub: at(coldGrub),
+    coldFirmwareGrub: at(coldKernel),
     downtime: d(at(stop), at(up)),
     shutdown: d(at(stop), method === 'soft-reboot' ? at(init) : at(gone)),
-    firmwareGrub: method === 'reboot' ? d(at(gone), at(grub)) : null,
-    kernelInitramfs: method === 'soft-reboot' ? null : d(method === 'reboot' ? at(grub) : at(gone), at(init)),
+    firmwareGrub: method === 'reboot' ? d(at(gone), at(kernel)) : null,
+    kernelInitramfs: method === 'soft-reboot' ? null : d(method === 'reboot' ? at(kernel) : at(gone), at(init)),
     userspace: d(at(init), at(up)),
   };
 }
@@ -203,7 +204,17 @@ async function main(): Promise<void> {
   else await fsp.rm(work, { recursive: true, force: true });
 }
 
-main().catch((err: unknown) => {
+/** `--reparse DIR`: the samples from the serial logs a kept work dir holds (a bench stopped early). */
+async function reparse(dir: string): Promise<void> {
+  const out: Omit<SwitchSample, 'loadavg'>[] = [];
+  for (const f of (await fsp.readdir(dir)).filter((n) => /^w\d+-.*\.log$/.test(n)).sort()) {
+    const m = /^w\d+-(reboot|kexec|soft-reboot)-\d+\.log$/.exec(f);
+    if (m) out.push({ ...switchPhases(await fsp.readFile(path.join(dir, f), 'latin1'), m[1] as Method), file: f } as never);
+  }
+  console.log(JSON.stringify(out, null, 2));
+}
+
+(arg('reparse', '') ? reparse(arg('reparse', '')) : main()).catch((err: unknown) => {
   console.error(err);
   process.exit(1);
 });
