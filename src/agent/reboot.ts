@@ -17,7 +17,18 @@ export interface EscalationStep {
   argv?: string[];
   /** Written to /proc/sysrq-trigger: `s` (emergency sync, queued, never waits) then `b` (reset). */
   sysrq?: boolean;
+  /** Added to the command's environment. */
+  env?: Record<string, string>;
 }
+
+/**
+ * systemd 255+ turns `systemctl reboot` into a kexec when a kernel is loaded (`kexec -l`) and into a
+ * soft-reboot when /run/nextroot holds an OS tree (systemctl(1)). A reboot the agent asks for must
+ * go through the firmware and GRUB (the revert after a failed trial lands on the committed image
+ * only that way), whatever an earlier switch left loaded or mounted. The fast methods name their
+ * own verbs (`systemctl kexec`, `systemctl soft-reboot`), which these variables do not touch.
+ */
+export const FULL_REBOOT_ENV: Readonly<Record<string, string>> = { SYSTEMCTL_SKIP_AUTO_KEXEC: '1', SYSTEMCTL_SKIP_AUTO_SOFT_REBOOT: '1' };
 
 /**
  * The ladder a switch climbs while it does not happen (issue #18 item 5): the method's own
@@ -28,18 +39,19 @@ export interface EscalationStep {
  */
 export function escalationPlan(cfg: RebootConfig, method: RebootMethod): EscalationStep[] {
   const first = method === 'kexec' ? cfg.kexecCommand : method === 'soft-reboot' ? cfg.softRebootCommand : cfg.command;
-  const steps: EscalationStep[] = [{ name: first.join(' '), afterSeconds: 0, argv: first }];
+  const steps: EscalationStep[] = [{ name: first.join(' '), afterSeconds: 0, argv: first, env: { ...FULL_REBOOT_ENV } }];
   // kexec's forced form still enters the trial; the others' is a full reboot.
   const force = method === 'kexec' ? ['kexec', '-e'] : cfg.forceCommand;
-  if (cfg.forceAfterSeconds > 0 && force.join(' ') !== first.join(' ')) steps.push({ name: force.join(' '), afterSeconds: cfg.forceAfterSeconds, argv: force });
+  if (cfg.forceAfterSeconds > 0 && force.join(' ') !== first.join(' '))
+    steps.push({ name: force.join(' '), afterSeconds: cfg.forceAfterSeconds, argv: force, env: { ...FULL_REBOOT_ENV } });
   if (cfg.sysrqAfterSeconds > 0) steps.push({ name: 'sysrq b', afterSeconds: cfg.sysrqAfterSeconds, sysrq: true });
   return steps;
 }
 
 /** Starts a command; the promise settles when it exits. The ladder does not wait for it: a reboot command that hangs must not hold up the next step. */
-function start(argv: string[], log: (l: string) => void): Promise<void> {
+function start(argv: string[], log: (l: string) => void, env: Record<string, string> = {}): Promise<void> {
   return new Promise((resolve) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore', env: { ...process.env, ...env } });
     child.on('error', (e) => {
       log(`${argv.join(' ')}: ${e.message}`);
       resolve();
@@ -82,7 +94,7 @@ export async function reboot(ctx: AgentContext, why: 'apply' | 'revert', method:
     ctx.log(i === 0 ? `rebooting (${method}): ${s.name}` : `still running ${s.afterSeconds} s after '${steps[i - 1]!.name}'; escalating: ${s.name}`);
     rec.steps = [...rec.steps, { step: s.name, at: ctx.now().toISOString() }];
     recordSoon(ctx, { ...rec });
-    const exited = s.argv ? start(s.argv, ctx.log) : sysrq(ctx.log);
+    const exited = s.argv ? start(s.argv, ctx.log, s.env) : sysrq(ctx.log);
     const next = steps[i + 1];
     // The next step comes after its delay whether or not this one returned (a hung `systemctl
     // reboot` is the case to get out of); the last one is waited for, as a plain reboot always was

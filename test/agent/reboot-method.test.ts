@@ -85,6 +85,11 @@ test('a stuck switch escalates: the method command, its forced form, then sysrq 
     escalationPlan(none, 'kexec').map((s) => s.name),
     ['kexec -e'],
   );
+  // systemd 257's `systemctl reboot` would kexec a loaded kernel or soft-reboot into a prepared
+  // /run/nextroot: every command of every ladder runs with both turned off
+  for (const m of ['reboot', 'kexec', 'soft-reboot'] as const)
+    for (const s of escalationPlan(cfg, m).filter((s) => s.argv))
+      assert.deepEqual(s.env, { SYSTEMCTL_SKIP_AUTO_KEXEC: '1', SYSTEMCTL_SKIP_AUTO_SOFT_REBOOT: '1' }, `${m}: ${s.name}`);
 });
 
 test('reboot.method and the new reboot keys are validated with the rest of the config', () => {

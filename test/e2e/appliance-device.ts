@@ -46,10 +46,19 @@ export class RunningDevice {
   private constructor(
     readonly sshPort: number,
     private readonly id: SshIdentity,
-    o: { disk: string; logFile: string; serverPort: number; timeoutMs: number; killOn?: RegExp; onLine?: (line: string) => void },
+    o: {
+      disk: string;
+      snapshot?: boolean;
+      logFile: string;
+      serverPort: number;
+      timeoutMs: number;
+      killOn?: RegExp;
+      onLine?: (line: string) => void;
+    },
   ) {
     this.done = boot({
       disk: o.disk,
+      snapshot: o.snapshot,
       logFile: o.logFile,
       memMiB: 1024,
       timeoutMs: o.timeoutMs,
@@ -75,6 +84,7 @@ export class RunningDevice {
 
   static async start(o: {
     disk: string;
+    snapshot?: boolean;
     logFile: string;
     serverPort: number;
     id: SshIdentity;

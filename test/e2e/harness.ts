@@ -468,6 +468,8 @@ export async function boot(opts: {
   powerdownOn?: RegExp;
   /** Kills QEMU when aborted (a test or the demo giving up). */
   signal?: AbortSignal;
+  /** Writes go to a temporary qcow2 overlay QEMU throws away at exit (`snapshot=on`): every boot starts from the same disk (bench/appliance-switch.ts). */
+  snapshot?: boolean;
 }): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
@@ -495,7 +497,7 @@ export async function boot(opts: {
     'stdio',
     ...(bios ? [] : ['-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${vars}`]),
     '-drive',
-    `file=${opts.disk},format=raw,if=virtio`,
+    `file=${opts.disk},format=raw,if=virtio${opts.snapshot ? ',snapshot=on' : ''}`,
     '-device',
     'virtio-rng-pci',
     ...(opts.extra ?? ['-nic', 'none']),
