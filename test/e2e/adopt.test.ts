@@ -316,8 +316,14 @@ describe('adopt in QEMU: bookworm machines installed the ordinary way move onto 
     assert.deepEqual([rec.version, rec.committedVersion, rec.state], [v, v, 'committed']);
     const ev = server.events(name);
     const said = JSON.stringify(ev);
-    assert.ok(ev.some((e) => e.type === 'apply-started' && e.from === '0-conventional' && e.to === v), said);
-    assert.ok(ev.some((e) => e.type === 'upgrade-succeeded' && e.to === v), said);
+    assert.ok(
+      ev.some((e) => e.type === 'apply-started' && e.from === '0-conventional' && e.to === v),
+      said,
+    );
+    assert.ok(
+      ev.some((e) => e.type === 'upgrade-succeeded' && e.to === v),
+      said,
+    );
   }
 
   test("(d)+(a) UEFI (OVMF), GPT: a full disk -> NO_SPACE, nothing touched; cleaned up, adopt 2.0, trial through Debian's GRUB, commit", async () => {
