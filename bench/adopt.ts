@@ -7,8 +7,10 @@
  * test/e2e/make-conventional-disk.sh (minbase + systemd, kernel, grub-efi-amd64, openssh,
  * ifupdown), extracted; and two release images built from tarballs with `ibu image build --tar`:
  *   bookworm  the same package list from bookworm (a vendor whose image carries the machine's own release)
- *   trixie    the same package list from trixie (the issue's case: bookworm machines adopting trixie)
- * Each image is published into a local store (default chunking). Measured, in one run and per
+ *   trixie    the same package list from trixie (bookworm machines adopting trixie)
+ *   appliance the trixie appliance, release 2.0 of examples/appliance built by `ibu build`
+ *             (test/e2e/appliance.ts, from its cache): the image test/e2e/adopt.test.ts adopts
+ * ADOPT_IMAGES=appliance (comma-separated) measures only those. Each image is published into a local store (default chunking). Measured, in one run and per
  * image: fetchRelease seeded from the live root (what `upgradectl adopt` does: src/release/live-seed.ts)
  * against the anchor, the same fetch without any seed (the full compressed image), alternating,
  * median of RUNS: bytes read from the store, bytes taken from the live root's files, seconds.
@@ -22,6 +24,7 @@ import { Keyring } from '../src/release/keyring.js';
 import { publishRelease } from '../src/release/publish.js';
 import { LocalStore } from '../src/store/local-store.js';
 import { run } from '../src/util/exec.js';
+import { applianceReleases } from '../test/e2e/appliance.js';
 
 const DIR = process.env.IBU_BENCH_ADOPT ?? '/var/cache/ibu-bench/adopt';
 const RUNS = Number(process.env.RUNS ?? 3);
@@ -44,7 +47,11 @@ async function tarball(suite: string): Promise<string> {
   return tar;
 }
 
+const IMAGES = (process.env.ADOPT_IMAGES ?? 'bookworm,trixie,appliance').split(',');
+const VERSION: Record<string, string> = { bookworm: '12.0', trixie: '13.0', appliance: '2.0' };
+
 async function image(suite: string): Promise<string> {
+  if (suite === 'appliance') return (await applianceReleases()).images['2.0'];
   const img = path.join(DIR, `${suite}.img`);
   if (!existsSync(img)) {
     const tar = await tarball(suite);
@@ -87,9 +94,9 @@ async function main(): Promise<void> {
     runs: RUNS,
   };
   console.log(out);
-  for (const suite of ['bookworm', 'trixie']) {
+  for (const suite of IMAGES) {
     const img = await image(suite);
-    const version = suite === 'bookworm' ? '12.0' : '13.0';
+    const version = VERSION[suite]!;
     const store = new LocalStore(path.join(WORK, `store-${suite}`));
     const pub = await publishRelease({ image: img, version, store, keyFiles: [k.privateKeyPath], requireKernel: false });
     const seeded: FetchResult[] = [];

@@ -17,13 +17,22 @@ export async function adoptMigrationRules(systemRoot: string): Promise<Migration
   // Host keys only: the image's own sshd_config (a newer release's) stays.
   const ssh = await fsp.readdir(path.join(systemRoot, 'etc/ssh')).catch(() => [] as string[]);
   for (const n of ssh.sort()) if (/^ssh_host_.*_key(\.pub)?$/.test(n)) rules.push({ path: `/etc/ssh/${n}`, strategy: 'copy' });
+  // Only what the machine configured: an empty directory (bookworm's systemd ships /etc/systemd/network
+  // empty) would replace the image's own network files (a systemd-networkd appliance's DHCP) with nothing.
   for (const p of ['/etc/network/interfaces', '/etc/network/interfaces.d', '/etc/systemd/network', '/etc/NetworkManager/system-connections', '/etc/netplan']) {
-    rules.push({ path: p, strategy: 'copy' });
+    if (await configured(path.join(systemRoot, p))) rules.push({ path: p, strategy: 'copy' });
   }
   for (const f of ['passwd', 'group', 'shadow', 'gshadow', 'subuid', 'subgid']) rules.push({ path: `/etc/${f}`, strategy: 'merge' });
   rules.push({ path: '/etc/fstab', strategy: 'merge' });
   rules.push({ path: '/etc/ibu', strategy: 'copy' });
   return rules;
+}
+
+/** A file, or a directory with something in it. */
+async function configured(p: string): Promise<boolean> {
+  const st = await fsp.stat(p).catch(() => null);
+  if (!st) return false;
+  return !st.isDirectory() || (await fsp.readdir(p)).length > 0;
 }
 
 /** Mount points the image provides itself: never taken from the conventional system's fstab. */

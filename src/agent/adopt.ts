@@ -15,6 +15,7 @@ import { probeAdoptFacts } from './adopt-probe.js';
 import { checkpointFilesystem } from './checkpoint.js';
 import { deviceToken, type AgentConfig } from './config.js';
 import { bytesToAllocate } from './disk-policy.js';
+import { isReadonlyImage } from './etc-upgrade.js';
 import { ImagesDir } from './images-dir.js';
 import { readJournal } from './journal.js';
 import { migrateTree, withImageMounted, type MigrationChange } from './migration.js';
@@ -163,8 +164,10 @@ async function adoptOn(cfg: AgentConfig, o: AdoptOptions, version: string, host:
   for (const c of migration) o.log(`migrate ${c.path} (${c.strategy}): ${c.action}${c.detail ? ` — ${c.detail}` : ''}`);
 
   // 5. GRUB: the distribution's own generator, with the ibu script first.
-  const grub = await installGrubIntegration(cfg.systemRoot, o.updateGrub);
-  o.log(`installed ${grub.script}; grub.cfg regenerated`);
+  // A read-only image (usr/lib/ibu/readonly) is mounted ro with its /etc and /var on the host; any other is the machine's writable root.
+  const rootMode = isReadonlyImage(images.image(version)) ? 'ro' : 'rw';
+  const grub = await installGrubIntegration(cfg.systemRoot, rootMode, o.updateGrub);
+  o.log(`installed ${grub.script} (image root ${rootMode}); grub.cfg regenerated`);
   // GRUB reads grub.cfg (on /boot) and the env (on the root fs) without replaying their journals.
   for (const dir of new Set([path.join(cfg.systemRoot, 'boot/grub'), host])) {
     if (await fsp.stat(dir).catch(() => null)) o.log(await checkpointFilesystem(dir, cfg.checkpoint));

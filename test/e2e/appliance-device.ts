@@ -54,6 +54,8 @@ export class RunningDevice {
       timeoutMs: number;
       killOn?: RegExp;
       onLine?: (line: string) => void;
+      firmware?: 'uefi' | 'bios';
+      stuckOn?: RegExp[];
     },
   ) {
     this.done = boot({
@@ -69,6 +71,8 @@ export class RunningDevice {
         `user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:${sshPort}-:22,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 ${o.serverPort}`,
       ],
       killOn: o.killOn,
+      firmware: o.firmware,
+      stuckOn: o.stuckOn,
       onLine: (l) => {
         this.onLine(l);
         o.onLine?.(l);
@@ -91,6 +95,10 @@ export class RunningDevice {
     timeoutMs?: number;
     killOn?: RegExp;
     onLine?: (line: string) => void;
+    /** Default uefi (OVMF). */
+    firmware?: 'uefi' | 'bios';
+    /** Lines that mean the boot is stuck (default: boot()'s, which include GRUB's menu). */
+    stuckOn?: RegExp[];
   }): Promise<RunningDevice> {
     return new RunningDevice(await freePort(), o.id, { ...o, timeoutMs: o.timeoutMs ?? 1_800_000 });
   }

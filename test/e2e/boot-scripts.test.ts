@@ -66,6 +66,7 @@ describe('assets/grub/10_ibu', () => {
       assert.equal(res.code, 0, res.stderr);
       assert.match(res.stdout, /^set ibu_env_files="\/boot\/ibu\/grubenv \/boot\/ibu\/grubenv\.bak"$/m);
       assert.match(res.stdout, /^set ibu_cmdline=" ?console=ttyS0 ?"$/m);
+      assert.match(res.stdout, /^set ibu_root_mode=rw$/m, 'a writable image is the machine root');
       assert.match(res.stdout, /load_env --file .* ibu_images ibu_adopted$/m);
       // adopted: only the trial before a commit, no discovery, and no reboot loop: GRUB goes on to the menu entries below
       assert.match(res.stdout, /if \[ -z "\$ibu_adopted" -o -n "\$default_image" \]; then\n {2}ibu_try_boot "\$default_image" 0/);
