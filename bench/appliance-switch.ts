@@ -26,7 +26,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FleetServer, ibu } from '../test/e2e/harness.js';
-import { applianceReleases, deviceAgentConfig, makeApplianceDisk, publishAppliance, TIMER_DROPINS, type Appliance } from '../test/e2e/appliance.js';
+import { applianceReleases, deviceFiles, makeApplianceDisk, publishAppliance, type Appliance } from '../test/e2e/appliance.js';
 import { RunningDevice, sshIdentity, type SshIdentity } from '../test/e2e/appliance-device.js';
 
 function arg(name: string, def: string): string {
@@ -94,19 +94,9 @@ export function switchPhases(log: string, method: Method): Omit<SwitchSample, 'l
 /** A device on 2.0 with 4.0 prepared and the apply held back, powered off: the disk every run starts from. */
 async function prepareDisk(app: Appliance, server: FleetServer, work: string, keys: string, id: SshIdentity, name: string): Promise<string> {
   const token = await server.enroll(name);
-  const cfg = { ...(deviceAgentConfig(name, token, { hold: true }) as object), reboot: { method: 'reboot' } };
-  const { disk } = await makeApplianceDisk(app, {
-    work,
-    name,
-    first: '2.0',
-    files: {
-      '/etc/ibu/agent.json': JSON.stringify(cfg, null, 2) + '\n',
-      '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(keys, 'signing.pub'), 'utf8'),
-      '/root/.ssh/authorized_keys': id.pub,
-      '/root/hold-upgrade': 'the bench lets go of the apply in each run\n',
-      ...TIMER_DROPINS,
-    },
-  });
+  // held (/root/hold-upgrade): the bench lets go of the apply in each run
+  const files = await deviceFiles({ name, token, keysDir: keys, sshPub: id.pub, hold: true, config: { reboot: { method: 'reboot' } } });
+  const { disk } = await makeApplianceDisk(app, { work, name, first: '2.0', files });
   const dev = await RunningDevice.start({ disk, logFile: path.join(work, `${name}-prepare.log`), serverPort: server.port, id, timeoutMs: 3_600_000 });
   try {
     await dev.waitFor(/4\.0 is prepared/, { timeoutMs: 3_000_000 });

@@ -18,7 +18,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, timeline, missingInOrder } from './harness.js';
-import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type DeviceFiles, publishAppliance } from './appliance.js';
+import { applianceReleases, deviceFiles, makeApplianceDisk, type Appliance, type DeviceFiles, publishAppliance } from './appliance.js';
 import { removeWorkDir } from './work-dir.js';
 import { run } from '../../src/util/exec.js';
 import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
@@ -101,16 +101,12 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
     host: { bootState(): Promise<{ defaultImage: string | null; tryImage: string | null }> };
   }> {
     const token = await server.enroll(name);
-    const cfg = { ...(deviceAgentConfig(name, token, { hold: false }) as object), reboot: { method } };
     const { disk, host } = await makeApplianceDisk(app, {
       work,
       name,
       first: '2.0',
       files: {
-        '/etc/ibu/agent.json': JSON.stringify(cfg, null, 2) + '\n',
-        '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(keys, 'signing.pub'), 'utf8'),
-        '/root/.ssh/authorized_keys': id.pub,
-        ...TIMER_DROPINS,
+        ...(await deviceFiles({ name, token, keysDir: keys, sshPub: id.pub, hold: false, config: { reboot: { method } } })),
         ...(await checkoutAgent()),
       },
     });
@@ -236,16 +232,12 @@ describe('the Debian appliance switches images by kexec (issue #18): a new kerne
   test('kexec 1.0 -> 2.0 (6.12.117 -> 6.12.118) commits without firmware or GRUB; a kexec into a release that panics ends on the committed 2.0', async () => {
     const name = 'appliance-kexec';
     const token = await server.enroll(name);
-    const cfg = { ...(deviceAgentConfig(name, token, { hold: false }) as object), reboot: { method: 'kexec' } };
     const { disk, host } = await makeApplianceDisk(app, {
       work,
       name,
       first: '1.0',
       files: {
-        '/etc/ibu/agent.json': JSON.stringify(cfg, null, 2) + '\n',
-        '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(keys, 'signing.pub'), 'utf8'),
-        '/root/.ssh/authorized_keys': id.pub,
-        ...TIMER_DROPINS,
+        ...(await deviceFiles({ name, token, keysDir: keys, sshPub: id.pub, hold: false, config: { reboot: { method: 'kexec' } } })),
         ...(await checkoutAgent()),
       },
     });

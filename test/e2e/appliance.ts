@@ -363,9 +363,18 @@ export function deviceAgentConfig(deviceId: string, token: string, o: { hold?: b
  * config (server, identity, health checks, what survives), the keyring, the operator's SSH key and
  * the shortened timers; `hold` adds the operator's inhibitor file (removed over SSH to let go).
  */
-export async function deviceFiles(o: { name: string; token: string; keysDir: string; sshPub: string; hold: boolean }): Promise<DeviceFiles> {
+export async function deviceFiles(o: {
+  name: string;
+  token: string;
+  keysDir: string;
+  sshPub: string;
+  hold: boolean;
+  /** Agent settings over the test defaults (e.g. `reboot: { method }`). */
+  config?: Record<string, unknown>;
+}): Promise<DeviceFiles> {
+  const config = { ...(deviceAgentConfig(o.name, o.token, { hold: o.hold }) as Record<string, unknown>), ...o.config };
   return {
-    '/etc/ibu/agent.json': JSON.stringify(deviceAgentConfig(o.name, o.token, { hold: o.hold }), null, 2) + '\n',
+    '/etc/ibu/agent.json': JSON.stringify(config, null, 2) + '\n',
     '/etc/ibu/keyring/signing.pub': await fsp.readFile(path.join(o.keysDir, 'signing.pub'), 'utf8'),
     '/root/.ssh/authorized_keys': o.sshPub,
     ...(o.hold ? { '/root/hold-upgrade': 'the operator sets the device up first\n' } : {}),
