@@ -15,13 +15,12 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp, existsSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, timeline, missingInOrder } from './harness.js';
-import { applianceReleases, deviceFiles, makeApplianceDisk, type Appliance, type DeviceFiles, publishAppliance } from './appliance.js';
-import { removeWorkDir } from './work-dir.js';
+import { deviceFiles, makeApplianceDisk, type Appliance, type DeviceFiles, publishAppliance } from './appliance.js';
+import { closeApplianceStory, openApplianceStory } from './appliance-story.js';
 import { run } from '../../src/util/exec.js';
-import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
+import { RunningDevice, type SshIdentity } from './appliance-device.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
 
@@ -64,21 +63,12 @@ describe('the Debian appliance switches images without a firmware reboot (issue 
   const publish = (v: '2.0' | '3.0' | '4.0') => publishAppliance(app, v, store, keys);
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-switch-'));
-    app = await applianceReleases({ specDir: process.env.IBU_APPLIANCE_SPEC });
-    keys = path.join(work, 'keys');
-    await ibu('keys', 'generate', '--out', keys);
-    store = path.join(work, 'store');
-    await publish('2.0');
-    server = await new FleetServer(store, path.join(work, 'server.log')).start();
-    id = await sshIdentity(work);
+    ({ work, app, keys, store, server, id } = await openApplianceStory({
+      prefix: 'ibu-e2e-switch-',
+      publish: (s) => publishAppliance(s.app, '2.0', s.store, s.keys),
+    }));
   });
-
-  after(async () => {
-    if (dev) await dev.kill().catch(() => null);
-    await server?.stop();
-    await removeWorkDir(work);
-  });
+  after(() => closeApplianceStory({ dev, server, work }));
 
   /** The device's events as [type, from, to], a repeat of the one before folded (see the known gap below). */
   function foldedEvents(name: string): (string | undefined)[][] {
@@ -213,21 +203,12 @@ describe('the Debian appliance switches images by kexec (issue #18): a new kerne
   let dev: RunningDevice | null = null;
 
   before(async () => {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-e2e-kexec-'));
-    app = await applianceReleases({ specDir: process.env.IBU_APPLIANCE_SPEC });
-    keys = path.join(work, 'keys');
-    await ibu('keys', 'generate', '--out', keys);
-    store = path.join(work, 'store');
-    await publishAppliance(app, '1.0', store, keys);
-    server = await new FleetServer(store, path.join(work, 'server.log')).start();
-    id = await sshIdentity(work);
+    ({ work, app, keys, store, server, id } = await openApplianceStory({
+      prefix: 'ibu-e2e-kexec-',
+      publish: (s) => publishAppliance(s.app, '1.0', s.store, s.keys),
+    }));
   });
-
-  after(async () => {
-    if (dev) await dev.kill().catch(() => null);
-    await server?.stop();
-    await removeWorkDir(work);
-  });
+  after(() => closeApplianceStory({ dev, server, work }));
 
   test('kexec 1.0 -> 2.0 (6.12.117 -> 6.12.118) commits without firmware or GRUB; a kexec into a release that panics ends on the committed 2.0', async () => {
     const name = 'appliance-kexec';

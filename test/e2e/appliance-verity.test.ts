@@ -33,8 +33,8 @@ import { run } from '../../src/util/exec.js';
 import { e2eUnavailable, repoRoot, FleetServer, ibu, missingInOrder, timeline } from './harness.js';
 import { applianceReleases, deviceAgentConfig, makeApplianceDisk, TIMER_DROPINS, type Appliance, type ApplianceVersion } from './appliance.js';
 import { readonlyApplianceSpec } from './appliance-readonly.js';
-import { makeWorkDir, removeWorkDir } from './work-dir.js';
-import { RunningDevice, sshIdentity, type SshIdentity } from './appliance-device.js';
+import { closeApplianceStory, openApplianceStory } from './appliance-story.js';
+import { RunningDevice, type SshIdentity } from './appliance-device.js';
 
 const unavailable = e2eUnavailable() ?? (existsSync(path.join(repoRoot(), 'dist/src/cli/ibu.js')) ? null : 'dist/ is not built (npm run build)');
 
@@ -115,24 +115,16 @@ describe(
     };
 
     before(async () => {
-      work = await makeWorkDir('ibu-e2e-appliance-verity-');
-      const t0 = Date.now();
-      const spec = await readonlyApplianceSpec(path.join(work, 'spec-readonly'));
-      app = await applianceReleases({ specDir: spec });
-      console.log(`read-only appliance releases ${app.built ? 'built' : 'from the cache'} in ${((Date.now() - t0) / 1000).toFixed(0)} s: ${app.dir}`);
-      keys = path.join(work, 'keys');
-      await ibu('keys', 'generate', '--out', keys);
-      store = path.join(work, 'store');
-      await publish('1.0');
-      server = await new FleetServer(store, path.join(work, 'server.log')).start();
-      id = await sshIdentity(work);
+      ({ server, id } = await openApplianceStory({
+        prefix: 'ibu-e2e-appliance-verity-',
+        releases: async (w) => applianceReleases({ specDir: await readonlyApplianceSpec(path.join(w, 'spec-readonly')) }),
+        publish: async (s) => {
+          ({ work, app, keys, store } = s);
+          await publish('1.0');
+        },
+      }));
     });
-
-    after(async () => {
-      if (dev) await dev.kill().catch(() => null);
-      await server?.stop();
-      await removeWorkDir(work);
-    });
+    after(() => closeApplianceStory({ dev, server, work }));
 
     const STATE =
       'echo "state: $(cat /etc/machine-id) $(hostname) $(grep ^root: /etc/shadow | cut -d: -f2) $(sha256sum /etc/ssh/ssh_host_ed25519_key.pub | cut -c1-16)"';
