@@ -112,6 +112,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     });
   const servers = Array.from({ length: replicas }, (_, i) => replica(i, 'api'));
   const builders = Array.from({ length: cl?.builders ?? 0 }, (_, i) => replica(replicas + i, 'builder'));
+  const everyProcess = [...servers, ...builders];
   const server = servers[0]!;
   let turn = 0;
   let front: { origin: string; stop(): Promise<void> } | null = null;
@@ -129,7 +130,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const wall0 = Date.now();
 
   try {
-    await Promise.all([...servers, ...builders].map((s) => s.start()));
+    await Promise.all(everyProcess.map((s) => s.start()));
     if (cl?.balancer) front = await cl.balancer(servers.map((s) => s.origin));
     const where =
       `${replicas > 1 ? `${replicas} replicas${builders.length ? ` + ${builders.length} builder(s)` : ''}, first ` : ''}server on ${server.origin}` +
@@ -205,7 +206,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     await Promise.race([Promise.all(loops), unrefSleep(60_000)]);
     const lostUpdates = await countLostUpdates(ctx, devices);
     const finalVersions = await client.admin<Array<{ version: string; devices: number }>>('GET', '/v1/admin/fleet/versions');
-    await Promise.all([...servers, ...builders].map((s) => s.stop()));
+    await Promise.all(everyProcess.map((s) => s.stop()));
     const cpu = process.cpuUsage(cpu0);
     return {
       devices: n,
@@ -224,7 +225,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       injected: model.injected,
       finalVersions,
       cpu: {
-        serverSeconds: Math.round([...servers, ...builders].reduce((n, s) => n + s.cpuSeconds, 0) * 10) / 10,
+        serverSeconds: Math.round(everyProcess.reduce((n, s) => n + s.cpuSeconds, 0) * 10) / 10,
         clientSeconds: Math.round(((cpu.user + cpu.system) / 1e6) * 10) / 10,
         wallSeconds: Math.round((Date.now() - wall0) / 100) / 10,
       },
@@ -242,10 +243,10 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   } finally {
     naps.stopping = true;
     lag.disable();
-    await Promise.all([...servers, ...builders].map((s) => s.stop().catch(() => {})));
+    await Promise.all(everyProcess.map((s) => s.stop().catch(() => {})));
     await front?.stop().catch(() => {});
     await client.close().catch(() => {});
-    if (!o.keep) for (const s of [...servers, ...builders]) rmSync(s.dataDir, { recursive: true, force: true });
+    if (!o.keep) for (const s of everyProcess) rmSync(s.dataDir, { recursive: true, force: true });
     if (!o.keep && deltaDir && !cl?.deltaDir) rmSync(deltaDir, { recursive: true, force: true });
   }
 }
