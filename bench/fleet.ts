@@ -36,6 +36,8 @@ const replicas = Number(process.env.FLEET_REPLICAS ?? 1);
 // the replicas run --role api on releases in a radosgw bucket, one more runs --role builder, and nginx
 // (assets/nginx/ibu-cdn.conf) balances in front; devices speak to nginx only.
 const cluster = process.env.FLEET_CLUSTER === '1';
+// FLEET_RAMP=N: the rollout's waves open at N devices per second (simulate's default: rate / 5); 0 = each wave at once.
+const ramp = process.env.FLEET_RAMP === undefined || process.env.FLEET_RAMP === '' ? undefined : Number(process.env.FLEET_RAMP);
 
 /** A new, empty database beside the one `url` names; returns its URL. */
 async function freshDatabase(url: string, name: string): Promise<string> {
@@ -144,31 +146,40 @@ async function httpFloor(requests: number): Promise<{ perSec: number; p50Ms: num
 }
 
 /**
- * Check-in capacity: the real server (sim-server.ts: createServer + fleet plugin, SQLite) with
- * 5,000 enrolled devices, hammered by the same client loop as the anchor: saturation throughput
- * and latency of real check-ins (read device, decide, group-commit, answer).
+ * Check-in capacity: the real server (sim-server.ts: createServer + fleet plugin; SQLite, or
+ * PostgreSQL with `databaseUrl`) with 5,000 enrolled devices, hammered by the same client loop as
+ * the anchor: saturation throughput and latency of real check-ins (read device, decide,
+ * group-commit, answer). `replicas` > 1 (PostgreSQL only): that many server processes on the one
+ * database, the client's requests taking turns between them as a balancer's would (issue #21 item 7).
  */
 async function checkinCapacity(
   requests: number,
   databaseUrl?: string,
-): Promise<{ perSec: number; p50Ms: number; p99Ms: number; serverCpuMsPerCheckin: number; postgresCpuMsPerCheckin?: number }> {
+  replicas = 1,
+): Promise<{ replicas: number; perSec: number; p50Ms: number; p99Ms: number; serverCpuMsPerCheckin: number; postgresCpuMsPerCheckin?: number }> {
+  if (replicas > 1 && !databaseUrl) throw new Error('replicas share a database: give a PostgreSQL URL');
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-bench-'));
   const entry = fileURLToPath(new URL('../src/server/fleet/sim-server.ts', import.meta.url));
   const db = databaseUrl ? ['--database-url', databaseUrl] : [];
-  const child = spawn(process.execPath, [...process.execArgv, entry, '--data', dataDir, '--port', '0', '--admin-token', 'bench', ...db], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let cpu = 0;
-  const port = await new Promise<number>((resolve) =>
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      const m = JSON.parse(l);
-      if (m.port) resolve(m.port);
-      if (m.cpu) cpu = (m.cpu.user + m.cpu.system) / 1000;
-    }),
-  );
+  const cpu: number[] = [];
+  const servers: Array<{ port: number; child: ReturnType<typeof spawn> }> = [];
+  // one after the other: the first one makes the schema
+  for (let r = 0; r < replicas; r++) {
+    const child = spawn(process.execPath, [...process.execArgv, entry, '--data', path.join(dataDir, `r${r}`), '--port', '0', '--admin-token', 'bench', ...db], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const port = await new Promise<number>((resolve) =>
+      createInterface({ input: child.stdout! }).on('line', (l) => {
+        const m = JSON.parse(l);
+        if (m.port) resolve(m.port);
+        if (m.cpu) cpu[r] = (m.cpu.user + m.cpu.system) / 1000;
+      }),
+    );
+    servers.push({ port, child });
+  }
   const agent = new Agent({ connections: concurrency, pipelining: 1 });
-  const call = async (method: 'POST' | 'PUT', p: string, body: unknown, token?: string) => {
-    const res = await request(`http://127.0.0.1:${port}${p}`, {
+  const call = async (method: 'POST' | 'PUT', p: string, body: unknown, token?: string, replica = 0) => {
+    const res = await request(`http://127.0.0.1:${servers[replica]!.port}${p}`, {
       method,
       dispatcher: agent,
       headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
@@ -190,26 +201,35 @@ async function checkinCapacity(
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       while (next < requests) {
-        const i = next++ % 5000;
+        const n = next++;
+        const i = n % 5000;
         const s = performance.now();
-        await call('POST', `/v1/devices/cap-${i}/checkin`, { version: '1.0.0', state: 'idle', trial: false, freeBytes: 1e9, lastError: null }, tokens[i]);
+        const body = { version: '1.0.0', state: 'idle', trial: false, freeBytes: 1e9, lastError: null };
+        await call('POST', `/v1/devices/cap-${i}/checkin`, body, tokens[i], n % replicas);
         lat.push(performance.now() - s);
       }
     }),
   );
   const secs = (performance.now() - t0) / 1000;
   const pgMs = databaseUrl ? postgresCpuMs() - pg0 : 0;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await exited;
+  await Promise.all(
+    servers.map(({ child }) => {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      return exited;
+    }),
+  );
   await agent.close();
   rmSync(dataDir, { recursive: true, force: true });
   lat.sort((a, b) => a - b);
+  const serverCpu = cpu.reduce((a, b) => a + (b ?? 0), 0);
   return {
+    replicas,
     perSec: Math.round(lat.length / secs),
     p50Ms: Math.round(lat[Math.floor(lat.length * 0.5)]! * 10) / 10,
     p99Ms: Math.round(lat[Math.floor(lat.length * 0.99)]! * 10) / 10,
-    serverCpuMsPerCheckin: Math.round((cpu / (requests + 5000)) * 1000) / 1000,
+    // every replica's CPU, enrollment (5,000 requests) included, as before
+    serverCpuMsPerCheckin: Math.round((serverCpu / (requests + 5000)) * 1000) / 1000,
     // PostgreSQL's own processes (the server's sessions): CPU the database spends per check-in, beside ibu's.
     ...(databaseUrl ? { postgresCpuMsPerCheckin: Math.round((pgMs / requests) * 1000) / 1000 } : {}),
   };
@@ -257,6 +277,7 @@ for (let i = 0; i < runs; i++) {
     concurrency,
     databaseUrl,
     replicas,
+    rampDevicesPerSecond: ramp,
     cluster: cluster ? await clusterOptions(i) : undefined,
     log: (m) => console.error(`  [run ${i + 1}] ${new Date().toISOString().slice(11, 19)} ${m}`),
   });
@@ -298,6 +319,9 @@ for (let i = 0; i < runs; i++) {
 const capacity = await checkinCapacity(50_000);
 // CPU per check-in on PostgreSQL beside SQLite (issue #21 item 7): the same hammer on a fresh database.
 const capacityPostgres = adminDatabaseUrl ? await checkinCapacity(50_000, await freshDatabase(adminDatabaseUrl, `ibu_bench_cap_${process.pid}`)) : null;
+// the same with FLEET_REPLICAS server processes on one fresh database (issue #21 item 7: 1 vs 2 api replicas)
+const capacityReplicas =
+  adminDatabaseUrl && replicas > 1 ? await checkinCapacity(50_000, await freshDatabase(adminDatabaseUrl, `ibu_bench_cap_r_${process.pid}`), replicas) : null;
 const floor = await httpFloor(50_000);
 const summary = {
   devices,
@@ -316,6 +340,7 @@ const summary = {
   lostUpdates: results.reduce((n, r) => n + r.lostUpdates, 0),
   checkinCapacity: capacity,
   checkinCapacityPostgres: capacityPostgres,
+  checkinCapacityReplicas: capacityReplicas,
   anchorHttpFloor: floor,
   load: load(),
 };

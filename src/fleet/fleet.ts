@@ -185,7 +185,7 @@ export class Fleet {
       }
     }
 
-    const hop = nextHop(this.releases.path(d.channel), req.version, (r) => offeredBy(this.rollouts.governing(r.channel, r.version), d, part, req));
+    const hop = nextHop(this.releases.path(d.channel), req.version, (r) => offeredBy(this.rollouts.governing(r.channel, r.version), d, part, req, now));
     if (hop) {
       const rollout = this.rollouts.governing(d.channel, hop.version);
       if (rollout && rollout.state === 'running' && (!part || part.rolloutId !== rollout.id)) {

@@ -1,6 +1,6 @@
 import { IbuError } from '../errors.js';
 import { BAD_STATUSES, type ParticipationStatus, type RolloutDevice, type RolloutRecord, type RolloutSpec } from './types.js';
-import { effectiveWaves, waveOf } from './waves.js';
+import { BUCKETS, effectiveWaves, waveOf, type Wave } from './waves.js';
 
 export const DEFAULT_ROLLOUT_SPEC: RolloutSpec = {
   waves: [1, 10, 50, 100],
@@ -11,6 +11,7 @@ export const DEFAULT_ROLLOUT_SPEC: RolloutSpec = {
   maxFailures: 0,
   silentAfterSeconds: 1800,
   minWaveSeconds: 0,
+  rampPercentPerMinute: 0,
 };
 
 /** Fills defaults and checks a rollout spec; every problem is reported at once (ROLLOUT_INVALID). */
@@ -41,6 +42,7 @@ export function resolveRolloutSpec(input: Partial<RolloutSpec> | undefined, defa
   count('maxFailures');
   count('silentAfterSeconds');
   count('minWaveSeconds');
+  count('rampPercentPerMinute');
   if (problems.length) throw new IbuError('ROLLOUT_INVALID', `The rollout is invalid: ${problems.join('; ')}.`, { details: { problems } });
   return { ...s, waves: [...s.waves], canaryGroups: [...s.canaryGroups] };
 }
@@ -99,6 +101,7 @@ export function offeredBy(
   d: { bucket: number; group: string },
   part: RolloutDevice | null,
   req: { trial: boolean; version: string },
+  now: number,
 ): boolean {
   if (!rollout) return true;
   switch (rollout.state) {
@@ -107,11 +110,28 @@ export function offeredBy(
     case 'aborted':
       return false;
     case 'running': {
-      const w = waveOf(effectiveWaves(rollout.spec), d.bucket, d.group);
-      return w >= 0 && w <= rollout.wave;
+      const waves = effectiveWaves(rollout.spec);
+      const w = waveOf(waves, d.bucket, d.group);
+      if (w < 0 || w > rollout.wave) return false;
+      // once offered, always offered: a device never loses its target mid-download
+      return w < rollout.wave || part?.rolloutId === rollout.id || now >= rampOpensAt(rollout, waves, w, d);
     }
     case 'paused':
       // Devices already past the point of no return finish; nobody new starts.
       return (part?.rolloutId === rollout.id && (part.status === 'applying' || part.status === 'trial')) || (req.trial && req.version === rollout.version);
   }
+}
+
+/**
+ * When the ramp of the open wave reaches a device: the wave's new devices are offered in bucket
+ * order at `rampPercentPerMinute` (a canary group's devices, which have no place in the bucket
+ * range, by their bucket over the whole range). Deterministic, so every replica agrees.
+ */
+export function rampOpensAt(rollout: RolloutRecord, waves: readonly Wave[], w: number, d: { bucket: number }): number {
+  const rate = rollout.spec.rampPercentPerMinute;
+  if (!(rate > 0)) return rollout.waveStartedAt;
+  const lo = w > 0 ? waves[w - 1]!.bucketBelow : 0;
+  const inRange = d.bucket >= lo && d.bucket < waves[w]!.bucketBelow;
+  const percentAhead = ((inRange ? d.bucket - lo : d.bucket) / BUCKETS) * 100;
+  return rollout.waveStartedAt + (percentAhead / rate) * 60_000;
 }

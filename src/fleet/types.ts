@@ -89,6 +89,12 @@ export interface RolloutSpec {
   silentAfterSeconds: number;
   /** A wave stays open at least this long before the next opens. */
   minWaveSeconds: number;
+  /**
+   * Open each wave gradually: at most this many percent of the channel's devices are newly offered
+   * the release per minute (0 = the whole wave at once). Bounds the server's and the CDN's peak
+   * when a large wave opens (every device of a wave downloads, asks for a lease, reboots, reports).
+   */
+  rampPercentPerMinute: number;
 }
 
 export interface RolloutRecord {

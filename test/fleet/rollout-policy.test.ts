@@ -95,5 +95,41 @@ test('offered by a rollout: one line per rollout state', () => {
     ['paused: an applying device finishes', rollout({ state: 'paused' }), inFirstWave, part('applying'), idle, true],
     ['paused: a device in trial of it finishes', rollout({ state: 'paused' }), inFirstWave, null, { trial: true, version: '2' }, true],
   ];
-  for (const [why, r, d, p, req, want] of cases) assert.equal(offeredBy(r, d, p, req), want, why);
+  for (const [why, r, d, p, req, want] of cases) assert.equal(offeredBy(r, d, p, req, 0), want, why);
+});
+
+test('a ramped wave opens in bucket order at rampPercentPerMinute; a device once offered stays offered', () => {
+  // waves 10 % and 100 %; the second opened at t = 1,000 s, ramping 10 % of the fleet per minute
+  const spec = { ...DEFAULT_ROLLOUT_SPEC, waves: [10, 100], rampPercentPerMinute: 10 };
+  const r = rollout({ spec, wave: 1, waveStartedAt: 1_000_000 });
+  const idle = { trial: false, version: '1' };
+  const at = (bucket: number, now: number, p: RolloutDevice | null = null) => offeredBy(r, { bucket, group: 'x' }, p, idle, now);
+  assert.equal(at(500, 1_000_000), true, 'the earlier wave stays offered');
+  assert.equal(at(1000, 1_000_000), true, "the wave's first bucket at once");
+  // bucket 5,999 is 49.99 % of the fleet into the wave: at 10 %/min, about 300 s after the wave opened
+  assert.equal(at(5999, 1_000_000 + 299_000), false);
+  assert.equal(at(5999, 1_000_000 + 300_000), true);
+  assert.equal(at(9999, 1_000_000 + 539_000), false, 'the last bucket about 9 minutes in');
+  assert.equal(at(9999, 1_000_000 + 540_000), true);
+  const part: RolloutDevice = {
+    rolloutId: 1,
+    deviceId: 'd',
+    wave: 1,
+    status: 'targeted',
+    fromVersion: '1',
+    updatedAt: 0,
+    deadline: null,
+    errorCode: null,
+    errorMessage: null,
+  };
+  assert.equal(at(9999, 1_000_000, part), true, 'a device already taking part is not held back');
+  // a canary group's device sits by its bucket over the whole range
+  const canary = rollout({ spec: { ...spec, canaryGroups: ['lab'] }, wave: 0, waveStartedAt: 0 });
+  assert.equal(offeredBy(canary, { bucket: 5000, group: 'lab' }, null, idle, 299_000), false);
+  assert.equal(offeredBy(canary, { bucket: 5000, group: 'lab' }, null, idle, 300_000), true);
+  assert.equal(
+    offeredBy(rollout({ spec: { ...spec, rampPercentPerMinute: 0 }, wave: 1, waveStartedAt: 5 }), { bucket: 9999, group: 'x' }, null, idle, 5),
+    true,
+    '0: at once',
+  );
 });

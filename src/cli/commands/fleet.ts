@@ -137,6 +137,15 @@ export function registerFleetCommands(program: Command): void {
     )
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
     .option('--replicas <n>', 'server processes on the one PostgreSQL database (needs --database-url); devices spread over them', int('--replicas', 1), 1)
+    .option(
+      '--ramp <devices-per-second>',
+      "open the rollout's waves at this many devices per second (default: rate / 5; 0 = each wave at once)",
+      (v: string) => {
+        const x = Number(v);
+        if (!Number.isFinite(x) || x < 0) throw new IbuError('USAGE', `--ramp must be a number >= 0, not '${v}'.`);
+        return x;
+      },
+    )
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
     .option('--json', 'print the result as one JSON object')
@@ -147,6 +156,7 @@ export function registerFleetCommands(program: Command): void {
         concurrency: number;
         databaseUrl?: string;
         replicas: number;
+        ramp?: number;
         restart: boolean;
         keep?: boolean;
         json?: boolean;
@@ -155,6 +165,7 @@ export function registerFleetCommands(program: Command): void {
           devices: o.devices,
           replicas: o.replicas,
           rate: o.rate,
+          rampDevicesPerSecond: o.ramp,
           concurrency: o.concurrency,
           databaseUrl: o.databaseUrl,
           restart: o.restart,

@@ -72,7 +72,8 @@ export function registerRolloutCommands(program: Command): void {
       .option('--min-sample <n>', 'started devices needed before the ratio applies', count('--min-sample'))
       .option('--max-failures <n>', 'pause at this many bad devices regardless of ratio (0 = off)', count('--max-failures'))
       .option('--silent-after <seconds>', 'a device not back this long after applying counts as silent', count('--silent-after'))
-      .option('--min-wave-seconds <seconds>', 'keep each wave open at least this long', count('--min-wave-seconds')),
+      .option('--min-wave-seconds <seconds>', 'keep each wave open at least this long', count('--min-wave-seconds'))
+      .option('--ramp <percent-per-minute>', "open each wave gradually: at most this % of the channel's devices newly offered per minute", count('--ramp')),
   ).action(
     async (
       o: AdminFlags & {
@@ -86,6 +87,7 @@ export function registerRolloutCommands(program: Command): void {
         maxFailures?: number;
         silentAfter?: number;
         minWaveSeconds?: number;
+        ramp?: number;
       },
     ) => {
       const spec: Record<string, unknown> = {};
@@ -106,6 +108,7 @@ export function registerRolloutCommands(program: Command): void {
       if (o.maxFailures !== undefined) spec.maxFailures = o.maxFailures;
       if (o.silentAfter !== undefined) spec.silentAfterSeconds = o.silentAfter;
       if (o.minWaveSeconds !== undefined) spec.minWaveSeconds = o.minWaveSeconds;
+      if (o.ramp !== undefined) spec.rampPercentPerMinute = o.ramp;
       const r = await FleetAdminClient.fromOptions(o).call<RolloutView>('POST', '/v1/admin/fleet/rollouts', { version: o.version, channel: o.channel, spec });
       print(o, r, () => formatRollout(r));
     },

@@ -119,6 +119,8 @@ export interface SimulateResult {
     rate: number;
     concurrency: number;
     maxConcurrentReboots: number;
+    /** How fast the good rollout's waves open (devices per second; 0 = at once). */
+    rampDevicesPerSecond: number;
     /** Set when the replicas ran as a cluster (SimulateOptions.cluster). */
     cluster?: { builders: number; balancer: boolean; store: string | null };
   };

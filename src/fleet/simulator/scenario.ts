@@ -38,12 +38,21 @@ export async function setUpFleet(c: ScenarioContext, o: { interval: number; acti
   await c.client.admin('PUT', '/v1/admin/fleet/groups/default', { maxConcurrentReboots: o.maxReboots, leaseTtlSeconds: Math.max(60, o.interval) });
 }
 
-export function startGoodRollout(c: ScenarioContext, silentAfter: number): Promise<RolloutRecord> {
+/** `rampPercentPerMinute`: each wave opens gradually (0: at once). */
+export function startGoodRollout(c: ScenarioContext, silentAfter: number, rampPercentPerMinute: number): Promise<RolloutRecord> {
   return c.client.admin<RolloutRecord>('POST', '/v1/admin/fleet/rollouts', {
     channel: 'stable',
     version: GOOD,
     // 1.3 % injected bad outcomes against a 5 % threshold: a sample of 100 keeps noise from pausing it.
-    spec: { waves: [1, 10, 50, 100], canaryGroups: ['canary'], successRatio: 0.95, maxFailureRatio: 0.05, minSample: 100, silentAfterSeconds: silentAfter },
+    spec: {
+      waves: [1, 10, 50, 100],
+      canaryGroups: ['canary'],
+      successRatio: 0.95,
+      maxFailureRatio: 0.05,
+      minSample: 100,
+      silentAfterSeconds: silentAfter,
+      rampPercentPerMinute,
+    },
   });
 }
 

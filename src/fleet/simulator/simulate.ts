@@ -58,6 +58,13 @@ export interface SimulateOptions {
   silentRatio?: number;
   /** Rollback share on the bad release (must exceed the pause threshold). Default 0.3. */
   badRollbackRatio?: number;
+  /**
+   * The good rollout opens each wave at this many devices per second (its `rampPercentPerMinute`),
+   * so a wave's upgrades (download, lease, apply, trial, commit: five requests a device) come on
+   * top of the idle check-ins at a bounded rate. Default rate / 5 (the upgrade traffic then adds
+   * about the idle rate at most); 0 opens every wave at once (docs/benchmarks.md: "Fleet").
+   */
+  rampDevicesPerSecond?: number;
   /** Share of the fleet that may hold a reboot lease at once (group `default`). Default 0.1. */
   rebootRatio?: number;
   /** Give up waiting for the first rollout after this many seconds. Default 25 intervals, at least 300 s. */
@@ -93,6 +100,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   // least 30 s) so a server restart or a loaded machine is not mistaken for dead devices.
   const silentAfter = Math.max(30, interval * 2);
   const maxReboots = Math.max(5, Math.round(n * (o.rebootRatio ?? 0.1)));
+  const rampDevicesPerSecond = o.rampDevicesPerSecond ?? rate / 5;
+  if (!(rampDevicesPerSecond >= 0)) throw new IbuError('USAGE', '--ramp needs a number of devices per second >= 0 (0 = every wave at once).');
+  const rampPercentPerMinute = ((rampDevicesPerSecond * 60) / n) * 100;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sim-'));
   const adminToken = randomBytes(16).toString('hex');
   const lag = monitorEventLoopDelay({ resolution: 10 });
@@ -156,7 +166,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
       }),
     );
     log(`enrolled ${n} devices`);
-    const rollout1 = await startGoodRollout(ctx, silentAfter);
+    const rollout1 = await startGoodRollout(ctx, silentAfter, rampPercentPerMinute);
 
     // --- traffic: every device on its own schedule ----------------------------------------
     const trafficStart = Date.now();
@@ -237,6 +247,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
         rate,
         concurrency,
         maxConcurrentReboots: maxReboots,
+        rampDevicesPerSecond,
         ...(cl ? { cluster: { builders: builders.length, balancer: front !== null, store: cl.store ?? null } } : {}),
       },
     };
