@@ -124,14 +124,13 @@ export function offeredBy(
 
 /**
  * When the ramp of the open wave reaches a device: the wave's new devices are offered in bucket
- * order at `rampPercentPerMinute` (a canary group's devices, which have no place in the bucket
- * range, by their bucket over the whole range). Deterministic, so every replica agrees.
+ * order at `rampPercentPerMinute`. A device in the wave by its group (the canaries) is offered at
+ * once: that wave's size is the vendor's choice, not a share of the fleet. Deterministic, so
+ * every replica agrees.
  */
 export function rampOpensAt(rollout: RolloutRecord, waves: readonly Wave[], w: number, d: { bucket: number }): number {
   const rate = rollout.spec.rampPercentPerMinute;
-  if (!(rate > 0)) return rollout.waveStartedAt;
   const lo = w > 0 ? waves[w - 1]!.bucketBelow : 0;
-  const inRange = d.bucket >= lo && d.bucket < waves[w]!.bucketBelow;
-  const percentAhead = ((inRange ? d.bucket - lo : d.bucket) / BUCKETS) * 100;
-  return rollout.waveStartedAt + (percentAhead / rate) * 60_000;
+  if (!(rate > 0) || d.bucket < lo || d.bucket >= waves[w]!.bucketBelow) return rollout.waveStartedAt;
+  return rollout.waveStartedAt + (((d.bucket - lo) / BUCKETS) * 100 * 60_000) / rate;
 }

@@ -123,10 +123,12 @@ test('a ramped wave opens in bucket order at rampPercentPerMinute; a device once
     errorMessage: null,
   };
   assert.equal(at(9999, 1_000_000, part), true, 'a device already taking part is not held back');
-  // a canary group's device sits by its bucket over the whole range
+  // a canary group is offered at once (its size is the vendor's choice); the 10 % wave after it ramps
   const canary = rollout({ spec: { ...spec, canaryGroups: ['lab'] }, wave: 0, waveStartedAt: 0 });
-  assert.equal(offeredBy(canary, { bucket: 5000, group: 'lab' }, null, idle, 299_000), false);
-  assert.equal(offeredBy(canary, { bucket: 5000, group: 'lab' }, null, idle, 300_000), true);
+  assert.equal(offeredBy(canary, { bucket: 5000, group: 'lab' }, null, idle, 0), true);
+  const firstWave = rollout({ spec: { ...spec, canaryGroups: ['lab'] }, wave: 1, waveStartedAt: 0 });
+  assert.equal(offeredBy(firstWave, { bucket: 600, group: 'x' }, null, idle, 35_000), false, '6 % into the wave: 36 s');
+  assert.equal(offeredBy(firstWave, { bucket: 600, group: 'x' }, null, idle, 36_000), true);
   assert.equal(
     offeredBy(rollout({ spec: { ...spec, rampPercentPerMinute: 0 }, wave: 1, waveStartedAt: 5 }), { bucket: 9999, group: 'x' }, null, idle, 5),
     true,
