@@ -23,11 +23,14 @@ for (const { backend, replicas } of CASES) {
           databaseUrl: made.url,
           replicas,
           ...SMALL_RELEASE_DAY,
+          // the waves open gradually (rampPercentPerMinute): 200 devices/s, so the 100 % wave takes ~5 s
+          rampDevicesPerSecond: 200,
         });
         assert.equal(r.devices, 2000);
         assert.equal(r.config.maxConcurrentReboots, 200, 'a tenth of the fleet may reboot at once');
         assert.equal(r.serverRestarted, true);
         assert.equal(r.config.replicas, replicas);
+        assert.equal(r.config.rampDevicesPerSecond, 200);
         assert.equal(r.rolloutCompleted, true, `the first rollout completed: ${JSON.stringify(r.rollout1)}`);
         assert.equal(r.rolloutPausedCorrectly, true, `the bad release paused itself in its first wave: ${r.pauseReason}`);
         assert.match(r.pauseReason ?? '', /failure ratio/);

@@ -61,8 +61,9 @@ export interface SimulateOptions {
   /**
    * The good rollout opens each wave at this many devices per second (its `rampPercentPerMinute`),
    * so a wave's upgrades (download, lease, apply, trial, commit: five requests a device) come on
-   * top of the idle check-ins at a bounded rate. Default rate / 5 (the upgrade traffic then adds
-   * about the idle rate at most); 0 opens every wave at once (docs/benchmarks.md: "Fleet").
+   * top of the idle check-ins at a bounded rate: rate / 5 adds about the idle rate at most.
+   * Default 0: every wave at once, the release day as the benchmarks have always run it
+   * (docs/benchmarks.md: "Fleet").
    */
   rampDevicesPerSecond?: number;
   /** Share of the fleet that may hold a reboot lease at once (group `default`). Default 0.1. */
@@ -100,7 +101,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   // least 30 s) so a server restart or a loaded machine is not mistaken for dead devices.
   const silentAfter = Math.max(30, interval * 2);
   const maxReboots = Math.max(5, Math.round(n * (o.rebootRatio ?? 0.1)));
-  const rampDevicesPerSecond = o.rampDevicesPerSecond ?? rate / 5;
+  const rampDevicesPerSecond = o.rampDevicesPerSecond ?? 0;
   if (!(rampDevicesPerSecond >= 0)) throw new IbuError('USAGE', '--ramp needs a number of devices per second >= 0 (0 = every wave at once).');
   const rampPercentPerMinute = ((rampDevicesPerSecond * 60) / n) * 100;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sim-'));
