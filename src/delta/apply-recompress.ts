@@ -55,11 +55,14 @@ export async function recompressParts(parts: OpPart[], work: () => string, jobs:
     groups.set(key, [...(groups.get(key) ?? []), p]);
   }
   for (const g of groups.values()) {
+    const params = (g[0]!.op as RecompressOp).params;
+    // zstd writes the same bytes for any number of workers, and each worker holds its own window and
+    // job buffers (~10 MiB at -9 on a 36 MB initramfs archive): apply keeps to one, under its 256 MiB bound.
     const packed = await compressMany(
-      (g[0]!.op as RecompressOp).params,
+      params,
       g.map((p) => p.bytes),
       work(),
-      jobs,
+      params.codec === 'zstd' ? 1 : jobs,
     );
     g.forEach((p, k) => {
       p.bytes = packed[k]!;

@@ -62,6 +62,8 @@ export async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io
       at += piece.length;
     }
     await decodeIntoDictionary(oldFiles, dict);
+    // The old compressed files are in the dictionary now: let them go before the encoders run.
+    oldFiles.length = 0;
   }
   const out = io.seg.out.subarray(0, seg.outputLength);
   let n: number;

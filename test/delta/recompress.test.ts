@@ -15,6 +15,7 @@ import { applyDelta, makeDelta, readDelta } from '../../src/delta/index.js';
 import { Ext4Reader } from '../../src/image/ext4/index.js';
 import { binaryish, imageJson, makeImage, mutate, tempDir, writeTree, type TreeEntry } from './fixture.js';
 import { sealDelta, splitDelta } from './fuzz-mutants.js';
+import { zstdCompress } from '../../src/delta/zstd-recompress.js';
 
 /** What kbuild runs for a module (`scripts/Makefile.modinst`), multi-threaded as xz ≥ 5.6 is by default. */
 const KBUILD_XZ = ['-T2', '--check=crc32', '--lzma2=dict=1MiB'];
@@ -74,6 +75,13 @@ describe('compressed-stream: settings from the stream headers', () => {
     assert.equal(gzipFacts(gzip(text(3, 1000), ['-1n']))?.params.level, 1);
     assert.equal(codecOf(Buffer.from('\x28\xb5\x2f\xfd'.padEnd(20, '\0'), 'latin1')), 'zstd');
     assert.equal(codecOf(raw), undefined);
+  });
+
+  it('multi-threaded zstd writes the same bytes with one worker as with several (apply uses one to save memory)', () => {
+    const raw = Buffer.alloc(40 << 20); // over one job (4 windows at -9), so two workers really split it
+    for (let i = 0; i < raw.length; i += 4093) raw.writeUInt32LE((i * 2654435761) >>> 0, i);
+    const p = { codec: 'zstd', level: 9, check: 1, threads: 1, dict: 0 } as const;
+    assert.ok(zstdCompress(p, raw, 1).equals(zstdCompress(p, raw, 2)));
   });
 
   it('refuses encoder settings a hostile delta could name', () => {
