@@ -133,6 +133,10 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
     // id → stored size; -1: present in a store that cannot tell sizes cheaply; 0: being written
     const known = new Map<ChunkId, number>();
     const sized = 'chunkSize' in store ? (store as unknown as SizedStore) : undefined;
+    // A store that can list its chunks in one pass (S3) is asked once here; a chunk another publisher
+    // writes meanwhile is PUT again, which is harmless (same id, same bytes).
+    const listed =
+      'chunkSizes' in store && typeof store.chunkSizes === 'function' ? await (store.chunkSizes as () => Promise<Map<ChunkId, number>>)() : undefined;
     const chunks: ChunkRef[] = [];
     const pending = new Set<Promise<void>>();
     const threads = o.threads ?? Math.max(1, availableParallelism() - 1);
@@ -161,7 +165,7 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
         const id = hash(piece.data);
         chunks.push({ id, offset: piece.offset, size: piece.size });
         if (known.has(id)) continue;
-        const have = sized ? await sized.chunkSize(id) : (await store.hasChunk(id)) ? -1 : undefined;
+        const have = listed ? listed.get(id) : sized ? await sized.chunkSize(id) : (await store.hasChunk(id)) ? -1 : undefined;
         if (have !== undefined) {
           known.set(id, have);
           continue;

@@ -208,6 +208,28 @@ export class S3Store implements WriteStore, SizedStore, ListableStore {
     return [...out].filter((n) => n !== '').sort();
   }
 
+  /**
+   * Every chunk in the store with its stored size, from one paginated ListObjectsV2 of `chunks/`
+   * (1000 keys a page): publish asks this once instead of a HEAD round trip per chunk.
+   */
+  async chunkSizes(signal?: AbortSignal): Promise<Map<ChunkId, number>> {
+    const base = `${this.key('chunks')}/`;
+    const out = new Map<ChunkId, number>();
+    let token: string | undefined;
+    do {
+      const page = await this.call(
+        () => this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: base, ContinuationToken: token }), { abortSignal: signal }),
+        'chunks',
+      );
+      for (const c of page.Contents ?? []) {
+        const m = /\/([0-9a-f]{64})\.zst$/.exec(c.Key ?? '');
+        if (m) out.set(m[1] as ChunkId, c.Size ?? 0);
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return out;
+  }
+
   async close(): Promise<void> {
     this.client.destroy();
   }

@@ -91,6 +91,11 @@ test('publish two releases to s3://bucket/prefix; the second stores only its new
   const s = new S3Store(url, (gw as Radosgw).options);
   try {
     assert.deepEqual(await s.list('releases'), ['1.0', '2.0']);
+    // The one ListObjectsV2 pass publish dedups with (no HEAD per chunk) sees every chunk, with its HEAD size.
+    const listed = await s.chunkSizes();
+    assert.equal(listed.size, ra.newChunks + rb.newChunks);
+    const [id, size] = [...listed][0]!;
+    assert.equal(await s.chunkSize(id), size);
     assert.deepEqual(await s.list('releases/2.0'), ['manifest.json', 'manifest.json.zst']);
     assert.deepEqual(JSON.parse(Buffer.from(await s.getFile('channels/stable.json')).toString()).versions, ['1.0', '2.0']);
   } finally {
