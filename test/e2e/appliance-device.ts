@@ -56,6 +56,7 @@ export class RunningDevice {
       onLine?: (line: string) => void;
       firmware?: 'uefi' | 'bios';
       stuckOn?: RegExp[];
+      powerCycleOnGrubHangMs?: number;
     },
   ) {
     this.done = boot({
@@ -73,6 +74,7 @@ export class RunningDevice {
       killOn: o.killOn,
       firmware: o.firmware,
       stuckOn: o.stuckOn,
+      powerCycleOnGrubHangMs: o.powerCycleOnGrubHangMs,
       onLine: (l) => {
         this.onLine(l);
         o.onLine?.(l);
@@ -99,6 +101,8 @@ export class RunningDevice {
     firmware?: 'uefi' | 'bios';
     /** Lines that mean the boot is stuck (default: boot()'s, which include GRUB's menu). */
     stuckOn?: RegExp[];
+    /** Power-cycle a GRUB that prints nothing this long after its welcome (boot()'s powerCycleOnGrubHangMs). */
+    powerCycleOnGrubHangMs?: number;
   }): Promise<RunningDevice> {
     return new RunningDevice(await freePort(), o.id, { ...o, timeoutMs: o.timeoutMs ?? 1_800_000 });
   }
