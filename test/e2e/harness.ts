@@ -579,7 +579,9 @@ export async function boot(opts: {
     powerCycles++;
     if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
     pending = '';
-    out.write(`# power cycle ${powerCycles}: GRUB printed nothing for ${opts.powerCycleOnGrubHangMs! / 1000} s after "Welcome to GRUB!"; QEMU killed and started again on the same disk and NVRAM\n`);
+    out.write(
+      `# power cycle ${powerCycles}: GRUB printed nothing for ${opts.powerCycleOnGrubHangMs! / 1000} s after "Welcome to GRUB!"; QEMU killed and started again on the same disk and NVRAM\n`,
+    );
   }
   clearTimeout(timer);
   if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
