@@ -57,6 +57,7 @@ export class RunningDevice {
       firmware?: 'uefi' | 'bios';
       stuckOn?: RegExp[];
       powerCycleOnGrubHangMs?: number;
+      powerCycle?: boolean;
     },
   ) {
     this.done = boot({
@@ -75,6 +76,7 @@ export class RunningDevice {
       firmware: o.firmware,
       stuckOn: o.stuckOn,
       powerCycleOnGrubHangMs: o.powerCycleOnGrubHangMs,
+      powerCycle: o.powerCycle,
       onLine: (l) => {
         this.onLine(l);
         o.onLine?.(l);
@@ -103,6 +105,8 @@ export class RunningDevice {
     stuckOn?: RegExp[];
     /** Power-cycle a GRUB that prints nothing this long after its welcome (boot()'s powerCycleOnGrubHangMs). */
     powerCycleOnGrubHangMs?: number;
+    /** Every guest reset restarts QEMU on the same disk (boot()'s powerCycle). */
+    powerCycle?: boolean;
   }): Promise<RunningDevice> {
     return new RunningDevice(await freePort(), o.id, { ...o, timeoutMs: o.timeoutMs ?? 1_800_000 });
   }

@@ -479,6 +479,13 @@ export async function boot(opts: {
    * every such cycle is logged and counted in BootResult.powerCycles.
    */
   powerCycleOnGrubHangMs?: number;
+  /**
+   * Every guest reset is a power cycle: QEMU runs with `-no-reboot`, so a reset (reboot, panic=,
+   * GRUB's reboot, the watchdog) ends it, and the harness starts it again on the same disk and
+   * NVRAM, counted in BootResult.powerCycles. For a guest whose warm resets hang in OVMF under TCG
+   * (test/e2e/appliance-verity.test.ts, docs/boot.md).
+   */
+  powerCycle?: boolean;
 }): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
@@ -530,9 +537,12 @@ export async function boot(opts: {
     child?.kill('SIGKILL');
   }, opts.timeoutMs ?? 480_000);
   let pending = '';
+  if (opts.powerCycle) args.push('-no-reboot');
   let grubWait: NodeJS.Timeout | undefined;
   let hung = false;
   let powerCycles = 0;
+  // with -no-reboot QEMU exits 0 at a reset and at a power-off alike: the kernel's line tells them apart
+  let powerOffSeen = false;
   const stamp = (chunk: Buffer) => {
     // strip CRs and ANSI escapes (OVMF and GRUB draw with them)
     pending += chunk.toString('latin1').replace(/\r/g, '').replace(ANSI_ESCAPE, '');
@@ -542,6 +552,7 @@ export async function boot(opts: {
     for (const l of lines) {
       out.write(`[${t}] ${l}\n`);
       opts.onLine?.(l);
+      if (/reboot: Power down/.test(l)) powerOffSeen = true;
       if (opts.powerCycleOnGrubHangMs && l.trim() !== '') {
         clearTimeout(grubWait);
         if (/Welcome to GRUB!/.test(l)) {
@@ -574,14 +585,16 @@ export async function boot(opts: {
     c.stderr.on('data', stamp);
     code = await new Promise<number | null>((resolve) => c.on('close', (x) => resolve(x)));
     clearTimeout(grubWait);
-    if (!hung || aborted || timedOut || stuck || killedOn) break;
+    if (aborted || timedOut || stuck || killedOn) break;
+    let why: string;
+    if (hung) why = `GRUB printed nothing for ${opts.powerCycleOnGrubHangMs! / 1000} s after "Welcome to GRUB!": QEMU killed`;
+    else if (opts.powerCycle && code === 0 && !powerOffSeen && !poweredDown) why = 'the guest reset (-no-reboot: QEMU exited)';
+    else break;
     hung = false;
     powerCycles++;
     if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
     pending = '';
-    out.write(
-      `# power cycle ${powerCycles}: GRUB printed nothing for ${opts.powerCycleOnGrubHangMs! / 1000} s after "Welcome to GRUB!"; QEMU killed and started again on the same disk and NVRAM\n`,
-    );
+    out.write(`# power cycle ${powerCycles}: ${why}; QEMU starts again on the same disk and NVRAM\n`);
   }
   clearTimeout(timer);
   if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
