@@ -243,7 +243,7 @@ describe(
       assert.match(section(on2, '/etc/acme/tuning.conf'), /acme-agent 1\.1 tuning/, 'untouched vendor file: the new default');
       assert.match(
         section(on2, '/etc/acme/policy.conf'),
-        /^# acme-agent 1\.1 policy \(vendor default\)\nupload = https:\/\/acme\.example\/v1\.1\n$/,
+        /^# acme-agent 1\.1 policy \(vendor default\)\nupload = https:\/\/acme\.example\/v1\.1$/,
         'conflict: vendor wins',
       );
       assert.match(section(on2, '/host/images/.ibu/etc/2.0/aside/acme/policy.conf'), /mirror\.e2e\.lab/, "the device's losing copy saved aside");
