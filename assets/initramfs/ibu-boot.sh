@@ -35,6 +35,11 @@
 # (<images dir>/.ibu/etc/<V>/upper: the agent writes it at apply, merged three ways), and /var an
 # overlay whose upper dir (<images dir>/.ibu/var/upper) is kept across versions.
 #
+# Tools: shell builtins and what both flavours carry (mount, losetup, dd, cat, e2fsck, findfs,
+# veritysetup, modprobe). Initramfs-tools without busybox (the Debian appliance) has only klibc's
+# tools: no tr, sed, grep, head, wc, awk, basename or dirname, so text is handled by the shell
+# (test/e2e/boot-scripts.test.ts runs this file under klibc's sh with klibc's tools only).
+#
 # fsck policy (e2fsck exit codes: 0 clean, 1/2 repaired, 4 uncorrected, 8 operational error):
 #   host fs      : -p; on 4 once more with -y (an appliance has no operator; the host only
 #                  holds image files and the agent's journal); still >= 4 -> fatal.
@@ -46,6 +51,19 @@ IBU_ROOT= IBU_ROOTFSTYPE=ext4 IBU_ROOTDELAY=10 IBU_LOOP= IBU_LOOPFSTYPE=ext4 IBU
 IBU_RO=ro IBU_FSCK=auto IBU_FSCKREPAIR=preen IBU_TRIAL=0 IBU_TRYCLEAR=0 IBU_PANIC=5
 IBU_ATTEMPT= IBU_TALLY= IBU_BAD= IBU_VERITY_REQUIRED=0
 IBU_LOOPDEV= IBU_HOSTDEV= IBU_VERITY=
+
+# ibu_words STRING SEP: the non-empty fields of STRING split at the character SEP, one space between
+ibu_words() {
+	_w= _rest=$1
+	while [ -n "$_rest" ]; do
+		case "$_rest" in
+		*"$2"*) _f=${_rest%%"$2"*}; _rest=${_rest#*"$2"} ;;
+		*) _f=$_rest; _rest= ;;
+		esac
+		[ -n "$_f" ] && _w="${_w:+$_w }$_f"
+	done
+	echo "$_w"
+}
 
 ibu_parse_cmdline() {
 	for x in $(cat /proc/cmdline); do
@@ -66,7 +84,7 @@ ibu_parse_cmdline() {
 		ibu.tryclear=1) IBU_TRYCLEAR=1 ;;
 		ibu.attempt=*) IBU_ATTEMPT=${x#ibu.attempt=} ;;
 		ibu.tally=*)   IBU_TALLY=${x#ibu.tally=} ;;
-		ibu.bad=*)     IBU_BAD=$(echo "${x#ibu.bad=}" | tr ',' ' ') ;;
+		ibu.bad=*)     IBU_BAD=$(ibu_words "${x#ibu.bad=}" ,) ;;
 		panic=*)       IBU_PANIC=${x#panic=} ;;
 		ibu.verity=required) IBU_VERITY_REQUIRED=1 ;;
 		esac
@@ -112,7 +130,10 @@ ibu_find_host() {
 		[ -n "$IBU_HOSTDEV" ] && return 0
 		_i=$((_i + 1))
 		if [ $_i -gt $((IBU_ROOTDELAY * 10)) ]; then
-			_parts=$(awk 'NR>2 {printf "%s ", $4}' /proc/partitions)
+			_parts=
+			while read -r _ _ _ _n; do
+				case "$_n" in ''|name) ;; *) _parts="$_parts$_n " ;; esac
+			done < /proc/partitions
 			ibu_fatal "host partition $IBU_ROOT not found after ${IBU_ROOTDELAY}s (block devices: ${_parts:-none})"
 		fi
 		usleep 100000 2>/dev/null || sleep 1
@@ -137,7 +158,11 @@ ibu_mount_host() {
 ibu_mount_image() {
 	[ -n "$IBU_LOOP" ] || ibu_fatal "no loop= on the kernel command line: name the image file, e.g. loop=/images/1.img"
 	_img="$1/${IBU_LOOP#/}"
-	[ -f "$_img" ] || ibu_fatal "image file $IBU_LOOP not found on the host partition $IBU_HOSTDEV (have: $(ls "$1/images" 2>/dev/null | tr '\n' ' '))"
+	if [ ! -f "$_img" ]; then
+		_have=
+		for _f in "$1"/images/*; do [ -e "$_f" ] && _have="$_have${_f##*/} "; done
+		ibu_fatal "image file $IBU_LOOP not found on the host partition $IBU_HOSTDEV (have: $_have)"
+	fi
 	# parameter expansion, not basename/dirname: initramfs-tools without busybox (the Debian
 	# appliance) has only klibc's tools, and neither of those
 	_v=${IBU_LOOP##*/} && _v=${_v%.img}
@@ -243,12 +268,30 @@ ibu_release() {
 # env blocks with ibu_seq=N first and ibu_check=N last; a copy is valid when both are equal.
 # A plain block with neither (e.g. made by grub-editenv) is accepted too, as seq 0, as GRUB does.
 
+# ibu_env_size FILE: its size in bytes for a text file (klibc has no wc; the x keeps trailing
+# newlines in the count; a NUL byte, which the shell drops, makes the size wrong: not an env block)
+ibu_env_size() {
+	[ -f "$1" ] || return 1
+	_t=$(cat "$1" && echo x) || return 1
+	echo $((${#_t} - 1))
+}
+
 # ibu_env_valid FILE: prints the copy's sequence number when it is a valid env block
 ibu_env_valid() {
-	[ -f "$1" ] && [ "$(wc -c < "$1")" -eq 1024 ] || return 1
-	[ "$(head -n 1 "$1")" = "# GRUB Environment Block" ] || return 1
-	_s=$(sed -n 's/^ibu_seq=//p' "$1" | head -n 1)
-	_c=$(sed -n 's/^ibu_check=//p' "$1" | head -n 1)
+	[ "$(ibu_env_size "$1")" = 1024 ] || return 1
+	_l= _s= _c= _first=1
+	# the padding line has no newline: read fails on it, which ends the loop where it should
+	while IFS= read -r _l; do
+		if [ -n "$_first" ]; then
+			[ "$_l" = "# GRUB Environment Block" ] || return 1
+			_first=
+		fi
+		case "$_l" in
+		ibu_seq=*) [ -n "$_s" ] || _s=${_l#ibu_seq=} ;;
+		ibu_check=*) [ -n "$_c" ] || _c=${_l#ibu_check=} ;;
+		esac
+	done < "$1"
+	[ -z "$_first" ] || return 1
 	# no markers: not a copy the agent wrote; GRUB and the agent do not trust it either
 	case "$_s" in ''|*[!0-9]*) return 1 ;; esac
 	[ "$_s" = "$_c" ] || return 1
@@ -266,21 +309,38 @@ ibu_env_update() {
 		if [ "$_s" -gt "$_bestseq" ]; then _best=$_f; _bestseq=$_s; fi
 	done
 	[ -n "$_best" ] || return 1
-	_vars=$(grep -v -e '^#' -e '^$' -e '^ibu_seq=' -e '^ibu_check=' "$_best")
+	# the variables but the markers, minus those named in the arguments, then the arguments' new values
+	_vars=
+	while IFS= read -r _l; do
+		case "$_l" in '' | '#'* | ibu_seq=* | ibu_check=*) continue ;; esac
+		_keep=1
+		for _kv in "$@"; do
+			case "$_l" in "${_kv%%=*}="*) _keep= ;; esac
+		done
+		[ -n "$_keep" ] && _vars="$_vars$_l
+"
+	done < "$_best"
 	for _kv in "$@"; do
-		_vars=$(printf '%s\n' "$_vars" | grep -v -e "^${_kv%%=*}=" -e '^$')
-		[ -n "${_kv#*=}" ] && _vars="$_vars
-$_kv"
+		[ -n "${_kv#*=}" ] && _vars="$_vars$_kv
+"
 	done
 	_seq=$((_bestseq + 1))
-	_body=$(printf '# GRUB Environment Block\nibu_seq=%s\n%s\nibu_check=%s' "$_seq" "$_vars" "$_seq" | grep -v '^$')
+	_body="# GRUB Environment Block
+ibu_seq=$_seq
+${_vars}ibu_check=$_seq"
 	_pad=$((1024 - ${#_body} - 1))
 	[ $_pad -ge 0 ] || return 1
+	# _pad '#' characters, by doubling
+	_p= _u='#' _n=$_pad
+	while [ $_n -gt 0 ]; do
+		[ $((_n % 2)) = 1 ] && _p="$_p$_u"
+		_u="$_u$_u" _n=$((_n / 2))
+	done
 	for _f in "$_dir/grubenv" "$_dir/grubenv.bak"; do
 		# a whole 1024-byte file is rewritten in place (same blocks: GRUB sees it without a
 		# journal checkpoint); a missing or wrong-size one is written anew
-		_conv=; [ -f "$_f" ] && [ "$(wc -c < "$_f")" -eq 1024 ] && _conv=conv=notrunc
-		{ printf '%s\n' "$_body"; head -c $_pad /dev/zero | tr '\0' '#'; } | dd of="$_f" $_conv 2>/dev/null || return 1
+		_conv=; [ "$(ibu_env_size "$_f")" = 1024 ] && _conv=conv=notrunc
+		printf '%s\n%s' "$_body" "$_p" | dd of="$_f" $_conv 2>/dev/null || return 1
 		sync
 	done
 }

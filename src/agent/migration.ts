@@ -128,6 +128,7 @@ export async function unmountStale(mnt: string): Promise<boolean> {
 export async function withImageMounted<T>(image: string, mnt: string, fn: (root: string) => Promise<T>, mode: 'rw' | 'ro' = 'rw'): Promise<T> {
   await fsp.mkdir(mnt, { recursive: true });
   await unmountStale(mnt);
+  if (mode === 'ro') return withOwnLoop(image, mnt, fn);
   // ro,noload: a read-only image is never written, not even by a journal replay
   await run('mount', ['-o', mode === 'rw' ? 'loop,rw' : 'loop,ro,noload', '-t', 'ext4', image, mnt]).catch((err) => {
     throw withContext(err, `mounting ${image} to migrate configuration (needs root)`, 'MIGRATION_FAILED');
@@ -136,5 +137,31 @@ export async function withImageMounted<T>(image: string, mnt: string, fn: (root:
     return await fn(mnt);
   } finally {
     await run('umount', [mnt]);
+  }
+}
+
+/**
+ * Read-only, on a loop device of its own. `mount -o loop,ro` reuses a loop device that already
+ * backs the file read-only: the running image's, which dm-verity holds exclusively on a verified
+ * root, and the mount then fails ("Can't open blockdev"). ro,noload: never written, not even by a
+ * journal replay.
+ */
+async function withOwnLoop<T>(image: string, mnt: string, fn: (root: string) => Promise<T>): Promise<T> {
+  const dev = (
+    await run('losetup', ['--find', '--show', '--read-only', image]).catch((err) => {
+      throw withContext(err, `attaching ${image} to migrate configuration (needs root)`, 'MIGRATION_FAILED');
+    })
+  ).stdout.trim();
+  try {
+    await run('mount', ['-o', 'ro,noload', '-t', 'ext4', dev, mnt]).catch((err) => {
+      throw withContext(err, `mounting ${image} (${dev}) to migrate configuration (needs root)`, 'MIGRATION_FAILED');
+    });
+    try {
+      return await fn(mnt);
+    } finally {
+      await run('umount', [mnt]);
+    }
+  } finally {
+    await run('losetup', ['-d', dev]).catch(() => null);
   }
 }

@@ -6,12 +6,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, constants as fsConstants } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { run } from '../../src/util/exec.js';
 import { cli, makeDevice, type Device } from './device.js';
 import { bytesToAllocate } from '../../src/agent/disk-policy.js';
+import { withImageMounted } from '../../src/agent/migration.js';
 
 async function withHostFs(sizeMiB: number, fn: (mnt: string, loopDev: string) => Promise<void>): Promise<void> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-hostfs-'));
@@ -129,4 +130,33 @@ test('nearly full host: the oldest unprotected image goes, or NO_SPACE and nothi
       await dev.cleanup();
     }
   });
+});
+
+test("the old image's /etc is read on a loop device of its own while the running image's loop device is held exclusively (dm-verity)", async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-oldimg-'));
+  const img = path.join(dir, '2.0.img');
+  let held = '';
+  let fh: Awaited<ReturnType<typeof fsp.open>> | null = null;
+  try {
+    await fsp.mkdir(path.join(dir, 'tree/etc'), { recursive: true });
+    await fsp.writeFile(path.join(dir, 'tree/etc/hostname'), 'old-default\n');
+    await fsp.writeFile(img, '');
+    await fsp.truncate(img, 16 * 1024 * 1024);
+    await run('mke2fs', ['-q', '-t', 'ext4', '-d', path.join(dir, 'tree'), img]);
+    // the running image: a read-only loop device, opened O_EXCL as dm-verity's table holds it
+    held = (await run('losetup', ['--find', '--show', '--read-only', img])).stdout.trim();
+    fh = await fsp.open(held, fsConstants.O_RDONLY | fsConstants.O_EXCL);
+    const got = await withImageMounted(img, path.join(dir, 'mnt'), (root) => fsp.readFile(path.join(root, 'etc/hostname'), 'utf8'), 'ro');
+    assert.equal(got, 'old-default\n');
+    const loops = (await run('losetup', ['-j', img])).stdout.trim().split('\n');
+    assert.deepEqual(
+      loops.map((l) => l.split(':')[0]),
+      [held],
+      'its own loop device is detached again',
+    );
+  } finally {
+    await fh?.close();
+    if (held) await run('losetup', ['-d', held], { allowFailure: true });
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
 });

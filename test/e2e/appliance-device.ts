@@ -56,6 +56,8 @@ export class RunningDevice {
       onLine?: (line: string) => void;
       firmware?: 'uefi' | 'bios';
       stuckOn?: RegExp[];
+      powerCycleOnGrubHangMs?: number;
+      powerCycle?: boolean;
     },
   ) {
     this.done = boot({
@@ -73,6 +75,8 @@ export class RunningDevice {
       killOn: o.killOn,
       firmware: o.firmware,
       stuckOn: o.stuckOn,
+      powerCycleOnGrubHangMs: o.powerCycleOnGrubHangMs,
+      powerCycle: o.powerCycle,
       onLine: (l) => {
         this.onLine(l);
         o.onLine?.(l);
@@ -99,6 +103,10 @@ export class RunningDevice {
     firmware?: 'uefi' | 'bios';
     /** Lines that mean the boot is stuck (default: boot()'s, which include GRUB's menu). */
     stuckOn?: RegExp[];
+    /** Power-cycle a GRUB that prints nothing this long after its welcome (boot()'s powerCycleOnGrubHangMs). */
+    powerCycleOnGrubHangMs?: number;
+    /** Every guest reset restarts QEMU on the same disk (boot()'s powerCycle). */
+    powerCycle?: boolean;
   }): Promise<RunningDevice> {
     return new RunningDevice(await freePort(), o.id, { ...o, timeoutMs: o.timeoutMs ?? 1_800_000 });
   }

@@ -97,69 +97,116 @@ describe('assets/grub/10_ibu', () => {
   });
 });
 
-describe('assets/initramfs/ibu-boot.sh env writer (busybox sh) and the agent reader agree', { skip: !existsSync('/bin/busybox') && 'busybox missing' }, () => {
-  let dir = '';
-  before(async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-envsh-'));
-  });
-  after(async () => {
-    await fsp.rm(dir, { recursive: true, force: true });
-  });
-  const sh = (script: string) => run('/bin/busybox', ['sh', '-c', `. ${LIB}; ${script}`], { allowFailure: true });
+// Both initramfs flavours' shells: busybox's, and klibc's as Debian's initramfs-tools has it without
+// busybox (the appliance's initrd: klibc's sh and tools, no tr, sed, grep, head or wc; PATH holds
+// only klibc's tools, as there).
+const KLIBC = '/usr/lib/klibc/bin';
+const SHELLS = [
+  { name: 'busybox sh', skip: !existsSync('/bin/busybox') && 'busybox missing', cmd: '/bin/busybox', pre: ['sh'], env: { PATH: process.env.PATH } },
+  {
+    name: "klibc's sh and tools only",
+    skip: !existsSync(`${KLIBC}/sh`) && 'klibc-utils missing (initramfs-tools-core)',
+    cmd: `${KLIBC}/sh`,
+    pre: [],
+    env: { PATH: KLIBC },
+  },
+];
 
-  test('clearing try_image bumps the sequence, rewrites both copies in place, keeps other variables', async () => {
-    const bl = new GrubBootloader({ dir });
-    await bl.init('1.0');
-    await bl.setTry('2.0');
-    const before = await bl.read();
-    assert.equal(before.tryImage, '2.0');
-    const ino = (await fsp.stat(path.join(dir, 'grubenv'))).ino;
-    const res = await sh(`ibu_env_update ${dir} try_image=`);
-    assert.equal(res.code, 0, res.stderr);
-    const after = await bl.read();
-    assert.deepEqual([after.defaultImage, after.tryImage, after.warnings], ['1.0', null, []]);
-    const [a, b] = await Promise.all(['grubenv', 'grubenv.bak'].map((f) => fsp.readFile(path.join(dir, f))));
-    assert.equal(a.length, 1024);
-    assert.ok(a.equals(b), 'both copies alike');
-    assert.match(a.toString('latin1'), /^# GRUB Environment Block\nibu_seq=3\ndefault_image=1\.0\nibu_check=3\n#+$/);
-    assert.equal((await fsp.stat(path.join(dir, 'grubenv'))).ino, ino, 'same inode: rewritten in place');
-    // grub-editenv (GRUB's own format code) reads it too
-    const list = await run('grub-editenv', [path.join(dir, 'grubenv'), 'list']);
-    assert.equal(list.stdout, 'ibu_seq=3\ndefault_image=1.0\nibu_check=3\n');
-  });
+for (const shell of SHELLS)
+  describe(`assets/initramfs/ibu-boot.sh env writer (${shell.name}) and the agent reader agree`, { skip: shell.skip }, () => {
+    let dir = '';
+    before(async () => {
+      dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-envsh-'));
+    });
+    after(async () => {
+      await fsp.rm(dir, { recursive: true, force: true });
+    });
+    const sh = (script: string) => run(shell.cmd, [...shell.pre, '-c', `. ${LIB}; ${script}`], { env: shell.env, allowFailure: true });
 
-  test('a torn primary is ignored: the update starts from the backup and rewrites it whole', async () => {
-    const bl = new GrubBootloader({ dir });
-    await bl.init('1.0');
-    const primary = path.join(dir, 'grubenv');
-    // ibu_check=99 also makes the copy one byte too long: the writer must replace it whole
-    const torn = (await fsp.readFile(primary, 'latin1')).replace(/ibu_check=\d+/, 'ibu_check=99');
-    await fsp.writeFile(primary, torn, 'latin1');
-    const res = await sh(`ibu_env_update ${dir} default_image=2.0`);
-    assert.equal(res.code, 0, res.stderr);
-    const st = await bl.read();
-    assert.deepEqual([st.defaultImage, st.warnings], ['2.0', []]);
-    assert.equal((await fsp.stat(primary)).size, 1024);
-  });
+    test('clearing try_image bumps the sequence, rewrites both copies in place, keeps other variables', async () => {
+      const bl = new GrubBootloader({ dir });
+      await bl.init('1.0');
+      await bl.setTry('2.0');
+      const before = await bl.read();
+      assert.equal(before.tryImage, '2.0');
+      const ino = (await fsp.stat(path.join(dir, 'grubenv'))).ino;
+      const res = await sh(`ibu_env_update ${dir} try_image=`);
+      assert.equal(res.code, 0, res.stderr);
+      const after = await bl.read();
+      assert.deepEqual([after.defaultImage, after.tryImage, after.warnings], ['1.0', null, []]);
+      const [a, b] = await Promise.all(['grubenv', 'grubenv.bak'].map((f) => fsp.readFile(path.join(dir, f))));
+      assert.equal(a.length, 1024);
+      assert.ok(a.equals(b), 'both copies alike');
+      assert.match(a.toString('latin1'), /^# GRUB Environment Block\nibu_seq=3\ndefault_image=1\.0\nibu_check=3\n#+$/);
+      assert.equal((await fsp.stat(path.join(dir, 'grubenv'))).ino, ino, 'same inode: rewritten in place');
+      // grub-editenv (GRUB's own format code) reads it too
+      const list = await run('grub-editenv', [path.join(dir, 'grubenv'), 'list']);
+      assert.equal(list.stdout, 'ibu_seq=3\ndefault_image=1.0\nibu_check=3\n');
+    });
 
-  test('the counters GRUB passes where it cannot write (ibu.attempt/tally/bad) are written with try_image cleared', async () => {
-    const mnt = path.join(dir, 'host');
-    const grub = path.join(mnt, 'boot', 'grub');
-    await fsp.mkdir(grub, { recursive: true });
-    const bl = new GrubBootloader({ dir: grub, tryClearedBy: 'initramfs' });
-    await bl.init('1.0');
-    await bl.setTry('2.0');
-    const res = await sh(`ibu_log() { echo "$*"; }; IBU_TRYCLEAR=1 IBU_ATTEMPT=2.0 IBU_TALLY=xx IBU_BAD=" 3.0 0.9"; ibu_clear_try ${mnt}`);
-    assert.equal(res.code, 0, res.stderr);
-    assert.match(res.stdout, /wrote try_image= ibu_attempt=2\.0 ibu_tally=xx ibu_bad=3\.0 0\.9 in /);
-    const st = await bl.read();
-    assert.deepEqual([st.tryImage, st.attempt, st.bad, st.warnings], [null, { image: '2.0', boots: 2 }, ['3.0', '0.9'], []]);
-  });
+    test('a torn primary is ignored: the update starts from the backup and rewrites it whole', async () => {
+      const bl = new GrubBootloader({ dir });
+      await bl.init('1.0');
+      const primary = path.join(dir, 'grubenv');
+      // ibu_check=99 also makes the copy one byte too long: the writer must replace it whole
+      const torn = (await fsp.readFile(primary, 'latin1')).replace(/ibu_check=\d+/, 'ibu_check=99');
+      await fsp.writeFile(primary, torn, 'latin1');
+      const res = await sh(`ibu_env_update ${dir} default_image=2.0`);
+      assert.equal(res.code, 0, res.stderr);
+      const st = await bl.read();
+      assert.deepEqual([st.defaultImage, st.warnings], ['2.0', []]);
+      assert.equal((await fsp.stat(primary)).size, 1024);
+    });
 
-  test('no valid copy: the writer refuses (status 1) and writes nothing', async () => {
-    for (const f of ['grubenv', 'grubenv.bak']) await fsp.writeFile(path.join(dir, f), 'garbage');
-    const res = await sh(`ibu_env_update ${dir} try_image=`);
-    assert.equal(res.code, 1);
-    assert.equal(await fsp.readFile(path.join(dir, 'grubenv'), 'utf8'), 'garbage');
+    test('the counters GRUB passes where it cannot write (ibu.attempt/tally/bad) are written with try_image cleared', async () => {
+      const mnt = path.join(dir, 'host');
+      const grub = path.join(mnt, 'boot', 'grub');
+      await fsp.mkdir(grub, { recursive: true });
+      const bl = new GrubBootloader({ dir: grub, tryClearedBy: 'initramfs' });
+      await bl.init('1.0');
+      await bl.setTry('2.0');
+      const res = await sh(`ibu_log() { echo "$*"; }; IBU_TRYCLEAR=1 IBU_ATTEMPT=2.0 IBU_TALLY=xx IBU_BAD=" 3.0 0.9"; ibu_clear_try ${mnt}`);
+      assert.equal(res.code, 0, res.stderr);
+      assert.match(res.stdout, /wrote try_image= ibu_attempt=2\.0 ibu_tally=xx ibu_bad=3\.0 0\.9 in /);
+      const st = await bl.read();
+      assert.deepEqual([st.tryImage, st.attempt, st.bad, st.warnings], [null, { image: '2.0', boots: 2 }, ['3.0', '0.9'], []]);
+    });
+
+    test('no valid copy: the writer refuses (status 1) and writes nothing', async () => {
+      for (const f of ['grubenv', 'grubenv.bak']) await fsp.writeFile(path.join(dir, f), 'garbage');
+      const res = await sh(`ibu_env_update ${dir} try_image=`);
+      assert.equal(res.code, 1);
+      assert.equal(await fsp.readFile(path.join(dir, 'grubenv'), 'utf8'), 'garbage');
+    });
+
+    test("GRUB's ibu.bad=,A,B list becomes words; a missing image file is named with the ones there", async () => {
+      const words = await sh(`ibu_words ,3.0,0.9 ,; ibu_words '' ,; ibu_words ,,a,,b, ,`);
+      assert.equal(words.stdout, '3.0 0.9\n\na b\n', words.stderr);
+      const host = path.join(dir, 'missing');
+      await fsp.mkdir(path.join(host, 'images'), { recursive: true });
+      for (const f of ['1.0.img', '2.0.img']) await fsp.writeFile(path.join(host, 'images', f), '');
+      const res = await sh(`ibu_fatal() { echo "FATAL: $*"; exit 3; }; IBU_LOOP=/images/9.img IBU_HOSTDEV=/dev/vda2; ibu_mount_image ${host} /nonexistent`);
+      assert.equal(res.code, 3, res.stderr);
+      assert.equal(res.stdout, 'FATAL: image file /images/9.img not found on the host partition /dev/vda2 (have: 1.0.img 2.0.img )\n');
+    });
+
+    test('an env block whose text fills all 1024 bytes (no padding) is read and rewritten', async () => {
+      const bl = new GrubBootloader({ dir });
+      await bl.init('1.0');
+      const head = '# GRUB Environment Block\nibu_seq=7\ndefault_image=1.0\n';
+      const tail = 'ibu_check=7\n';
+      const filler = `x=${'y'.repeat(1024 - head.length - tail.length - 3)}\n`;
+      const full = head + filler + tail;
+      assert.equal(full.length, 1024);
+      for (const f of ['grubenv', 'grubenv.bak']) await fsp.writeFile(path.join(dir, f), full, 'latin1');
+      const res = await sh(`ibu_env_valid ${dir}/grubenv && ibu_env_update ${dir} x= try_image=2.0`);
+      assert.equal(res.code, 0, res.stderr);
+      assert.equal(res.stdout, '7\n');
+      const st = await bl.read();
+      assert.deepEqual([st.defaultImage, st.tryImage, st.warnings], ['1.0', '2.0', []]);
+      assert.match(
+        await fsp.readFile(path.join(dir, 'grubenv'), 'latin1'),
+        /^# GRUB Environment Block\nibu_seq=8\ndefault_image=1\.0\ntry_image=2\.0\nibu_check=8\n#+$/,
+      );
+    });
   });
-});

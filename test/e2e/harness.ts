@@ -439,6 +439,8 @@ export interface BootResult {
   stuck: string | null;
   /** The serial line on which the harness cut the power (opts.killOn), if it did. */
   killedOn: string | null;
+  /** How often the harness power-cycled a GRUB that hung (opts.powerCycleOnGrubHangMs). */
+  powerCycles: number;
   log: string;
   logFile: string;
 }
@@ -470,6 +472,20 @@ export async function boot(opts: {
   signal?: AbortSignal;
   /** Writes go to a temporary qcow2 overlay QEMU throws away at exit (`snapshot=on`): every boot starts from the same disk (bench/appliance-switch.ts). */
   snapshot?: boolean;
+  /**
+   * When GRUB prints nothing for this long after "Welcome to GRUB!", the harness power-cycles the
+   * guest: QEMU is killed and started again on the same disk and NVRAM (one log, one line stream).
+   * For a warm reset that hangs in OVMF/GRUB under TCG (test/e2e/appliance-verity.test.ts, docs/boot.md);
+   * every such cycle is logged and counted in BootResult.powerCycles.
+   */
+  powerCycleOnGrubHangMs?: number;
+  /**
+   * Every guest reset is a power cycle: QEMU runs with `-no-reboot`, so a reset (reboot, panic=,
+   * GRUB's reboot, the watchdog) ends it, and the harness starts it again on the same disk and
+   * NVRAM, counted in BootResult.powerCycles. For a guest whose warm resets hang in OVMF under TCG
+   * (test/e2e/appliance-verity.test.ts, docs/boot.md).
+   */
+  powerCycle?: boolean;
 }): Promise<BootResult> {
   // GRUB showing its menu means no entry booted; waiting for the timeout would only cost time
   const stuckOn = opts.stuckOn ?? [/Press enter to boot the selected OS/, /\(initramfs\)|can't access tty/];
@@ -505,14 +521,28 @@ export async function boot(opts: {
   const out = createWriteStream(opts.logFile);
   out.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
   const t0 = Date.now();
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  opts.signal?.addEventListener('abort', () => child.kill('SIGKILL'), { once: true });
+  let child: ReturnType<typeof spawn> | null = null;
+  let aborted = false;
+  opts.signal?.addEventListener(
+    'abort',
+    () => {
+      aborted = true;
+      child?.kill('SIGKILL');
+    },
+    { once: true },
+  );
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
-    child.kill('SIGKILL');
+    child?.kill('SIGKILL');
   }, opts.timeoutMs ?? 480_000);
   let pending = '';
+  if (opts.powerCycle) args.push('-no-reboot');
+  let grubWait: NodeJS.Timeout | undefined;
+  let hung = false;
+  let powerCycles = 0;
+  // with -no-reboot QEMU exits 0 at a reset and at a power-off alike: the kernel's line tells them apart
+  let powerOffSeen = false;
   const stamp = (chunk: Buffer) => {
     // strip CRs and ANSI escapes (OVMF and GRUB draw with them)
     pending += chunk.toString('latin1').replace(/\r/g, '').replace(ANSI_ESCAPE, '');
@@ -522,24 +552,50 @@ export async function boot(opts: {
     for (const l of lines) {
       out.write(`[${t}] ${l}\n`);
       opts.onLine?.(l);
+      if (/reboot: Power down/.test(l)) powerOffSeen = true;
+      if (opts.powerCycleOnGrubHangMs && l.trim() !== '') {
+        clearTimeout(grubWait);
+        if (/Welcome to GRUB!/.test(l)) {
+          grubWait = setTimeout(() => {
+            hung = true;
+            child?.kill('SIGKILL');
+          }, opts.powerCycleOnGrubHangMs);
+        }
+      }
       if (!killedOn && !stuck && opts.killOn?.test(l)) {
         killedOn = l;
-        child.kill('SIGKILL');
+        child?.kill('SIGKILL');
       }
       if (!poweredDown && opts.powerdownOn?.test(l)) {
         poweredDown = true;
         const sock = net.connect(monitor, () => sock.end('system_powerdown\n'));
-        sock.on('error', () => child.kill('SIGKILL'));
+        sock.on('error', () => child?.kill('SIGKILL'));
       }
       if (!stuck && stuckOn.some((re) => re.test(l))) {
         stuck = l;
-        child.kill('SIGKILL');
+        child?.kill('SIGKILL');
       }
     }
   };
-  child.stdout.on('data', stamp);
-  child.stderr.on('data', stamp);
-  const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  let code: number | null;
+  for (;;) {
+    const c = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = c;
+    c.stdout.on('data', stamp);
+    c.stderr.on('data', stamp);
+    code = await new Promise<number | null>((resolve) => c.on('close', (x) => resolve(x)));
+    clearTimeout(grubWait);
+    if (aborted || timedOut || stuck || killedOn) break;
+    let why: string;
+    if (hung) why = `GRUB printed nothing for ${opts.powerCycleOnGrubHangMs! / 1000} s after "Welcome to GRUB!": QEMU killed`;
+    else if (opts.powerCycle && code === 0 && !powerOffSeen && !poweredDown) why = 'the guest reset (-no-reboot: QEMU exited)';
+    else break;
+    hung = false;
+    powerCycles++;
+    if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
+    pending = '';
+    out.write(`# power cycle ${powerCycles}: ${why}; QEMU starts again on the same disk and NVRAM\n`);
+  }
   clearTimeout(timer);
   if (pending) out.write(`[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] ${pending}\n`);
   out.write(
@@ -548,7 +604,7 @@ export async function boot(opts: {
   await new Promise<void>((resolve) => out.end(resolve));
   await fsp.rm(vars, { force: true });
   await fsp.rm(monitor, { force: true });
-  return { code, timedOut, stuck, killedOn, log: readFileSync(opts.logFile, 'latin1'), logFile: opts.logFile };
+  return { code, timedOut, stuck, killedOn, powerCycles, log: readFileSync(opts.logFile, 'latin1'), logFile: opts.logFile };
 }
 
 /**

@@ -17,10 +17,12 @@ conf=$t/conf
 mkdir -p "$conf/hooks" "$conf/scripts" "$conf/conf.d" "$t/upper" "$t/work"
 cp "$ROOT/assets/initramfs-tools/hooks/ibu" "$conf/hooks/ibu"
 cp "$ROOT/assets/initramfs-tools/scripts/ibu" "$conf/scripts/ibu"
-# MODULES=list: only what the VM needs, so the test initramfs stays small
+# MODULES=list: only what the VM needs, so the test initramfs stays small. BUSYBOX=n: klibc's sh
+# and tools only, as on the appliance (trixie's initramfs-tools with busybox not installed), so
+# the boot script is proven where it has the fewest tools (assets/initramfs is the busybox flavour)
 cat > "$conf/initramfs.conf" <<CONF
 MODULES=list
-BUSYBOX=y
+BUSYBOX=n
 KEYMAP=n
 COMPRESS=gzip
 RUNSIZE=10%
