@@ -24,18 +24,12 @@ import { generateKeys } from '../../src/release/keys.js';
 import { publishRelease } from '../../src/release/publish.js';
 import { S3Store } from '../../src/store/s3-store.js';
 import { startCdn } from '../helpers/nginx-cdn.js';
-import { dropBucket, newBucket, radosgw, type Radosgw } from '../helpers/radosgw.js';
+import { dropBucket, newBucket, noS3, radosgw, type Radosgw } from '../helpers/radosgw.js';
 import { SMALL_RELEASE_DAY } from './backends.js';
 import { get, makeImage, releaseTree, scratchDatabase, sha256File, waitFor } from '../server/helpers.js';
 
 const pgSkip = !process.env.IBU_TEST_PG && !process.env.CI ? 'needs IBU_TEST_PG (bash scripts/postgres.sh start)' : false;
 const ADMIN = 'cluster-admin';
-/** Without root radosgw cannot run: skipped by hand, a failure in CI (which runs as root and must run this). */
-function noS3(t: { skip: (why: string) => void }, why: string): void {
-  if (process.env.CI) throw new Error(`radosgw is required in CI: ${why}`);
-  t.skip(why);
-}
-
 describe('a scaled deployment: 2 api + 1 builder on PostgreSQL, releases on S3 (radosgw), nginx in front', { skip: pgSkip }, () => {
   let work = '';
   let gw: Radosgw | string;

@@ -91,3 +91,12 @@ export async function dropBucket(gw: Radosgw, bucket: string): Promise<void> {
     s3.destroy();
   }
 }
+
+/**
+ * A test that needs radosgw and cannot have it: skipped in a run by hand (no root, no packages), a
+ * failure in CI, which runs as root after scripts/install-deps.sh and must run it.
+ */
+export function noS3(t: { skip: (why: string) => void }, why: string): void {
+  if (process.env.CI) throw new Error(`radosgw is required in CI: ${why}`);
+  t.skip(why);
+}
