@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
 import { promises as fsp } from 'node:fs';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
-import { addAdminOptions, type AdminFlags } from './admin-options.js';
+import { addAdminOptions, count, type AdminFlags } from './admin-options.js';
 import { parseFactorySecrets } from '../../fleet/factory-secrets.js';
 import { simulate } from '../../fleet/simulator/simulate.js';
 import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
@@ -137,11 +137,7 @@ export function registerFleetCommands(program: Command): void {
     )
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
     .option('--replicas <n>', 'server processes on the one PostgreSQL database (needs --database-url); devices spread over them', int('--replicas', 1), 1)
-    .option('--ramp <devices-per-second>', "open the rollout's waves at this many devices per second (default 0: each wave at once)", (v: string) => {
-      const x = Number(v);
-      if (!Number.isFinite(x) || x < 0) throw new IbuError('USAGE', `--ramp must be a number >= 0, not '${v}'.`);
-      return x;
-    })
+    .option('--ramp <devices-per-second>', "open the rollout's waves at this many devices per second (default 0: each wave at once)", count('--ramp'))
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
     .option('--json', 'print the result as one JSON object')

@@ -2,19 +2,12 @@ import type { Command } from 'commander';
 import { IbuError } from '../../errors.js';
 import type { RolloutView } from '../../fleet/fleet.js';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
-import { addAdminOptions, type AdminFlags } from './admin-options.js';
+import { addAdminOptions, count, type AdminFlags } from './admin-options.js';
 
 function ratio(name: string) {
   return (v: string): number => {
     const n = Number(v);
     if (!(n >= 0 && n <= 1)) throw new IbuError('USAGE', `${name} must be a number between 0 and 1, not '${v}'.`);
-    return n;
-  };
-}
-function count(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < 0) throw new IbuError('USAGE', `${name} must be a number >= 0, not '${v}'.`);
     return n;
   };
 }
