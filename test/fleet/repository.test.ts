@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import type { FleetRepository } from '../../src/fleet/repository.js';
 import type { DeviceRecord, RolloutDevice, WriteOp } from '../../src/fleet/types.js';
 import { DEFAULT_ROLLOUT_SPEC } from '../../src/fleet/rollout-policy.js';
-import { BACKENDS } from './backends.js';
+import pg from 'pg';
+import { BACKENDS, PG_URL } from './backends.js';
 
 const device = (id: string, over: Partial<DeviceRecord> = {}): DeviceRecord => ({
   id,
@@ -187,3 +188,29 @@ for (const backend of BACKENDS) {
     });
   });
 }
+
+// The plugin test's CI run crashed here: DROP DATABASE ... WITH (FORCE) terminated an idle pool
+// connection, and an 'error' on a pool with no listener is an uncaught exception.
+const pgBackend = BACKENDS.find((b) => b.name === 'postgres')!;
+test('PostgreSQL: the server dropping idle connections does not crash the process; the next query reconnects', { skip: pgBackend.skip }, async () => {
+  const { repo, cleanup, url } = await pgBackend.make();
+  try {
+    await repo.init();
+    await repo.putSetting('k', 1);
+    const db = new URL(url!).pathname.slice(1);
+    const admin = new pg.Client({ connectionString: PG_URL });
+    await admin.connect();
+    const killed = await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [db]);
+    await admin.end();
+    assert.ok(killed.rowCount! >= 1, 'an idle pool connection was there to terminate');
+    const uncaught: Error[] = [];
+    const onUncaught = (e: Error) => uncaught.push(e);
+    process.on('uncaughtException', onUncaught);
+    await new Promise((r) => setTimeout(r, 200));
+    process.off('uncaughtException', onUncaught);
+    assert.deepEqual(uncaught, []);
+    assert.equal(await repo.getSetting('k'), 1);
+  } finally {
+    await cleanup();
+  }
+});

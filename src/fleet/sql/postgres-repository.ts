@@ -51,6 +51,10 @@ export class PostgresFleetRepository implements FleetRepository {
 
   constructor(url: string, opts: { max?: number } = {}) {
     this.pool = new pg.Pool({ connectionString: url, max: opts.max ?? 8, types });
+    // An idle connection the server drops (a PostgreSQL restart, a failover, an administrator's
+    // pg_terminate_backend) is an 'error' on the pool; unheard, it would crash `ibu serve`. The
+    // pool has already discarded it and the next query opens another.
+    this.pool.on('error', () => {});
     this.coordination = new PostgresCoordination(this.pool, url);
   }
 
