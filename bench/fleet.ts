@@ -36,7 +36,7 @@ const replicas = Number(process.env.FLEET_REPLICAS ?? 1);
 // the replicas run --role api on releases in a radosgw bucket, one more runs --role builder, and nginx
 // (assets/nginx/ibu-cdn.conf) balances in front; devices speak to nginx only.
 const cluster = process.env.FLEET_CLUSTER === '1';
-// FLEET_RAMP=N: the rollout's waves open at N devices per second (default 0: each wave at once).
+// FLEET_RAMP=N: the rollout's waves open at N devices per second (default: the simulator's, rate / 5; 0: each wave at once).
 const ramp = process.env.FLEET_RAMP === undefined || process.env.FLEET_RAMP === '' ? undefined : Number(process.env.FLEET_RAMP);
 
 /** A new, empty database beside the one `url` names; returns its URL. */

@@ -137,7 +137,11 @@ export function registerFleetCommands(program: Command): void {
     )
     .option('--database-url <url>', 'run the server on PostgreSQL instead of SQLite')
     .option('--replicas <n>', 'server processes on the one PostgreSQL database (needs --database-url); devices spread over them', int('--replicas', 1), 1)
-    .option('--ramp <devices-per-second>', "open the rollout's waves at this many devices per second (default 0: each wave at once)", count('--ramp'))
+    .option(
+      '--ramp <devices-per-second>',
+      "open the rollout's waves at this many devices per second (default: rate / 5; 0: each wave at once)",
+      count('--ramp'),
+    )
     .option('--no-restart', 'do not restart the server midway')
     .option('--keep', 'keep the temporary data directory')
     .option('--json', 'print the result as one JSON object')

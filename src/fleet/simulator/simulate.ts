@@ -62,8 +62,8 @@ export interface SimulateOptions {
    * The good rollout opens each wave at this many devices per second (its `rampPercentPerMinute`),
    * so a wave's upgrades (download, lease, apply, trial, commit: five requests a device) come on
    * top of the idle check-ins at a bounded rate: rate / 5 adds about the idle rate at most.
-   * Default 0: every wave at once, the release day as the benchmarks have always run it
-   * (docs/benchmarks.md: "Fleet").
+   * Default rate / 5 (200 at the default rate): opened at once, the 100 % wave's burst alone made
+   * the tail of seconds on 2 cores (docs/benchmarks.md: "Fleet"). 0: every wave at once.
    */
   rampDevicesPerSecond?: number;
   /** Share of the fleet that may hold a reboot lease at once (group `default`). Default 0.1. */
@@ -101,7 +101,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   // least 30 s) so a server restart or a loaded machine is not mistaken for dead devices.
   const silentAfter = Math.max(30, interval * 2);
   const maxReboots = Math.max(5, Math.round(n * (o.rebootRatio ?? 0.1)));
-  const rampDevicesPerSecond = o.rampDevicesPerSecond ?? 0;
+  const rampDevicesPerSecond = o.rampDevicesPerSecond ?? rate / 5;
   if (!(rampDevicesPerSecond >= 0)) throw new IbuError('USAGE', '--ramp needs a number of devices per second >= 0 (0 = every wave at once).');
   const rampPercentPerMinute = ((rampDevicesPerSecond * 60) / n) * 100;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ibu-fleet-sim-'));
