@@ -7,8 +7,11 @@
  * Input: an ext4 image made with mke2fs -d from BENCH_TREE (compiled binaries: compressible, like
  * a root filesystem). Each run publishes it to a fresh directory store and a fresh S3 prefix, then
  * fetches it back (no seed) from each. Reports MB/s of image size, median of RUNS, and the load.
+ * "S3at8" is the same bucket with a disk's in-flight counts (publish 8 + 4 x threads, fetch 8:
+ * what S3 had before it kept 32 in flight), so the change is measured in the same run.
  */
 import { execFileSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -43,22 +46,24 @@ async function main(): Promise<void> {
   const ring = await Keyring.load(w('ring'));
   const bucket = await newBucket(gw, 'bench');
   const loadBefore = load();
-  const t: Record<string, number[]> = { publishDir: [], publishS3: [], fetchDir: [], fetchS3: [] };
+  const t: Record<string, number[]> = { publishDir: [], publishS3: [], publishS3at8: [], fetchDir: [], fetchS3: [], fetchS3at8: [] };
+  const diskPublish = 8 + 4 * Math.max(1, availableParallelism() - 1);
   let stored = 0;
   try {
     for (let r = 0; r < RUNS; r++) {
-      const stores: Array<[string, () => WriteStore & Store]> = [
-        ['Dir', () => new LocalStore(w(`store-${r}`))],
-        ['S3', () => new S3Store(`s3://${bucket}/run-${r}`, gw.options)],
+      const stores: Array<[string, () => WriteStore & Store, number | undefined, number | undefined]> = [
+        ['Dir', () => new LocalStore(w(`store-${r}`)), undefined, undefined],
+        ['S3', () => new S3Store(`s3://${bucket}/run-${r}`, gw.options), undefined, undefined],
+        ['S3at8', () => new S3Store(`s3://${bucket}/run8-${r}`, gw.options), diskPublish, 8],
       ];
-      for (const [name, open] of stores) {
+      for (const [name, open, writeConcurrency, concurrency] of stores) {
         const s = open();
         const t0 = performance.now();
-        const p = await publishRelease({ image: img, version: '1.0', store: s, keyFiles: [keys.privateKeyPath], requireKernel: false });
+        const p = await publishRelease({ image: img, version: '1.0', store: s, keyFiles: [keys.privateKeyPath], requireKernel: false, writeConcurrency });
         t[`publish${name}`]!.push((performance.now() - t0) / 1000);
         stored = p.newStoredBytes;
         const t1 = performance.now();
-        await fetchRelease({ store: s, version: '1.0', keyring: ring, out: w(`out-${name}.img`) });
+        await fetchRelease({ store: s, version: '1.0', keyring: ring, out: w(`out-${name}.img`), concurrency });
         t[`fetch${name}`]!.push((performance.now() - t1) / 1000);
         rmSync(w(`out-${name}.img`), { force: true });
         await (s as { close?: () => Promise<void> }).close?.();
@@ -74,7 +79,7 @@ async function main(): Promise<void> {
     input: { tree: TREE, imageBytes: size, storedBytes: stored, runs: RUNS },
     machine: { cpus: os.cpus().length, loadBefore, loadAfter: load() },
     seconds: t,
-    mbPerS: { publishDir: mbps('publishDir'), publishS3: mbps('publishS3'), fetchDir: mbps('fetchDir'), fetchS3: mbps('fetchS3') },
+    mbPerS: Object.fromEntries(Object.keys(t).map((k) => [k, mbps(k)])),
   };
   process.stdout.write(JSON.stringify(out, null, 2) + '\n');
 }

@@ -6,7 +6,7 @@ import { chunkHasher } from '../chunk/hash.js';
 import { IbuError, withContext } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
 import { mib } from '../util/bytes.js';
-import type { ChunkId, Store } from '../store/store.js';
+import { inFlightOf, type ChunkId, type Store } from '../store/store.js';
 import { manifestPath } from '../store/layout.js';
 import { VerifyingStore } from '../store/verifying-store.js';
 import { FetchJournal } from './journal.js';
@@ -36,7 +36,7 @@ export interface FetchOptions {
   liveRoot?: string;
   /** Refuse a manifest published on another channel. */
   channel?: string;
-  /** Parallel chunk downloads. */
+  /** Parallel chunk downloads. Default: the store's own in-flight count (S3: 32), else 8. */
   concurrency?: number;
   /** 'full' (default): same-offset pass then a content-defined scan; 'offset': first pass only. */
   seedScan?: 'offset' | 'full';
@@ -214,7 +214,9 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
     const queue = [...wanted.entries()];
     const abort = new AbortController();
     // Every in-flight request listens on this signal; more than 10 is expected, not a leak.
-    setMaxListeners(Math.max(64, (o.concurrency ?? 8) * 4), abort.signal);
+    // A remote store (S3) says how many GETs suit it; a disk or an HTTP server gets 8.
+    const concurrency = Math.max(1, o.concurrency ?? inFlightOf(o.store) ?? 8);
+    setMaxListeners(Math.max(64, concurrency * 4), abort.signal);
     const onOuterAbort = () => abort.abort(o.signal?.reason);
     o.signal?.addEventListener('abort', onOuterAbort, { once: true });
     let failure: unknown;
@@ -249,7 +251,7 @@ export async function fetchRelease(o: FetchOptions): Promise<FetchResult> {
       }
     };
     try {
-      await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 8) }, worker));
+      await Promise.all(Array.from({ length: concurrency }, worker));
     } finally {
       o.signal?.removeEventListener('abort', onOuterAbort);
       // What arrived before a failure is kept for the next run.

@@ -9,7 +9,7 @@ import { DEFAULT_CHUNK_PARAMS } from '../chunk/index.js';
 import { IbuError, isIbuError, withContext } from '../errors.js';
 import { assertName, manifestPath } from '../store/layout.js';
 import { LocalStore } from '../store/local-store.js';
-import type { ChunkId, SizedStore, WriteStore } from '../store/store.js';
+import { inFlightOf, type ChunkId, type SizedStore, type WriteStore } from '../store/store.js';
 import { assertNewer, lockChannel, readChannel, writeChannel } from './channel.js';
 import { checkImage, type ImageFacts } from './file-map.js';
 import { runSideJob } from './side-job.js';
@@ -140,7 +140,8 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
     const chunks: ChunkRef[] = [];
     const pending = new Set<Promise<void>>();
     const threads = o.threads ?? Math.max(1, availableParallelism() - 1);
-    const maxPending = o.writeConcurrency ?? 8 + 4 * threads;
+    // Compressions and writes in flight: a remote store (S3) says how many round trips suit it.
+    const maxPending = o.writeConcurrency ?? inFlightOf(store) ?? 8 + 4 * threads;
     const pool = new CompressPool(level, threads);
     let zeroChunks = 0;
     let zeroBytes = 0;

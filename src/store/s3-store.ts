@@ -11,7 +11,7 @@ import {
 import { MAX_CHUNK_BYTES, zstdBinding } from '../chunk/compress.js';
 import { IbuError, type ErrorCode } from '../errors.js';
 import { assertRelPath, chunkPath } from './layout.js';
-import type { ChunkId, ListableStore, SizedStore, StoredFile, WriteStore } from './store.js';
+import type { ChunkId, ListableStore, RemoteStore, SizedStore, StoredFile, WriteStore } from './store.js';
 
 /** Where the bucket is and how to reach it; anything unset comes from the AWS SDK's own chain (env, ~/.aws). */
 export interface S3StoreOptions {
@@ -24,7 +24,16 @@ export interface S3StoreOptions {
   secretAccessKey?: string;
   /** Attempts per request (the SDK retries throttling, 5xx and network errors with backoff). */
   maxAttempts?: number;
+  /**
+   * Requests kept in flight by publish and fetch (IBU_S3_IN_FLIGHT). Default 32: each request is a
+   * round trip of milliseconds to an object gateway, where a disk answers in microseconds, so it
+   * takes more of them at once to keep the link busy (docs/benchmarks.md "Releases on S3").
+   */
+  inFlight?: number;
 }
+
+/** Requests in flight when nothing says otherwise. */
+export const S3_DEFAULT_IN_FLIGHT = 32;
 
 /**
  * The S3 settings from the environment, the way the AWS tools read them (AWS_ENDPOINT_URL_S3 or
@@ -37,6 +46,7 @@ export function s3OptionsFromEnv(env: NodeJS.ProcessEnv = process.env): S3StoreO
   if (endpoint) o.endpoint = endpoint;
   if (env.AWS_REGION || env.AWS_DEFAULT_REGION) o.region = env.AWS_REGION || env.AWS_DEFAULT_REGION;
   if (env.IBU_S3_PATH_STYLE === '0' || env.IBU_S3_PATH_STYLE === '1') o.forcePathStyle = env.IBU_S3_PATH_STYLE === '1';
+  if (env.IBU_S3_IN_FLIGHT) o.inFlight = parseInFlight(env.IBU_S3_IN_FLIGHT, 'IBU_S3_IN_FLIGHT');
   return o;
 }
 
@@ -46,11 +56,19 @@ export function s3OptionsToEnv(o: S3StoreOptions): Record<string, string> {
   if (o.endpoint) env.AWS_ENDPOINT_URL_S3 = o.endpoint;
   if (o.region) env.AWS_REGION = o.region;
   if (o.forcePathStyle !== undefined) env.IBU_S3_PATH_STYLE = o.forcePathStyle ? '1' : '0';
+  if (o.inFlight !== undefined) env.IBU_S3_IN_FLIGHT = String(o.inFlight);
   if (o.accessKeyId && o.secretAccessKey) {
     env.AWS_ACCESS_KEY_ID = o.accessKeyId;
     env.AWS_SECRET_ACCESS_KEY = o.secretAccessKey;
   }
   return env;
+}
+
+/** A whole number of requests from 1 to 256, or a USAGE error naming where it came from. */
+export function parseInFlight(v: string, what: string): number {
+  const n = /^\d{1,3}$/.test(v) ? Number(v) : NaN;
+  if (!(n >= 1 && n <= 256)) throw new IbuError('USAGE', `${what} must be a number of requests from 1 to 256 (got '${v}')`);
+  return n;
 }
 
 export function isS3Url(location: string): boolean {
@@ -84,8 +102,9 @@ const MAX_STORED_CHUNK_BYTES = zstdBinding.compressBound(MAX_CHUNK_BYTES);
  * the manifest before the channel, so a reader never sees a release whose chunks are missing.
  * S3 has no fsync to batch: a PUT is durable when it returns, so there is no `flush`.
  */
-export class S3Store implements WriteStore, SizedStore, ListableStore {
+export class S3Store implements WriteStore, SizedStore, ListableStore, RemoteStore {
   readonly location: string;
+  readonly inFlight: number;
   readonly bucket: string;
   readonly prefix: string;
   readonly options: S3StoreOptions;
@@ -98,7 +117,11 @@ export class S3Store implements WriteStore, SizedStore, ListableStore {
     this.location = `s3://${bucket}${prefix ? '/' + prefix : ''}`;
     const merged = { ...s3OptionsFromEnv(), ...definedOnly(opts) };
     this.options = merged;
+    this.inFlight = merged.inFlight ?? S3_DEFAULT_IN_FLIGHT;
+    // The SDK's agent allows 50 sockets; never fewer than the requests we keep in flight.
+    const agent = { maxSockets: Math.max(50, this.inFlight) };
     this.client = new S3Client({
+      requestHandler: { httpAgent: agent, httpsAgent: agent },
       ...(merged.endpoint ? { endpoint: merged.endpoint } : {}),
       region: merged.region ?? 'us-east-1',
       forcePathStyle: merged.forcePathStyle ?? merged.endpoint !== undefined,

@@ -47,3 +47,17 @@ export interface ListableStore {
   /** Size and validator of a file; undefined when absent. */
   statFile(relPath: string, signal?: AbortSignal): Promise<StoredFile | undefined>;
 }
+
+/**
+ * Stores reached by round trips (S3): how many requests to keep in flight. Publish's PUTs and
+ * fetch's GETs use it when the caller gives no number; a disk or HTTP store has no such field and
+ * the callers' defaults suit it.
+ */
+export interface RemoteStore {
+  readonly inFlight: number;
+}
+
+/** The store's own in-flight count, when it has one. */
+export function inFlightOf(store: Store): number | undefined {
+  return 'inFlight' in store && typeof store.inFlight === 'number' ? store.inFlight : undefined;
+}

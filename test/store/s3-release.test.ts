@@ -4,11 +4,15 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import * as path from 'node:path';
+import { readChannel } from '../../src/release/channel.js';
 import { fetchRelease } from '../../src/release/fetch.js';
+import { parseManifestUnverified } from '../../src/release/manifest.js';
+import { publishRelease } from '../../src/release/publish.js';
+import { manifestPath } from '../../src/store/layout.js';
 import { generateKeys } from '../../src/release/keys.js';
 import { Keyring } from '../../src/release/keyring.js';
 import { HttpStore } from '../../src/store/http-store.js';
-import { S3Store } from '../../src/store/s3-store.js';
+import { S3Store, S3_DEFAULT_IN_FLIGHT } from '../../src/store/s3-store.js';
 import { runIbu } from '../helpers/cli.js';
 import { dropBucket, newBucket, noS3, radosgw, type Radosgw } from '../helpers/radosgw.js';
 import { buildImage, releaseTrees, tmpDir } from '../release/helpers.js';
@@ -141,4 +145,55 @@ test('wrong credentials: publish fails with UNAUTHORIZED and a hint, exit status
   const r = runIbu(['release', 'list', '--from', url], { ...(gw as Radosgw).env, AWS_SECRET_ACCESS_KEY: 'x'.repeat(40) });
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /UNAUTHORIZED.*AWS_SECRET_ACCESS_KEY/s);
+});
+
+/** A publish whose connection breaks at the Nth chunk PUT (the PUTs before it reach radosgw). */
+class CutShortStore extends S3Store {
+  puts = 0;
+  constructor(
+    url: string,
+    opts: ConstructorParameters<typeof S3Store>[1],
+    private readonly failAt: number,
+  ) {
+    super(url, opts);
+  }
+  override async putChunk(id: string, data: Uint8Array): Promise<void> {
+    if (++this.puts >= this.failAt) throw new Error(`connection reset (injected at PUT ${this.puts})`);
+    return super.putChunk(id, data);
+  }
+}
+
+test('a publish cut short leaves no channel or manifest pointing at missing chunks; the next publish completes and reuses what was stored', async (tt) => {
+  if (skip()) return noS3(tt, skip()!);
+  const cutUrl = `s3://${bucket}/cut-short`;
+  const params = { min: 4096, avg: 16384, max: 65536 };
+  const base = { keyFiles: [keyFile], requireKernel: false, params, threads: 1 };
+  const good = new S3Store(cutUrl, (gw as Radosgw).options);
+  try {
+    assert.equal(good.inFlight, S3_DEFAULT_IN_FLIGHT, 'S3 keeps more requests in flight than a disk');
+    await publishRelease({ ...base, image: imgA, version: '1.0', store: good });
+    const before = await good.chunkSizes();
+    const cut = new CutShortStore(cutUrl, (gw as Radosgw).options, 40);
+    await assert.rejects(publishRelease({ ...base, image: imgB, version: '2.0', store: cut }), /connection reset \(injected/);
+    await cut.close();
+    const after = await good.chunkSizes();
+    assert.ok(after.size > before.size, `PUTs before the cut reached the bucket (${before.size} -> ${after.size} chunks)`);
+    // Chunks came first: no manifest and no channel entry for the cut release.
+    assert.deepEqual((await readChannel(good, 'stable')).versions, ['1.0']);
+    assert.deepEqual(await good.list('releases'), ['1.0']);
+    const named = (m: Uint8Array) =>
+      parseManifestUnverified(m)
+        .chunks.filter((c) => !c.zero)
+        .map((c) => c.id);
+    for (const id of named(await good.getFile(manifestPath('1.0')))) assert.ok(after.has(id), `chunk ${id} of 1.0 is in the bucket`);
+    // Publishing again completes; the chunks the cut publish stored are not sent twice.
+    const again = await publishRelease({ ...base, image: imgB, version: '2.0', store: good });
+    const end = await good.chunkSizes();
+    assert.equal(again.newChunks, end.size - after.size, 'only the chunks the cut publish had not stored were written');
+    assert.ok(after.size - before.size >= 30, 'the cut publish had stored chunks the second one reused');
+    for (const id of named(await good.getFile(manifestPath('2.0')))) assert.ok(end.has(id), `chunk ${id} of 2.0 is in the bucket`);
+    assert.deepEqual((await readChannel(good, 'stable')).versions, ['1.0', '2.0']);
+  } finally {
+    await good.close();
+  }
 });

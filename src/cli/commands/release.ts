@@ -108,7 +108,7 @@ export function registerReleaseCommands(program: Command): void {
     .requiredOption('--out <img>', 'output image (written via OUT.partial, then renamed)')
     .option('--seed <img>', 'an image whose chunks can be reused (repeatable)', collect, [])
     .option('--channel <name>', 'refuse a release from another channel')
-    .option('--concurrency <n>', 'parallel chunk downloads', '8')
+    .option('--concurrency <n>', 'parallel chunk downloads (default 8; an s3:// store: IBU_S3_IN_FLIGHT, else 32)')
     .option('--layout <layout>', "HTTP store layout: 'static' (files) or 'api' (ibu serve /v1 routes)")
     .option('--seed-scan <mode>', "'full' (same-offset pass, then content-defined scan) or 'offset'", 'full')
     .option('--json', 'print a final JSON object')
@@ -121,7 +121,7 @@ export function registerReleaseCommands(program: Command): void {
           out: string;
           seed: string[];
           channel?: string;
-          concurrency: string;
+          concurrency?: string;
           layout?: string;
           seedScan: string;
           json?: boolean;
@@ -129,9 +129,9 @@ export function registerReleaseCommands(program: Command): void {
       ) => {
         if (opts.layout !== undefined && opts.layout !== 'static' && opts.layout !== 'api') throw new IbuError('USAGE', "--layout must be 'static' or 'api'");
         if (opts.seedScan !== 'full' && opts.seedScan !== 'offset') throw new IbuError('USAGE', "--seed-scan must be 'full' or 'offset'");
-        const concurrency = parseInt(opts.concurrency, 10);
-        if (!(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
-        const store = openStoreArg(opts.from, concurrency, opts, opts.layout as HttpLayout | undefined);
+        const concurrency = opts.concurrency === undefined ? undefined : parseInt(opts.concurrency, 10);
+        if (concurrency !== undefined && !(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
+        const store = openStoreArg(opts.from, concurrency ?? 8, opts, opts.layout as HttpLayout | undefined);
         const keyring = await Keyring.load(opts.keyring);
         const bar = new ProgressBar(`fetch ${opts.version}`, !opts.json && Boolean(process.stderr.isTTY));
         const onProgress = (p: FetchProgress): void => bar.update(fetchFrame(p, `${p.phase} ${opts.version}`));
