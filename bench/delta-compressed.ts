@@ -1,7 +1,10 @@
 /**
  * Compressed-file delta benchmark (issue #20), on the pairs of bench/lib/deb-pair-images.sh
  * (real Debian packages unpacked into mke2fs images): trixie-kernel (.ko.xz modules),
- * bookworm-kernel (uncompressed modules), bookworm-security (ELF libraries, .gz docs).
+ * bookworm-kernel (uncompressed modules), bookworm-security (ELF libraries, .gz docs); and on
+ * those of bench/lib/initrd-pair-images.ts (the appliance's real Debian 13 initrds):
+ * trixie-initrd (gzip main archive, as built), trixie-initrd-zstd (main archive as trixie's `zstd -q -9`).
+ * Each selected pair's images are made first when missing or out of date (cached, keyed by input).
  * For each pair, in one run:
  *   - bytes: ibu delta, ibu delta --recompress, `xdelta3 -e -9 -B 1073741824 -s A B`,
  *     `zstd -<L> --long=31 --patch-from=A B`, the changed files compressed
@@ -14,6 +17,7 @@
  *
  *   npx tsx bench/delta-compressed.ts [--runs 3] [--pairs trixie-kernel,bookworm-kernel,bookworm-security]
  *        [--zstd-level 19] [--json FILE] [--no-per-file]
+ * (default pairs: the three deb pairs; name trixie-initrd / trixie-initrd-zstd to add those)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -22,6 +26,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SourceMatcher, type MatchFile } from '../src/delta/file-match.js';
 import { Ext4Reader } from '../src/image/ext4/index.js';
+import { initrdPairImages, isInitrdPair } from './lib/initrd-pair-images.js';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -187,14 +192,13 @@ function benchPair(name: string): PairResult {
 
 const mb = (n: number): string => (n / 1e6).toFixed(2);
 
-function main(): void {
+async function main(): Promise<void> {
   const results: PairResult[] = [];
   try {
     for (const pair of PAIRS) {
-      if (!fs.existsSync(path.join(DIR, pair, 'b.img'))) {
-        process.stderr.write(`skipping ${pair}: run bash bench/lib/deb-pair-images.sh ${pair}\n`);
-        continue;
-      }
+      // the pair's images, made now when missing or out of date (both scripts skip a current pair)
+      if (isInitrdPair(pair)) await initrdPairImages(pair, DIR);
+      else execFileSync('bash', [path.join(REPO, 'bench/lib/deb-pair-images.sh'), pair], { stdio: ['ignore', 'inherit', 'inherit'] });
       results.push(benchPair(pair));
     }
   } finally {
@@ -222,4 +226,4 @@ function main(): void {
   if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify({ machine, runs: RUNS, results }, null, 2) + '\n');
 }
 
-main();
+await main();
