@@ -73,9 +73,14 @@ function mkImage(img: string, name: string, data: Buffer, work: string): void {
   fs.rmSync(img, { force: true });
   execFileSync(
     'mke2fs',
-    ['-q', '-F', '-t', 'ext4', '-b', '4096', '-U', '6f1d2c3b-1111-4222-8333-944455556666'].concat(
-      ['-E', 'hash_seed=6f1d2c3b-aaaa-4bbb-8ccc-dddd00001111,root_owner=0:0', '-d', root, img, '128M'],
-    ),
+    ['-q', '-F', '-t', 'ext4', '-b', '4096', '-U', '6f1d2c3b-1111-4222-8333-944455556666'].concat([
+      '-E',
+      'hash_seed=6f1d2c3b-aaaa-4bbb-8ccc-dddd00001111,root_owner=0:0',
+      '-d',
+      root,
+      img,
+      '128M',
+    ]),
     { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1700000000' }, stdio: 'ignore' },
   );
   fs.rmSync(root, { recursive: true, force: true });
@@ -83,7 +88,11 @@ function mkImage(img: string, name: string, data: Buffer, work: string): void {
 
 /** Makes the pair's a.img and b.img under `dir` (deb-pairs/), unless pair.key says they are current. */
 export async function initrdPairImages(pair: InitrdPair, dir: string, log: (m: string) => void = (m) => void process.stderr.write(`${m}\n`)): Promise<void> {
-  const zstdDir = execFileSync('bash', [path.join(HERE, 'deb-pair-images.sh'), 'trixie-zstd']).toString().trim().split('\n').at(-1)!;
+  const zstdDir = execFileSync('bash', [path.join(HERE, 'deb-pair-images.sh'), 'trixie-zstd'])
+    .toString()
+    .trim()
+    .split('\n')
+    .at(-1)!;
   const set = await applianceSet();
   const pdir = path.join(dir, pair);
   fs.mkdirSync(pdir, { recursive: true });
