@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
 import { encoderArgs, MAX_XZ_DICT, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
-import { zstdCompress, zstdCompressInto, zstdDecode, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
+import { zstdCompress, zstdCompressInto, zstdDecode, zstdReproduces, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
 
 /**
  * The encoders behind RECOMPRESS ops: the system `xz`, `gzip` and `zstd`, whose exact versions the
@@ -224,7 +224,7 @@ export function findZstdParams(candidates: EncoderParams[], raw: Buffer, packed:
       const n = Math.min(64 << 10, Math.floor(head.length / 2));
       if (!head.subarray(0, n).equals(packed.subarray(0, n))) continue;
     }
-    if (zstdCompress(c, raw, jobs).equals(packed)) return c;
+    if (zstdReproduces(c, raw, packed, jobs)) return c;
   }
   return undefined;
 }
