@@ -10,7 +10,7 @@
  *     `zstd -<L> --long=31 --patch-from=A B`, the changed files compressed
  *     (`tar | zstd -19 --long=31`), and the per-file bound: each changed file of B as
  *     `zstd -19 --patch-from=<its old file>` (a new file: `zstd -19`), summed;
- *   - make time of ibu --recompress beside xdelta3's (wall and CPU seconds, children included);
+ *   - make time of ibu --recompress beside xdelta3's (wall and CPU seconds, children included), and its peak RSS;
  *   - apply of the --recompress delta through the CLI in a child: wall and CPU seconds,
  *     MB/s of image, peak RSS of the ibu process (GNU time %M), median of RUNS.
  * The load average is printed beside the numbers: the 2 cores are shared.
@@ -215,11 +215,11 @@ async function main(): Promise<void> {
         `| ${r.pair} | ${mb(r.ibuPlain.bytes)} MB | ${mb(r.ibuRecompress.bytes)} MB | ${mb(r.xdelta3.bytes)} MB | ${mb(r.zstdPatchFrom.bytes)} MB | ${mb(r.changed.tarZst)} MB | ${mb(r.changed.perFile)} MB | ${((100 * r.ibuRecompress.bytes) / r.xdelta3.bytes).toFixed(1)} % | ${((100 * r.ibuRecompress.bytes) / r.changed.perFile).toFixed(1)} % |`,
     ),
     '',
-    '| pair | ibu make --recompress s (CPU s) | ibu make s | xdelta3 make s (CPU s) | apply s (CPU s) | apply MB/s of image | apply peak RSS | load at start / end |',
-    '|---|---|---|---|---|---|---|---|',
+    '| pair | ibu make --recompress s (CPU s) | make --recompress peak RSS | ibu make s | xdelta3 make s (CPU s) | apply s (CPU s) | apply MB/s of image | apply peak RSS | load at start / end |',
+    '|---|---|---|---|---|---|---|---|---|',
     ...results.map(
       (r) =>
-        `| ${r.pair} | ${r.ibuRecompress.make.wall.toFixed(0)} (${r.ibuRecompress.make.cpu.toFixed(0)}) | ${r.ibuPlain.make.wall.toFixed(0)} | ${r.xdelta3.make.wall.toFixed(0)} (${r.xdelta3.make.cpu.toFixed(0)}) | ${median(r.ibuRecompress.apply.map((t) => t.wall)).toFixed(1)} (${r.ibuRecompress.applyCpu.toFixed(1)}) | ${r.ibuRecompress.applyMBps.toFixed(0)} | ${r.ibuRecompress.applyMaxRssMiB.toFixed(0)} MiB | ${r.load.start} / ${r.load.end} |`,
+        `| ${r.pair} | ${r.ibuRecompress.make.wall.toFixed(0)} (${r.ibuRecompress.make.cpu.toFixed(0)}) | ${(r.ibuRecompress.make.maxRssKiB / 1024).toFixed(0)} MiB | ${r.ibuPlain.make.wall.toFixed(0)} | ${r.xdelta3.make.wall.toFixed(0)} (${r.xdelta3.make.cpu.toFixed(0)}) | ${median(r.ibuRecompress.apply.map((t) => t.wall)).toFixed(1)} (${r.ibuRecompress.applyCpu.toFixed(1)}) | ${r.ibuRecompress.applyMBps.toFixed(0)} | ${r.ibuRecompress.applyMaxRssMiB.toFixed(0)} MiB | ${r.load.start} / ${r.load.end} |`,
     ),
   ];
   process.stdout.write(lines.join('\n') + '\n');
