@@ -1,19 +1,23 @@
 /**
  * Compressed-file delta benchmark (issue #20), on the pairs of bench/lib/deb-pair-images.sh
  * (real Debian packages unpacked into mke2fs images): trixie-kernel (.ko.xz modules),
- * bookworm-kernel (uncompressed modules), bookworm-security (ELF libraries, .gz docs).
+ * bookworm-kernel (uncompressed modules), bookworm-security (ELF libraries, .gz docs); and on
+ * those of bench/lib/initrd-pair-images.ts (the appliance's real Debian 13 initrds):
+ * trixie-initrd (gzip main archive, as built), trixie-initrd-zstd (main archive as trixie's `zstd -q -9`).
+ * Each selected pair's images are made first when missing or out of date (cached, keyed by input).
  * For each pair, in one run:
  *   - bytes: ibu delta, ibu delta --recompress, `xdelta3 -e -9 -B 1073741824 -s A B`,
  *     `zstd -<L> --long=31 --patch-from=A B`, the changed files compressed
  *     (`tar | zstd -19 --long=31`), and the per-file bound: each changed file of B as
  *     `zstd -19 --patch-from=<its old file>` (a new file: `zstd -19`), summed;
- *   - make time of ibu --recompress beside xdelta3's (wall and CPU seconds, children included);
+ *   - make time of ibu --recompress beside xdelta3's (wall and CPU seconds, children included), and its peak RSS;
  *   - apply of the --recompress delta through the CLI in a child: wall and CPU seconds,
  *     MB/s of image, peak RSS of the ibu process (GNU time %M), median of RUNS.
  * The load average is printed beside the numbers: the 2 cores are shared.
  *
  *   npx tsx bench/delta-compressed.ts [--runs 3] [--pairs trixie-kernel,bookworm-kernel,bookworm-security]
  *        [--zstd-level 19] [--json FILE] [--no-per-file]
+ * (default pairs: the three deb pairs; name trixie-initrd / trixie-initrd-zstd to add those)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -22,6 +26,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SourceMatcher, type MatchFile } from '../src/delta/file-match.js';
 import { Ext4Reader } from '../src/image/ext4/index.js';
+import { initrdPairImages, isInitrdPair } from './lib/initrd-pair-images.js';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -187,14 +192,13 @@ function benchPair(name: string): PairResult {
 
 const mb = (n: number): string => (n / 1e6).toFixed(2);
 
-function main(): void {
+async function main(): Promise<void> {
   const results: PairResult[] = [];
   try {
     for (const pair of PAIRS) {
-      if (!fs.existsSync(path.join(DIR, pair, 'b.img'))) {
-        process.stderr.write(`skipping ${pair}: run bash bench/lib/deb-pair-images.sh ${pair}\n`);
-        continue;
-      }
+      // the pair's images, made now when missing or out of date (both scripts skip a current pair)
+      if (isInitrdPair(pair)) await initrdPairImages(pair, DIR);
+      else execFileSync('bash', [path.join(REPO, 'bench/lib/deb-pair-images.sh'), pair], { stdio: ['ignore', 'inherit', 'inherit'] });
       results.push(benchPair(pair));
     }
   } finally {
@@ -211,15 +215,15 @@ function main(): void {
         `| ${r.pair} | ${mb(r.ibuPlain.bytes)} MB | ${mb(r.ibuRecompress.bytes)} MB | ${mb(r.xdelta3.bytes)} MB | ${mb(r.zstdPatchFrom.bytes)} MB | ${mb(r.changed.tarZst)} MB | ${mb(r.changed.perFile)} MB | ${((100 * r.ibuRecompress.bytes) / r.xdelta3.bytes).toFixed(1)} % | ${((100 * r.ibuRecompress.bytes) / r.changed.perFile).toFixed(1)} % |`,
     ),
     '',
-    '| pair | ibu make --recompress s (CPU s) | ibu make s | xdelta3 make s (CPU s) | apply s (CPU s) | apply MB/s of image | apply peak RSS | load at start / end |',
-    '|---|---|---|---|---|---|---|---|',
+    '| pair | ibu make --recompress s (CPU s) | make --recompress peak RSS | ibu make s | xdelta3 make s (CPU s) | apply s (CPU s) | apply MB/s of image | apply peak RSS | load at start / end |',
+    '|---|---|---|---|---|---|---|---|---|',
     ...results.map(
       (r) =>
-        `| ${r.pair} | ${r.ibuRecompress.make.wall.toFixed(0)} (${r.ibuRecompress.make.cpu.toFixed(0)}) | ${r.ibuPlain.make.wall.toFixed(0)} | ${r.xdelta3.make.wall.toFixed(0)} (${r.xdelta3.make.cpu.toFixed(0)}) | ${median(r.ibuRecompress.apply.map((t) => t.wall)).toFixed(1)} (${r.ibuRecompress.applyCpu.toFixed(1)}) | ${r.ibuRecompress.applyMBps.toFixed(0)} | ${r.ibuRecompress.applyMaxRssMiB.toFixed(0)} MiB | ${r.load.start} / ${r.load.end} |`,
+        `| ${r.pair} | ${r.ibuRecompress.make.wall.toFixed(0)} (${r.ibuRecompress.make.cpu.toFixed(0)}) | ${(r.ibuRecompress.make.maxRssKiB / 1024).toFixed(0)} MiB | ${r.ibuPlain.make.wall.toFixed(0)} | ${r.xdelta3.make.wall.toFixed(0)} (${r.xdelta3.make.cpu.toFixed(0)}) | ${median(r.ibuRecompress.apply.map((t) => t.wall)).toFixed(1)} (${r.ibuRecompress.applyCpu.toFixed(1)}) | ${r.ibuRecompress.applyMBps.toFixed(0)} | ${r.ibuRecompress.applyMaxRssMiB.toFixed(0)} MiB | ${r.load.start} / ${r.load.end} |`,
     ),
   ];
   process.stdout.write(lines.join('\n') + '\n');
   if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify({ machine, runs: RUNS, results }, null, 2) + '\n');
 }
 
-main();
+await main();

@@ -11,7 +11,12 @@
 #
 # Images go to $IBU_BENCH_DIR/deb-pairs/<pair>/{a,b}.img (default /var/cache/ibu-bench), keyed by
 # the package versions (pair.key); a pair is rebuilt only when its key changes.
-# Usage: bench/lib/deb-pair-images.sh [trixie-kernel|bookworm-kernel|bookworm-security|all]
+#
+#   trixie-zstd       not a pair: trixie's own zstd binary (with its libzstd1), unpacked to
+#                     deb-pairs/tools/zstd-<version>/; prints the directory. The initrd pairs
+#                     (bench/lib/initrd-pair-images.ts) re-write the main archive with it, as
+#                     mkinitramfs does on a trixie machine (Debian 12's zstd 1.5.4 writes other bytes).
+# Usage: bench/lib/deb-pair-images.sh [trixie-kernel|bookworm-kernel|bookworm-security|all|trixie-zstd]
 set -euo pipefail
 
 BENCH_DIR=${IBU_BENCH_DIR:-/var/cache/ibu-bench}
@@ -98,10 +103,27 @@ bookworm_security() {
   pair bookworm-security 512M "$(echo $a)" "$(echo $b)"
 }
 
+TRIXIE_ZSTD=1.5.7+dfsg-1+deb13u1
+trixie_zstd() {
+  local dir=$OUT/tools/zstd-$TRIXIE_ZSTD
+  if [ ! -x "$dir/usr/bin/zstd" ]; then
+    local f
+    for p in zstd libzstd1; do
+      f=$(ls "$APT/debs/${p}_${TRIXIE_ZSTD}_"*.deb 2>/dev/null | head -n1 || true)
+      [ -n "$f" ] || aptget "$p=$TRIXIE_ZSTD"
+    done
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    for p in zstd libzstd1; do dpkg-deb -x "$(ls "$APT/debs/${p}_${TRIXIE_ZSTD}_"*.deb | head -n1)" "$dir.tmp"; done
+    mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
 case "${1:-all}" in
   trixie-kernel) trixie_kernel ;;
   bookworm-kernel) bookworm_kernel ;;
   bookworm-security) bookworm_security ;;
   all) trixie_kernel; bookworm_kernel; bookworm_security ;;
-  *) echo "usage: $0 [trixie-kernel|bookworm-kernel|bookworm-security|all]" >&2; exit 2 ;;
+  trixie-zstd) trixie_zstd ;;
+  *) echo "usage: $0 [trixie-kernel|bookworm-kernel|bookworm-security|all|trixie-zstd]" >&2; exit 2 ;;
 esac

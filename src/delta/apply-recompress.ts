@@ -1,5 +1,6 @@
 import { IbuError } from '../errors.js';
 import { compressMany, decompressInto } from './recompressor.js';
+import { rangesBytes } from './op-ranges.js';
 import type { PatchOp, RecompressOp, ReplaceOp } from './types.js';
 
 /**
@@ -63,6 +64,7 @@ export async function recompressParts(parts: OpPart[], work: () => string, jobs:
       g.map((p) => p.bytes),
       work(),
       params.codec === 'zstd' ? 1 : jobs,
+      g.map((p) => rangesBytes(p.op.dst)),
     );
     g.forEach((p, k) => {
       p.bytes = packed[k]!;

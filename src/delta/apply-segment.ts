@@ -44,12 +44,20 @@ export async function decodeSegment(d: DeltaFile, s: number, opIdx: number[], io
     dict = io.seg.dict.subarray(0, seg.dictLength);
     DICT_PREFIX.copy(dict, 0);
     let at = DICT_PREFIX.length;
-    // RECOMPRESS ops: their old file is read whole, then decoded into the dictionary.
+    // RECOMPRESS ops: their old file is read whole, then decoded into the dictionary. The output
+    // buffer is idle until the frame decodes, so the old files are read into it when they fit:
+    // a buffer of their own would stay garbage (11 MB for the zstd main archive of an initramfs)
+    // until a collection, which the synchronous encoders after it do not give the time for.
     const oldFiles: OldFile[] = [];
+    let oldTotal = 0;
+    for (const i of opIdx) if (d.ops[i]!.type === 'recompress') oldTotal += rangesBytes(d.ops[i]!.src);
+    const spare = oldTotal <= io.seg.out.length ? io.seg.out : undefined;
+    let spareAt = 0;
     for (const i of opIdx) {
       const op = d.ops[i]!;
       if (op.type === 'recompress') {
-        const bytes = Buffer.allocUnsafe(rangesBytes(op.src));
+        const n = rangesBytes(op.src);
+        const bytes = spare ? spare.subarray(spareAt, (spareAt += n)) : Buffer.allocUnsafe(n);
         if (!readHashed(io.sfd, op.src, bytes, io.sourceImage).equals(op.srcHash)) srcFailed.add(i);
         else oldFiles.push({ i, at, bytes, op });
         dict.fill(0, at, at + op.srcRawLength);

@@ -193,6 +193,10 @@ export async function scanRecompressible(input: RecompressScanInput): Promise<Re
       if (!tf || !sf || tf.codec !== sf.codec) continue;
       const fits = (n: number | undefined): boolean => n === undefined || (n > 0 && n <= MAX_RECOMPRESS_RAW);
       if (!fits(tf.rawLength) || !fits(sf.rawLength)) continue;
+      // An initramfs is hundreds of streams: cut its batches between them too, or the whole of it
+      // (every module decoded on both sides, then both main archives) was held at once (make peaked
+      // at 595 MiB on the trixie initrd pair).
+      if (batchBytes >= BATCH_RAW) await flush();
       result.candidates++;
       batch.push({
         target,

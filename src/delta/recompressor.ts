@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
 import { encoderArgs, MAX_XZ_DICT, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
-import { zstdCompress, zstdDecode, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
+import { zstdCompress, zstdCompressInto, zstdDecode, zstdReproduces, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
 
 /**
  * The encoders behind RECOMPRESS ops: the system `xz`, `gzip` and `zstd`, whose exact versions the
@@ -163,11 +163,13 @@ export async function decompressMany(codec: Codec, files: Buffer[], rawLengths: 
 /**
  * Compresses each buffer as its own file with the given settings, `jobs` encoder processes at
  * once, in a fresh directory under `work` that is removed afterwards. Returns the compressed
- * files in input order.
+ * files in input order. `sizes`: the lengths the outputs must have (apply knows them), so zstd
+ * writes each straight into a buffer of that size; an output that is not that long comes back
+ * with another length (its hash check then fails).
  */
-export async function compressMany(params: EncoderParams, raws: Buffer[], work: string, jobs: number): Promise<Buffer[]> {
+export async function compressMany(params: EncoderParams, raws: Buffer[], work: string, jobs: number, sizes?: number[]): Promise<Buffer[]> {
   if (raws.length === 0) return [];
-  if (params.codec === 'zstd') return compressZstd(params, raws, jobs);
+  if (params.codec === 'zstd') return compressZstd(params, raws, jobs, sizes);
   const dir = fs.mkdtempSync(path.join(work, 'rc-'));
   try {
     const names = raws.map((r, i) => {
@@ -192,8 +194,13 @@ export async function compressMany(params: EncoderParams, raws: Buffer[], work: 
 }
 
 /** zstd, in-process (`zstd-recompress.ts`), a file at a time; multi-threaded mode uses `jobs` workers. */
-function compressZstd(params: EncoderParams, raws: Buffer[], jobs: number): Buffer[] {
-  return raws.map((r) => zstdCompress(params, r, jobs));
+function compressZstd(params: EncoderParams, raws: Buffer[], jobs: number, sizes?: number[]): Buffer[] {
+  return raws.map((r, i) => {
+    if (sizes?.[i] === undefined) return zstdCompress(params, r, jobs);
+    const into = Buffer.allocUnsafe(sizes[i]);
+    const n = zstdCompressInto(params, r, into, jobs);
+    return n < 0 ? Buffer.alloc(0) : into.subarray(0, n);
+  });
 }
 
 /** A zstd frame's content when it is at most `max` bytes (make: a frame without a content size says nothing of it until decoded). */
@@ -217,7 +224,7 @@ export function findZstdParams(candidates: EncoderParams[], raw: Buffer, packed:
       const n = Math.min(64 << 10, Math.floor(head.length / 2));
       if (!head.subarray(0, n).equals(packed.subarray(0, n))) continue;
     }
-    if (zstdCompress(c, raw, jobs).equals(packed)) return c;
+    if (zstdReproduces(c, raw, packed, jobs)) return c;
   }
   return undefined;
 }
