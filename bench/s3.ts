@@ -11,14 +11,13 @@
  * what S3 had before it kept 32 in flight), so the change is measured in the same run.
  */
 import { execFileSync } from 'node:child_process';
-import { availableParallelism } from 'node:os';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fetchRelease } from '../src/release/fetch.js';
 import { generateKeys } from '../src/release/keys.js';
 import { Keyring } from '../src/release/keyring.js';
-import { publishRelease } from '../src/release/publish.js';
+import { diskWriteConcurrency, publishRelease } from '../src/release/publish.js';
 import { LocalStore } from '../src/store/local-store.js';
 import { S3Store } from '../src/store/s3-store.js';
 import type { Store, WriteStore } from '../src/store/store.js';
@@ -47,7 +46,7 @@ async function main(): Promise<void> {
   const bucket = await newBucket(gw, 'bench');
   const loadBefore = load();
   const t: Record<string, number[]> = { publishDir: [], publishS3: [], publishS3at8: [], fetchDir: [], fetchS3: [], fetchS3at8: [] };
-  const diskPublish = 8 + 4 * Math.max(1, availableParallelism() - 1);
+  const diskPublish = diskWriteConcurrency();
   let stored = 0;
   try {
     for (let r = 0; r < RUNS; r++) {

@@ -6,6 +6,9 @@ import { chunkCompressor } from './compress.js';
  * zstd compression on worker threads, so cutting + hashing (main thread) and compressing run
  * on different cores. With `threads: 0` it compresses in the calling thread (same results).
  */
+/** Worker threads when not given: cores - 1 (the chunker keeps one), at least 1. */
+export const defaultCompressThreads = (): number => Math.max(1, availableParallelism() - 1);
+
 export class CompressPool {
   private readonly workers: Worker[] = [];
   private readonly waiting = new Map<number, { resolve: (b: Buffer) => void; reject: (e: unknown) => void }>();
@@ -14,7 +17,7 @@ export class CompressPool {
   private next = 0;
   private inFlight = 0;
 
-  constructor(level: number, threads = Math.max(1, availableParallelism() - 1)) {
+  constructor(level: number, threads = defaultCompressThreads()) {
     if (threads <= 0) {
       this.inline = chunkCompressor(level);
       return;

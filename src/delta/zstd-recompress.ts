@@ -40,11 +40,13 @@ export function zstdCompress(p: EncoderParams, raw: Buffer, workers = 1): Buffer
  */
 export function zstdCompressInto(p: EncoderParams, raw: Buffer, into: Buffer, workers = 1): number {
   let at = 0;
-  encode(p, raw, workers, (piece) => {
-    if (at + piece.length > into.length) at = Infinity;
-    else at += piece.copy(into, at);
+  const fits = encode(p, raw, workers, (piece) => {
+    // Longer than the target: not its frame, and encoding the rest would be wasted.
+    if (at + piece.length > into.length) return false;
+    at += piece.copy(into, at);
+    return true;
   });
-  return Number.isFinite(at) ? at : -1;
+  return fits ? at : -1;
 }
 
 /**

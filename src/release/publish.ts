@@ -1,8 +1,7 @@
 import { closeSync, fstatSync, openSync } from 'node:fs';
 import { chunkFile, ZERO_RUN_MIN } from '../chunk/chunker.js';
 import { DEFAULT_ZSTD_LEVEL } from '../chunk/compress.js';
-import { CompressPool } from '../chunk/compress-pool.js';
-import { availableParallelism } from 'node:os';
+import { CompressPool, defaultCompressThreads } from '../chunk/compress-pool.js';
 import { GEAR_NAME, NORMALIZATION, validateParams, type ChunkParams } from '../chunk/fastcdc.js';
 import { chunkHasher, DEFAULT_CHUNK_HASH, type ChunkHashName } from '../chunk/hash.js';
 import { DEFAULT_CHUNK_PARAMS } from '../chunk/index.js';
@@ -73,6 +72,11 @@ export interface PublishResult {
   verity?: VerityInfo;
 }
 
+/** Chunks compressed or written at once into a store that names no number of its own (a disk). */
+export function diskWriteConcurrency(threads = defaultCompressThreads()): number {
+  return 8 + 4 * threads;
+}
+
 /**
  * Publishes an image: cut it into chunks (FastCDC, zero runs apart), store each new chunk
  * compressed at its content address, then write the signed manifest and add the version to the
@@ -139,9 +143,9 @@ export async function publishRelease(o: PublishOptions): Promise<PublishResult> 
       'chunkSizes' in store && typeof store.chunkSizes === 'function' ? await (store.chunkSizes as () => Promise<Map<ChunkId, number>>)() : undefined;
     const chunks: ChunkRef[] = [];
     const pending = new Set<Promise<void>>();
-    const threads = o.threads ?? Math.max(1, availableParallelism() - 1);
+    const threads = o.threads ?? defaultCompressThreads();
     // Compressions and writes in flight: a remote store (S3) says how many round trips suit it.
-    const maxPending = o.writeConcurrency ?? inFlightOf(store) ?? 8 + 4 * threads;
+    const maxPending = o.writeConcurrency ?? inFlightOf(store) ?? diskWriteConcurrency(threads);
     const pool = new CompressPool(level, threads);
     let zeroChunks = 0;
     let zeroBytes = 0;

@@ -131,7 +131,7 @@ export function registerReleaseCommands(program: Command): void {
         if (opts.seedScan !== 'full' && opts.seedScan !== 'offset') throw new IbuError('USAGE', "--seed-scan must be 'full' or 'offset'");
         const concurrency = opts.concurrency === undefined ? undefined : parseInt(opts.concurrency, 10);
         if (concurrency !== undefined && !(concurrency >= 1 && concurrency <= 256)) throw new IbuError('USAGE', '--concurrency must be between 1 and 256');
-        const store = openStoreArg(opts.from, concurrency ?? 8, opts, opts.layout as HttpLayout | undefined);
+        const store = openStoreArg(opts.from, concurrency, opts, opts.layout as HttpLayout | undefined);
         const keyring = await Keyring.load(opts.keyring);
         const bar = new ProgressBar(`fetch ${opts.version}`, !opts.json && Boolean(process.stderr.isTTY));
         const onProgress = (p: FetchProgress): void => bar.update(fetchFrame(p, `${p.phase} ${opts.version}`));
@@ -219,7 +219,7 @@ export function registerReleaseCommands(program: Command): void {
   registerReleaseDiff(release);
 }
 
-function openStoreArg(from: string, connections: number, s3: S3Flags, layout?: HttpLayout): Store {
+function openStoreArg(from: string, connections: number | undefined, s3: S3Flags, layout?: HttpLayout): Store {
   if (/^https?:\/\//i.test(from)) return new HttpStore(from, { connections, layout });
   if (isS3Url(from)) return new S3Store(from, s3OptionsFromFlags(s3));
   return new LocalStore(from);
