@@ -165,9 +165,24 @@ async function checkinCapacity(
   const servers: Array<{ port: number; child: ReturnType<typeof spawn> }> = [];
   // one after the other: the first one makes the schema
   for (let r = 0; r < replicas; r++) {
-    const child = spawn(process.execPath, [...process.execArgv, entry, '--data', path.join(dataDir, `r${r}`), '--port', '0', '--admin-token', 'bench', ...db], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    // The bench's own young-generation flag (the simulator's, SIMULATOR_SEMI_SPACE_MIB) is not the server's.
+    const child = spawn(
+      process.execPath,
+      [
+        ...process.execArgv.filter((a) => !a.startsWith('--max-semi-space-size')),
+        entry,
+        '--data',
+        path.join(dataDir, `r${r}`),
+        '--port',
+        '0',
+        '--admin-token',
+        'bench',
+        ...db,
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     const port = await new Promise<number>((resolve) =>
       createInterface({ input: child.stdout! }).on('line', (l) => {
         const m = JSON.parse(l);

@@ -46,6 +46,8 @@ export interface AgentDeps {
   /** Release manifests and chunks (the server's /v1 routes or a configured store). */
   store: Store | null;
   applyDelta?: DeltaApplier;
+  /** The encoders this device can re-encode with, as the delta route's `?encoders=` (src/server/recompress-deltas.ts). */
+  deltaEncoders?: () => Promise<string>;
   log?: (line: string) => void;
   /** Draw progress bars (a TTY and no --json). */
   progress?: boolean;
@@ -298,6 +300,7 @@ export class Agent {
           store: this.d.store,
           keyring: () => this.ctx.manifests.keyring(),
           applyDelta: this.d.applyDelta,
+          deltaEncoders: this.d.deltaEncoders,
           log: this.log,
           progress: this.d.progress,
         },

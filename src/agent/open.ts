@@ -43,6 +43,10 @@ export async function openAgent(cfg: AgentConfig, o: OpenOptions = {}): Promise<
     server,
     store,
     applyDelta,
+    deltaEncoders: async () => {
+      const [{ localEncoders }, { formatEncoders }] = await Promise.all([import('../delta/recompressor.js'), import('../delta/encoder-set.js')]);
+      return formatEncoders(localEncoders());
+    },
     log: o.log,
     progress: !o.json && Boolean(process.stderr.isTTY),
     seedFromSystemRoot: o.seedFromSystemRoot,

@@ -78,10 +78,13 @@ export class ServerClient {
       onWait?: (s: string) => void;
       onBytes?: (n: number) => void;
       route?: 'deltas' | 'zfs-streams';
+      /** `?encoders=`: the encoders the device can re-encode with (src/server/recompress-deltas.ts). */
+      encoders?: string;
     },
   ): Promise<boolean> {
     // The ZFS stream route (docs/zfs.md) behaves exactly like the delta route.
-    const url = `${this.baseUrl}/v1/${o.route ?? 'deltas'}/${encodeURIComponent(from)}/${encodeURIComponent(to)}`;
+    const query = o.encoders ? `?encoders=${encodeURIComponent(o.encoders)}` : '';
+    const url = `${this.baseUrl}/v1/${o.route ?? 'deltas'}/${encodeURIComponent(from)}/${encodeURIComponent(to)}${query}`;
     for (;;) {
       // Resume only against the same delta: If-Range with the ETag saved beside the partial, so a
       // delta evicted and rebuilt in between comes back whole (200) instead of being spliced.

@@ -50,6 +50,8 @@ export interface RecompressScanInput {
   work: string;
   jobs: number;
   limits: PlanLimits;
+  /** Only streams of these codecs are recompressed (the encoders the device has in the same version); default all. */
+  codecs?: readonly Codec[];
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -190,7 +192,7 @@ export async function scanRecompressible(input: RecompressScanInput): Promise<Re
       const sp = srcPacked.subarray(st.srcStart, st.srcStart + st.srcLength);
       const tf = factsOf(tp);
       const sf = factsOf(sp);
-      if (!tf || !sf || tf.codec !== sf.codec) continue;
+      if (!tf || !sf || tf.codec !== sf.codec || (input.codecs && !input.codecs.includes(tf.codec))) continue;
       const fits = (n: number | undefined): boolean => n === undefined || (n > 0 && n <= MAX_RECOMPRESS_RAW);
       if (!fits(tf.rawLength) || !fits(sf.rawLength)) continue;
       // An initramfs is hundreds of streams: cut its batches between them too, or the whole of it

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
 import { encoderArgs, MAX_XZ_DICT, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
+import type { EncoderSet } from './encoder-set.js';
 import { zstdCompress, zstdCompressInto, zstdDecode, zstdReproduces, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
 
 /**
@@ -39,6 +40,19 @@ export function encoderVersion(codec: Codec): string {
   const v = /(\d+\.\d+(?:\.\d+)?)/.exec(out.split('\n')[0] ?? '')?.[1] ?? out.split('\n')[0]!.trim();
   versions.set(codec, v);
   return v;
+}
+
+/** The encoders installed here, by version (a codec whose tool is missing is left out): what this machine can recompress with. */
+export function localEncoders(): EncoderSet {
+  const out: EncoderSet = {};
+  for (const codec of ['xz', 'gzip', 'zstd'] as const) {
+    try {
+      out[codec] = encoderVersion(codec);
+    } catch {
+      // not installed: no RECOMPRESS ops of this codec
+    }
+  }
+  return out;
 }
 
 /** Checks the installed encoders are the versions the delta was made with (TOOL_MISSING otherwise, before any output exists). */

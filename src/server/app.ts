@@ -32,6 +32,7 @@ import { isS3Url, S3Store, type S3StoreOptions } from '../store/s3-store.js';
 import { storeDeltaBuilder } from './store-delta-builder.js';
 import { precomputeZfs, zfsAwareBuilder, zfsStreamRoutes } from './zfs-streams.js';
 import type { ServerContext } from './context.js';
+import { localEncoders } from '../delta/recompressor.js';
 import './contracts.js';
 
 export interface ServeOptions {
@@ -73,6 +74,11 @@ export interface ServeOptions {
   deltaDir?: string;
   /** A shared queue's claim not renewed for this long is taken over by another builder. Default 30 s. */
   deltaLeaseMs?: number;
+  /**
+   * Build deltas with RECOMPRESS ops for devices whose encoders match this server's (default true;
+   * src/server/recompress-deltas.ts). Builders on other machines must have the same encoder versions.
+   */
+  deltaRecompress?: boolean;
 }
 
 export type { ServeRole } from './serve-role.js';
@@ -216,7 +222,8 @@ async function assemble0(
     app.log,
   );
   const precompute = new Precomputer(db, catalog, deltas, () => app.fleet, o.precompute ?? DEFAULTS.precompute, app.log);
-  const ctx: ServerContext = { layout, catalog, deltas, precompute, adminToken: o.adminToken };
+  const encoders = o.deltaRecompress === false ? {} : localEncoders();
+  const ctx: ServerContext = { layout, catalog, deltas, precompute, adminToken: o.adminToken, encoders };
   // ZFS streams (docs/zfs.md) are precomputed beside each ibu delta when the release signs one.
   precompute.alsoQueue = (from, to) => precomputeZfs(ctx, from, to);
 

@@ -1,3 +1,4 @@
+import type { EncoderSet } from '../delta/encoder-set.js';
 import type { DeltaServiceImpl } from './delta-service.js';
 import type { Precomputer } from './precompute.js';
 import type { ReleaseCatalog } from './release-catalog.js';
@@ -10,4 +11,6 @@ export interface ServerContext {
   deltas: DeltaServiceImpl;
   precompute: Precomputer;
   adminToken: string | undefined;
+  /** The encoders this server builds RECOMPRESS deltas with ({}: never; src/server/recompress-deltas.ts). */
+  encoders: EncoderSet;
 }

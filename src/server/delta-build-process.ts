@@ -3,7 +3,8 @@
  *
  *   delta-build-process image --data DIR|--store URL --version V --out IMG   reconstruct a release image from the store
  *     (--store s3://bucket/prefix reads S3 with the AWS settings in the environment the server passes)
- *   delta-build-process delta --from-image A --to-image B --out F  makeDelta A -> B
+ *   delta-build-process delta --from-image A --to-image B --out F [--encoders xz-5.4.1~zstd-1.5.7]  makeDelta A -> B
+ *     (--encoders: recompress streams of these codecs, which must be the versions installed here)
  *
  * It kills its process group (itself and its zstd children) when its parent goes away (the IPC
  * channel closes), so a killed server leaves no orphan writing into the cache. Exit 0 on success; on failure the error is on stderr.
@@ -18,6 +19,9 @@ import { manifestPath } from '../store/layout.js';
 import { VerifyingStore } from '../store/verifying-store.js';
 import { commitFile } from '../util/atomic.js';
 import { makeDelta } from '../delta/index.js';
+import type { Codec } from '../delta/compressed-stream.js';
+import { codecsOf, commonEncoders, formatEncoders, parseEncoders } from '../delta/encoder-set.js';
+import { localEncoders } from '../delta/recompressor.js';
 
 // The server spawns this child as the leader of its own process group (delta-builder.ts), so
 // killing the group also stops the zstd processes makeDelta runs; do the same when the server
@@ -76,6 +80,23 @@ async function reconstructImage(dataDir: string, version: string, out: string): 
   await commitFile(partial, out);
 }
 
+/**
+ * The codecs a recompressing job may use: those the job names, each of which must be installed
+ * here in the version named (the device re-encodes with that version; a builder with another
+ * would make a delta the device refuses).
+ */
+function recompressCodecs(text: string): { recompress: true; recompressCodecs: Codec[] } {
+  const wanted = parseEncoders(text);
+  const mismatch = Object.entries(commonEncoders(wanted, localEncoders())).length !== codecsOf(wanted).length;
+  if (mismatch)
+    throw new IbuError(
+      'TOOL_MISSING',
+      `This builder's encoders (${formatEncoders(localEncoders()) || 'none'}) differ from the job's (${text}); ` +
+        'builders must have the encoder versions of the api replicas (docs/deployment.md).',
+    );
+  return { recompress: true, recompressCodecs: codecsOf(wanted) };
+}
+
 async function main(): Promise<void> {
   const [cmd, ...rest] = process.argv.slice(2);
   const { values } = parseArgs({
@@ -87,13 +108,15 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       'from-image': { type: 'string' },
       'to-image': { type: 'string' },
+      encoders: { type: 'string' },
     },
   });
   const from = values.store ?? values.data;
   if (cmd === 'image' && from && values.version && values.out) {
     await reconstructImage(from, values.version, values.out);
   } else if (cmd === 'delta' && values['from-image'] && values['to-image'] && values.out) {
-    const stats = await makeDelta({ fromImage: values['from-image'], toImage: values['to-image'], out: values.out });
+    const rc = values.encoders === undefined ? undefined : recompressCodecs(values.encoders);
+    const stats = await makeDelta({ fromImage: values['from-image'], toImage: values['to-image'], out: values.out, ...rc });
     process.stdout.write(JSON.stringify(stats) + '\n');
   } else {
     throw new IbuError('USAGE', 'usage: delta-build-process image --data DIR --version V --out IMG | delta --from-image A --to-image B --out F');

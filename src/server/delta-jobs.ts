@@ -76,7 +76,7 @@ export class DeltaJobs implements DeltaQueue {
       readyBytes: db.prepare<[], { n: number | null }>("SELECT SUM(size) AS n FROM delta_jobs WHERE state = 'ready'"),
       counts: db.prepare<[], { state: JobState; n: number }>('SELECT state, COUNT(*) AS n FROM delta_jobs GROUP BY state'),
       nextDue: db.prepare<[], { t: number | null }>("SELECT MIN(next_attempt_at) AS t FROM delta_jobs WHERE state = 'queued'"),
-      involving: db.prepare<[string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? OR to_version = ?'),
+      involving: db.prepare<[string, string, string], Row>('SELECT * FROM delta_jobs WHERE from_version = ? OR to_version = ? OR from_version LIKE ?'),
       note: db.prepare(
         `INSERT INTO delta_demand (from_version, to_version, noted_at) VALUES (?, ?, ?)
            ON CONFLICT (from_version, to_version) DO UPDATE SET noted_at = excluded.noted_at`,
@@ -217,7 +217,8 @@ export class DeltaJobs implements DeltaQueue {
   }
 
   async involving(version: string): Promise<DeltaJob[]> {
-    return this.q.involving.all(version, version).map(toJob);
+    // Keys of other kinds end in +<from> (zfs+1.0, rc~xz-5.4.1+1.0); '%' and '_' cannot occur in a version.
+    return this.q.involving.all(version, version, `%+${version}`).map(toJob);
   }
 
   async readyBytes(): Promise<number> {

@@ -167,6 +167,7 @@ export interface DeltaQueue {
   /** Ready deltas, least recently used first. */
   readyByLru(): Promise<DeltaJob[]>;
   all(): Promise<DeltaJob[]>;
+  /** Jobs from or to a version, including the other kinds of job keyed `<kind>+<from>` (ZFS streams, recompressing deltas). */
   involving(version: string): Promise<DeltaJob[]>;
   readyBytes(): Promise<number>;
   counts(): Promise<Record<JobState, number>>;

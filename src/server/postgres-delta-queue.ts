@@ -380,7 +380,8 @@ export class PostgresDeltaQueue implements DeltaQueue {
   }
 
   involving(version: string): Promise<DeltaJob[]> {
-    return this.list('SELECT * FROM delta_jobs WHERE scope = :scope AND (from_version = $1 OR to_version = $1)', [version]);
+    // Keys of other kinds end in +<from> (zfs+1.0, rc~xz-5.4.1+1.0); '%' and '_' cannot occur in a version.
+    return this.list("SELECT * FROM delta_jobs WHERE scope = :scope AND (from_version = $1 OR to_version = $1 OR from_version LIKE '%+' || $1)", [version]);
   }
 
   async readyBytes(): Promise<number> {

@@ -5,6 +5,8 @@ import type { FastifyBaseLogger } from 'fastify';
 import { runChild, type DeltaBuilder } from './delta-builder.js';
 import { S3Store, s3OptionsToEnv } from '../store/s3-store.js';
 import type { StoreLayout } from './store-layout.js';
+import { formatEncoders } from '../delta/encoder-set.js';
+import { parseDeltaJob } from './recompress-deltas.js';
 
 export interface StoreDeltaBuilderOptions {
   layout: StoreLayout;
@@ -113,12 +115,15 @@ export function storeDeltaBuilder(o: StoreDeltaBuilderOptions): DeltaBuilder {
     }
   }
 
-  return async ({ from, to, out, signal, log }) => {
+  return async ({ from: key, to, out, signal, log }) => {
+    // A recompressing job (src/server/recompress-deltas.ts) builds from the version its key names.
+    const { from, encoders } = parseDeltaJob(key);
     pin(from);
     pin(to);
     try {
       const [a, b] = await Promise.all([ensureImage(from, signal, log), ensureImage(to, signal, log)]);
-      await runChild(process.execPath, [...node, 'delta', '--from-image', a, '--to-image', b, '--out', out], { signal });
+      const rc = encoders ? ['--encoders', formatEncoders(encoders)] : [];
+      await runChild(process.execPath, [...node, 'delta', '--from-image', a, '--to-image', b, '--out', out, ...rc], { signal });
     } finally {
       unpin(from);
       unpin(to);

@@ -16,6 +16,8 @@ import type { Manifest } from '../../src/release/types.js';
 import { cli, makeDevice } from './device.js';
 import { storeServer } from './store-server.js';
 import { freePort } from '../helpers/nginx-cdn.js';
+import { formatEncoders } from '../../src/delta/encoder-set.js';
+import { localEncoders } from '../../src/delta/recompressor.js';
 
 const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../scripts/nginx-cdn.sh');
 
@@ -73,7 +75,8 @@ test('through nginx: chunks and deltas cached, 202 not, ranges and resume, and a
     assert.equal((await req(u2)).headers.get('x-cache-status'), 'HIT');
 
     // Deltas: 202 while building is never cached (each poll reaches the origin), then 200 is.
-    const du = `${cdn}/v1/deltas/1.0/2.0`;
+    // As the device asks for it: with the encoders it can re-encode with (a variant of its own in the cache).
+    const du = `${cdn}/v1/deltas/1.0/2.0?encoders=${encodeURIComponent(formatEncoders(localEncoders()))}`;
     const first = await req(du);
     assert.equal(first.status, 202);
     assert.notEqual(first.headers.get('x-cache-status'), 'HIT');

@@ -832,7 +832,8 @@ export class FleetServer {
       } catch {
         continue;
       }
-      if (e.reqId && e.req?.url) urls.set(e.reqId, e.req.url);
+      // By path: a device's delta request carries ?encoders=.
+      if (e.reqId && e.req?.url) urls.set(e.reqId, e.req.url.split('?')[0]!);
       if (e.reqId && e.res?.statusCode !== undefined && urls.get(e.reqId) === url) out.push(e.res.statusCode);
     }
     return out;

@@ -30,7 +30,10 @@ export const deltaTransport: Transport = {
     let ok: boolean;
     try {
       const free = await freeBytes(d.cfg.imagesDir);
+      // Named encoders let the server recompress compressed files (docs/delta-format.md); none, a plain delta.
+      const encoders = await d.deltaEncoders?.().catch(() => '');
       ok = await d.server!.downloadDelta(from.version, to, file, {
+        encoders,
         deadline: Date.now() + d.cfg.download.deltaWaitSeconds * 1000,
         maxRetryAfterSeconds: d.cfg.download.maxRetryAfterSeconds,
         // The delta and the image it produces must both fit.

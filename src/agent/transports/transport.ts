@@ -41,6 +41,8 @@ export interface DownloadDeps {
   store: Store | null;
   keyring: () => Promise<Keyring>;
   applyDelta?: DeltaApplier;
+  /** The encoders this device can re-encode with (`xz-5.8.1~gzip-1.13~zstd-1.5.7`): the server may then send a delta with RECOMPRESS ops. */
+  deltaEncoders?: () => Promise<string>;
   log: (line: string) => void;
   progress?: boolean;
 }

@@ -105,16 +105,16 @@ export function registerDeltaCommands(program: Command): void {
     .requiredOption('--from <A.img>', 'source image')
     .requiredOption('--to <B.img>', 'target image')
     .requiredOption('--out <A-B.ibudelta>', 'delta file to write (through OUT.partial, fsync, rename)')
-    .option('--level <n>', 'zstd level of the payload (1-22)', '12')
+    .option('--level <n>', 'zstd level of the payload (1-22; default 12, 19 with --recompress)')
     .option('--jobs <n>', 'zstd processes at once')
     .option('--recompress', 'send changed xz/gzip files uncompressed; the device compresses them again (needs the same xz/gzip there)')
     .option('--json', 'print the result as JSON')
-    .action(async (opts: { from: string; to: string; out: string; level: string; jobs?: string; recompress?: boolean; json?: boolean }) => {
+    .action(async (opts: { from: string; to: string; out: string; level?: string; jobs?: string; recompress?: boolean; json?: boolean }) => {
       const r = await makeDelta({
         fromImage: opts.from,
         toImage: opts.to,
         out: opts.out,
-        level: parseInt10(opts.level, '--level'),
+        level: opts.level === undefined ? undefined : parseInt10(opts.level, '--level'),
         jobs: opts.jobs === undefined ? undefined : parseInt10(opts.jobs, '--jobs'),
         recompress: opts.recompress === true,
         onProgress: progressLine(!opts.json && process.stderr.isTTY),

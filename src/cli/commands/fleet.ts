@@ -4,7 +4,8 @@ import { promises as fsp } from 'node:fs';
 import { FleetAdminClient } from '../../fleet/admin-client.js';
 import { addAdminOptions, count, type AdminFlags } from './admin-options.js';
 import { parseFactorySecrets } from '../../fleet/factory-secrets.js';
-import { simulate } from '../../fleet/simulator/simulate.js';
+import { spawnSync } from 'node:child_process';
+import { hasYoungGenerationSetting, simulate, SIMULATOR_SEMI_SPACE_MIB } from '../../fleet/simulator/simulate.js';
 import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
 
 function int(name: string, min: number) {
@@ -157,6 +158,15 @@ export function registerFleetCommands(program: Command): void {
         keep?: boolean;
         json?: boolean;
       }) => {
+        if (!hasYoungGenerationSetting()) {
+          // 80,000 devices' state and every request's garbage: with V8's default young generation the
+          // simulator scavenged every ~250 ms (15-30 ms each) and its stalls made much of the latency
+          // tail it reports (docs/benchmarks.md, "Fleet"). Run again with a larger one.
+          const r = spawnSync(process.execPath, [`--max-semi-space-size=${SIMULATOR_SEMI_SPACE_MIB}`, ...process.execArgv, ...process.argv.slice(1)], {
+            stdio: 'inherit',
+          });
+          process.exit(r.status ?? 1);
+        }
         const result = await simulate({
           devices: o.devices,
           replicas: o.replicas,

@@ -21,6 +21,7 @@ interface ServeCliOptions {
   databaseUrl?: string;
   logLevel: string;
   fleet: boolean;
+  deltaRecompress: boolean;
   store?: string;
   role: string;
   deltaDir?: string;
@@ -73,6 +74,7 @@ export function registerServeCommands(program: Command): void {
     .option('--database-url <url>', 'fleet database: postgres://... (default SQLite in the data dir)')
     .option('--log-level <level>', 'pino log level', 'info')
     .option('--no-fleet', 'serve releases and deltas only, without the fleet API')
+    .option('--no-delta-recompress', "never build deltas with RECOMPRESS ops, even for devices whose xz/gzip/zstd match this server's")
     .action(async (opts: ServeCliOptions & S3Flags) => {
       // Collect every problem before starting (STYLE.md: options in, resolved config out).
       const problems: string[] = [];
@@ -117,6 +119,7 @@ export function registerServeCommands(program: Command): void {
         https,
         databaseUrl: opts.databaseUrl,
         fleet: opts.fleet,
+        deltaRecompress: opts.deltaRecompress,
         logger: { level: opts.logLevel },
       });
       if (!adminToken) app.log.warn('no admin token: /v1/admin routes answer 403 (set --admin-token or IBU_ADMIN_TOKEN)');

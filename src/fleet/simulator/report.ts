@@ -31,7 +31,7 @@ export class Measurements {
   /** Latency per phase of the release day (which wave is open, the restart, the bad release), by the phase a check-in was due in. */
   readonly phases = new Map<string, LatencyHistogram>();
   private phase = 'enrollment';
-  private phaseAt: Array<{ at: number; name: string }> = [];
+  readonly phaseAt: Array<{ at: number; name: string }> = [];
   readonly perWindow: number[] = [];
   trafficT0 = 0;
   disturbedFrom = Number.POSITIVE_INFINITY;
@@ -39,6 +39,8 @@ export class Measurements {
   checkins = 0;
   events = 0;
   retries = 0;
+  /** Check-ins over 50 ms by the wall-clock second they were due in (diagnostics: IBU_SIM_TRACE). */
+  readonly slowBySecond = new Map<number, number>();
 
   /** From now on check-ins count in phase `name` (the operator's view: a wave opened, the restart began). */
   setPhase(name: string, at = performance.now()): void {
@@ -62,6 +64,10 @@ export class Measurements {
     if (!h) this.phases.set(name, (h = new LatencyHistogram()));
     h.add(ms);
     if (t0 > this.disturbedUntil) this.lat.add(ms);
+    if (ms > 50) {
+      const s = Math.floor((performance.timeOrigin + t0) / 1000);
+      this.slowBySecond.set(s, (this.slowBySecond.get(s) ?? 0) + 1);
+    }
     if (this.trafficT0 > 0) {
       const w = Math.floor((t1 - this.trafficT0) / 10_000);
       this.perWindow[w] = (this.perWindow[w] ?? 0) + 1;

@@ -47,7 +47,8 @@ export class ServerProcess {
     const self = fileURLToPath(import.meta.url);
     const entry = path.join(path.dirname(self), '..', '..', 'server', 'fleet', `sim-server${path.extname(self)}`);
     const args = [
-      ...process.execArgv.filter((a) => !a.startsWith('--test')),
+      // The simulator's own heap settings (a larger young generation for its 80,000 devices) are not the server's.
+      ...process.execArgv.filter((a) => !a.startsWith('--test') && !a.startsWith('--max-semi-space-size')),
       entry,
       '--data',
       this.o.dataDir,
@@ -60,7 +61,12 @@ export class ServerProcess {
     if (this.o.store) args.push('--store', this.o.store);
     if (this.o.role) args.push('--role', this.o.role);
     if (this.o.deltaDir) args.push('--delta-dir', this.o.deltaDir);
-    const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...this.o.env } });
+    const env = { ...process.env, ...this.o.env };
+    if (env.NODE_OPTIONS)
+      env.NODE_OPTIONS = env.NODE_OPTIONS.split(/\s+/)
+        .filter((a) => !a.startsWith('--max-semi-space-size'))
+        .join(' ');
+    const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env });
     this.child = c;
     const lines = createInterface({ input: c.stdout! });
     await new Promise<void>((resolve, reject) => {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -10,6 +10,7 @@ import { Naps, unrefSleep } from './naps.js';
 import { Measurements, timings, type SimulateResult } from './report.js';
 import { countLostUpdates, rollOutBadRelease, setUpFleet, startGoodRollout, watchRollout, type ScenarioContext } from './scenario.js';
 import { ServerProcess } from './server-process.js';
+import { traceStalls } from './stall-trace.js';
 
 export type { SimulateResult } from './report.js';
 
@@ -85,6 +86,17 @@ export interface ClusterOptions {
   balancer?: (origins: string[]) => Promise<{ origin: string; stop(): Promise<void> }>;
 }
 
+/**
+ * The simulator's young generation (MiB per semi-space; V8's default is 16): measured on 80,000
+ * devices, a scavenge every ~250 ms of 15-30 ms at 16, every ~2.7 s at 64 (docs/benchmarks.md).
+ * `ibu fleet simulate` and `npm run bench:fleet` run with it; the server keeps V8's default.
+ */
+export const SIMULATOR_SEMI_SPACE_MIB = 64;
+
+/** Whether this process was started with its young generation sized (a flag or NODE_OPTIONS). */
+export const hasYoungGenerationSetting = (): boolean =>
+  [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--max-semi-space-size'));
+
 export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const log = o.log ?? (() => {});
   const n = o.devices;
@@ -108,6 +120,8 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const adminToken = randomBytes(16).toString('hex');
   const lag = monitorEventLoopDelay({ resolution: 10 });
   lag.enable();
+  const trace = process.env.IBU_SIM_TRACE;
+  const untrace = traceStalls(trace, 'simulator');
   const m = new Measurements();
   const naps = new Naps();
   // Replica i > 0 gets its own data dir (one server per directory); the releases reach it through the database.
@@ -213,6 +227,9 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
     const trafficCheckins = m.checkins - checkins0;
     const rates = m.windowRates(performance.now());
     const clientLagP99Ms = Math.round(lag.percentile(99) / 1e4) / 100;
+    if (trace) for (const [s, slow] of m.slowBySecond) appendFileSync(trace, JSON.stringify({ who: 'latency', at: s * 1000, slowOver50ms: slow }) + '\n');
+    if (trace)
+      for (const p of m.phaseAt) appendFileSync(trace, JSON.stringify({ who: 'phase', at: Math.round(performance.timeOrigin + p.at), phase: p.name }) + '\n');
     naps.stopAll();
     await Promise.race([Promise.all(loops), unrefSleep(60_000)]);
     const lostUpdates = await countLostUpdates(ctx, devices);
@@ -255,6 +272,7 @@ export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   } finally {
     naps.stopping = true;
     lag.disable();
+    untrace();
     await Promise.all(everyProcess.map((s) => s.stop().catch(() => {})));
     await front?.stop().catch(() => {});
     await client.close().catch(() => {});

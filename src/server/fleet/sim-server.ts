@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fleetPlugin } from './plugin.js';
 import { connectionLimits, httpServerOptions } from '../connection-limits.js';
+import { traceStalls } from '../../fleet/simulator/stall-trace.js';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -57,6 +58,7 @@ if (!app.fleet && role !== 'builder') await app.register(fleetPlugin, { dataDir,
 await app.listen({ host: '127.0.0.1', port });
 const lag = monitorEventLoopDelay({ resolution: 10 });
 lag.enable();
+traceStalls(process.env.IBU_SIM_TRACE, 'server');
 // SIGUSR2: the simulator's traffic phase begins; event-loop delay counts from here (not enrollment).
 process.on('SIGUSR2', () => lag.reset());
 const addr = app.server.address();

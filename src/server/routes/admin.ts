@@ -7,7 +7,6 @@ import { PRIORITY } from '../delta-queue.js';
 import { removeRelease } from '../release-removal.js';
 import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
 import { checkPair, pairParams, stateBody } from './deltas.js';
-import { zfsJobFrom } from '../zfs-streams.js';
 
 const pairList = {
   type: 'array',
@@ -169,8 +168,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       ctx.precompute.forget(version);
       ctx.catalog.forget(version);
       let deltasRemoved = 0;
-      // ZFS streams (src/server/zfs-streams.ts) are jobs keyed `zfs+<from>`: those from this version too.
-      for (const j of [...(await ctx.deltas.jobs.involving(version)), ...(await ctx.deltas.jobs.involving(zfsJobFrom(version)))]) {
+      // Also the ZFS streams (`zfs+<from>`) and recompressing deltas (`rc~…+<from>`) from this version.
+      for (const j of await ctx.deltas.jobs.involving(version)) {
         ctx.deltas.pool.cancel(j.from, j.to);
         // An open stream keeps its inode on Linux; the release is gone, so the file goes now.
         await ctx.deltas.jobs.delete(j.from, j.to);

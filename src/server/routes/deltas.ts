@@ -5,6 +5,8 @@ import { clientKey } from '../delta-admission.js';
 import type { DeltaLookup } from '../delta-service.js';
 import { deltaStateSchema, errorSchema, versionSchema } from '../schemas.js';
 import { sendFile } from '../send-file.js';
+import { commonEncoders, parseEncoders } from '../../delta/encoder-set.js';
+import { recompressJobFrom } from '../recompress-deltas.js';
 
 export const pairParams = {
   type: 'object',
@@ -57,23 +59,31 @@ export const pairRouteSchema = {
  * (Range/If-Range, ETag, pinned against eviction while streaming), else 202 + Retry-After while
  * queued or building, 500 once failed after every retry (the device then fetches chunks). A
  * request that would queue a new build is admitted first (src/server/delta-admission.ts):
- * refused, it is 429 DELTA_CLIENT_LIMIT or 503 DELTA_QUEUE_FULL with Retry-After.
+ * refused, it is 429 DELTA_CLIENT_LIMIT or 503 DELTA_QUEUE_FULL with Retry-After. `readyElse`:
+ * while the asked job is not ready, that job's artifact is served if it is (a device asking for
+ * a recompressing delta gets the plain one at once), `no-store` so that no cache keeps it in
+ * place of the asked one.
  */
 export async function serveBuilt(
   ctx: ServerContext,
   req: FastifyRequest,
   reply: FastifyReply,
-  o: { key: string; from: string; to: string; contentType: string; what: string },
+  o: { key: string; from: string; to: string; contentType: string; what: string; readyElse?: string },
 ): Promise<unknown> {
   const asked = { create: true, client: clientKey(req.ip), pairFrom: o.from };
-  const l = await ctx.deltas.lookup(o.key, o.to, asked);
+  let l = await ctx.deltas.lookup(o.key, o.to, asked);
+  let key = o.key;
+  if (l.state !== 'ready' && o.readyElse !== undefined) {
+    const other = await ctx.deltas.lookup(o.readyElse, o.to, { create: false });
+    if (other.state === 'ready') [l, key] = [other, o.readyElse];
+  }
   if (l.state === 'ready') {
-    const unpin = ctx.deltas.cache.pin(o.key, o.to);
-    if (req.method === 'GET') await ctx.deltas.jobs.touch(o.key, o.to);
+    const unpin = ctx.deltas.cache.pin(key, o.to);
+    if (req.method === 'GET') await ctx.deltas.jobs.touch(key, o.to);
     const ok = await sendFile(req, reply, {
       file: l.file,
       etag: `"${l.job.sha256}"`,
-      cacheControl: 'public, max-age=86400',
+      cacheControl: key === o.key ? 'public, max-age=86400' : 'no-store',
       contentType: o.contentType,
       onDone: unpin,
       knownSize: l.job.size ?? undefined,
@@ -95,14 +105,17 @@ export async function serveBuilt(
 }
 
 export function deltaRoutes(app: FastifyInstance, ctx: ServerContext): void {
-  app.route<{ Params: { from: string; to: string } }>({
+  app.route<{ Params: { from: string; to: string }; Querystring: { encoders?: string } }>({
     method: ['GET', 'HEAD'],
     url: '/v1/deltas/:from/:to',
-    schema: pairRouteSchema,
+    // ?encoders=xz-5.8.1~gzip-1.13~zstd-1.5.7: the device can re-encode with these (src/server/recompress-deltas.ts).
+    schema: { ...pairRouteSchema, querystring: { type: 'object', properties: { encoders: { type: 'string', maxLength: 200 } } } },
     handler: async (req, reply) => {
       const { from, to } = req.params;
       await checkPair(ctx, from, to);
-      return serveBuilt(ctx, req, reply, { key: from, from, to, contentType: 'application/vnd.ibu.delta', what: 'Delta' });
+      const key = req.query.encoders ? recompressJobFrom(from, commonEncoders(parseEncoders(req.query.encoders), ctx.encoders)) : from;
+      const readyElse = key === from ? undefined : from;
+      return serveBuilt(ctx, req, reply, { key, from, to, contentType: 'application/vnd.ibu.delta', what: 'Delta', readyElse });
     },
   });
 }
