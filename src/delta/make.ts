@@ -23,7 +23,7 @@ export interface MakeDeltaOptions {
   fromImage: string;
   toImage: string;
   out: string;
-  /** zstd level for the payload (1..22; above 19 uses --ultra). Default DEFAULT_LEVEL, RECOMPRESS_LEVEL with `recompress`. */
+  /** zstd level for the payload (1..22; above 19 uses --ultra). Default DEFAULT_LEVEL, or RECOMPRESS_LEVEL when it has RECOMPRESS ops. */
   level?: number;
   /** zstd processes run at once (default: the number of CPUs, at most 4). */
   jobs?: number;
@@ -46,7 +46,7 @@ export interface MakeDeltaOptions {
  */
 export const DEFAULT_LEVEL = 12;
 /**
- * The payload's level with `recompress`: its RECOMPRESS ops carry uncompressed module contents,
+ * The payload's level when it has RECOMPRESS ops, which carry uncompressed module contents,
  * where 19 is 13 % smaller than 12 (the trixie kernel point release: 23.7 against 25.3 MB, 24.3 %
  * against 25.9 % of xdelta3 -9; docs/benchmarks.md) at about 2.5× make's CPU. A delta is made
  * once and applied by the whole fleet.
@@ -104,8 +104,8 @@ function windowLogFor(bytes: number): number {
  */
 export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
   const t0 = performance.now();
-  const level = opts.level ?? (opts.recompress ? RECOMPRESS_LEVEL : DEFAULT_LEVEL);
-  if (!Number.isInteger(level) || level < 1 || level > 22) throw new IbuError('USAGE', `zstd level ${level} is not between 1 and 22.`);
+  const asked = opts.level;
+  if (asked !== undefined && (!Number.isInteger(asked) || asked < 1 || asked > 22)) throw new IbuError('USAGE', `zstd level ${asked} is not between 1 and 22.`);
   const jobs = Math.max(1, opts.jobs ?? Math.min(4, os.availableParallelism()));
   const progress = opts.onProgress;
 
@@ -172,6 +172,9 @@ export async function makeDelta(opts: MakeDeltaOptions): Promise<DeltaStats> {
       }
       // Where each RECOMPRESS op's uncompressed contents wait: the scan's piece the plan made it from.
       const raw = p.pieces as Map<RecompressOp, RecompressedPiece>;
+      // 19 only where it pays: a payload that carries uncompressed contents (a delta without
+      // RECOMPRESS ops costs the same as a plain one, made at 12).
+      const level = asked ?? (p.ops.some((op) => op.type === 'recompress') ? RECOMPRESS_LEVEL : DEFAULT_LEVEL);
       const segments = await compressSegments(p.ops, p.segments, { sfd, tfd, work: workDir, level, jobs, buf, progress, raw });
 
       // Assemble: fixed header, JSON, op table, payload, trailer.

@@ -238,7 +238,8 @@ find /host/images | sed 's/^/IBU-E2E file /'
       if (entry === 'cache' || entry.includes('.sqlite')) continue;
       await fsp.cp(path.join(fleet.build.store, entry), path.join(data, entry), { recursive: true });
     }
-    const s = await new FleetServer(data, path.join(fleet.work, 'server-tampered.log')).start();
+    // Plain deltas only: what the device downloads is the delta tampered with below, whatever encoders it names.
+    const s = await new FleetServer(data, path.join(fleet.work, 'server-tampered.log'), ['--no-delta-recompress']).start();
     // the delta as the server builds and caches it
     let delta: Buffer | null = null;
     for (let i = 0; i < 600 && !delta; i++) {

@@ -720,6 +720,8 @@ export class FleetServer {
   constructor(
     readonly data: string,
     readonly logFile: string,
+    /** More `ibu serve` flags. */
+    private readonly flags: string[] = [],
   ) {}
   get base(): string {
     return `http://127.0.0.1:${this.port}`;
@@ -730,7 +732,19 @@ export class FleetServer {
     const logFd = await fsp.open(this.logFile, 'w');
     this.child = spawn(
       process.execPath,
-      [path.join(repoRoot(), 'bin/ibu'), 'serve', '--data', this.data, '--listen', `127.0.0.1:${this.port}`, '--admin-token', FLEET_ADMIN, '--precompute', '0'],
+      [
+        path.join(repoRoot(), 'bin/ibu'),
+        'serve',
+        '--data',
+        this.data,
+        '--listen',
+        `127.0.0.1:${this.port}`,
+        '--admin-token',
+        FLEET_ADMIN,
+        '--precompute',
+        '0',
+        ...this.flags,
+      ],
       {
         env: { ...process.env, IBU_ENROLLMENT_SECRET: FLEET_SECRET },
         stdio: ['ignore', logFd.fd, logFd.fd],

@@ -105,7 +105,7 @@ export function registerDeltaCommands(program: Command): void {
     .requiredOption('--from <A.img>', 'source image')
     .requiredOption('--to <B.img>', 'target image')
     .requiredOption('--out <A-B.ibudelta>', 'delta file to write (through OUT.partial, fsync, rename)')
-    .option('--level <n>', 'zstd level of the payload (1-22; default 12, 19 with --recompress)')
+    .option('--level <n>', 'zstd level of the payload (1-22; default 12, or 19 when it has RECOMPRESS ops)')
     .option('--jobs <n>', 'zstd processes at once')
     .option('--recompress', 'send changed xz/gzip files uncompressed; the device compresses them again (needs the same xz/gzip there)')
     .option('--json', 'print the result as JSON')
