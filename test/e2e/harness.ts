@@ -829,9 +829,9 @@ export class FleetServer {
     }
   }
 
-  /** The size of the built delta from -> to (HEAD; null while it is being built). */
-  async deltaSize(from: string, to: string): Promise<number | null> {
-    const res = await fetch(`${this.base}/v1/deltas/${from}/${to}`, { method: 'HEAD' });
+  /** The size of the built delta from -> to (HEAD; null while it is being built); `query`: the variant a device asked for (`?encoders=…`). */
+  async deltaSize(from: string, to: string, query = ''): Promise<number | null> {
+    const res = await fetch(`${this.base}/v1/deltas/${from}/${to}${query}`, { method: 'HEAD' });
     return res.status === 200 ? Number(res.headers.get('content-length')) : null;
   }
 
