@@ -19,6 +19,7 @@ import { createInterface } from 'node:readline';
 import { Agent, request } from 'undici';
 import pg from 'pg';
 import { simulate, type ClusterOptions, type SimulateResult } from '../src/fleet/simulator/simulate.js';
+import { isYoungGenerationFlag } from '../src/fleet/simulator/young-generation.js';
 import { newDeviceKey, signEnrollment } from '../src/fleet/device-proof.js';
 import { startCdn } from '../test/helpers/nginx-cdn.js';
 import { newBucket, radosgw } from '../test/helpers/radosgw.js';
@@ -169,7 +170,7 @@ async function checkinCapacity(
     const child = spawn(
       process.execPath,
       [
-        ...process.execArgv.filter((a) => !a.startsWith('--max-semi-space-size')),
+        ...process.execArgv.filter((a) => !isYoungGenerationFlag(a)),
         entry,
         '--data',
         path.join(dataDir, `r${r}`),

@@ -8,7 +8,8 @@ import type { Codec } from './compressed-stream.js';
  */
 export type EncoderSet = Partial<Record<Codec, string>>;
 
-const CODECS: readonly Codec[] = ['xz', 'gzip', 'zstd'];
+/** Every codec RECOMPRESS ops know, in the order sets are written. */
+export const CODECS: readonly Codec[] = ['xz', 'gzip', 'zstd'];
 const VERSION = /^\d{1,4}(\.\d{1,4}){0,3}$/;
 
 /** `xz-5.4.1~zstd-1.5.7`, codecs in a fixed order; '' for none. */

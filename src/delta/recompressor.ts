@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { IbuError } from '../errors.js';
 import { encoderArgs, MAX_XZ_DICT, ZSTD_LEVELS, type Codec, type EncoderParams } from './compressed-stream.js';
-import type { EncoderSet } from './encoder-set.js';
+import { CODECS, type EncoderSet } from './encoder-set.js';
 import { zstdCompress, zstdCompressInto, zstdDecode, zstdReproduces, zstdDecodeInto, zstdVersion } from './zstd-recompress.js';
 
 /**
@@ -45,7 +45,7 @@ export function encoderVersion(codec: Codec): string {
 /** The encoders installed here, by version (a codec whose tool is missing is left out): what this machine can recompress with. */
 export function localEncoders(): EncoderSet {
   const out: EncoderSet = {};
-  for (const codec of ['xz', 'gzip', 'zstd'] as const) {
+  for (const codec of CODECS) {
     try {
       out[codec] = encoderVersion(codec);
     } catch {

@@ -5,7 +5,8 @@ import { FleetAdminClient } from '../../fleet/admin-client.js';
 import { addAdminOptions, count, type AdminFlags } from './admin-options.js';
 import { parseFactorySecrets } from '../../fleet/factory-secrets.js';
 import { spawnSync } from 'node:child_process';
-import { hasYoungGenerationSetting, simulate, SIMULATOR_SEMI_SPACE_MIB } from '../../fleet/simulator/simulate.js';
+import { simulate } from '../../fleet/simulator/simulate.js';
+import { hasYoungGenerationSetting, SIMULATOR_SEMI_SPACE_MIB } from '../../fleet/simulator/young-generation.js';
 import type { GroupRecord, ReleaseRecord } from '../../fleet/types.js';
 
 function int(name: string, min: number) {

@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { IbuError } from '../../errors.js';
 import { unrefSleep } from './naps.js';
+import { isYoungGenerationFlag, withoutYoungGeneration } from './young-generation.js';
 
 export interface ServerProcessOptions {
   dataDir: string;
@@ -48,7 +49,7 @@ export class ServerProcess {
     const entry = path.join(path.dirname(self), '..', '..', 'server', 'fleet', `sim-server${path.extname(self)}`);
     const args = [
       // The simulator's own heap settings (a larger young generation for its 80,000 devices) are not the server's.
-      ...process.execArgv.filter((a) => !a.startsWith('--test') && !a.startsWith('--max-semi-space-size')),
+      ...process.execArgv.filter((a) => !a.startsWith('--test') && !isYoungGenerationFlag(a)),
       entry,
       '--data',
       this.o.dataDir,
@@ -62,10 +63,7 @@ export class ServerProcess {
     if (this.o.role) args.push('--role', this.o.role);
     if (this.o.deltaDir) args.push('--delta-dir', this.o.deltaDir);
     const env = { ...process.env, ...this.o.env };
-    if (env.NODE_OPTIONS)
-      env.NODE_OPTIONS = env.NODE_OPTIONS.split(/\s+/)
-        .filter((a) => !a.startsWith('--max-semi-space-size'))
-        .join(' ');
+    if (env.NODE_OPTIONS) env.NODE_OPTIONS = withoutYoungGeneration(env.NODE_OPTIONS);
     const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env });
     this.child = c;
     const lines = createInterface({ input: c.stdout! });

@@ -86,17 +86,6 @@ export interface ClusterOptions {
   balancer?: (origins: string[]) => Promise<{ origin: string; stop(): Promise<void> }>;
 }
 
-/**
- * The simulator's young generation (MiB per semi-space; V8's default is 16): measured on 80,000
- * devices, a scavenge every ~250 ms of 15-30 ms at 16, every ~2.7 s at 64 (docs/benchmarks.md).
- * `ibu fleet simulate` and `npm run bench:fleet` run with it; the server keeps V8's default.
- */
-export const SIMULATOR_SEMI_SPACE_MIB = 64;
-
-/** Whether this process was started with its young generation sized (a flag or NODE_OPTIONS). */
-export const hasYoungGenerationSetting = (): boolean =>
-  [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--max-semi-space-size'));
-
 export async function simulate(o: SimulateOptions): Promise<SimulateResult> {
   const log = o.log ?? (() => {});
   const n = o.devices;
