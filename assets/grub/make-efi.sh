@@ -15,6 +15,8 @@ command -v grub-mkstandalone >/dev/null || { echo "make-efi: grub-mkstandalone m
 cfg=$(mktemp) ibucfg=$(mktemp)
 trap 'rm -f "$cfg" "$ibucfg"' EXIT
 IBU_HOST_UUID=$uuid sh "$(dirname "$0")/10_ibu" > "$ibucfg"
+# An empty copy would leave GRUB at its prompt whenever the host's grub.cfg is damaged.
+grep -q '^### ibu: boot ' "$ibucfg" || { echo "make-efi: assets/grub/10_ibu made no script for the built-in copy" >&2; exit 1; }
 # A separate variable for the search result: if the search fails, configfile must not re-read
 # this memdisk config (which is what "$root/boot/grub/grub.cfg" would be).
 cat > "$cfg" <<EOF

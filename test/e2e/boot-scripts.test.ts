@@ -79,6 +79,16 @@ describe('assets/grub/10_ibu', () => {
     },
   );
 
+  test("given the host's UUID (make-efi.sh's built-in copy), it writes the script on a machine that holds no images", async () => {
+    // Regression: the check meant for /etc/grub.d on a machine without images made the EFI binary's
+    // built-in copy empty on a build machine without /images, and a damaged host grub.cfg then left
+    // GRUB at its prompt (test/e2e/boot-recovery.test.ts, case h).
+    const res = await run('sh', [GEN], { env: { PATH: process.env.PATH, IBU_HOST_UUID: HOST_UUID }, allowFailure: true });
+    assert.equal(res.code, 0, res.stderr);
+    assert.match(res.stdout, /^### ibu: boot /m);
+    assert.match(res.stdout, new RegExp(`^set ibu_host_uuid=${HOST_UUID}$`, 'm'));
+  });
+
   test('bad settings are refused with a message naming the setting', async () => {
     for (const [env, re] of [
       [{ IBU_HOST_UUID: 'not a uuid' }, /IBU_HOST_UUID/],
