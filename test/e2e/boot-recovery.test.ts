@@ -213,8 +213,8 @@ describe('boot recovery: one damaged file never leaves the device stuck', { skip
       ]);
       assert.equal(resets(res), 0);
     } catch (err) {
-      // Random bytes: once (CI, 2026-12-05) GRUB ended at a grub> prompt after its built-in copy.
-      // The bytes that did it, to replay them.
+      // Random bytes: should a boot fail, these replay it. (The grub> prompt seen in CI on
+      // 2026-12-05 was an empty built-in copy, not the bytes: test/e2e/boot-scripts.test.ts.)
       (err as Error).message += `\ngrub.cfg garbage (base64): ${garbage.bytes.toString('base64')}`;
       throw err;
     }
