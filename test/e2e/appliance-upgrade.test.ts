@@ -82,7 +82,9 @@ describe(
         name,
         files: await deviceFiles({ name, token, keysDir: keys, sshPub: id.pub, hold: true }),
       });
-      const start = (run: string) => RunningDevice.start({ disk, logFile: path.join(work, `${name}-${run}.log`), serverPort: tap.port, id });
+      // A hang guard, not a time limit: run 2 is two upgrades (each prepare ~5 min of TCG CPU) and a rollback.
+      const start = (run: string, timeoutMs?: number) =>
+        RunningDevice.start({ disk, logFile: path.join(work, `${name}-${run}.log`), serverPort: tap.port, id, timeoutMs });
       // (e) the power will be cut 8 MiB into the delta's answer (held there; a retry is held too).
       // Armed from the start: the prepare timer may fetch while the operator is still at work.
       const cut = tap.cutWhen(/^GET \/v1\/deltas\/1\.0\/2\.0/, 8 << 20);
@@ -136,7 +138,7 @@ describe(
 
       // boots 1.0 again; the timers resume the download, apply, the trial boots 2.0, confirm commits
       tap.release();
-      dev = await start('2');
+      dev = await start('2', 3_000_000);
       const d = dev;
       await server.waitForRecord(name, (r) => r.committedVersion === '2.0' && r.state === 'committed', 1_800_000);
       const running = await d.ssh(
