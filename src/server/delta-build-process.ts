@@ -87,15 +87,16 @@ async function reconstructImage(dataDir: string, version: string, out: string): 
  */
 function recompressCodecs(text: string): { recompress: true; recompressCodecs: Codec[] } {
   const wanted = parseEncoders(text);
+  const codecs = codecsOf(wanted);
   const local = localEncoders();
   // Every encoder the job names must be here in its version: a common set smaller than the job's is a mismatch.
-  if (codecsOf(commonEncoders(wanted, local)).length !== codecsOf(wanted).length)
+  if (codecsOf(commonEncoders(wanted, local)).length !== codecs.length)
     throw new IbuError(
       'TOOL_MISSING',
       `This builder's encoders (${formatEncoders(local) || 'none'}) differ from the job's (${text}); ` +
         'builders must have the encoder versions of the api replicas (docs/deployment.md).',
     );
-  return { recompress: true, recompressCodecs: codecsOf(wanted) };
+  return { recompress: true, recompressCodecs: codecs };
 }
 
 async function main(): Promise<void> {

@@ -11,9 +11,9 @@ export const isYoungGenerationFlag = (arg: string): boolean => arg.startsWith('-
 /** Whether this process was started with its young generation sized (a flag or NODE_OPTIONS). */
 export const hasYoungGenerationSetting = (): boolean => [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some(isYoungGenerationFlag);
 
-/** NODE_OPTIONS without the young-generation setting (undefined stays undefined). */
-export const withoutYoungGeneration = (nodeOptions: string | undefined): string | undefined =>
+/** NODE_OPTIONS without the young-generation setting. */
+export const withoutYoungGeneration = (nodeOptions: string): string =>
   nodeOptions
-    ?.split(/\s+/)
+    .split(/\s+/)
     .filter((a) => !isYoungGenerationFlag(a))
     .join(' ');
