@@ -30,7 +30,7 @@ import { runningVersion, trialBoot } from './running-version.js';
 import { healBoot, type BootHealthPlan } from './boot-health.js';
 import type { ServerClient } from './server-client.js';
 import { reserveSpace } from './space-reservation.js';
-import { exists, fsckStaged, installStaged, verifyStaged } from './staged-image.js';
+import { exists, fsckStaged, installStaged, stagedIdentity, verifyStaged } from './staged-image.js';
 import { nextStep, type DeviceFacts, type Intent, type Step } from './state-machine.js';
 import { readStatus, type AgentStatus } from './status.js';
 import { resolveTarget } from './target.js';
@@ -306,7 +306,8 @@ export class Agent {
         },
       );
       this.extra.download = { ...res };
-      this.j.target = { ...this.j.target!, method: res.method };
+      // Every transport hashed the whole image against the signed manifest before writing `out`.
+      this.j.target = { ...this.j.target!, method: res.method, staged: await stagedIdentity(out) };
     }
     await this.record({ step: 'download' });
   }

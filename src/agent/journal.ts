@@ -32,13 +32,29 @@ export type StepName =
   | 'commit'
   | 'revert';
 
+/** A file's identity as stat gives it: a rename keeps it, a rewrite or a new file changes it. */
+export interface StagedIdentity {
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
 export interface Journal {
   format: 1;
   state: DeviceState;
   /** The last step completed in the current state. */
   step: StepName | null;
   /** The upgrade in progress (or last finished). */
-  target: { version: string; fromVersion: string | null; method?: 'delta' | 'chunks' | 'local' | 'zfs' } | null;
+  target: {
+    version: string;
+    fromVersion: string | null;
+    method?: 'delta' | 'chunks' | 'local' | 'zfs';
+    /**
+     * The staged file a transport wrote after hashing it against the signed manifest (every
+     * transport does): verify skips a second whole-image sha256 while the file is this very one.
+     */
+    staged?: StagedIdentity;
+  } | null;
   /** The committed version before the upgrade: where a rollback goes. */
   previous: string | null;
   migration?: MigrationSummary;

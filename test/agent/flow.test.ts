@@ -67,3 +67,37 @@ test('prepare → apply → trial boot → confirm commits; configuration migrat
     await dev.cleanup();
   }
 });
+
+test('verify trusts the staged image its download hashed, and hashes any other file again (a replaced staged image is caught)', async () => {
+  const spec = { running: '1.0', releases: [{ version: '1.0' }, { version: '2.0', payloadBytes: 256 * 1024 }] };
+  const [a, dev] = [await makeDevice(spec), await makeDevice(spec)];
+  try {
+    for (const d of [a, dev]) assert.equal((await cli(d, ['init', '--default', '1.0'])).code, 0);
+    // On a twin device: the crash point of the verify step, and the skipped second hash.
+    const trace = await cli(a, ['prepare', '--version', '2.0'], { IBU_AGENT_CRASH_TRACE: '1' });
+    assert.equal(trace.code, 0, trace.stderr);
+    assert.match(trace.stderr, /2\.0: the image was hashed against its signed manifest as it was written; not hashing it again/);
+    const n = /crash-point (\d+) step verify/.exec(trace.stderr)?.[1];
+    assert.ok(n, trace.stderr);
+    // Stopped right there: the download is staged and recorded, not verified yet.
+    const crashed = await cli(dev, ['prepare', '--version', '2.0'], { IBU_AGENT_CRASH_AT: n, IBU_AGENT_CRASH_TRACE: '1' });
+    assert.equal(crashed.signal, 'SIGKILL', crashed.stderr);
+    assert.match(crashed.stderr, new RegExp(`crash-point ${n} step verify\\n?$`));
+    const staged = path.join(dev.images, '.ibu', 'staging', '2.0.img');
+    // Another file takes the staged image's place (same size, one byte changed): its identity differs.
+    const bytes = await fsp.readFile(staged);
+    bytes[bytes.length >> 1] ^= 0xff;
+    await fsp.writeFile(`${staged}.new`, bytes);
+    await fsp.rename(`${staged}.new`, staged);
+    const caught = await cli(dev, ['prepare', '--version', '2.0', '--json']);
+    assert.notEqual(caught.code, 0);
+    assert.match(caught.stderr + caught.stdout, /IMAGE_HASH_MISMATCH|does not match its signed manifest/);
+    assert.ok(!(await fsp.stat(staged).catch(() => null)), 'the bad staged image was deleted');
+    const again = await cli(dev, ['prepare', '--version', '2.0', '--json']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.json!.outcome, 'prepared');
+  } finally {
+    await a.cleanup();
+    await dev.cleanup();
+  }
+});

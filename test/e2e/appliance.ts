@@ -403,8 +403,9 @@ export const DEVICE_STATE = [
 ];
 
 /**
- * Timers a test can wait for: the first prepare soon after boot, then every 90 s; apply every
- * minute. One empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so
+ * Timers a test can wait for: the first prepare soon after boot, then 90 s after the last one
+ * ended (OnUnitInactiveSec: a prepare takes minutes under TCG, and a period counted from its start
+ * would run it again at once, holding the lock the apply timer needs); apply every minute. One empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so
  * a second `OnUnitActiveSec=` would drop the OnBootSec just set and the timer would never fire.
  * The periods are long against a run (a prepare that finds nothing new is ~20 s of CPU under
  * TCG): systemd counts the boot as finished only once its job queue is empty, and timers whose
@@ -414,7 +415,7 @@ export const DEVICE_STATE = [
 export const TIMER_DROPINS = {
   '/etc/systemd/system/upgradectl-checkin.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=10s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
   '/etc/systemd/system/upgradectl-prepare.timer.d/e2e.conf':
-    '[Timer]\nOnBootSec=\nOnBootSec=30s\nOnUnitActiveSec=90s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
+    '[Timer]\nOnBootSec=\nOnBootSec=30s\nOnUnitInactiveSec=90s\nRandomizedDelaySec=0\nAccuracySec=1s\nPersistent=false\n',
   '/etc/systemd/system/upgradectl-apply.timer.d/e2e.conf': '[Timer]\nOnBootSec=\nOnBootSec=60s\nOnUnitActiveSec=60s\nRandomizedDelaySec=0\nAccuracySec=1s\n',
 };
 
