@@ -26,6 +26,13 @@ export interface HealthCheck {
   url?: string;
   expectStatus?: number;
   timeoutSeconds: number;
+  /**
+   * false: one answer is final, and a failure fails the whole health check at once. For a check
+   * that waits for its own answer, as `systemctl is-system-running --wait` waits for the boot to
+   * finish: `degraded` then means a unit failed, and retrying until the deadline only keeps a
+   * broken release running longer. Default true: retried every pollSeconds until the deadline.
+   */
+  retry?: boolean;
 }
 
 export interface Inhibitor {
@@ -310,7 +317,9 @@ export function validateConfig(raw: Json, file: string): AgentConfig {
           url,
           expectStatus: num(cc, 'expectStatus', where, 200, 100),
           timeoutSeconds: num(cc, 'timeoutSeconds', where, 30, 0.1),
+          ...(cc.retry === false ? { retry: false } : {}),
         });
+        if (cc.retry !== undefined && typeof cc.retry !== 'boolean') p(`${where}retry must be true or false`);
       });
   }
   const health = { deadlineSeconds: num(h, 'deadlineSeconds', 'health.', 300, 1), checks };

@@ -26,7 +26,8 @@ async function once(c: HealthCheck): Promise<{ ok: boolean; detail: string }> {
 
 /**
  * Runs every check until it passes or the overall deadline passes: services may still be starting
- * right after boot, so a failing check is retried every `pollSeconds`. All checks must pass.
+ * right after boot, so a failing check is retried every `pollSeconds`. All checks must pass. A
+ * check with `retry: false` answers once; its failure is final and the others stop retrying.
  */
 export async function runHealthChecks(
   checks: HealthCheck[],
@@ -35,6 +36,9 @@ export async function runHealthChecks(
   log: (s: string) => void = () => {},
 ): Promise<HealthResult[]> {
   const deadline = Date.now() + deadlineSeconds * 1000;
+  let failedFor: string | null = null;
+  // Wakes the retrying checks' sleeps when a final failure settles the outcome.
+  const settled = new AbortController();
   return Promise.all(
     checks.map(async (c): Promise<HealthResult> => {
       let attempts = 0;
@@ -42,10 +46,29 @@ export async function runHealthChecks(
         attempts++;
         const r = await once(c);
         if (r.ok) return { name: c.name, ok: true, detail: r.detail, attempts };
+        if (c.retry === false) {
+          failedFor ??= c.name;
+          settled.abort();
+          return { name: c.name, ok: false, detail: r.detail, attempts };
+        }
+        if (failedFor !== null) return { name: c.name, ok: false, detail: `${r.detail} (not retried: ${failedFor} failed for good)`, attempts };
         if (Date.now() + pollSeconds * 1000 >= deadline) return { name: c.name, ok: false, detail: r.detail, attempts };
         log(`health check ${c.name}: ${r.detail}; retrying`);
-        await new Promise((res) => setTimeout(res, pollSeconds * 1000));
+        await sleep(pollSeconds * 1000, settled.signal);
       }
     }),
   );
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }

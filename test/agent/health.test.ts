@@ -51,6 +51,35 @@ test('health checks: HTTP and commands, retried until the deadline, timeouts enf
   }
 });
 
+test('health checks: a check with retry false answers once, and its failure ends the others at once', async () => {
+  const res = await runHealthChecks(
+    [
+      // still "starting" for good: retried every 0.2 s until the 60 s deadline (~300 tries), unless cut short
+      { name: 'service', command: ['sh', '-c', 'exit 3'], timeoutSeconds: 2 },
+      // waits for its own answer (like `systemctl is-system-running --wait`), then says degraded
+      { name: 'system up', command: ['sh', '-c', 'sleep 0.5; exit 1'], timeoutSeconds: 5, retry: false },
+    ],
+    60,
+    0.2,
+  );
+  assert.deepEqual(
+    res.map((r) => [r.name, r.ok]),
+    [
+      ['service', false],
+      ['system up', false],
+    ],
+  );
+  assert.equal(res[1]!.attempts, 1, 'answered once');
+  assert.match(res[0]!.detail, /not retried: system up failed for good/);
+  assert.ok(res[0]!.attempts <= 40, `the retrying check stopped once the outcome was settled: ${res[0]!.attempts} attempts`);
+  // A passing check with retry false is simply one pass.
+  const ok = await runHealthChecks([{ name: 'up', command: ['true'], timeoutSeconds: 2, retry: false }], 5, 0.1);
+  assert.deepEqual(
+    ok.map((r) => [r.ok, r.attempts]),
+    [[true, 1]],
+  );
+});
+
 test('inhibitors: a lock file or a failing command means busy', async () => {
   const states = await checkInhibitors([
     { name: 'lock', lockFile: '/nonexistent/ibu.lock' },

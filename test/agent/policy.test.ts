@@ -76,7 +76,7 @@ test('config: every problem reported at once with CONFIG_INVALID', async () => {
           { path: '/etc/passwd', strategy: 'union' },
           { path: 'etc/x', strategy: 'copy' },
         ],
-        health: { checks: [{ name: 'a' }] },
+        health: { checks: [{ name: 'a' }, { name: 'b', command: ['true'], retry: 'no' }] },
         window: { timeZone: 'Mars/Olympus', rules: [{ days: [7], start: '25:00', end: '04:00' }] },
         inhibitors: [{}],
         typo: 1,
@@ -96,6 +96,7 @@ test('config: every problem reported at once with CONFIG_INVALID', async () => {
       /migration\[0\].strategy/,
       /migration\[1\].path/,
       /health.checks\[0\] needs/,
+      /health.checks\[1\].retry must be true or false/,
       /Mars\/Olympus/,
       /days/,
       /start must be HH:MM/,
@@ -106,7 +107,7 @@ test('config: every problem reported at once with CONFIG_INVALID', async () => {
         `missing problem ${re}: ${problems.join(' | ')}`,
       );
     }
-    assert.equal(problems.length, 12);
+    assert.equal(problems.length, 13);
   }
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ibu-cfg-'));
   try {

@@ -85,7 +85,7 @@ systemctl poweroff
 const APPLIANCE_HEALTH = {
   deadlineSeconds: 240,
   checks: [
-    { name: 'system up', command: ['systemctl', 'is-system-running', '--wait'], timeoutSeconds: 200 },
+    { name: 'system up', command: ['systemctl', 'is-system-running', '--wait'], timeoutSeconds: 200, retry: false },
     { name: 'acme-agent', command: ['/usr/bin/acme-agent', '--check'], timeoutSeconds: 20 },
   ],
 };

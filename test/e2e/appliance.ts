@@ -349,7 +349,8 @@ export function deviceAgentConfig(deviceId: string, token: string, o: { hold?: b
     health: {
       deadlineSeconds: 240,
       checks: [
-        { name: 'system up', command: ['systemctl', 'is-system-running', '--wait'], timeoutSeconds: 200 },
+        // waits for the boot itself, so its answer is final: a broken release rolls back at once
+        { name: 'system up', command: ['systemctl', 'is-system-running', '--wait'], timeoutSeconds: 200, retry: false },
         { name: 'acme-agent', command: ['/usr/bin/acme-agent', '--check'], timeoutSeconds: 20 },
       ],
     },
