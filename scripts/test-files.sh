@@ -24,7 +24,7 @@ QEMU_ZFS=(dist/test/zfs/guest.test.js dist/test/zfs/zfs-transport.test.js)
 # and one long QEMU run: issue #22 item 4).
 FULL_ONLY=(dist/test/e2e/adopt.test.js dist/test/e2e/agent-upgrade.test.js dist/test/e2e/agent-switch.test.js dist/test/e2e/appliance-switch.test.js
   dist/test/e2e/appliance-verity.test.js)
-# Started first: the appliance's story is most of CI's time (~25 of ~32 min), so it runs beside
+# Started first: the appliance's story is the longest file of CI (15-25 of its 23-32 min), so it runs beside
 # everything else from the start instead of becoming the tail (node --test keeps the given order).
 FIRST=(dist/test/e2e/appliance-upgrade.test.js)
 every() { find dist/test -name '*.test.js' | sort; }
