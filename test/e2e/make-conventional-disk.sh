@@ -38,7 +38,9 @@ build() {
   local tar=$CACHE/bookworm-$FW-$TKEY.tar tmp=$DISK.tmp
   mnt= loop=
   if [ ! -f "$tar" ]; then
-    mmdebstrap --variant=minbase --include="$PKGS" bookworm "$tar.tmp" http://deb.debian.org/debian
+    # --format: mmdebstrap guesses the format from the name, and "*.tmp" made it a directory
+    rm -rf "$tar" "$tar.tmp"
+    mmdebstrap --variant=minbase --format=tar --include="$PKGS" bookworm "$tar.tmp" http://deb.debian.org/debian
     mv "$tar.tmp" "$tar"
   fi
   mnt=$(mktemp -d /tmp/ibu-conv-XXXXXX)
