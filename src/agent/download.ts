@@ -12,8 +12,9 @@ const TRANSPORTS: readonly Transport[] = [zfsTransport, deltaTransport, chunksTr
 /**
  * The download planner: each available transport in turn (a ZFS stream with `transport: "zfs"`,
  * the server's delta from the running image, the release's chunks) until one produces the image
- * at `out`, each hashing the whole image against the signed manifest first. Which failures move on to the
- * next transport is a property of the error code (allowsTransportFallback in src/errors.ts).
+ * at `out`, each hashing the whole image against the signed manifest first. Which failures move
+ * on to the next transport is a property of the error code (allowsTransportFallback in
+ * src/errors.ts).
  */
 export async function downloadImage(req: DownloadRequest, deps: DownloadDeps): Promise<DownloadResult> {
   const ctx = { req, deps };

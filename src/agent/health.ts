@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { HealthCheck } from './config.js';
 import { runWithTimeout } from './inhibitors.js';
 
@@ -54,21 +55,8 @@ export async function runHealthChecks(
         if (failedFor !== null) return { name: c.name, ok: false, detail: `${r.detail} (not retried: ${failedFor} failed for good)`, attempts };
         if (Date.now() + pollSeconds * 1000 >= deadline) return { name: c.name, ok: false, detail: r.detail, attempts };
         log(`health check ${c.name}: ${r.detail}; retrying`);
-        await sleep(pollSeconds * 1000, settled.signal);
+        await sleep(pollSeconds * 1000, undefined, { signal: settled.signal }).catch(() => undefined);
       }
     }),
   );
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

@@ -406,8 +406,9 @@ export const DEVICE_STATE = [
 /**
  * Timers a test can wait for: the first prepare soon after boot, then 90 s after the last one
  * ended (OnUnitInactiveSec: a prepare takes minutes under TCG, and a period counted from its start
- * would run it again at once, holding the lock the apply timer needs); apply every minute. One empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so
- * a second `OnUnitActiveSec=` would drop the OnBootSec just set and the timer would never fire.
+ * would run it again at once, holding the lock the apply timer needs); apply every minute. One
+ * empty assignment only: it resets ALL of the timer's triggers (systemd.timer(5)), so a second
+ * `OnUnitActiveSec=` would drop the OnBootSec just set and the timer would never fire.
  * The periods are long against a run (a prepare that finds nothing new is ~20 s of CPU under
  * TCG): systemd counts the boot as finished only once its job queue is empty, and timers whose
  * runs overlap keep it busy for good, so `systemctl is-system-running --wait` (the health check)
