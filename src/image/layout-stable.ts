@@ -63,6 +63,12 @@ export async function updateFromPrevious(o: LayoutStableOptions): Promise<Layout
     await rsyncInto(['--delete', '--existing', '--ignore-existing', ...common, src, `${mnt}/`], o.size);
     await run('sync', ['-f', mnt]);
     timer('mount+rsync delete');
+    // Pass 2 creates what is not a regular file (directories, symlinks, devices), pass 3 the
+    // regular files. In one pass rsync's generator makes the former while its receiver, another
+    // process, makes the files: which takes the next inode and directory block was a race, so two
+    // builds of a tree with new directories (a new kernel's modules) gave different bytes.
+    await rsyncInto(['--min-size=1P', ...common, src, `${mnt}/`], o.size);
+    await run('sync', ['-f', mnt]);
     const rsync = await rsyncInto(['--checksum', '--inplace', '--no-whole-file', '--stats', ...common, src, `${mnt}/`], o.size);
     timer('rsync --checksum');
     // image.json goes in through the same pinned rsync: a write from Node's thread pool could
