@@ -175,8 +175,63 @@ async function resetJournal(file: string): Promise<void> {
   const blocks = Number(/\d+/.exec(sb['Total journal blocks'] ?? '')?.[0] ?? 0);
   if (!blocks) return;
   const mb = Math.max(1, Math.round((blocks * BLOCK_SIZE) / (1024 * 1024)));
+  const before = await journalBlocks(file);
   await run('tune2fs', ['-O', '^has_journal', file]);
   await run('tune2fs', ['-J', `size=${mb}`, file]);
+  // The new journal need not land where the old one was (new files may have taken part of that
+  // area); the old one's blocks are free then, but still hold the mount's transactions (commit
+  // times, random tags): zero them, as fstrim zeroed every other free block.
+  for (const r of subtractRanges(before, await journalBlocks(file))) await zeroBlocks(file, r);
+}
+
+/** A run of filesystem blocks, both ends included. */
+export interface BlockRange {
+  start: number;
+  end: number;
+}
+
+/** The blocks an inode's `debugfs stat` lists under EXTENTS (data and extent-tree blocks). Pure. */
+export function parseExtentBlocks(stat: string): BlockRange[] {
+  const list = /EXTENTS:\n([\s\S]*)$/.exec(stat)?.[1] ?? '';
+  const out: BlockRange[] = [];
+  for (const m of list.matchAll(/\((?:\d+(?:-\d+)?|ETB\d+)\):(\d+)(?:-(\d+))?/g)) out.push({ start: Number(m[1]), end: Number(m[2] ?? m[1]) });
+  return out.sort((a, b) => a.start - b.start);
+}
+
+/** The blocks in `a` that are in no range of `b`. Pure. */
+export function subtractRanges(a: readonly BlockRange[], b: readonly BlockRange[]): BlockRange[] {
+  let rest = a.map((r) => ({ ...r }));
+  for (const cut of b) {
+    rest = rest.flatMap((r) => {
+      if (cut.end < r.start || cut.start > r.end) return [r];
+      const parts: BlockRange[] = [];
+      if (cut.start > r.start) parts.push({ start: r.start, end: cut.start - 1 });
+      if (cut.end < r.end) parts.push({ start: cut.end + 1, end: r.end });
+      return parts;
+    });
+  }
+  return rest;
+}
+
+async function journalBlocks(file: string): Promise<BlockRange[]> {
+  const r = await run('debugfs', ['-R', 'stat <8>', file], { env: { ...process.env, LC_ALL: 'C' } });
+  return parseExtentBlocks(r.stdout);
+}
+
+/** Zeros free blocks: a hole punched in the image file, or zeros written where the host cannot punch. */
+async function zeroBlocks(file: string, r: BlockRange): Promise<void> {
+  const offset = r.start * BLOCK_SIZE;
+  const length = (r.end - r.start + 1) * BLOCK_SIZE;
+  const punched = await run('fallocate', ['--punch-hole', '--offset', String(offset), '--length', String(length), file], { allowFailure: true });
+  if (punched.code === 0) return;
+  const fd = await fsp.open(file, 'r+');
+  try {
+    const zeros = Buffer.alloc(Math.min(length, 1 << 20));
+    for (let done = 0; done < length; done += zeros.length) await fd.write(zeros, 0, Math.min(zeros.length, length - done), offset + done);
+    await fd.sync();
+  } finally {
+    await fd.close();
+  }
 }
 
 /** The UUID of an existing image (to check it belongs to the same product). */
