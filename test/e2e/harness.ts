@@ -276,14 +276,22 @@ export class HostFs {
     const res = await run('debugfs', [...(write ? ['-w'] : []), '-R', cmd, this.spec], { allowFailure: true });
     return res.stdout;
   }
+  /**
+   * One file as GRUB reads it: home locations, no journal replay, and (`debugfs -n`) no metadata
+   * checksum verification, which GRUB does not do either: after a power cut the journal may have
+   * checkpointed a group descriptor or bitmap without its partner, and plain debugfs then refuses
+   * what GRUB reads fine. Null when the file does not exist; any other failure names debugfs's
+   * own words (a read that returned nothing once made "an env copy is missing" with no cause).
+   */
   async readFile(p: string): Promise<Buffer | null> {
     // Unique per call: two reads in the same millisecond (envBlocks reads both copies at once) must not share a file.
     const tmp = path.join(this.scratch, `dump-${process.pid}-${randomBytes(6).toString('hex')}`);
-    await this.debugfs(`dump ${p} ${tmp}`);
+    const res = await run('debugfs', ['-n', '-R', `dump ${p} ${tmp}`, this.spec], { allowFailure: true });
     try {
       return await fsp.readFile(tmp);
     } catch {
-      return null;
+      if (/File not found by ext2_lookup/.test(res.stderr)) return null;
+      throw new Error(`debugfs could not read ${p} from the host fs (exit ${res.code}): ${res.stderr.trim().slice(-1000)}`);
     } finally {
       await fsp.rm(tmp, { force: true });
     }
@@ -293,7 +301,10 @@ export class HostFs {
   /** Dumps both env copies into a fresh scratch dir. */
   private async dumpEnv(): Promise<string> {
     const dir = await fsp.mkdtemp(path.join(this.scratch, 'env-'));
-    for (const f of HostFs.ENV_FILES) await this.debugfs(`dump ${f} ${path.join(dir, path.basename(f))}`);
+    for (const f of HostFs.ENV_FILES) {
+      const data = await this.readFile(f);
+      if (data) await fsp.writeFile(path.join(dir, path.basename(f)), data);
+    }
     return dir;
   }
 
