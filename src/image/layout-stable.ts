@@ -69,6 +69,7 @@ export async function updateFromPrevious(o: LayoutStableOptions): Promise<Layout
     // builds of a tree with new directories (a new kernel's modules) gave different bytes.
     await rsyncInto(['--min-size=1P', ...common, src, `${mnt}/`], o.size);
     await run('sync', ['-f', mnt]);
+    timer('rsync all but files');
     const rsync = await rsyncInto(['--checksum', '--inplace', '--no-whole-file', '--stats', ...common, src, `${mnt}/`], o.size);
     timer('rsync --checksum');
     // image.json goes in through the same pinned rsync: a write from Node's thread pool could
