@@ -1,4 +1,5 @@
-import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { newEd25519PrivateKey } from '../util/ed25519-key.js';
 import type { EnrollRequest } from './protocol.js';
 
 /**
@@ -13,8 +14,9 @@ export const ENROLL_PROOF_WINDOW_MS = 15 * 60_000;
 
 export type EnrollCredentials = Omit<EnrollRequest, 'publicKey' | 'at' | 'proof'>;
 
+/** A new device key (src/util/ed25519-key.ts says why it is not made by generateKeyPairSync). */
 export function newDeviceKey(): KeyObject {
-  return generateKeyPairSync('ed25519').privateKey;
+  return newEd25519PrivateKey();
 }
 
 /** The raw 32-byte public key, base64url: what the server stores and compares. */

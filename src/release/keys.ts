@@ -1,8 +1,9 @@
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { IbuError, withContext } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { newEd25519PrivateKey } from '../util/ed25519-key.js';
 
 /** ed25519 signing keys as PEM files: `signing.key` (PKCS#8, mode 0600) and `signing.pub` (SPKI). */
 export const PRIVATE_KEY_FILE = 'signing.key';
@@ -28,7 +29,8 @@ export async function generateKeys(outDir: string): Promise<{ keyId: string; pri
   for (const f of [priv, pub]) {
     if (await exists(f)) throw new IbuError('CONFLICT', `${f} already exists; refusing to overwrite a signing key (choose another --out directory)`);
   }
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const privateKey = newEd25519PrivateKey();
+  const publicKey = createPublicKey(privateKey);
   const privPem = privateKey.export({ format: 'pem', type: 'pkcs8' }) as string;
   const pubPem = publicKey.export({ format: 'pem', type: 'spki' }) as string;
   try {

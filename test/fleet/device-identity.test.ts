@@ -7,7 +7,8 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Fleet, hashToken } from '../../src/fleet/fleet.js';
-import { newDeviceKey, signEnrollment, ENROLL_PROOF_WINDOW_MS } from '../../src/fleet/device-proof.js';
+import { createPublicKey } from 'node:crypto';
+import { devicePublicKey, newDeviceKey, signEnrollment, verifyEnrollment, ENROLL_PROOF_WINDOW_MS } from '../../src/fleet/device-proof.js';
 import type { FleetRepository } from '../../src/fleet/repository.js';
 import { IbuError, isIbuError } from '../../src/errors.js';
 import { BACKENDS } from './backends.js';
@@ -24,6 +25,19 @@ async function refusal(p: Promise<unknown>): Promise<{ code: string; message: st
   }
   assert.fail('expected a refusal');
 }
+
+test('a new device key: ed25519 from 32 random bytes, a different key each time, and its proofs verify', () => {
+  const keys = Array.from({ length: 20 }, () => newDeviceKey());
+  for (const k of keys) {
+    assert.equal(k.type, 'private');
+    assert.equal(k.asymmetricKeyType, 'ed25519');
+    const x = devicePublicKey(k);
+    // OpenSSL derives the same public key from the PKCS#8 seed as from the key itself
+    assert.equal(x, createPublicKey(k.export({ format: 'pem', type: 'pkcs8' })).export({ format: 'jwk' }).x);
+    assert.ok(verifyEnrollment(signEnrollment(k, { deviceId: 'dev-1', enrollmentSecret: 's' })));
+  }
+  assert.equal(new Set(keys.map(devicePublicKey)).size, keys.length);
+});
 
 for (const backend of BACKENDS) {
   describe(`device identity on ${backend.name}`, { skip: backend.skip }, () => {
